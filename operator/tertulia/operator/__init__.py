@@ -1,0 +1,1 @@
+"""The kopf operator that turns a ChatBot resource into its running stack."""

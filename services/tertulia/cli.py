@@ -1,0 +1,23 @@
+"""The `tertulia` command: one entry point whose subcommands start each component."""
+
+from importlib.metadata import version
+
+import typer
+
+app = typer.Typer(
+    name="tertulia",
+    help="Private LLM chatbots on your own Kubernetes cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Private LLM chatbots on your own Kubernetes cluster."""
+
+
+@app.command("version")
+def show_version() -> None:
+    """Print the installed Tertulia version."""
+    typer.echo(version("tertulia"))

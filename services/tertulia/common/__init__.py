@@ -1,0 +1,1 @@
+"""Pieces every Tertulia component shares: settings, logging, the gateway's client, models."""

@@ -1,0 +1,48 @@
+"""Session fixtures for the real servers of the test bed, and markers by test folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.kube import ControlPlane
+from tests.testbed.servers import start_llama_server, start_redis
+
+TESTS_ROOT = Path(__file__).parent
+_MARKER_BY_FOLDER = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS_ROOT).parts[0]
+        if folder in _MARKER_BY_FOLDER:
+            item.add_marker(_MARKER_BY_FOLDER[folder])
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real kube-apiserver with etcd, controllers, scheduler and kwok nodes (2 CPU, 2 GPU)."""
+    with ControlPlane(tmp_path_factory.mktemp("control-plane")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real redis-server that lives for the session."""
+    process, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The /v1 URL of a real llama.cpp server running Gemma 3 270M."""
+    process, url = start_llama_server(tmp_path_factory.mktemp("llama"))
+    try:
+        yield url
+    finally:
+        process.stop()

