@@ -4,12 +4,17 @@ from importlib.metadata import version
 
 import typer
 
+from tertulia.gateway.cli import app as gateway_app
+
 app = typer.Typer(
     name="tertulia",
     help="Private LLM chatbots on your own Kubernetes cluster.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(gateway_app, name="gateway")
 
 
 @app.callback()

@@ -43,7 +43,7 @@ class FakeBackendConfig:
     # Seconds before the first token, and between tokens, of every reply.
     first_token_delay: float = 0.0
     token_delay: float = 0.0
-    # Answer every completion with this HTTP status instead (0: answer normally).
+    # Answer every /v1 request with this HTTP status instead (0: answer normally).
     fail_status: int = 0
     # Drop the connection after this many streamed tokens (-1: never).
     cut_after_tokens: int = -1
@@ -71,6 +71,15 @@ class FakeBackend:
             await _lifespan(receive, send)
             return
         method, path = scope["method"], scope["path"]
+        if self.config.fail_status and path.startswith("/v1/"):
+            if method == "POST" and path == "/v1/chat/completions":
+                self.requests.append(await _body(receive))
+            await _json(
+                send,
+                self.config.fail_status,
+                _error(f"scripted failure {self.config.fail_status}", "server_error"),
+            )
+            return
         if method == "GET" and path in ("/health", "/v1/health"):
             await _json(send, 200, {"status": "ok"})
         elif method == "GET" and path == "/v1/models":
@@ -110,13 +119,6 @@ class FakeBackend:
 
     async def _chat(self, request: dict[str, Any], send: Send) -> None:
         self.requests.append(request)
-        if self.config.fail_status:
-            await _json(
-                send,
-                self.config.fail_status,
-                _error(f"scripted failure {self.config.fail_status}", "server_error"),
-            )
-            return
         tokens = _TOKEN.findall(self.reply_for(request))
         max_tokens = request.get("max_tokens") or request.get("max_completion_tokens")
         finish_reason = "stop"
@@ -177,10 +179,10 @@ class FakeBackend:
             if index and self.config.token_delay:
                 await asyncio.sleep(self.config.token_delay)
             await _event(send, chunk({"content": token}))
-        final = chunk({}, finish_reason)
+        await _event(send, chunk({}, finish_reason))
         if (request.get("stream_options") or {}).get("include_usage"):
-            final["usage"] = usage
-        await _event(send, final)
+            # As OpenAI and vLLM send it: a last chunk with no choices and the usage.
+            await _event(send, {**chunk({}), "choices": [], "usage": usage})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     async def _embeddings(self, request: dict[str, Any], send: Send) -> None:

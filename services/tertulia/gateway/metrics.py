@@ -1,0 +1,95 @@
+"""Prometheus metrics of the gateway, in a registry of the app's own; /stats reads the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    registry: CollectorRegistry
+    requests: Counter
+    request_seconds: Histogram
+    first_token_seconds: Histogram
+    tokens: Counter
+    backend_errors: Counter
+    rate_limited: Counter
+    moderated: Counter
+
+    @classmethod
+    def create(cls) -> GatewayMetrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "tertulia_gateway_requests",
+                "Requests answered, by route template and HTTP status.",
+                ["route", "status"],
+                registry=registry,
+            ),
+            request_seconds=Histogram(
+                "tertulia_gateway_request_duration_seconds",
+                "Time from request to the end of the response, streams included.",
+                ["route"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            first_token_seconds=Histogram(
+                "tertulia_gateway_time_to_first_token_seconds",
+                "Time from request to the first token of the answer.",
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            tokens=Counter(
+                "tertulia_gateway_tokens",
+                "Tokens sent to (prompt) and received from (completion) the model server.",
+                ["direction"],
+                registry=registry,
+            ),
+            backend_errors=Counter(
+                "tertulia_gateway_backend_errors",
+                "Failed calls to the model server, by kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            rate_limited=Counter(
+                "tertulia_gateway_rate_limited",
+                "Requests refused by a rate limit, by the limit's scope (user or key).",
+                ["scope"],
+                registry=registry,
+            ),
+            moderated=Counter(
+                "tertulia_gateway_moderated",
+                "Messages blocked by moderation, by direction (input or output).",
+                ["direction"],
+                registry=registry,
+            ),
+        )
+
+    def stats(self) -> dict[str, float | int]:
+        """Totals for /stats: requests, errors, success rate and mean latency."""
+        requests = errors = 0
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                requests += int(sample.value)
+                if int(sample.labels["status"]) >= 500:
+                    errors += int(sample.value)
+        seconds = count = 0.0
+        for metric in self.request_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_sum"):
+                    seconds += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+        return {
+            "requests": requests,
+            "errors": errors,
+            "success_rate": (requests - errors) / requests if requests else 1.0,
+            "mean_latency_seconds": seconds / count if count else 0.0,
+        }

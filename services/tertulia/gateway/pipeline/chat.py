@@ -1,0 +1,190 @@
+"""The chat pipeline in order: limit, check, moderate, remember, retrieve, assemble, generate.
+
+`prepare` runs every step that can refuse the request, so a refusal is an HTTP status; the
+answer then comes whole (`answer`) or as server-sent events (`stream_events`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.sse import format_sse_event
+
+from tertulia.common.logging import content
+from tertulia.gateway.backend import BackendStream
+from tertulia.gateway.errors import GatewayError
+from tertulia.gateway.pipeline.auth import Identity
+from tertulia.gateway.pipeline.checks import check_text
+from tertulia.gateway.pipeline.memory import conversation_key, recall, remember
+from tertulia.gateway.pipeline.prompt import assemble
+from tertulia.gateway.pipeline.ratelimit import enforce_rate_limit
+from tertulia.gateway.pipeline.retrieval import Passage, retrieve
+from tertulia.gateway.schemas import ChatRequest, ChatResponse, Source, Usage
+from tertulia.gateway.services import Services
+
+logger = logging.getLogger(__name__)
+
+CONTENT_FILTER = "content_filter"
+
+
+@dataclass
+class PreparedChat:
+    conversation_id: str
+    key: str
+    message: str
+    messages: list[dict[str, str]]
+    passages: list[Passage]
+    temperature: float
+    started: float
+
+    @property
+    def sources(self) -> list[Source]:
+        return [
+            Source(source=p.source, title=p.title, section=p.section, score=p.score)
+            for p in self.passages
+        ]
+
+    def backend_body(self, max_tokens: int) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "temperature": self.temperature,
+            "max_tokens": max_tokens,
+        }
+
+
+async def prepare(services: Services, identity: Identity, request: ChatRequest) -> PreparedChat:
+    started = time.monotonic()
+    settings = services.settings
+    user = request.user or identity.name
+    await enforce_rate_limit(services.store, settings.rate_limit, services.metrics, identity, user)
+    check_text("message", request.message, settings.limits.max_message_chars, required=True)
+    if request.context is not None:
+        check_text("context", request.context, settings.limits.max_context_chars)
+    await services.moderator.check_input(request.message)
+    conversation_id = request.conversation_id or uuid.uuid4().hex
+    key = conversation_key(identity, user, conversation_id)
+    history = await recall(services.store, settings.memory, key)
+    passages = await retrieve(
+        services.retriever, services.metrics, request.message, settings.knowledge_base.top_k
+    )
+    logger.info(
+        "chat prepared",
+        extra={
+            "identity": identity.name,
+            "history_turns": len(history),
+            "passages": len(passages),
+            "message_text": content(request.message),
+        },
+    )
+    return PreparedChat(
+        conversation_id=conversation_id,
+        key=key,
+        message=request.message,
+        messages=assemble(
+            settings.system_prompt,
+            history,
+            request.message,
+            passages=passages,
+            context=request.context,
+        ),
+        passages=passages,
+        temperature=settings.temperature if request.temperature is None else request.temperature,
+        started=started,
+    )
+
+
+async def answer(services: Services, prepared: PreparedChat) -> ChatResponse:
+    result = await services.backend.complete(prepared.backend_body(services.settings.max_tokens))
+    services.metrics.first_token_seconds.observe(time.monotonic() - prepared.started)
+    choice = (result.get("choices") or [{}])[0]
+    reply = str((choice.get("message") or {}).get("content") or "")
+    finish_reason = str(choice.get("finish_reason") or "stop")
+    if not await services.moderator.output_allowed(reply):
+        reply, finish_reason = services.moderator.refusal, CONTENT_FILTER
+    usage = Usage.model_validate(result["usage"]) if result.get("usage") else None
+    count_tokens(services, usage)
+    await remember(services.store, services.settings.memory, prepared.key, prepared.message, reply)
+    return ChatResponse(
+        response=reply,
+        conversation_id=prepared.conversation_id,
+        sources=prepared.sources,
+        finish_reason=finish_reason,
+        usage=usage,
+    )
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return format_sse_event(event=event, data_str=json.dumps(data, ensure_ascii=False))
+
+
+async def stream_events(
+    services: Services, prepared: PreparedChat, stream: BackendStream
+) -> AsyncIterator[bytes]:
+    """`meta` (conversation id, sources), `token`s, then `done` with the whole reply, or `error`."""
+    yield sse(
+        "meta",
+        {
+            "conversation_id": prepared.conversation_id,
+            "sources": [source.model_dump() for source in prepared.sources],
+        },
+    )
+    parts: list[str] = []
+    finish_reason = "stop"
+    usage: Usage | None = None
+    scanner = services.moderator.scanner()
+    try:
+        async with aclosing(stream.events()) as events:
+            async for event in events:
+                if event.done:
+                    break
+                delta = event.text()
+                if delta:
+                    if not parts:
+                        services.metrics.first_token_seconds.observe(
+                            time.monotonic() - prepared.started
+                        )
+                    parts.append(delta)
+                    if scanner.feed(delta):
+                        services.moderator.count_output_block()
+                        finish_reason = CONTENT_FILTER
+                        break
+                    yield sse("token", {"text": delta})
+                finish_reason = event.finish_reason() or finish_reason
+                if event.usage():
+                    usage = Usage.model_validate(event.usage())
+    except GatewayError as error:
+        logger.warning("stream failed", extra={"code": error.code, "reason": error.message})
+        yield sse("error", error.body()["error"])
+        return
+    finally:
+        await stream.aclose()
+    reply = services.moderator.refusal if finish_reason == CONTENT_FILTER else "".join(parts)
+    count_tokens(services, usage)
+    try:
+        await remember(
+            services.store, services.settings.memory, prepared.key, prepared.message, reply
+        )
+    except Exception as error:  # the user has the answer; a memory failure must not take it back
+        logger.error("could not save the turn", extra={"error": str(error)})
+    yield sse(
+        "done",
+        {
+            "conversation_id": prepared.conversation_id,
+            "response": reply,
+            "finish_reason": finish_reason,
+            "usage": usage.model_dump() if usage else None,
+        },
+    )
+
+
+def count_tokens(services: Services, usage: Usage | None) -> None:
+    if usage is not None:
+        services.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+        services.metrics.tokens.labels("completion").inc(usage.completion_tokens)

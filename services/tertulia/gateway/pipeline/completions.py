@@ -1,0 +1,126 @@
+"""The OpenAI-compatible path: the client sends the whole conversation, so memory is not used;
+limits, checks, moderation, the system prompt and retrieval apply as on the simple API, and
+the backend's stream is passed through event by event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from tertulia.gateway.backend import BackendStream
+from tertulia.gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
+from tertulia.gateway.pipeline.auth import Identity
+from tertulia.gateway.pipeline.chat import CONTENT_FILTER, count_tokens
+from tertulia.gateway.pipeline.checks import check_text
+from tertulia.gateway.pipeline.prompt import system_message
+from tertulia.gateway.pipeline.ratelimit import enforce_rate_limit
+from tertulia.gateway.pipeline.retrieval import retrieve
+from tertulia.gateway.schemas import OpenAIChatRequest, Usage
+from tertulia.gateway.services import Services
+
+
+async def prepare_completion(
+    services: Services, identity: Identity, request: OpenAIChatRequest
+) -> dict[str, Any]:
+    """The body to send upstream, after every step that can refuse the request."""
+    settings = services.settings
+    await enforce_rate_limit(
+        services.store,
+        settings.rate_limit,
+        services.metrics,
+        identity,
+        request.user or identity.name,
+    )
+    limit = settings.limits.max_messages
+    if len(request.messages) > limit:
+        raise PayloadTooLarge(f"messages has {len(request.messages)} entries; the limit is {limit}")
+    user_messages = [m for m in request.messages if m.role == "user"]
+    if not user_messages:
+        raise InvalidInput("messages holds no message with role 'user'")
+    for index, message in enumerate(request.messages):
+        limit = settings.limits.max_message_chars
+        if message.role in ("system", "developer"):
+            limit = settings.limits.max_context_chars + settings.limits.max_message_chars
+        check_text(f"messages[{index}].content", message.text(), limit)
+    await services.moderator.check_input(user_messages[-1].text())
+
+    passages = await retrieve(
+        services.retriever,
+        services.metrics,
+        user_messages[-1].text(),
+        settings.knowledge_base.top_k,
+    )
+    body = request.model_dump(exclude_none=True, exclude={"model", "stream", "stream_options"})
+    messages = body["messages"]
+    # The assistant's own system prompt leads; a client's system messages follow it as context.
+    messages.insert(
+        0, {"role": "system", "content": system_message(settings.system_prompt, passages, None)}
+    )
+    body.setdefault("temperature", settings.temperature)
+    body["max_tokens"] = min(body.get("max_tokens", settings.max_tokens), settings.max_tokens)
+    return body
+
+
+async def moderated_completion(services: Services, result: dict[str, Any]) -> dict[str, Any]:
+    for choice in result.get("choices", []):
+        message = choice.get("message") or {}
+        if not await services.moderator.output_allowed(str(message.get("content") or "")):
+            message["content"] = services.moderator.refusal
+            choice["finish_reason"] = CONTENT_FILTER
+    if result.get("usage"):
+        count_tokens(services, Usage.model_validate(result["usage"]))
+    return result
+
+
+async def passthrough(
+    services: Services, stream: BackendStream, started: float, *, client_wants_usage: bool
+) -> AsyncIterator[bytes]:
+    """The backend's events as they come; a blocked answer ends with a content_filter chunk."""
+    scanner = services.moderator.scanner()
+    first = True
+    usage: Usage | None = None
+    try:
+        async with aclosing(stream.events()) as events:
+            async for event in events:
+                if event.done:
+                    yield event.raw
+                    break
+                delta = event.text()
+                if delta and first:
+                    services.metrics.first_token_seconds.observe(time.monotonic() - started)
+                    first = False
+                if delta and scanner.feed(delta):
+                    services.moderator.count_output_block()
+                    yield _filtered_chunk(event.data or {}, services.moderator.refusal)
+                    yield b"data: [DONE]\n\n"
+                    break
+                if event.usage():
+                    usage = Usage.model_validate(event.usage())
+                    if not event.data or not event.data.get("choices"):
+                        # The usage-only chunk was asked for by the gateway, not the client.
+                        if client_wants_usage:
+                            yield event.raw
+                        continue
+                yield event.raw
+    except GatewayError as error:
+        yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+    finally:
+        await stream.aclose()
+        count_tokens(services, usage)
+
+
+def _filtered_chunk(template: dict[str, Any], refusal: str) -> bytes:
+    chunk = {
+        "id": template.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": template.get("created", int(time.time())),
+        "model": template.get("model", ""),
+        "choices": [
+            {"index": 0, "delta": {"content": "\n" + refusal}, "finish_reason": CONTENT_FILTER}
+        ],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"

@@ -1,0 +1,120 @@
+"""Moderation: configured blocked terms, matched as whole words after Unicode normalisation,
+on the way in and on the way out; and an optional guard model asked about each message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+
+import httpx
+
+from tertulia.gateway.errors import ContentBlocked
+from tertulia.gateway.metrics import GatewayMetrics
+from tertulia.gateway.settings import ModerationSettings
+
+logger = logging.getLogger(__name__)
+
+
+def normalise(text: str) -> str:
+    """Fold case, compatibility forms (full-width letters, ligatures) and accents; one space
+    between words."""
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    without_marks = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    return " ".join(without_marks.split())
+
+
+class OutputScanner:
+    """Watches a streamed answer; `feed` says whether the text so far holds a blocked term."""
+
+    def __init__(self, moderator: Moderator) -> None:
+        self._moderator = moderator
+        self._text: list[str] = []
+
+    def feed(self, delta: str) -> bool:
+        if not self._moderator.has_terms or not delta:
+            return False
+        self._text.append(delta)
+        return self._moderator.blocked_term("".join(self._text)) is not None
+
+
+class Moderator:
+    def __init__(
+        self,
+        settings: ModerationSettings,
+        metrics: GatewayMetrics,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self._http = http
+        terms = sorted(
+            {normalise(term) for term in settings.blocked_terms if term.strip()}, key=len
+        )
+        self._pattern = (
+            re.compile(
+                r"(?<!\w)(" + "|".join(re.escape(term) for term in reversed(terms)) + r")(?!\w)"
+            )
+            if terms
+            else None
+        )
+
+    @property
+    def has_terms(self) -> bool:
+        return self._pattern is not None
+
+    @property
+    def refusal(self) -> str:
+        return self.settings.refusal
+
+    def blocked_term(self, text: str) -> str | None:
+        if self._pattern is None:
+            return None
+        found = self._pattern.search(normalise(text))
+        return found.group(1) if found else None
+
+    async def check_input(self, text: str) -> None:
+        """Raise ContentBlocked if the user's message holds a blocked term or the guard says no."""
+        if self.blocked_term(text) is not None or not await self._guard_allows(text, "user"):
+            self._metrics.moderated.labels("input").inc()
+            # The term is not repeated back: the message already says what to fix.
+            raise ContentBlocked("the message was blocked by this assistant's content policy")
+
+    async def output_allowed(self, text: str) -> bool:
+        """Whether a whole answer may be shown; counts a block."""
+        allowed = self.blocked_term(text) is None and await self._guard_allows(text, "assistant")
+        if not allowed:
+            self.count_output_block()
+        return allowed
+
+    def count_output_block(self) -> None:
+        self._metrics.moderated.labels("output").inc()
+
+    def scanner(self) -> OutputScanner:
+        return OutputScanner(self)
+
+    async def _guard_allows(self, text: str, role: str) -> bool:
+        """Ask the guard model, Llama Guard style: its answer starts with 'safe' or 'unsafe'."""
+        if self.settings.guard_url is None or self._http is None:
+            return True
+        request = {
+            "model": self.settings.guard_model,
+            "messages": [{"role": role, "content": text}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+        try:
+            response = await self._http.post(
+                f"{str(self.settings.guard_url).rstrip('/')}/chat/completions", json=request
+            )
+            response.raise_for_status()
+            verdict = response.json()["choices"][0]["message"]["content"].strip().lower()
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+            # A guard that cannot answer must not silence the assistant; it is logged and counted.
+            logger.warning(
+                "the guard model failed; allowing the message", extra={"error": str(error)}
+            )
+            self._metrics.backend_errors.labels("guard").inc()
+            return True
+        return not verdict.startswith("unsafe")

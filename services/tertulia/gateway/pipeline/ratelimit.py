@@ -1,0 +1,47 @@
+"""Rate limit: a token bucket per user and one per API key, taken together and atomically."""
+
+from __future__ import annotations
+
+from tertulia.gateway.errors import RateLimited
+from tertulia.gateway.metrics import GatewayMetrics
+from tertulia.gateway.pipeline.auth import Identity
+from tertulia.gateway.settings import RateLimitSettings
+from tertulia.gateway.store import Bucket, Store, hashed_key
+
+
+def buckets_for(settings: RateLimitSettings, identity: Identity, user: str) -> list[Bucket]:
+    return [
+        Bucket(
+            hashed_key("tertulia:rate:user", identity.name, user),
+            "user",
+            settings.requests_per_minute / 60,
+            settings.burst,
+        ),
+        Bucket(
+            hashed_key("tertulia:rate:key", identity.name),
+            "key",
+            settings.key_requests_per_minute / 60,
+            settings.key_burst,
+        ),
+    ]
+
+
+async def enforce_rate_limit(
+    store: Store,
+    settings: RateLimitSettings,
+    metrics: GatewayMetrics,
+    identity: Identity,
+    user: str,
+) -> None:
+    """Take one request from the user's and the key's buckets, or raise 429 with Retry-After."""
+    if not settings.enabled:
+        return
+    verdict = await store.take(buckets_for(settings, identity, user))
+    if verdict.allowed:
+        return
+    metrics.rate_limited.labels(verdict.scope).inc()
+    whose = "this user" if verdict.scope == "user" else "this API key"
+    raise RateLimited(
+        f"too many requests for {whose}; retry in {verdict.retry_after:.1f} s",
+        retry_after=verdict.retry_after,
+    )

@@ -1,0 +1,57 @@
+"""Probes: /healthz (the process answers) and /readyz (its dependencies answer too)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from tertulia.gateway.deps import ServicesDep
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+async def _check(ping: Callable[[], Awaitable[None]]) -> dict[str, str]:
+    try:
+        await asyncio.wait_for(ping(), CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return {"status": "down", "reason": f"no answer within {CHECK_TIMEOUT_SECONDS:.0f} s"}
+    except Exception as error:  # any failure is the detail the probe reports
+        reason = getattr(error, "message", None) or type(error).__name__
+        return {"status": "down", "reason": str(reason)}
+    return {"status": "up"}
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready when the model server and the store answer; a failing knowledge base degrades
+    the answers (no context) without taking the gateway out of service."""
+    checks: dict[str, Any] = {}
+    names = ["backend", "store"]
+    pings = [services.backend.ping, services.store.ping]
+    if services.retriever is not None:
+        names.append("knowledge_base")
+        pings.append(services.retriever.ping)
+    results = await asyncio.gather(*(_check(ping) for ping in pings))
+    checks = dict(zip(names, results, strict=True))
+    checks["store"]["kind"] = "redis" if services.settings.redis_url else "in-process"
+    required_up = all(checks[name]["status"] == "up" for name in ("backend", "store"))
+    if not required_up:
+        status = "unavailable"
+    elif any(check["status"] != "up" for check in checks.values()):
+        status = "degraded"
+    else:
+        status = "ready"
+    return JSONResponse(
+        {"status": status, "checks": checks}, status_code=200 if required_up else 503
+    )

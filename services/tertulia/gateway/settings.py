@@ -1,0 +1,151 @@
+"""The gateway's settings: environment variables over a mounted YAML file over the defaults.
+
+The operator renders the file into a ConfigMap mounted at `/etc/tertulia/gateway.yaml`;
+`TERTULIA_GATEWAY_CONFIG_FILE` points elsewhere. Environment variables use the prefix
+`TERTULIA_GATEWAY_` and `__` between nested names (`TERTULIA_GATEWAY_MEMORY__MAX_TURNS=10`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_VARIABLE = "TERTULIA_GATEWAY_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = Path("/etc/tertulia/gateway.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendSettings(_Section):
+    """The OpenAI-compatible model server: vLLM, Ollama (its /v1 API) or llama.cpp."""
+
+    url: HttpUrl = Field(
+        HttpUrl("http://127.0.0.1:8000/v1"), description="Base URL, ending in /v1."
+    )
+    model: str = Field("", description="Model id sent upstream; empty: the first /v1/models lists.")
+    api_key_file: Path | None = Field(None, description="File holding a bearer token, if needed.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for the first token, and between tokens."
+    )
+    retries: int = Field(2, ge=0, le=10, description="Retries when a connection cannot be opened.")
+    max_connections: int = Field(1024, ge=1, description="Pooled connections to the backend.")
+
+
+class MemorySettings(_Section):
+    """Per-conversation history, kept in Redis."""
+
+    max_turns: int = Field(20, ge=0, le=1000, description="Turns (a message and its reply) kept.")
+    max_tokens: int = Field(
+        2048, ge=0, description="Token budget of the history in a prompt; oldest turns go first."
+    )
+    ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="A conversation idle this long is forgotten."
+    )
+
+
+class RateLimitSettings(_Section):
+    """Token buckets in Redis, shared by every gateway replica."""
+
+    enabled: bool = True
+    requests_per_minute: float = Field(20.0, gt=0, description="Sustained rate for one user.")
+    burst: int = Field(5, ge=1, description="Requests one user may make at once.")
+    key_requests_per_minute: float = Field(
+        600.0, gt=0, description="Sustained rate for one API key, all its users together."
+    )
+    key_burst: int = Field(50, ge=1, description="Requests one API key may make at once.")
+
+
+class ModerationSettings(_Section):
+    """Blocked terms on input and output, and an optional guard model."""
+
+    blocked_terms: list[str] = Field(default_factory=list, description="Matched as whole words.")
+    refusal: str = Field(
+        "Sorry, I can't help with that.", description="What a blocked answer is replaced with."
+    )
+    guard_url: HttpUrl | None = Field(
+        None, description="OpenAI-compatible URL of a guard model (Llama Guard style)."
+    )
+    guard_model: str = Field("", description="Model id of the guard model.")
+
+
+class LimitSettings(_Section):
+    """Input limits; a request over them is refused with 413 and the limit it broke."""
+
+    max_message_chars: int = Field(8000, ge=1)
+    max_context_chars: int = Field(16000, ge=0)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_messages: int = Field(200, ge=1, description="Messages in one OpenAI-style request.")
+
+
+class KnowledgeBaseSettings(_Section):
+    """Retrieval from the knowledge base; off unless configured."""
+
+    enabled: bool = False
+    top_k: int = Field(4, ge=1, le=50)
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TERTULIA_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    model_name: str = Field("tertulia", description="The model id clients see at /v1/models.")
+    system_prompt: str = "You are a helpful assistant. Answer clearly and briefly."
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1, le=32768, description="Longest reply, in tokens.")
+    redis_url: str | None = Field(
+        None, description="Memory and rate limits; without it they live in this process only."
+    )
+    api_keys_dir: Path | None = Field(
+        None,
+        description="A mounted Secret: one file per identity, holding its API key. "
+        "Without it the gateway needs no key (local use only).",
+    )
+    log_level: str = "info"
+    log_content: bool = Field(False, description="Log message text; for debugging only.")
+    backend: BackendSettings = Field(default_factory=BackendSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    knowledge_base: KnowledgeBaseSettings = Field(default_factory=KnowledgeBaseSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        named = os.environ.get(CONFIG_FILE_VARIABLE)
+        config_file = Path(named) if named else DEFAULT_CONFIG_FILE
+        if named and not config_file.is_file():
+            raise FileNotFoundError(f"{CONFIG_FILE_VARIABLE} names {named}, which is not a file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file.is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+@functools.cache
+def get_settings() -> GatewaySettings:
+    """The process's settings, read once; tests swap them with `dependency_overrides`."""
+    return GatewaySettings()

@@ -1,0 +1,297 @@
+"""The gateway's HTTP API in front of the fake backend: answers, memory, refusals, metrics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.openai_backend import FakeBackend
+from tests.unit.gateway.conftest import GatewayFactory, parse_sse, write_keys
+
+
+async def test_chat_answers_and_the_next_message_carries_the_history(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    client = await gateway(system_prompt="Be kind.")
+
+    first = await client.post("/chat", json={"message": "hello", "conversation_id": "c1"})
+    second = await client.post("/chat", json={"message": "again", "conversation_id": "c1"})
+
+    assert first.status_code == 200
+    assert first.json()["response"] == "You said: hello"
+    assert second.json()["conversation_id"] == "c1"
+    assert fake.requests[-1]["messages"] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "You said: hello"},
+        {"role": "user", "content": "again"},
+    ]
+
+
+async def test_a_chat_without_conversation_id_starts_a_new_one(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    first = (await client.post("/chat", json={"message": "a"})).json()["conversation_id"]
+    second = (await client.post("/chat", json={"message": "b"})).json()["conversation_id"]
+    assert first != second
+
+
+async def test_chat_stream_sends_meta_tokens_and_done_with_the_whole_reply(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    fake.config.reply = "One two three four."
+    client = await gateway()
+
+    response = await client.post("/chat/stream", json={"message": "count", "conversation_id": "s1"})
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    assert events[0] == ("meta", {"conversation_id": "s1", "sources": []})
+    tokens = [data["text"] for kind, data in events if kind == "token"]
+    assert len(tokens) == 4
+    kind, done = events[-1]
+    assert kind == "done"
+    assert done["response"] == "".join(tokens) == "One two three four."
+    assert done["finish_reason"] == "stop"
+    assert done["usage"]["completion_tokens"] == 4
+    history = (await client.get("/conversations/s1")).json()["turns"]
+    assert history[-1] == {"role": "assistant", "content": "One two three four."}
+
+
+async def test_conversations_are_visible_and_deletable_by_their_owner_only(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    keys = write_keys(tmp_path / "keys", {"bots": "key-bots", "web": "key-web"})
+    client = await gateway(api_keys_dir=keys)
+    bots = {"Authorization": "Bearer key-bots"}
+    web = {"X-API-Key": "key-web"}
+    await client.post(
+        "/chat", json={"message": "mine", "conversation_id": "c", "user": "ana"}, headers=bots
+    )
+
+    assert (
+        await client.get("/conversations/c", params={"user": "ana"}, headers=bots)
+    ).status_code == 200
+    assert (
+        await client.get("/conversations/c", params={"user": "ana"}, headers=web)
+    ).status_code == 404
+    assert (
+        await client.get("/conversations/c", params={"user": "bob"}, headers=bots)
+    ).status_code == 404
+    assert (
+        await client.delete("/conversations/c", params={"user": "ana"}, headers=web)
+    ).status_code == 404
+
+    deleted = await client.delete("/conversations/c", params={"user": "ana"}, headers=bots)
+    assert deleted.status_code == 204
+    assert (
+        await client.get("/conversations/c", params={"user": "ana"}, headers=bots)
+    ).status_code == 404
+
+
+async def test_a_missing_key_is_refused_with_401(gateway: GatewayFactory, tmp_path: Path) -> None:
+    client = await gateway(api_keys_dir=write_keys(tmp_path / "keys", {"bots": "k"}))
+
+    response = await client.post("/chat", json={"message": "hi"})
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+async def test_oversized_message_and_body_get_413_with_the_limit(gateway: GatewayFactory) -> None:
+    client = await gateway(limits={"max_message_chars": 10, "max_body_bytes": 2048})
+
+    long_message = await client.post("/chat", json={"message": "x" * 11})
+    huge_body = await client.post("/chat", json={"message": "hi", "context": "y" * 4000})
+
+    assert long_message.status_code == 413
+    assert "the limit is 10" in long_message.json()["error"]["message"]
+    assert huge_body.status_code == 413
+    assert "2048 bytes" in huge_body.json()["error"]["message"]
+
+
+async def test_malformed_requests_get_422_naming_the_problem(gateway: GatewayFactory) -> None:
+    client = await gateway()
+
+    control = await client.post("/chat", json={"message": "bell\x07"})
+    temperature = await client.post("/chat", json={"message": "hi", "temperature": 9})
+    unknown = await client.post("/chat", json={"message": "hi", "mesage": "typo"})
+    not_json = await client.post(
+        "/chat", content=b"{", headers={"content-type": "application/json"}
+    )
+
+    assert control.status_code == 422
+    assert "U+0007" in control.json()["error"]["message"]
+    assert temperature.status_code == 422
+    assert "temperature" in temperature.text
+    assert unknown.status_code == 422
+    assert "mesage" in unknown.text
+    assert not_json.status_code == 422
+
+
+async def test_past_the_burst_requests_get_429_with_retry_after(gateway: GatewayFactory) -> None:
+    client = await gateway(rate_limit={"requests_per_minute": 6, "burst": 2})
+
+    statuses = [
+        (await client.post("/chat", json={"message": "hi", "user": "u1"})).status_code
+        for _ in range(3)
+    ]
+    refused = await client.post("/chat", json={"message": "hi", "user": "u1"})
+    other_user = await client.post("/chat", json={"message": "hi", "user": "u2"})
+
+    assert statuses == [200, 200, 429]
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 10
+    assert "this user" in refused.json()["error"]["message"]
+    assert other_user.status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert 'tertulia_gateway_rate_limited_total{scope="user"} 2.0' in metrics
+
+
+async def test_blocked_input_gets_400_and_never_reaches_the_model(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    client = await gateway(moderation={"blocked_terms": ["contraband"]})
+
+    response = await client.post("/chat", json={"message": "Sell me CONTRABAND"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "content_blocked"
+    assert fake.requests == []
+
+
+async def test_blocked_output_is_replaced_by_the_refusal(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    fake.config.reply = "Here is some contraband for you."
+    client = await gateway(moderation={"blocked_terms": ["contraband"], "refusal": "No."})
+
+    whole = await client.post("/chat", json={"message": "hi"})
+    streamed = parse_sse((await client.post("/chat/stream", json={"message": "hi"})).text)
+
+    assert whole.json()["response"] == "No."
+    assert whole.json()["finish_reason"] == "content_filter"
+    shown = "".join(data["text"] for kind, data in streamed if kind == "token")
+    assert "contraband" not in shown
+    assert streamed[-1][1]["response"] == "No."
+    assert streamed[-1][1]["finish_reason"] == "content_filter"
+
+
+async def test_openai_models_and_non_streaming_completion(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    client = await gateway(model_name="harbour-bot", system_prompt="Be kind.")
+
+    models = await client.get("/v1/models")
+    completion = await client.post(
+        "/v1/chat/completions",
+        json={"model": "harbour-bot", "messages": [{"role": "user", "content": "hi"}], "seed": 7},
+    )
+
+    assert [model["id"] for model in models.json()["data"]] == ["harbour-bot"]
+    assert completion.json()["choices"][0]["message"]["content"] == "You said: hi"
+    sent = fake.requests[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
+    assert sent["model"] == "fake-model"
+    assert sent["seed"] == 7, "unknown OpenAI fields pass upstream"
+
+
+async def test_openai_stream_is_passed_through_with_usage_only_when_asked(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway()
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    plain = (await client.post("/v1/chat/completions", json=body)).text
+    with_usage = (
+        await client.post(
+            "/v1/chat/completions", json={**body, "stream_options": {"include_usage": True}}
+        )
+    ).text
+
+    assert plain.rstrip().endswith("data: [DONE]")
+    assert '"usage"' not in plain
+    assert '"usage"' in with_usage
+    assert "You" in plain
+
+
+@pytest.mark.parametrize(
+    ("backend_status", "status", "code"),
+    [
+        (503, 503, "backend_unavailable"),
+        (500, 502, "backend_error"),
+        (400, 400, "backend_rejected"),
+    ],
+)
+async def test_backend_errors_map_to_clear_statuses(
+    gateway: GatewayFactory, fake: FakeBackend, backend_status: int, status: int, code: str
+) -> None:
+    fake.config.fail_status = backend_status
+    client = await gateway()
+
+    response = await client.post("/chat", json={"message": "hi"})
+    streamed = await client.post("/chat/stream", json={"message": "hi"})
+
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert streamed.status_code == status
+    if status == 503:
+        assert response.headers["retry-after"] == "5"
+
+
+async def test_readyz_reports_each_dependency(gateway: GatewayFactory, fake: FakeBackend) -> None:
+    client = await gateway()
+
+    ready = await client.get("/readyz")
+    fake.config.fail_status = 503
+    unready = await client.get("/readyz")
+
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"backend": {"status": "up"}, "store": {"status": "up", "kind": "in-process"}},
+    }
+    assert unready.status_code == 503
+    assert unready.json()["status"] == "unavailable"
+    assert unready.json()["checks"]["backend"]["status"] == "down"
+    assert "not ready" in unready.json()["checks"]["backend"]["reason"]
+
+
+async def test_stats_and_metrics_count_requests_by_route_and_status(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway()
+    await client.post("/chat", json={"message": "hi"})
+    await client.post("/chat", json={"message": "bell\x07"})
+
+    stats = (await client.get("/stats")).json()
+    metrics = (await client.get("/metrics")).text
+
+    assert stats["requests"] == 2
+    assert stats["errors"] == 0
+    assert stats["success_rate"] == 1.0
+    assert stats["mean_latency_seconds"] > 0
+    assert 'tertulia_gateway_requests_total{route="/chat",status="200"} 1.0' in metrics
+    assert 'tertulia_gateway_requests_total{route="/chat",status="422"} 1.0' in metrics
+    assert 'tertulia_gateway_tokens_total{direction="completion"} 3.0' in metrics
+    assert "tertulia_gateway_time_to_first_token_seconds_count 1.0" in metrics
+
+
+async def test_request_id_is_kept_when_given_and_made_when_not(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    given = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    made = await client.get("/healthz")
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32
+
+
+async def test_message_text_stays_out_of_the_logs(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await gateway()
+    with caplog.at_level(logging.DEBUG):
+        await client.post("/chat", json={"message": "my secret diagnosis"})
+    logged = " ".join(f"{record.getMessage()} {vars(record)}" for record in caplog.records)
+    assert "secret diagnosis" not in logged
+    assert "<19 chars>" in logged
