@@ -46,8 +46,9 @@ testenv: install testbed ## Start the control plane by hand; prints the KUBECONF
 testenv-down: ## Stop the control plane started by `make testenv`
 	@bash hack/testenv.sh down
 
-bench: install testbed ## Run the benchmarks in bench/, each printing ratios against its baseline
-	$(VENV_BIN)/python -m bench
+bench: testbed ## Run the benchmarks in bench/ (BENCH=gateway for one), each with its baseline
+	@bash hack/bootstrap.sh bench
+	$(VENV_BIN)/python -m bench $(BENCH)
 
 clean: testenv-down ## Remove the environment and local caches (not the versioned test-bed cache)
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

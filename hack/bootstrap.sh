@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Tertulia's development needs on a fresh machine: system packages, uv (hash
 # checked), and the locked Python environment in .venv. Safe to run again: it only fills gaps.
+#   hack/bootstrap.sh          what `make test` and `make run` need
+#   hack/bootstrap.sh bench    that, and the load generator of the benchmarks (wrk)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_system_packages() {
   # Each program the tests run or the llama.cpp build needs, and the Debian package with it.
   local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git)
+  [[ "${1:-}" == bench ]] && package_of[wrk]=wrk
   local program missing=()
   for program in "${!package_of[@]}"; do
     command -v "${program}" >/dev/null || missing+=("${package_of[${program}]}")
@@ -38,6 +41,6 @@ sync_environment() {
   (cd "${REPO_ROOT}" && "${UV}" sync --quiet --locked --all-extras)
 }
 
-ensure_system_packages
+ensure_system_packages "$@"
 ensure_uv
 sync_environment

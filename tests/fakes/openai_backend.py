@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import re
+import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -47,6 +49,8 @@ class FakeBackendConfig:
     fail_status: int = 0
     # Drop the connection after this many streamed tokens (-1: never).
     cut_after_tokens: int = -1
+    # End streams without the final `data: [DONE]`, as a broken engine would.
+    omit_done: bool = False
     embedding_dimensions: int = 16
     model: str = MODEL_ID
 
@@ -65,6 +69,8 @@ class FakeBackend:
 
     config: FakeBackendConfig = field(default_factory=FakeBackendConfig)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # Streams whose client went away before the end: the proof that cancelling reaches here.
+    streams_cancelled: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -85,11 +91,13 @@ class FakeBackend:
         elif method == "GET" and path == "/v1/models":
             await _json(send, 200, self._models())
         elif method == "POST" and path == "/v1/chat/completions":
-            await self._chat(await _body(receive), send)
+            await self._chat(await _body(receive), receive, send)
         elif method == "POST" and path == "/v1/embeddings":
             await self._embeddings(await _body(receive), send)
         elif method == "GET" and path == "/fake/requests":
-            await _json(send, 200, {"requests": self.requests})
+            await _json(
+                send, 200, {"requests": self.requests, "streams_cancelled": self.streams_cancelled}
+            )
         elif method == "GET" and path == "/fake/config":
             await _json(send, 200, asdict(self.config))
         elif method == "POST" and path == "/fake/config":
@@ -117,7 +125,7 @@ class FakeBackend:
             "data": [{"id": self.config.model, "object": "model", "owned_by": "tertulia-tests"}],
         }
 
-    async def _chat(self, request: dict[str, Any], send: Send) -> None:
+    async def _chat(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
         self.requests.append(request)
         tokens = _TOKEN.findall(self.reply_for(request))
         max_tokens = request.get("max_tokens") or request.get("max_completion_tokens")
@@ -172,18 +180,33 @@ class FakeBackend:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
-        await _event(send, chunk({"role": "assistant", "content": ""}))
-        for index, token in enumerate(tokens):
-            if index == self.config.cut_after_tokens:
-                raise StreamCutError("scripted cut in the middle of the stream")
-            if index and self.config.token_delay:
-                await asyncio.sleep(self.config.token_delay)
-            await _event(send, chunk({"content": token}))
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await _event(send, chunk({"role": "assistant", "content": ""}))
+            for index, token in enumerate(tokens):
+                if index == self.config.cut_after_tokens:
+                    raise StreamCutError("scripted cut in the middle of the stream")
+                if index and self.config.token_delay:
+                    await asyncio.sleep(self.config.token_delay)
+                if disconnected.is_set():
+                    self.streams_cancelled += 1
+                    return
+                await _event(send, chunk({"content": token}))
+        finally:
+            watcher.cancel()
         await _event(send, chunk({}, finish_reason))
         if (request.get("stream_options") or {}).get("include_usage"):
             # As OpenAI and vLLM send it: a last chunk with no choices and the usage.
             await _event(send, {**chunk({}), "choices": [], "usage": usage})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        closing = b"" if self.config.omit_done else b"data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": closing})
 
     async def _embeddings(self, request: dict[str, Any], send: Send) -> None:
         inputs = request.get("input", [])
@@ -262,6 +285,29 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+@contextlib.asynccontextmanager
+async def serving(backend: FakeBackend) -> AsyncIterator[str]:
+    """Serve `backend` on a free port of 127.0.0.1 inside the running event loop; yields /v1."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(backend, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
 
 
 def main() -> None:

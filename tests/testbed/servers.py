@@ -98,3 +98,26 @@ def start_fake_backend(
     ).start()
     process.wait_until(lambda: port_open(port), timeout, "listening")
     return process, f"http://127.0.0.1:{port}/v1"
+
+
+def start_gateway(
+    workdir: Path, settings: dict[str, str], *, name: str = "gateway", timeout: float = 60.0
+) -> tuple[ManagedProcess, str]:
+    """`tertulia gateway serve` in its own process; `settings` are TERTULIA_GATEWAY_* values
+    without the prefix (`{"REDIS_URL": ...}`). Returns the process and its base URL."""
+    port = free_port()
+    env = {f"TERTULIA_GATEWAY_{key}": value for key, value in settings.items()}
+    env["TERTULIA_GATEWAY_PORT"] = str(port)
+    process = ManagedProcess(
+        name,
+        [str(Path(sys.executable).with_name("tertulia")), "gateway", "serve"],
+        workdir,
+        env=env,
+    ).start()
+    base_url = f"http://127.0.0.1:{port}"
+    process.wait_until(
+        lambda: urllib.request.urlopen(f"{base_url}/healthz", timeout=2).status == 200,
+        timeout,
+        "serving /healthz",
+    )
+    return process, base_url

@@ -61,7 +61,7 @@ def configure_logging(level: str = "info", *, log_content: bool = False) -> None
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def content(text: str) -> str:

@@ -11,7 +11,7 @@ from tertulia.gateway.services import Services
 from tertulia.gateway.settings import GatewaySettings
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -19,14 +19,14 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_app_settings(services: ServicesDep) -> GatewaySettings:
+async def get_app_settings(services: ServicesDep) -> GatewaySettings:
     return services.settings
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_app_settings)]
 
 
-def authenticate(request: Request, services: ServicesDep) -> Identity:
+async def authenticate(request: Request, services: ServicesDep) -> Identity:
     return services.api_keys.identify(presented_key(request.headers))
 
 

@@ -72,27 +72,48 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    type: Literal["text"]
+    text: str
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+    name: str | None = Field(None, max_length=64)
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(str(part.get("text", "")) for part in self.content)
-        return self.content or ""
+            return "".join(part.text for part in self.content)
+        return self.content
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
 
 
 class OpenAIChatRequest(BaseModel):
-    """An OpenAI chat completion request; fields the gateway does not know pass upstream."""
+    """An OpenAI chat completion request: the parameters every supported engine understands.
+    An unknown parameter is refused by name rather than silently dropped."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
+    model: str | None = Field(None, description="Ignored: the gateway serves one model.")
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
-    user: str | None = Field(None, max_length=256)
-    stream_options: dict[str, Any] | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = Field(None, max_length=4)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    user: str | None = Field(None, min_length=1, max_length=256)

@@ -7,14 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from tertulia.gateway.backend import Backend
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline.auth import ApiKeys
 from tertulia.gateway.pipeline.moderation import Moderator
 from tertulia.gateway.pipeline.retrieval import Retriever
-from tertulia.gateway.settings import GatewaySettings
+from tertulia.gateway.settings import BackendSettings, GatewaySettings
 from tertulia.gateway.store import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -33,10 +31,7 @@ class Services:
 
 @asynccontextmanager
 async def open_services(
-    settings: GatewaySettings,
-    metrics: GatewayMetrics,
-    retriever: Retriever | None = None,
-    backend_transport: httpx.AsyncBaseTransport | None = None,
+    settings: GatewaySettings, metrics: GatewayMetrics, retriever: Retriever | None = None
 ) -> AsyncIterator[Services]:
     if settings.redis_url is None:
         logger.warning(
@@ -44,8 +39,15 @@ async def open_services(
             "are lost on restart and are not shared between replicas"
         )
     store = open_store(settings.redis_url)
-    backend = Backend(settings.backend, metrics, backend_transport)
-    guard_http = httpx.AsyncClient(timeout=10) if settings.moderation.guard_url else None
+    backend = Backend(settings.backend, metrics)
+    guard = None
+    if settings.moderation.guard_url is not None:
+        guard = Backend(
+            BackendSettings(
+                url=settings.moderation.guard_url, model=settings.moderation.guard_model
+            ),
+            metrics,
+        )
     try:
         yield Services(
             settings=settings,
@@ -53,13 +55,13 @@ async def open_services(
             backend=backend,
             store=store,
             api_keys=ApiKeys(settings.api_keys_dir),
-            moderator=Moderator(settings.moderation, metrics, guard_http),
+            moderator=Moderator(settings.moderation, metrics, guard),
             retriever=retriever,
         )
     finally:
         await backend.aclose()
         await store.aclose()
-        if guard_http is not None:
-            await guard_http.aclose()
+        if guard is not None:
+            await guard.aclose()
         if retriever is not None:
             await retriever.aclose()

@@ -1,4 +1,4 @@
-"""A gateway app in front of the fake backend, in process, for the unit tests."""
+"""A gateway app in front of the fake backend, both in this process and event loop."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tertulia.gateway.app import create_app
 from tertulia.gateway.settings import GatewaySettings
-from tests.fakes.openai_backend import FakeBackend, FakeBackendConfig
+from tests.fakes.openai_backend import FakeBackend, FakeBackendConfig, serving
 
 GatewayFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -24,15 +24,20 @@ def fake() -> FakeBackend:
 
 
 @pytest.fixture
-async def gateway(fake: FakeBackend) -> AsyncIterator[GatewayFactory]:
+async def fake_url(fake: FakeBackend) -> AsyncIterator[str]:
+    """The fake backend served on a free port; its /v1 URL."""
+    async with serving(fake) as url:
+        yield url
+
+
+@pytest.fixture
+async def gateway(fake_url: str) -> AsyncIterator[GatewayFactory]:
     """Start a gateway: `await gateway(memory={"max_turns": 2}, ...)` sets its settings."""
     async with AsyncExitStack() as stack:
 
         async def build(**settings: Any) -> httpx.AsyncClient:
-            settings.setdefault("backend", {"url": "http://fake/v1", "retries": 0})
-            app = create_app(
-                GatewaySettings(**settings), backend_transport=httpx.ASGITransport(app=fake)
-            )
+            settings.setdefault("backend", {"url": fake_url, "retries": 0})
+            app = create_app(GatewaySettings(**settings))
             await stack.enter_async_context(app.router.lifespan_context(app))
             return await stack.enter_async_context(
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")

@@ -189,13 +189,19 @@ async def test_openai_models_and_non_streaming_completion(
         "/v1/chat/completions",
         json={"model": "harbour-bot", "messages": [{"role": "user", "content": "hi"}], "seed": 7},
     )
+    unknown = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "logprobz": True},
+    )
 
     assert [model["id"] for model in models.json()["data"]] == ["harbour-bot"]
     assert completion.json()["choices"][0]["message"]["content"] == "You said: hi"
     sent = fake.requests[-1]
     assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
     assert sent["model"] == "fake-model"
-    assert sent["seed"] == 7, "unknown OpenAI fields pass upstream"
+    assert sent["seed"] == 7
+    assert unknown.status_code == 422
+    assert "logprobz" in unknown.text
 
 
 async def test_openai_stream_is_passed_through_with_usage_only_when_asked(

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import json
-
-import httpx
 import pytest
 
+from tertulia.gateway.backend import Backend
 from tertulia.gateway.errors import ContentBlocked
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline.moderation import Moderator, normalise
-from tertulia.gateway.settings import ModerationSettings
+from tertulia.gateway.settings import BackendSettings, ModerationSettings
+from tests.fakes.openai_backend import FakeBackend
 
 
 def moderator(
-    *terms: str,
-    http: httpx.AsyncClient | None = None,
-    guard: bool = False,
-    metrics: GatewayMetrics | None = None,
+    *terms: str, guard_url: str | None = None, metrics: GatewayMetrics | None = None
 ) -> Moderator:
+    metrics = metrics or GatewayMetrics.create()
     settings = ModerationSettings(
-        blocked_terms=list(terms),
-        guard_url="http://guard/v1" if guard else None,
-        guard_model="guard",
+        blocked_terms=list(terms), guard_url=guard_url, guard_model="guard"
     )
-    return Moderator(settings, metrics or GatewayMetrics.create(), http)
+    guard = (
+        Backend(BackendSettings(url=guard_url, model="guard", retries=0), metrics)
+        if guard_url
+        else None
+    )
+    return Moderator(settings, metrics, guard)
 
 
 def fullwidth(text: str) -> str:
@@ -87,39 +87,38 @@ def test_output_scanner_without_terms_never_blocks() -> None:
     assert not scanner.feed("anything at all")
 
 
-def guard_client(verdict: str, seen: list[dict[str, object]]) -> httpx.AsyncClient:
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, json={"choices": [{"message": {"content": verdict}}]})
-
-    return httpx.AsyncClient(transport=httpx.MockTransport(answer))
-
-
-async def test_guard_model_saying_unsafe_blocks_the_message() -> None:
-    seen: list[dict[str, object]] = []
-    checker = moderator(http=guard_client("unsafe\nS2", seen), guard=True)
+async def test_guard_model_saying_unsafe_blocks_the_message(
+    fake: FakeBackend, fake_url: str
+) -> None:
+    fake.config.reply = "unsafe\nS2"
+    checker = moderator(guard_url=fake_url)
 
     with pytest.raises(ContentBlocked):
         await checker.check_input("how do I pick a lock")
 
-    assert seen[0]["messages"] == [{"role": "user", "content": "how do I pick a lock"}]
-    assert seen[0]["model"] == "guard"
+    assert fake.requests[0]["messages"] == [{"role": "user", "content": "how do I pick a lock"}]
+    assert fake.requests[0]["model"] == "guard"
 
 
-async def test_guard_model_saying_safe_lets_the_message_through() -> None:
-    checker = moderator(http=guard_client("safe", []), guard=True)
+async def test_guard_model_saying_safe_lets_the_message_through(
+    fake: FakeBackend, fake_url: str
+) -> None:
+    fake.config.reply = "safe"
+    checker = moderator(guard_url=fake_url)
+
     await checker.check_input("hello")
     assert await checker.output_allowed("hi there")
 
 
-async def test_failing_guard_model_lets_the_message_through_and_counts_the_error() -> None:
-    def fail(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(500)
-
+async def test_failing_guard_model_lets_the_message_through_and_counts_the_error(
+    fake: FakeBackend, fake_url: str
+) -> None:
+    fake.config.fail_status = 500
     metrics = GatewayMetrics.create()
-    http = httpx.AsyncClient(transport=httpx.MockTransport(fail))
-    checker = moderator(http=http, guard=True, metrics=metrics)
+    checker = moderator(guard_url=fake_url, metrics=metrics)
+
     await checker.check_input("hello")
+
     assert (
         metrics.registry.get_sample_value(
             "tertulia_gateway_backend_errors_total", {"kind": "guard"}

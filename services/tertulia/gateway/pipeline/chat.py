@@ -166,7 +166,8 @@ async def stream_events(
     finally:
         await stream.aclose()
     reply = services.moderator.refusal if finish_reason == CONTENT_FILTER else "".join(parts)
-    count_tokens(services, usage)
+    # llama.cpp does not report usage in streams; there each chunk carries one token.
+    count_tokens(services, usage or Usage(completion_tokens=len(parts)))
     try:
         await remember(
             services.store, services.settings.memory, prepared.key, prepared.message, reply

@@ -54,14 +54,17 @@ async def prepare_completion(
         user_messages[-1].text(),
         settings.knowledge_base.top_k,
     )
-    body = request.model_dump(exclude_none=True, exclude={"model", "stream", "stream_options"})
+    body = request.model_dump(
+        exclude_none=True, exclude={"model", "stream", "stream_options", "max_completion_tokens"}
+    )
     messages = body["messages"]
     # The assistant's own system prompt leads; a client's system messages follow it as context.
     messages.insert(
         0, {"role": "system", "content": system_message(settings.system_prompt, passages, None)}
     )
     body.setdefault("temperature", settings.temperature)
-    body["max_tokens"] = min(body.get("max_tokens", settings.max_tokens), settings.max_tokens)
+    asked = request.max_completion_tokens or request.max_tokens or settings.max_tokens
+    body["max_tokens"] = min(asked, settings.max_tokens)
     return body
 
 
@@ -81,7 +84,7 @@ async def passthrough(
 ) -> AsyncIterator[bytes]:
     """The backend's events as they come; a blocked answer ends with a content_filter chunk."""
     scanner = services.moderator.scanner()
-    first = True
+    deltas = 0
     usage: Usage | None = None
     try:
         async with aclosing(stream.events()) as events:
@@ -90,9 +93,10 @@ async def passthrough(
                     yield event.raw
                     break
                 delta = event.text()
-                if delta and first:
-                    services.metrics.first_token_seconds.observe(time.monotonic() - started)
-                    first = False
+                if delta:
+                    if not deltas:
+                        services.metrics.first_token_seconds.observe(time.monotonic() - started)
+                    deltas += 1
                 if delta and scanner.feed(delta):
                     services.moderator.count_output_block()
                     yield _filtered_chunk(event.data or {}, services.moderator.refusal)
@@ -110,7 +114,8 @@ async def passthrough(
         yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
     finally:
         await stream.aclose()
-        count_tokens(services, usage)
+        # llama.cpp does not report usage in streams; there each chunk carries one token.
+        count_tokens(services, usage or Usage(completion_tokens=deltas))
 
 
 def _filtered_chunk(template: dict[str, Any], refusal: str) -> bytes:

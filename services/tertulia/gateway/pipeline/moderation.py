@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from typing import TYPE_CHECKING
 
-import httpx
-
-from tertulia.gateway.errors import ContentBlocked
+from tertulia.gateway.errors import ContentBlocked, GatewayError
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.settings import ModerationSettings
+
+if TYPE_CHECKING:
+    from tertulia.gateway.backend import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,11 @@ class Moderator:
         self,
         settings: ModerationSettings,
         metrics: GatewayMetrics,
-        http: httpx.AsyncClient | None = None,
+        guard: Backend | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
-        self._http = http
+        self._guard = guard
         terms = sorted(
             {normalise(term) for term in settings.blocked_terms if term.strip()}, key=len
         )
@@ -96,21 +98,13 @@ class Moderator:
 
     async def _guard_allows(self, text: str, role: str) -> bool:
         """Ask the guard model, Llama Guard style: its answer starts with 'safe' or 'unsafe'."""
-        if self.settings.guard_url is None or self._http is None:
+        if self._guard is None:
             return True
-        request = {
-            "model": self.settings.guard_model,
-            "messages": [{"role": role, "content": text}],
-            "max_tokens": 8,
-            "temperature": 0,
-        }
+        request = {"messages": [{"role": role, "content": text}], "max_tokens": 8, "temperature": 0}
         try:
-            response = await self._http.post(
-                f"{str(self.settings.guard_url).rstrip('/')}/chat/completions", json=request
-            )
-            response.raise_for_status()
-            verdict = response.json()["choices"][0]["message"]["content"].strip().lower()
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+            result = await self._guard.complete(request)
+            verdict = str(result["choices"][0]["message"]["content"]).strip().lower()
+        except (GatewayError, KeyError, IndexError, TypeError) as error:
             # A guard that cannot answer must not silence the assistant; it is logged and counted.
             logger.warning(
                 "the guard model failed; allowing the message", extra={"error": str(error)}

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 
 from tertulia.gateway.deps import IdentityDep, ServicesDep
@@ -34,15 +35,16 @@ async def list_models(_: IdentityDep, services: ServicesDep) -> dict[str, Any]:
 )
 async def create_chat_completion(
     request: OpenAIChatRequest, identity: IdentityDep, services: ServicesDep
-) -> dict[str, Any] | EventSourceResponse:
+) -> JSONResponse | EventSourceResponse:
     started = time.monotonic()
     body = await completions.prepare_completion(services, identity, request)
     if not request.stream:
         result = await services.backend.complete(body)
         services.metrics.first_token_seconds.observe(time.monotonic() - started)
-        return await completions.moderated_completion(services, result)
+        # Already plain JSON from the backend: no model to validate it against, so skip that.
+        return JSONResponse(await completions.moderated_completion(services, result))
     stream = await services.backend.open_stream(body)
-    wants_usage = bool((request.stream_options or {}).get("include_usage"))
+    wants_usage = request.stream_options is not None and request.stream_options.include_usage
     return EventSourceResponse(
         completions.passthrough(services, stream, started, client_wants_usage=wants_usage),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -1,0 +1,205 @@
+"""The gateway as deployed: its own processes, in front of the real llama.cpp server, with
+memory and rate limits in the real Redis shared by two replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.testbed.process import ManagedProcess
+from tests.testbed.servers import start_fake_backend, start_gateway, start_llama_server
+
+# Short answers keep the CPU model quick; temperature 0 makes prompts comparable.
+SETTINGS = {"MAX_TOKENS": "12", "TEMPERATURE": "0", "RATE_LIMIT__ENABLED": "false"}
+
+
+def read_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    event = "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield event, json.loads(line.removeprefix("data: "))
+            event = "message"
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, llama_url: str, redis_url: str
+) -> Iterator[tuple[str, str]]:
+    """Two gateway replicas on one Redis, in front of the session's llama.cpp server."""
+    workdir = tmp_path_factory.mktemp("gateways")
+    settings = {**SETTINGS, "BACKEND__URL": llama_url, "REDIS_URL": redis_url}
+    first, first_url = start_gateway(workdir, settings, name="gateway-a")
+    second, second_url = start_gateway(workdir, settings, name="gateway-b")
+    yield first_url, second_url
+    first.stop()
+    second.stop()
+
+
+def test_chat_stream_delivers_the_models_tokens_end_to_end(replicas: tuple[str, str]) -> None:
+    gateway, _ = replicas
+    body = {"message": "Write about the harbour at night.", "conversation_id": uuid.uuid4().hex}
+    with httpx.stream("POST", f"{gateway}/chat/stream", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        events = list(read_events(response))
+
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "meta"
+    assert kinds[-1] == "done"
+    tokens = [data["text"] for kind, data in events if kind == "token"]
+    assert len(tokens) >= 2
+    done = events[-1][1]
+    assert done["response"] == "".join(tokens)
+    assert done["response"].strip()
+    metrics = httpx.get(f"{gateway}/metrics", timeout=10).text
+    assert 'tertulia_gateway_tokens_total{direction="completion"}' in metrics
+
+
+def test_two_replicas_share_one_memory(replicas: tuple[str, str]) -> None:
+    first, second = replicas
+    conversation = uuid.uuid4().hex
+
+    httpx.post(
+        f"{first}/chat",
+        json={"message": "My boat is called Gaviota.", "conversation_id": conversation},
+        timeout=120,
+    )
+    httpx.post(
+        f"{second}/chat",
+        json={"message": "What is my boat called?", "conversation_id": conversation},
+        timeout=120,
+    )
+    seen_by_first = httpx.get(f"{first}/conversations/{conversation}", timeout=10).json()["turns"]
+
+    assert [turn["role"] for turn in seen_by_first] == ["user", "assistant", "user", "assistant"]
+    assert seen_by_first[0]["content"] == "My boat is called Gaviota."
+    assert seen_by_first[2]["content"] == "What is my boat called?"
+
+
+def test_no_history_crosses_between_users(replicas: tuple[str, str]) -> None:
+    gateway, _ = replicas
+    shared_id = uuid.uuid4().hex
+    private = "Ana's locker code is 4471 and her boat is the Gaviota."
+
+    httpx.post(
+        f"{gateway}/chat",
+        json={"message": private, "conversation_id": shared_id, "user": "ana"},
+        timeout=120,
+    )
+    bob = httpx.post(
+        f"{gateway}/chat",
+        json={"message": "Hi there", "conversation_id": shared_id, "user": "bob"},
+        timeout=120,
+    ).json()
+    fresh = httpx.post(
+        f"{gateway}/chat",
+        json={"message": "Hi there", "conversation_id": uuid.uuid4().hex, "user": "carl"},
+        timeout=120,
+    ).json()
+    bob_history = httpx.get(
+        f"{gateway}/conversations/{shared_id}", params={"user": "bob"}, timeout=10
+    ).json()
+
+    # Bob's prompt is exactly as long as a stranger's first prompt: none of Ana's turns in it.
+    assert bob["usage"]["prompt_tokens"] == fresh["usage"]["prompt_tokens"]
+    assert private not in json.dumps(bob_history)
+
+
+def test_one_rate_limit_holds_across_two_replicas(
+    tmp_path: Path, llama_url: str, redis_url: str
+) -> None:
+    settings = {
+        **SETTINGS,
+        "BACKEND__URL": llama_url,
+        "REDIS_URL": redis_url,
+        "MAX_TOKENS": "1",
+        "RATE_LIMIT__ENABLED": "true",
+        "RATE_LIMIT__BURST": "3",
+        "RATE_LIMIT__REQUESTS_PER_MINUTE": "1",
+    }
+    first, first_url = start_gateway(tmp_path, settings, name="limited-a")
+    second, second_url = start_gateway(tmp_path, settings, name="limited-b")
+    try:
+        user = uuid.uuid4().hex
+        statuses = [
+            httpx.post(f"{url}/chat", json={"message": "hi", "user": user}, timeout=120).status_code
+            for url in (first_url, second_url, first_url, second_url, first_url)
+        ]
+        refused = httpx.post(
+            f"{second_url}/chat", json={"message": "hi", "user": user}, timeout=120
+        )
+    finally:
+        first.stop()
+        second.stop()
+
+    assert statuses == [200, 200, 200, 429, 429]
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_backend_killed_mid_stream_ends_the_stream_with_an_error_event(tmp_path: Path) -> None:
+    llama, own_llama_url = start_llama_server(tmp_path / "llama")
+    gateway, gateway_url = start_gateway(
+        tmp_path, {"BACKEND__URL": own_llama_url, "MAX_TOKENS": "400", "BACKEND__RETRIES": "0"}
+    )
+    try:
+        events: list[tuple[str, dict[str, Any]]] = []
+        started = time.monotonic()
+        body = {"message": "Tell me a very long story about the sea."}
+        with httpx.stream("POST", f"{gateway_url}/chat/stream", json=body, timeout=60) as response:
+            for kind, data in read_events(response):
+                events.append((kind, data))
+                if kind == "token" and len(events) == 3:
+                    kill(llama)
+        outage = httpx.post(f"{gateway_url}/chat", json={"message": "hello?"}, timeout=30)
+        ready = httpx.get(f"{gateway_url}/readyz", timeout=30)
+    finally:
+        gateway.stop()
+        llama.stop()
+
+    assert time.monotonic() - started < 60, "the stream hung after the backend died"
+    assert events[-1][0] == "error"
+    assert events[-1][1]["code"] == "stream_interrupted"
+    assert not any(kind == "done" for kind, _ in events)
+    assert outage.status_code == 503
+    assert outage.headers["retry-after"] == "5"
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["backend"]["status"] == "down"
+
+
+def test_a_client_that_goes_away_cancels_the_upstream_request(tmp_path: Path) -> None:
+    backend, backend_url = start_fake_backend(
+        tmp_path, "--reply", " ".join(["wave"] * 400), "--token-delay", "0.02"
+    )
+    gateway, gateway_url = start_gateway(tmp_path, {"BACKEND__URL": backend_url})
+    fake_state = backend_url.removesuffix("/v1") + "/fake/requests"
+    try:
+        with httpx.stream(
+            "POST", f"{gateway_url}/chat/stream", json={"message": "hi"}, timeout=30
+        ) as response:
+            tokens = 0
+            for kind, _ in read_events(response):
+                tokens += kind == "token"
+                if tokens == 3:
+                    break
+        deadline = time.monotonic() + 10
+        while httpx.get(fake_state, timeout=5).json()["streams_cancelled"] == 0:
+            assert time.monotonic() < deadline, "the backend kept generating for a client that left"
+            time.sleep(0.1)
+    finally:
+        gateway.stop()
+        backend.stop()
+
+
+def kill(process: ManagedProcess) -> None:
+    process.popen.send_signal(signal.SIGKILL)
+    process.popen.wait()
