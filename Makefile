@@ -5,7 +5,7 @@ VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
 
 .PHONY: help install testbed run test test-unit test-integration test-e2e lint format \
-	testenv testenv-down bench clean
+	testenv testenv-down bench clean generate
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ test-integration: install ## Only the tests against real Redis, llama.cpp and We
 
 test-e2e: install testbed ## Only the tests against the real control plane
 	$(VENV_BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+generate: install ## Regenerate the CRD YAML and the render golden files from the code
+	$(VENV_BIN)/tertulia operator crd > charts/tertulia/crds/chatbots.tertulia.dev.yaml
+	cp charts/tertulia/crds/chatbots.tertulia.dev.yaml manifests/crd.yaml
+	UPDATE_GOLDEN=1 $(VENV_BIN)/pytest -q -p no:randomly tests/unit/operator/test_render.py
 
 lint: install ## ruff (lint and format check) and mypy
 	$(VENV_BIN)/ruff check .

@@ -20,8 +20,10 @@ up() {
     mkdir -p "${STATE}"
     rm -f "${STATE}/ready"
     log "starting the control plane (logs: ${STATE}/supervisor.log)"
-    (cd "${REPO_ROOT}" && nohup setsid "${PYTHON}" -m tests.testbed serve "${STATE}" \
-      >"${STATE}/supervisor.log" 2>&1 & echo $! >"${PID_FILE}")
+    # Every descriptor redirected, so the caller's pipes close as soon as this script ends.
+    (cd "${REPO_ROOT}" && exec setsid "${PYTHON}" -m tests.testbed serve "${STATE}") \
+      </dev/null >"${STATE}/supervisor.log" 2>&1 &
+    echo $! >"${PID_FILE}"
     local waited=0
     until [[ -f "${STATE}/ready" ]]; do
       running || { tail -n 30 "${STATE}/supervisor.log" >&2; die "the control plane did not start"; }

@@ -5,6 +5,7 @@ from importlib.metadata import version
 import typer
 
 from tertulia.gateway.cli import app as gateway_app
+from tertulia.operator.cli import app as operator_app
 
 app = typer.Typer(
     name="tertulia",
@@ -15,6 +16,7 @@ app = typer.Typer(
 
 
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(operator_app, name="operator")
 
 
 @app.callback()

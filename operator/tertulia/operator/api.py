@@ -1,0 +1,464 @@
+"""The ChatBot API (tertulia.dev/v1alpha1) as typed models: the one source of truth for the
+CRD's schema (see `crd.py`) and for the operator, which parses every spec through them once.
+
+Field descriptions become `kubectl explain` text; `rules` become CEL validations that the
+API server enforces at admission, each naming the field it is about.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "tertulia.dev"
+VERSION = "v1alpha1"
+KIND = "ChatBot"
+PLURAL = "chatbots"
+
+# Children are named NAME-component (-knowledge-base is the longest suffix); names stay
+# within the 63 characters of a DNS label.
+MAX_NAME_LENGTH = 40
+
+
+def rule(expression: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL validation; `field_path` makes the API server name the field in its error."""
+    validation = {"rule": expression, "message": message}
+    if field_path:
+        validation["fieldPath"] = field_path
+    return validation
+
+
+def cel(*validations: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(validations)}
+
+
+class Spec(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class SecretKeyRef(Spec):
+    """A key of a Secret in the ChatBot's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+
+
+class SecretRef(Spec):
+    """A Secret in the ChatBot's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+
+
+# Kubernetes core types passed through to the pods as they are; the API server validates
+# them when the operator creates the Deployment.
+KubernetesObject = dict[str, Any]
+
+
+class CacheSpec(Spec):
+    """A PersistentVolumeClaim for model weights, kept across restarts."""
+
+    size: str = Field("50Gi", description="Requested storage, as a Kubernetes quantity.")
+    storage_class_name: str | None = Field(
+        None, description="StorageClass of the claim; the cluster's default when unset."
+    )
+
+
+class ModelSpec(Spec):
+    """The model server: vLLM on GPUs, Ollama, llama.cpp, or an existing OpenAI-compatible URL."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.engine == 'endpoint' || has(self.name)",
+                "name is required unless engine is endpoint",
+                ".name",
+            ),
+            rule(
+                "self.engine != 'endpoint' || has(self.endpoint)",
+                "endpoint is required when engine is endpoint",
+                ".endpoint",
+            ),
+            rule(
+                "self.engine != 'endpoint' || !has(self.gpus) || self.gpus == 0",
+                "gpus must be 0 when engine is endpoint: no model server runs",
+                ".gpus",
+            ),
+            rule(
+                "self.engine != 'vllm' || !has(self.gpus) || self.gpus >= 1",
+                "vLLM needs at least one GPU",
+                ".gpus",
+            ),
+        )
+    )
+
+    engine: Literal["vllm", "ollama", "llamacpp", "endpoint"] = Field(
+        "vllm",
+        description="vllm: vLLM on GPUs; ollama: Ollama; llamacpp: llama.cpp's server with a "
+        "GGUF; endpoint: no model server, the gateway calls `endpoint`.",
+    )
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The model: a Hugging Face id for vLLM (Qwen/Qwen2.5-7B-Instruct), a tag for "
+        "Ollama (llama3.2:3b), a GGUF file in the cache for llama.cpp (model.gguf). For "
+        "endpoint, the model id to request; the endpoint's first model when unset.",
+    )
+    endpoint: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Base URL of an existing OpenAI-compatible API, ending in /v1 "
+        "(engine endpoint).",
+    )
+    replicas: int = Field(
+        1, ge=0, le=64, description="Model server replicas; `kubectl scale` sets it."
+    )
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=8,
+        description="GPUs per replica. vLLM: 1 when unset, and tensor parallelism spans them; "
+        "ollama and llamacpp: 0 when unset.",
+    )
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", description="Extended resource the GPUs are requested as."
+    )
+    image: str | None = Field(
+        None, description="Container image; the engine's pinned default when unset."
+    )
+    args: list[str] = Field(default_factory=list, description="Extra arguments for the engine.")
+    env: list[KubernetesObject] = Field(
+        default_factory=list, description="Extra environment variables (core/v1 EnvVar)."
+    )
+    resources: KubernetesObject | None = Field(
+        None, description="CPU and memory requests and limits (core/v1 ResourceRequirements)."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels to match.")
+    tolerations: list[KubernetesObject] = Field(
+        default_factory=list, description="Tolerations (core/v1 Toleration)."
+    )
+    affinity: KubernetesObject | None = Field(None, description="Affinity (core/v1 Affinity).")
+    cache: CacheSpec | None = Field(
+        None, description="A volume for weights; an emptyDir when unset."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="A token for gated weights (HF_TOKEN for vLLM)."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="A bearer token the gateway sends to the endpoint (engine endpoint)."
+    )
+
+    @property
+    def gpu_count(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        return 1 if self.engine == "vllm" else 0
+
+
+class MemorySpec(Spec):
+    """Conversation memory, per user and conversation, in the ChatBot's Redis."""
+
+    max_turns: int = Field(
+        20, ge=0, le=1000, description="Turns kept per conversation; 0 turns memory off."
+    )
+    max_tokens: int = Field(
+        2048, ge=0, le=1_000_000, description="History budget in a prompt, in tokens."
+    )
+    ttl_seconds: int = Field(
+        604800, ge=60, description="A conversation idle this long is forgotten."
+    )
+
+
+class RateLimitSpec(Spec):
+    """Per-user token buckets, shared by every gateway replica."""
+
+    requests_per_minute: int = Field(
+        20, ge=1, le=100_000, description="Sustained requests per user."
+    )
+    burst: int = Field(5, ge=1, le=10_000, description="Requests a user may make at once.")
+
+
+class ModerationSpec(Spec):
+    """Blocked terms, matched as whole words on input and output."""
+
+    blocked_terms: list[str] = Field(
+        default_factory=list, max_length=1000, description="Terms to refuse."
+    )
+
+
+class IngressSpec(Spec):
+    """An Ingress in front of the gateway."""
+
+    host: str = Field(min_length=1, max_length=253, description="Host name to serve.")
+    tls_secret_name: str | None = Field(None, description="Secret with the TLS certificate.")
+    class_name: str | None = Field(
+        None, description="IngressClass; the cluster's default when unset."
+    )
+
+
+class AutoscalingSpec(Spec):
+    """A HorizontalPodAutoscaler for the gateway."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas must not exceed maxReplicas",
+                ".minReplicas",
+            )
+        )
+    )
+
+    min_replicas: int = Field(1, ge=1, le=100, description="Fewest gateway replicas.")
+    max_replicas: int = Field(5, ge=1, le=100, description="Most gateway replicas.")
+    target_cpu_utilization: int = Field(
+        70, ge=10, le=100, description="Average CPU percent to keep."
+    )
+
+
+class GatewaySpec(Spec):
+    """The chat gateway: API, memory, limits, moderation."""
+
+    replicas: int = Field(1, ge=1, le=100, description="Gateway replicas (without autoscaling).")
+    image: str | None = Field(
+        None, description="Tertulia's image; the operator's own version when unset."
+    )
+    system_prompt: str = Field(
+        "You are a helpful assistant. Answer clearly and briefly.",
+        max_length=32768,
+        description="Leads every prompt.",
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int = Field(512, ge=1, le=32768, description="Longest answer, in tokens.")
+    memory: MemorySpec = Field(default_factory=MemorySpec, description="Conversation memory.")
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Rate limits.")
+    moderation: ModerationSpec = Field(default_factory=ModerationSpec, description="Moderation.")
+    api_keys_secret_ref: SecretRef | None = Field(
+        None,
+        description="A Secret with one key per client identity holding its API key. When unset "
+        "the operator generates one with a key for the bots.",
+    )
+    ingress: IngressSpec | None = Field(None, description="Expose the gateway through an Ingress.")
+    autoscaling: AutoscalingSpec | None = Field(None, description="Scale the gateway on CPU.")
+
+
+class SourceSpec(Spec):
+    """Documents to ingest: a ConfigMap or a PersistentVolumeClaim."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "has(self.configMap) != has(self.persistentVolumeClaim)",
+                "set exactly one of configMap and persistentVolumeClaim",
+            )
+        )
+    )
+
+    config_map: SecretRef | None = Field(None, description="A ConfigMap whose keys are documents.")
+    persistent_volume_claim: SecretRef | None = Field(
+        None, description="A claim holding documents."
+    )
+
+
+class EmbeddingSpec(Spec):
+    """The embedding model, served through an OpenAI-compatible /v1/embeddings."""
+
+    model: str = Field("BAAI/bge-small-en-v1.5", min_length=1, description="Embedding model id.")
+    endpoint: str | None = Field(
+        None, pattern=r"^https?://", description="Embeddings URL; the model server's when unset."
+    )
+
+
+class KnowledgeBaseSpec(Spec):
+    """A Weaviate knowledge base the gateway retrieves from."""
+
+    enabled: bool = Field(False, description="Deploy Weaviate and retrieve from it.")
+    storage: str = Field("10Gi", description="Weaviate's volume size.")
+    storage_class_name: str | None = Field(None, description="StorageClass of Weaviate's volume.")
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec, description="Embedding model.")
+    sources: list[SourceSpec] = Field(
+        default_factory=list, max_length=32, description="What to ingest."
+    )
+    top_k: int = Field(4, ge=1, le=50, description="Passages retrieved per message.")
+
+
+class SlackSpec(Spec):
+    """A Slack app: Socket Mode (app token) or the HTTP Events API (signing secret)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.mode != 'socket' || has(self.appTokenSecretRef)",
+                "appTokenSecretRef is required in socket mode",
+                ".appTokenSecretRef",
+            ),
+            rule(
+                "self.mode != 'events' || has(self.signingSecretRef)",
+                "signingSecretRef is required in events mode",
+                ".signingSecretRef",
+            ),
+        )
+    )
+
+    mode: Literal["socket", "events"] = Field("socket", description="How Slack reaches the bot.")
+    bot_token_secret_ref: SecretKeyRef = Field(description="The bot token (xoxb-...).")
+    app_token_secret_ref: SecretKeyRef | None = Field(
+        None, description="The app-level token (xapp-...)."
+    )
+    signing_secret_ref: SecretKeyRef | None = Field(
+        None, description="The signing secret (events mode)."
+    )
+
+
+class DiscordSpec(Spec):
+    """A Discord bot."""
+
+    token_secret_ref: SecretKeyRef = Field(description="The bot token.")
+
+
+class TelegramSpec(Spec):
+    """A Telegram bot: long polling, or a webhook Telegram calls."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.mode != 'webhook' || has(self.webhookUrl)",
+                "webhookUrl is required when mode is webhook",
+                ".webhookUrl",
+            )
+        )
+    )
+
+    mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive.")
+    token_secret_ref: SecretKeyRef = Field(description="The bot token from @BotFather.")
+    webhook_url: str | None = Field(
+        None, pattern=r"^https://", description="Public HTTPS URL Telegram posts updates to."
+    )
+    webhook_secret_ref: SecretKeyRef | None = Field(
+        None, description="The secret Telegram sends with each webhook call."
+    )
+
+
+class PlatformsSpec(Spec):
+    """The chat platforms to serve; one bot Deployment each."""
+
+    slack: SlackSpec | None = Field(None, description="Slack.")
+    discord: DiscordSpec | None = Field(None, description="Discord.")
+    telegram: TelegramSpec | None = Field(None, description="Telegram.")
+
+    def configured(self) -> dict[str, SlackSpec | DiscordSpec | TelegramSpec]:
+        found = {"slack": self.slack, "discord": self.discord, "telegram": self.telegram}
+        return {name: spec for name, spec in found.items() if spec is not None}
+
+
+class ChatBotSpec(Spec):
+    """A private LLM chatbot: its model server, gateway, knowledge base and platforms."""
+
+    model: ModelSpec = Field(description="The model server.")
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="The chat gateway.")
+    knowledge_base: KnowledgeBaseSpec = Field(
+        default_factory=KnowledgeBaseSpec, description="The knowledge base."
+    )
+    platforms: PlatformsSpec = Field(default_factory=PlatformsSpec, description="Chat platforms.")
+
+
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+CONDITION_TYPES = (
+    "ModelReady",
+    "GatewayReady",
+    "KnowledgeBaseReady",
+    "MemoryReady",
+    "PlatformsReady",
+    "Ready",
+)
+
+
+class Condition(Spec):
+    """A condition in Kubernetes' shape; lastTransitionTime moves only when status flips."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    type: str = Field(
+        description="ModelReady, GatewayReady, KnowledgeBaseReady, MemoryReady, "
+        "PlatformsReady or Ready."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field(description="A CamelCase word for why.")
+    message: str = Field(description="What a person should know, and do.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int = Field(0, description="The spec generation this was computed from.")
+
+
+class ModelStatus(Spec):
+    """The model server's replicas, for `kubectl scale` and the READY column."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    replicas: int = Field(0, description="Model server replicas that exist.")
+    ready_replicas: int = Field(0, description="Model server replicas that are Ready.")
+    selector: str = Field("", description="Label selector of the model server's Pods.")
+
+
+class EndpointsStatus(Spec):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    gateway: str = Field("", description="In-cluster URL of the gateway.")
+
+
+class ChatBotStatus(Spec):
+    """What the operator observed of the ChatBot's stack."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    phase: Phase = Field("Pending", description="Pending, Progressing, Ready, Degraded or Failed.")
+    observed_generation: int = Field(0, description="The spec generation last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Per-component conditions."
+    )
+    model: ModelStatus = Field(default_factory=ModelStatus, description="The model server.")
+    endpoints: EndpointsStatus = Field(
+        default_factory=EndpointsStatus, description="Where to reach it."
+    )
+    platforms: str = Field("", description="The configured platforms, comma-separated.")
+
+
+class ChatBot(BaseModel):
+    """A ChatBot as the operator handles it: identity from metadata, the parsed spec."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 0
+    spec: ChatBotSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ChatBot:
+        metadata = body["metadata"]
+        return cls(
+            name=metadata["name"],
+            namespace=metadata["namespace"],
+            uid=metadata["uid"],
+            generation=metadata.get("generation", 0),
+            spec=ChatBotSpec.model_validate(body.get("spec") or {}),
+        )
+
+    def child(self, component: str) -> str:
+        """The name of one of its objects: NAME-component."""
+        return f"{self.name}-{component}"

@@ -1,0 +1,223 @@
+"""kopf handlers, kept thin: parse the ChatBot, render, plan, apply, write status.
+
+Level-based: one `reconcile` runs on resume, create and update, and again on every event of
+an owned workload, Service or ConfigMap, so a child deleted or edited by hand is put back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import version
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot, ChatBotStatus
+from tertulia.operator.kube import Cluster
+from tertulia.operator.plan import ObjectRef, plan
+from tertulia.operator.render import render_all
+from tertulia.operator.render.common import MANAGED_BY
+from tertulia.operator.render.gateway import api_keys_secret
+from tertulia.operator.render.platforms import secret_refs
+from tertulia.operator.status import MissingSecret, Workload, compute_status, failed_status
+
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+IMAGE = os.environ.get("TERTULIA_IMAGE", f"ghcr.io/tertulia/tertulia:{version('tertulia')}")
+# How often a ChatBot waiting for a Secret looks again.
+SECRET_RETRY_SECONDS = 10.0
+
+_cluster: Cluster | None = None
+
+
+def cluster() -> Cluster:
+    global _cluster  # one client for the process, made after kopf has logged in
+    if _cluster is None:
+        _cluster = Cluster()
+    return _cluster
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Handler progress lives in annotations, so status holds only what users read.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # The last handled spec, for diffs, also in an annotation of our own prefix.
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # No on.delete handler: owner references clean up, and no finalizer can block deletion.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Kubernetes Events for what kopf.info/warn report, not for kopf's own debug chatter.
+    settings.posting.level = logging.INFO
+    # Re-open watches every 5 minutes so a silently dropped connection cannot go unnoticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Several replicas coordinate through kopf's peering objects when the chart enables it.
+    settings.peering.standalone = os.environ.get("TERTULIA_OPERATOR_PEERING", "") == ""
+    if not settings.peering.standalone:
+        settings.peering.name = os.environ["TERTULIA_OPERATOR_PEERING"]
+        settings.peering.mandatory = True
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def chatbots(
+    namespace: str, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (namespace, name): {
+            "metadata": dict(body.metadata),
+            "spec": dict(body.spec),
+            "status": dict(body.status),
+        }
+    }
+
+
+def _workload(spec: kopf.Spec, status: kopf.Status) -> Workload:
+    return Workload(
+        replicas=int(spec.get("replicas", 1)), ready=int(status.get("readyReplicas") or 0)
+    )
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def deployments(
+    namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[str, Workload]]:
+    key = (namespace, labels["app.kubernetes.io/instance"])
+    return {key: (labels["app.kubernetes.io/component"], _workload(spec, status))}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
+def statefulsets(
+    namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[str, Workload]]:
+    key = (namespace, labels["app.kubernetes.io/instance"])
+    return {key: (labels["app.kubernetes.io/component"], _workload(spec, status))}
+
+
+# Missing Secrets by ChatBot, from its last reconcile; child events reuse them for status.
+_missing: dict[tuple[str, str], list[MissingSecret]] = {}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile(
+    body: kopf.Body, deployments: kopf.Index[Any, Any], statefulsets: kopf.Index[Any, Any], **_: Any
+) -> None:
+    previous = ChatBotStatus.model_validate(dict(body.status))
+    try:
+        bot = ChatBot.from_body(dict(body))
+    except ValidationError as error:
+        # What the CRD's schema let through but the operator cannot use: report, do not retry.
+        message = "; ".join(
+            f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+        )
+        generation = int(body.meta.get("generation", 0))
+        status = failed_status(generation, previous, "InvalidSpec", message)
+        cluster().patch_status(
+            str(body.meta.namespace), str(body.meta.name), status.model_dump(by_alias=True)
+        )
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        raise kopf.PermanentError(message) from error
+
+    missing = converge(bot, previous, deployments, statefulsets, body)
+    if missing:
+        raise kopf.TemporaryError(
+            f"waiting for {len(missing)} Secret key(s); other components are applied",
+            delay=SECRET_RETRY_SECONDS,
+        )
+
+
+def converge(
+    bot: ChatBot,
+    previous: ChatBotStatus,
+    deployments: kopf.Index[Any, Any],
+    statefulsets: kopf.Index[Any, Any],
+    body: kopf.Body,
+) -> list[MissingSecret]:
+    """Apply what the spec asks for, delete what it no longer asks for, write the status."""
+    kube = cluster()
+    if bot.spec.gateway.api_keys_secret_ref is None and kube.ensure_api_keys(
+        bot, api_keys_secret(bot)
+    ):
+        kopf.info(
+            body, reason="Created", message=f"generated API keys in Secret {api_keys_secret(bot)}"
+        )
+    missing = [
+        MissingSecret(platform, ref.name, ref.key)
+        for platform, refs in secret_refs(bot).items()
+        for ref in refs.values()
+        if not kube.secret_has_key(bot.namespace, ref.name, ref.key)
+    ]
+    for item in missing:
+        kopf.warn(body, reason="SecretNotFound", message=item.describe())
+    ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
+    desired = render_all(bot, image=IMAGE, ready_platforms=ready_platforms)
+    changes = plan(kube.owned(bot), desired)
+    for manifest in changes.apply:
+        kube.apply(manifest)
+    for ref in changes.delete:
+        kube.delete(bot.namespace, ref)
+        kopf.info(body, reason="Deleted", message=f"{ref.kind} {ref.name} is no longer in the spec")
+    _missing[bot.namespace, bot.name] = missing
+    write_status(bot, previous, deployments, statefulsets, body)
+    return missing
+
+
+def write_status(
+    bot: ChatBot,
+    previous: ChatBotStatus,
+    deployments: kopf.Index[Any, Any],
+    statefulsets: kopf.Index[Any, Any],
+    body: kopf.Body,
+) -> None:
+    key = (bot.namespace, bot.name)
+    workloads = dict(deployments.get(key, [])) | dict(statefulsets.get(key, []))
+    status = compute_status(bot, workloads, _missing.get(key, []), previous)
+    if status == previous:
+        return
+    cluster().patch_status(bot.namespace, bot.name, status.model_dump(by_alias=True))
+    if status.phase != previous.phase:
+        message = next(c.message for c in status.conditions if c.type == "Ready")
+        kopf.info(body, reason=status.phase, message=message)
+
+
+def _on_child_event(
+    event: kopf.RawEvent,
+    namespace: str,
+    labels: kopf.Labels,
+    chatbots: kopf.Index[Any, Any],
+    deployments: kopf.Index[Any, Any],
+    statefulsets: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """A child changed or went: put it back as rendered, and refresh the parent's status."""
+    instance = labels.get("app.kubernetes.io/instance")
+    parent = next(iter(chatbots.get((namespace, instance), [])), None) if instance else None
+    if parent is None:
+        return
+    try:
+        bot = ChatBot.from_body(parent)
+    except ValidationError:
+        return  # reconcile reports it
+    previous = ChatBotStatus.model_validate(parent.get("status") or {})
+    child = event["object"]
+    ref = ObjectRef(child["apiVersion"], child["kind"], child["metadata"]["name"])
+    missing = _missing.get((namespace, bot.name), [])
+    ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
+    for manifest in render_all(bot, image=IMAGE, ready_platforms=ready_platforms):
+        if ObjectRef.of(manifest) == ref:
+            cluster().apply(manifest)
+            break
+    body = kopf.Body({"apiVersion": f"{GROUP}/{VERSION}", "kind": "ChatBot", **parent})
+    write_status(bot, previous, deployments, statefulsets, body)
+
+
+for _group, _version, _plural in (
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+):
+    kopf.on.event(_group, _version, _plural, labels=MANAGED)(_on_child_event)

@@ -1,0 +1,32 @@
+"""Desired state as pure functions: a ChatBot in, the manifests of one component out.
+No client calls here; the handlers apply what these return.
+"""
+
+from __future__ import annotations
+
+from tertulia.operator.api import ChatBot
+from tertulia.operator.render.common import Manifest
+from tertulia.operator.render.gateway import render_gateway
+from tertulia.operator.render.knowledge import render_knowledge_base
+from tertulia.operator.render.memory import render_memory
+from tertulia.operator.render.model import render_model_server
+from tertulia.operator.render.network import render_network_policies, render_service_account
+from tertulia.operator.render.platforms import render_platforms
+
+
+def render_all(
+    bot: ChatBot, *, image: str, ready_platforms: set[str] | None = None
+) -> list[Manifest]:
+    """Every object the ChatBot needs; platforms whose Secrets are missing are left out."""
+    return [
+        *render_service_account(bot),
+        *render_model_server(bot),
+        *render_memory(bot),
+        *render_gateway(bot, image=image),
+        *render_knowledge_base(bot, image=image),
+        *render_platforms(bot, image=image, only=ready_platforms),
+        *render_network_policies(bot),
+    ]
+
+
+__all__ = ["Manifest", "render_all"]

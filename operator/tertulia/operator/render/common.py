@@ -1,0 +1,111 @@
+"""What every rendered object shares: names, labels, owner reference, pod hardening."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tertulia.operator.api import GROUP, KIND, VERSION, ChatBot
+
+Manifest = dict[str, Any]
+
+MANAGED_BY = "tertulia-operator"
+PART_OF = "tertulia"
+
+
+def selector_labels(bot: ChatBot, component: str) -> dict[str, str]:
+    """The labels selectors use: name, instance and component only, so they never change."""
+    return {
+        "app.kubernetes.io/name": PART_OF,
+        "app.kubernetes.io/instance": bot.name,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def labels(bot: ChatBot, component: str) -> dict[str, str]:
+    return {**selector_labels(bot, component), "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def metadata(bot: ChatBot, component: str, name: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name or bot.child(component),
+        "namespace": bot.namespace,
+        "labels": labels(bot, component),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": bot.name,
+                "uid": bot.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """The Pod Security 'restricted' profile for one container."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_spec(bot: ChatBot, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "serviceAccountName": bot.child("workload"),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": containers,
+        **extra,
+    }
+
+
+def deployment(
+    bot: ChatBot,
+    component: str,
+    replicas: int,
+    pod: dict[str, Any],
+    *,
+    annotations: dict[str, str] | None = None,
+    strategy: dict[str, Any] | None = None,
+) -> Manifest:
+    template_metadata: dict[str, Any] = {"labels": labels(bot, component)}
+    if annotations:
+        template_metadata["annotations"] = annotations
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": selector_labels(bot, component)},
+        "template": {"metadata": template_metadata, "spec": pod},
+    }
+    if strategy:
+        spec["strategy"] = strategy
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(bot, component),
+        "spec": spec,
+    }
+
+
+def service(
+    bot: ChatBot, component: str, port: int, target_port: int | str | None = None
+) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(bot, component),
+        "spec": {
+            "selector": selector_labels(bot, component),
+            "ports": [
+                {"name": "http", "port": port, "targetPort": target_port or port, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def http_probe(path: str, port: int | str, **timing: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, **timing}

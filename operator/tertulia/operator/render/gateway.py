@@ -1,0 +1,203 @@
+"""The gateway: its config file (a ConfigMap), Deployment, Service, and optional Ingress and HPA."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import yaml
+
+from tertulia.operator.api import ChatBot
+from tertulia.operator.render.common import (
+    Manifest,
+    deployment,
+    http_probe,
+    metadata,
+    pod_spec,
+    restricted_container_security,
+    service,
+)
+from tertulia.operator.render.memory import redis_url
+from tertulia.operator.render.model import model_base_url, served_model_name
+
+COMPONENT = "gateway"
+PORT = 8080
+CONFIG_PATH = "/etc/tertulia"
+KEYS_PATH = "/etc/tertulia/api-keys"
+BACKEND_KEY_PATH = "/etc/tertulia/backend"
+
+
+def api_keys_secret(bot: ChatBot) -> str:
+    """The Secret of API keys: the user's, or the one the operator generates."""
+    ref = bot.spec.gateway.api_keys_secret_ref
+    return ref.name if ref else bot.child("api-keys")
+
+
+def gateway_url(bot: ChatBot) -> str:
+    return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}"
+
+
+def gateway_config(bot: ChatBot) -> dict[str, Any]:
+    """The gateway's settings file, in its own schema (services/tertulia/gateway/settings.py)."""
+    spec, gateway = bot.spec, bot.spec.gateway
+    backend: dict[str, Any] = {"url": model_base_url(bot), "model": served_model_name(spec.model)}
+    if spec.model.api_key_secret_ref is not None:
+        backend["api_key_file"] = f"{BACKEND_KEY_PATH}/{spec.model.api_key_secret_ref.key}"
+    return {
+        "host": "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
+        "port": PORT,
+        "model_name": bot.name,
+        "system_prompt": gateway.system_prompt,
+        "temperature": gateway.temperature,
+        "max_tokens": gateway.max_tokens,
+        "redis_url": redis_url(bot),
+        "api_keys_dir": KEYS_PATH,
+        "backend": backend,
+        "memory": {
+            "max_turns": gateway.memory.max_turns,
+            "max_tokens": gateway.memory.max_tokens,
+            "ttl_seconds": gateway.memory.ttl_seconds,
+        },
+        "rate_limit": {
+            "requests_per_minute": gateway.rate_limit.requests_per_minute,
+            "burst": gateway.rate_limit.burst,
+        },
+        "moderation": {"blocked_terms": list(gateway.moderation.blocked_terms)},
+        "knowledge_base": {
+            "enabled": spec.knowledge_base.enabled,
+            "top_k": spec.knowledge_base.top_k,
+        },
+    }
+
+
+def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
+    gateway = bot.spec.gateway
+    config_text = yaml.safe_dump(gateway_config(bot), sort_keys=True)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(bot, COMPONENT),
+        "data": {"gateway.yaml": config_text},
+    }
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
+        {"name": "api-keys", "mountPath": KEYS_PATH, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir of its own
+    ]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "configMap": {
+                "name": bot.child(COMPONENT),
+                "items": [{"key": "gateway.yaml", "path": "gateway.yaml"}],
+            },
+        },
+        {"name": "api-keys", "secret": {"secretName": api_keys_secret(bot)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if bot.spec.model.api_key_secret_ref is not None:
+        ref = bot.spec.model.api_key_secret_ref
+        mounts.append({"name": "backend-key", "mountPath": BACKEND_KEY_PATH, "readOnly": True})
+        volumes.append(
+            {
+                "name": "backend-key",
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+            }
+        )
+    container = {
+        "name": COMPONENT,
+        "image": gateway.image or image,
+        "args": ["gateway", "serve"],
+        "env": [{"name": "TERTULIA_GATEWAY_CONFIG_FILE", "value": f"{CONFIG_PATH}/gateway.yaml"}],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": http_probe("/readyz", "http", periodSeconds=5, timeoutSeconds=3),
+        "livenessProbe": http_probe("/healthz", "http", periodSeconds=10, failureThreshold=3),
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": mounts,
+    }
+    # A changed config rolls the pods: the checksum is part of their template.
+    checksum = hashlib.sha256(config_text.encode()).hexdigest()
+    pod = pod_spec(
+        bot,
+        [container],
+        volumes=volumes,
+        securityContext={"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+    )
+    replicas = gateway.autoscaling.min_replicas if gateway.autoscaling else gateway.replicas
+    manifests = [
+        config_map,
+        deployment(
+            bot, COMPONENT, replicas, pod, annotations={"tertulia.dev/config-checksum": checksum}
+        ),
+        service(bot, COMPONENT, PORT, "http"),
+    ]
+    if gateway.ingress is not None:
+        manifests.append(_ingress(bot))
+    if gateway.autoscaling is not None:
+        manifests.append(_autoscaler(bot))
+    return manifests
+
+
+def _ingress(bot: ChatBot) -> Manifest:
+    ingress = bot.spec.gateway.ingress
+    assert ingress is not None  # noqa: S101 - callers check
+    spec: dict[str, Any] = {
+        "rules": [
+            {
+                "host": ingress.host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {
+                                "service": {"name": bot.child(COMPONENT), "port": {"name": "http"}}
+                            },
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    if ingress.class_name:
+        spec["ingressClassName"] = ingress.class_name
+    if ingress.tls_secret_name:
+        spec["tls"] = [{"hosts": [ingress.host], "secretName": ingress.tls_secret_name}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": metadata(bot, COMPONENT),
+        "spec": spec,
+    }
+
+
+def _autoscaler(bot: ChatBot) -> Manifest:
+    autoscaling = bot.spec.gateway.autoscaling
+    assert autoscaling is not None  # noqa: S101 - callers check
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(bot, COMPONENT),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": bot.child(COMPONENT),
+            },
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }

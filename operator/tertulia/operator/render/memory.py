@@ -1,0 +1,54 @@
+"""Memory: one Redis for the ChatBot's conversations, rate-limit buckets and event de-dup."""
+
+from __future__ import annotations
+
+from tertulia.operator.api import ChatBot
+from tertulia.operator.render.common import (
+    Manifest,
+    deployment,
+    pod_spec,
+    restricted_container_security,
+    service,
+)
+
+COMPONENT = "memory"
+PORT = 6379
+REDIS_IMAGE = "redis:7.4-alpine"
+
+
+def redis_url(bot: ChatBot) -> str:
+    return f"redis://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}/0"
+
+
+def render_memory(bot: ChatBot) -> list[Manifest]:
+    container = {
+        "name": "redis",
+        "image": REDIS_IMAGE,
+        # Memory is a cache of conversations: bounded, least-recently-used entries go first.
+        "args": [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "400mb",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ],
+        "ports": [{"name": "redis", "containerPort": PORT}],
+        "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 10},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    pod = pod_spec(
+        bot,
+        [container],
+        volumes=[{"name": "data", "emptyDir": {}}],
+        securityContext={"runAsNonRoot": True, "runAsUser": 999, "fsGroup": 999},
+    )
+    return [deployment(bot, COMPONENT, 1, pod), service(bot, COMPONENT, PORT, "redis")]

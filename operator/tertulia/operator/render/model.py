@@ -1,0 +1,206 @@
+"""The model server, one shape per engine: vLLM on GPUs, Ollama, llama.cpp; none for endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tertulia.operator.api import ChatBot, ModelSpec
+from tertulia.operator.render.common import (
+    Manifest,
+    deployment,
+    http_probe,
+    metadata,
+    pod_spec,
+    selector_labels,
+    service,
+)
+
+COMPONENT = "model"
+
+# Pinned engine images; `spec.model.image` overrides them.
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+OLLAMA_IMAGE = "ollama/ollama:0.12.6"
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+
+PORTS = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080}
+# Weights can take long to download and load: the startup probe waits up to an hour.
+_STARTUP = {"periodSeconds": 10, "failureThreshold": 360}
+
+
+def model_base_url(bot: ChatBot) -> str:
+    """The OpenAI-compatible base URL the gateway calls."""
+    model = bot.spec.model
+    if model.engine == "endpoint":
+        assert model.endpoint is not None  # noqa: S101 - the CRD requires it
+        return model.endpoint.rstrip("/")
+    return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORTS[model.engine]}/v1"
+
+
+def served_model_name(model: ModelSpec) -> str:
+    """The model id the gateway sends upstream ('' lets the gateway ask the server)."""
+    return model.name or ""
+
+
+def model_selector(bot: ChatBot) -> str:
+    """The label selector of the model server's Pods, for the scale subresource."""
+    return ",".join(f"{key}={value}" for key, value in selector_labels(bot, COMPONENT).items())
+
+
+def render_model_server(bot: ChatBot) -> list[Manifest]:
+    model = bot.spec.model
+    if model.engine == "endpoint":
+        return []
+    port = PORTS[model.engine]
+    container, volumes = _ENGINES[model.engine](bot, model, port)
+    container.setdefault("ports", [{"name": "http", "containerPort": port}])
+    container["env"] = [*container.get("env", []), *model.env]
+    container["resources"] = _resources(model)
+    cache_path = container.pop("cache_path")
+    container["volumeMounts"] = [
+        *container.get("volumeMounts", []),
+        {"name": "cache", "mountPath": cache_path},
+    ]
+    volumes.append(_cache_volume(bot))
+    pod = pod_spec(
+        bot,
+        [container],
+        volumes=volumes,
+        nodeSelector=model.node_selector or None,
+        tolerations=model.tolerations or None,
+        affinity=model.affinity,
+        terminationGracePeriodSeconds=60,
+    )
+    pod = {key: value for key, value in pod.items() if value is not None}
+    manifests = [
+        deployment(
+            bot,
+            COMPONENT,
+            model.replicas,
+            pod,
+            # A cache volume is ReadWriteOnce: replace pods rather than surge beside them.
+            strategy={"type": "Recreate"} if model.cache else None,
+        ),
+        service(bot, COMPONENT, port),
+    ]
+    if model.cache is not None:
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": model.cache.size}},
+        }
+        if model.cache.storage_class_name:
+            claim["storageClassName"] = model.cache.storage_class_name
+        manifests.insert(
+            0,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": metadata(bot, COMPONENT, bot.child("model-cache")),
+                "spec": claim,
+            },
+        )
+    return manifests
+
+
+def _resources(model: ModelSpec) -> dict[str, Any]:
+    resources: dict[str, Any] = {
+        key: dict(value)
+        for key, value in (model.resources or {}).items()
+        if isinstance(value, dict)
+    }
+    if model.gpu_count:
+        for section in ("requests", "limits"):
+            resources.setdefault(section, {})[model.gpu_resource_name] = str(model.gpu_count)
+    resources.setdefault("requests", {}).setdefault("cpu", "1")
+    resources["requests"].setdefault("memory", "4Gi")
+    return resources
+
+
+def _cache_volume(bot: ChatBot) -> dict[str, Any]:
+    if bot.spec.model.cache is None:
+        return {"name": "cache", "emptyDir": {}}
+    return {"name": "cache", "persistentVolumeClaim": {"claimName": bot.child("model-cache")}}
+
+
+def _token_env(model: ModelSpec, variable: str) -> list[dict[str, Any]]:
+    if model.token_secret_ref is None:
+        return []
+    ref = model.token_secret_ref
+    return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    name = served_model_name(model)
+    args = [
+        "--model", name,
+        "--served-model-name", name,
+        "--port", str(port),
+        "--tensor-parallel-size", str(model.gpu_count),
+        *model.args,
+    ]  # fmt: skip
+    container = {
+        "name": "vllm",
+        "image": model.image or VLLM_IMAGE,
+        "args": args,
+        "env": [{"name": "HF_HOME", "value": "/cache/huggingface"}, *_token_env(model, "HF_TOKEN")],
+        "startupProbe": http_probe("/health", port, **_STARTUP),
+        "readinessProbe": http_probe("/health", port, periodSeconds=5),
+        "livenessProbe": http_probe("/health", port, periodSeconds=15, failureThreshold=4),
+        # Tensor-parallel workers talk through shared memory.
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],  # noqa: S108 - a memory volume
+        "cache_path": "/cache",
+    }
+    return container, [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+
+
+def _ollama(
+    bot: ChatBot, model: ModelSpec, port: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    name = served_model_name(model)
+    # Serve, pull the model into the cache volume, then keep serving: ready once pulled.
+    script = (
+        "ollama serve & server=$!; "
+        "until ollama list >/dev/null 2>&1; do sleep 1; done; "
+        f"ollama pull '{name}' && wait $server"
+    )
+    container = {
+        "name": "ollama",
+        "image": model.image or OLLAMA_IMAGE,
+        "command": ["/bin/sh", "-c", script],
+        "args": model.args,
+        "env": [
+            {"name": "OLLAMA_HOST", "value": f"0.0.0.0:{port}"},
+            {"name": "OLLAMA_MODELS", "value": "/cache/models"},
+        ],
+        "startupProbe": {"exec": {"command": ["ollama", "show", name]}, **_STARTUP},
+        "readinessProbe": http_probe("/api/tags", port, periodSeconds=5),
+        "livenessProbe": http_probe("/api/tags", port, periodSeconds=15, failureThreshold=4),
+        "cache_path": "/cache",
+    }
+    return container, []
+
+
+def _llamacpp(
+    bot: ChatBot, model: ModelSpec, port: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    args = [
+        "--model", f"/models/{served_model_name(model)}",
+        "--alias", served_model_name(model),
+        "--host", "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
+        "--port", str(port),
+        "--ctx-size", "8192",
+        *(["--n-gpu-layers", "999"] if model.gpu_count else []),
+        *model.args,
+    ]  # fmt: skip
+    container = {
+        "name": "llama-server",
+        "image": model.image or LLAMACPP_IMAGE,
+        "args": args,
+        "startupProbe": http_probe("/health", port, **_STARTUP),
+        "readinessProbe": http_probe("/health", port, periodSeconds=5),
+        "livenessProbe": http_probe("/health", port, periodSeconds=15, failureThreshold=4),
+        "cache_path": "/models",
+    }
+    return container, []
+
+
+_ENGINES = {"vllm": _vllm, "ollama": _ollama, "llamacpp": _llamacpp}

@@ -1,0 +1,54 @@
+"""Isolation: only the gateway reaches the model, memory and knowledge base; workloads run
+under a ServiceAccount without an API token."""
+
+from __future__ import annotations
+
+from tertulia.operator.api import ChatBot
+from tertulia.operator.render.common import Manifest, metadata, selector_labels
+from tertulia.operator.render.knowledge import COMPONENT as KNOWLEDGE
+from tertulia.operator.render.knowledge import INGEST
+from tertulia.operator.render.memory import COMPONENT as MEMORY
+from tertulia.operator.render.model import COMPONENT as MODEL
+
+# The components the bots use besides the gateway: Redis, for event de-duplication.
+_CLIENTS = {
+    MODEL: ["gateway"],
+    MEMORY: ["gateway", "slack", "discord", "telegram"],
+    KNOWLEDGE: ["gateway", INGEST],
+}
+
+
+def render_service_account(bot: ChatBot) -> list[Manifest]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(bot, "workload"),
+            "automountServiceAccountToken": False,
+        }
+    ]
+
+
+def render_network_policies(bot: ChatBot) -> list[Manifest]:
+    policies = []
+    for component, clients in _CLIENTS.items():
+        if component == MODEL and bot.spec.model.engine == "endpoint":
+            continue
+        if component == KNOWLEDGE and not bot.spec.knowledge_base.enabled:
+            continue
+        sources = [
+            {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
+        ]
+        policies.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": metadata(bot, component, bot.child(f"{component}-ingress")),
+                "spec": {
+                    "podSelector": {"matchLabels": selector_labels(bot, component)},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": sources}],
+                },
+            }
+        )
+    return policies

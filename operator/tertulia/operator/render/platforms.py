@@ -1,0 +1,127 @@
+"""One bot Deployment per configured platform; tokens reach it as files from its Secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tertulia.operator.api import ChatBot, SecretKeyRef, SlackSpec, TelegramSpec
+from tertulia.operator.render.common import (
+    Manifest,
+    deployment,
+    pod_spec,
+    restricted_container_security,
+    service,
+)
+from tertulia.operator.render.gateway import api_keys_secret, gateway_url
+from tertulia.operator.render.memory import redis_url
+
+SECRETS_PATH = "/etc/tertulia/secrets"
+HEALTH_PORT = 8081
+WEBHOOK_PORT = 8443
+
+
+def secret_refs(bot: ChatBot) -> dict[str, dict[str, SecretKeyRef]]:
+    """The Secret keys each configured platform needs, by platform and by file name."""
+    needed: dict[str, dict[str, SecretKeyRef]] = {}
+    for name, spec in bot.spec.platforms.configured().items():
+        refs: dict[str, SecretKeyRef | None] = {}
+        if isinstance(spec, SlackSpec):
+            refs = {
+                "bot-token": spec.bot_token_secret_ref,
+                "app-token": spec.app_token_secret_ref,
+                "signing-secret": spec.signing_secret_ref,
+            }
+        elif isinstance(spec, TelegramSpec):
+            refs = {"token": spec.token_secret_ref, "webhook-secret": spec.webhook_secret_ref}
+        else:
+            refs = {"token": spec.token_secret_ref}
+        needed[name] = {file: ref for file, ref in refs.items() if ref is not None}
+    return needed
+
+
+def render_platforms(bot: ChatBot, *, image: str, only: set[str] | None = None) -> list[Manifest]:
+    manifests: list[Manifest] = []
+    for platform, refs in secret_refs(bot).items():
+        if only is not None and platform not in only:
+            continue
+        manifests.extend(_platform(bot, platform, refs, image))
+    return manifests
+
+
+def _platform(
+    bot: ChatBot, platform: str, refs: dict[str, SecretKeyRef], image: str
+) -> list[Manifest]:
+    spec = bot.spec.platforms.configured()[platform]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": f"secret-{file}",
+            "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": file}]},
+        }
+        for file, ref in refs.items()
+    ]
+    mounts: list[dict[str, Any]] = [
+        {
+            "name": f"secret-{file}",
+            "mountPath": f"{SECRETS_PATH}/{file}",
+            "subPath": file,
+            "readOnly": True,
+        }
+        for file in refs
+    ]
+    volumes.append(
+        {
+            "name": "gateway-key",
+            "secret": {
+                "secretName": api_keys_secret(bot),
+                "items": [{"key": "bots", "path": "key"}],
+            },
+        }
+    )
+    mounts.append(
+        {
+            "name": "gateway-key",
+            "mountPath": f"{SECRETS_PATH}/gateway-key",
+            "subPath": "key",
+            "readOnly": True,
+        }
+    )
+    env = [
+        {"name": "TERTULIA_BOT_GATEWAY_URL", "value": gateway_url(bot)},
+        {"name": "TERTULIA_BOT_GATEWAY_KEY_FILE", "value": f"{SECRETS_PATH}/gateway-key"},
+        {"name": "TERTULIA_BOT_REDIS_URL", "value": redis_url(bot)},
+        {"name": "TERTULIA_BOT_SECRETS_DIR", "value": SECRETS_PATH},
+        {"name": "TERTULIA_BOT_HEALTH_PORT", "value": str(HEALTH_PORT)},
+    ]
+    ports = [{"name": "health", "containerPort": HEALTH_PORT}]
+    mode = getattr(spec, "mode", None)
+    if mode:
+        env.append({"name": "TERTULIA_BOT_MODE", "value": mode})
+    receives_http = mode in ("events", "webhook")
+    if receives_http:
+        ports.append({"name": "webhook", "containerPort": WEBHOOK_PORT})
+        env.append({"name": "TERTULIA_BOT_WEBHOOK_PORT", "value": str(WEBHOOK_PORT)})
+    if isinstance(spec, TelegramSpec) and spec.webhook_url:
+        env.append({"name": "TERTULIA_BOT_WEBHOOK_URL", "value": spec.webhook_url})
+    container = {
+        "name": platform,
+        "image": image,
+        "args": ["bot", platform],
+        "env": env,
+        "ports": ports,
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 10},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 15},
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": mounts,
+    }
+    pod = pod_spec(
+        bot,
+        [container],
+        volumes=volumes,
+        securityContext={"runAsNonRoot": True, "runAsUser": 10001},
+    )
+    # Two replicas of a polling or socket bot would answer every message twice.
+    manifests = [deployment(bot, platform, 1, pod, strategy={"type": "Recreate"})]
+    if receives_http:
+        manifests.append(service(bot, platform, WEBHOOK_PORT, "webhook"))
+    return manifests

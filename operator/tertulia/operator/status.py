@@ -1,0 +1,153 @@
+"""The ChatBot's status from what its children report: conditions, phase, model replicas."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from tertulia.operator.api import (
+    ChatBot,
+    ChatBotStatus,
+    Condition,
+    EndpointsStatus,
+    ModelStatus,
+    Phase,
+)
+from tertulia.operator.render.gateway import gateway_url
+from tertulia.operator.render.model import model_selector
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A Deployment or StatefulSet as last seen: replicas asked for, and Ready."""
+
+    replicas: int
+    ready: int
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready >= self.replicas
+
+
+@dataclass(frozen=True)
+class MissingSecret:
+    platform: str
+    secret: str
+    key: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.platform}: Secret {self.secret!r} has no key {self.key!r} (or does not exist)"
+        )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(
+    previous: ChatBotStatus, kind: str, ok: bool, reason: str, message: str, generation: int
+) -> Condition:
+    status = "True" if ok else "False"
+    before = next((c for c in previous.conditions if c.type == kind), None)
+    moved = before is None or before.status != status
+    return Condition(
+        type=kind,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=_now() if moved or before is None else before.last_transition_time,
+        observed_generation=generation,
+    )
+
+
+def _workload(workloads: dict[str, Workload], component: str, what: str) -> tuple[bool, str, str]:
+    found = workloads.get(component)
+    if found is None:
+        return False, "Creating", f"the {what} is being created"
+    if found.is_ready:
+        return True, "Ready", f"{found.ready}/{found.replicas} {what} replicas Ready"
+    return False, "NotReady", f"{found.ready}/{found.replicas} {what} replicas Ready"
+
+
+def compute_status(
+    bot: ChatBot,
+    workloads: dict[str, Workload],
+    missing: list[MissingSecret],
+    previous: ChatBotStatus,
+) -> ChatBotStatus:
+    """Conditions, phase and replica counts; transition times move only when a status flips."""
+    spec = bot.spec
+    results: dict[str, tuple[bool, str, str]] = {}
+    if spec.model.engine == "endpoint":
+        results["ModelReady"] = (True, "External", f"the gateway calls {spec.model.endpoint}")
+    elif spec.model.replicas == 0:
+        results["ModelReady"] = (False, "ScaledToZero", "the model server has 0 replicas")
+    else:
+        results["ModelReady"] = _workload(workloads, "model", "model server")
+    results["GatewayReady"] = _workload(workloads, "gateway", "gateway")
+    results["MemoryReady"] = _workload(workloads, "memory", "Redis")
+    if spec.knowledge_base.enabled:
+        results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate")
+    else:
+        results["KnowledgeBaseReady"] = (True, "Disabled", "no knowledge base is configured")
+    platforms = list(spec.platforms.configured())
+    if missing:
+        results["PlatformsReady"] = (
+            False,
+            "SecretNotFound",
+            "; ".join(item.describe() for item in missing) + "; the bot starts once it exists",
+        )
+    elif not platforms:
+        results["PlatformsReady"] = (True, "NoPlatforms", "no chat platform is configured")
+    else:
+        waiting = [
+            name for name in platforms if not (workloads.get(name) and workloads[name].is_ready)
+        ]
+        if waiting:
+            results["PlatformsReady"] = (False, "NotReady", f"waiting for: {', '.join(waiting)}")
+        else:
+            results["PlatformsReady"] = (True, "Ready", f"serving {', '.join(platforms)}")
+    all_ready = all(ok for ok, _, _ in results.values())
+    unready = [kind for kind, (ok, _, _) in results.items() if not ok]
+    results["Ready"] = (
+        all_ready,
+        "Ready" if all_ready else "Waiting",
+        "every component is Ready" if all_ready else f"not Ready yet: {', '.join(unready)}",
+    )
+    conditions = [
+        _condition(previous, kind, *results[kind], bot.generation)
+        for kind in (
+            "ModelReady",
+            "GatewayReady",
+            "KnowledgeBaseReady",
+            "MemoryReady",
+            "PlatformsReady",
+            "Ready",
+        )
+    ]
+    phase: Phase = "Ready" if all_ready else ("Degraded" if missing else "Progressing")
+    model = workloads.get("model")
+    return ChatBotStatus(
+        phase=phase,
+        observed_generation=bot.generation,
+        conditions=conditions,
+        model=ModelStatus(
+            replicas=model.replicas if model else 0,
+            ready_replicas=model.ready if model else 0,
+            selector=model_selector(bot),
+        ),
+        endpoints=EndpointsStatus(gateway=gateway_url(bot)),
+        platforms=",".join(platforms),
+    )
+
+
+def failed_status(
+    generation: int, previous: ChatBotStatus, reason: str, message: str
+) -> ChatBotStatus:
+    """A spec the operator cannot act on: Failed, with the reason, until the spec changes."""
+    ready = _condition(previous, "Ready", False, reason, message, generation)
+    kept = [c for c in previous.conditions if c.type != "Ready"]
+    return previous.model_copy(
+        update={"phase": "Failed", "observed_generation": generation, "conditions": [*kept, ready]}
+    )

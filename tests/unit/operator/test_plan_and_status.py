@@ -1,0 +1,125 @@
+"""The plan deletes only what is owned and no longer desired; status follows the children."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tertulia.operator.api import ChatBot, ChatBotStatus
+from tertulia.operator.plan import ObjectRef, plan
+from tertulia.operator.status import MissingSecret, Workload, compute_status, failed_status
+from tests.unit.operator.test_render import example
+
+
+def deployment(name: str) -> dict[str, object]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}}
+
+
+@pytest.mark.parametrize(
+    ("observed", "desired", "deleted"),
+    [
+        ([], ["a", "b"], []),
+        (["a", "b"], ["a", "b"], []),
+        (["a", "b", "slack"], ["a", "b"], ["slack"]),
+        (["a"], [], ["a"]),
+    ],
+)
+def test_plan_applies_everything_desired_and_deletes_the_rest(
+    observed: list[str], desired: list[str], deleted: list[str]
+) -> None:
+    result = plan(
+        [ObjectRef("apps/v1", "Deployment", name) for name in observed],
+        [deployment(name) for name in desired],
+    )
+    assert [m["metadata"]["name"] for m in result.apply] == desired
+    assert [ref.name for ref in result.delete] == deleted
+
+
+def test_an_object_of_another_kind_with_the_same_name_is_not_confused() -> None:
+    result = plan([ObjectRef("v1", "Service", "a")], [deployment("a")])
+    assert result.delete == [ObjectRef("v1", "Service", "a")]
+
+
+READY = {
+    "model": Workload(1, 1),
+    "gateway": Workload(2, 2),
+    "memory": Workload(1, 1),
+    "knowledge-base": Workload(1, 1),
+    "slack": Workload(1, 1),
+}
+
+
+def conditions(status: ChatBotStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_all_children_ready_makes_the_chatbot_ready() -> None:
+    status = compute_status(example("vllm-gpu-slack-kb"), READY, [], ChatBotStatus())
+    assert status.phase == "Ready"
+    assert all(value == "True" for value, _ in conditions(status).values())
+    assert status.model.ready_replicas == 1
+    assert status.model.selector == (
+        "app.kubernetes.io/name=tertulia,app.kubernetes.io/instance=harbour,"
+        "app.kubernetes.io/component=model"
+    )
+    assert status.endpoints.gateway == "http://harbour-gateway.bots.svc:8080"
+    assert status.platforms == "slack"
+
+
+def test_a_missing_secret_degrades_only_the_platforms() -> None:
+    missing = [MissingSecret("slack", "slack", "app-token")]
+    status = compute_status(example("vllm-gpu-slack-kb"), READY, missing, ChatBotStatus())
+    found = conditions(status)
+    assert status.phase == "Degraded"
+    assert found["PlatformsReady"] == ("False", "SecretNotFound")
+    assert found["ModelReady"] == ("True", "Ready")
+    message = next(c.message for c in status.conditions if c.type == "PlatformsReady")
+    assert "'slack'" in message and "'app-token'" in message
+
+
+def test_unready_children_keep_it_progressing() -> None:
+    status = compute_status(
+        example("vllm-gpu-slack-kb"), {**READY, "model": Workload(3, 1)}, [], ChatBotStatus()
+    )
+    assert status.phase == "Progressing"
+    assert conditions(status)["ModelReady"] == ("False", "NotReady")
+    assert "1/3" in next(c.message for c in status.conditions if c.type == "ModelReady")
+
+
+def test_transition_time_moves_only_when_a_condition_flips() -> None:
+    bot: ChatBot = example("vllm-gpu-slack-kb")
+    first = compute_status(bot, READY, [], ChatBotStatus())
+    stale = first.model_copy(
+        update={
+            "conditions": [
+                c.model_copy(update={"last_transition_time": "2020-01-01T00:00:00Z"})
+                for c in first.conditions
+            ]
+        }
+    )
+    again = compute_status(bot, READY, [], stale)
+    flipped = compute_status(bot, {**READY, "gateway": Workload(2, 1)}, [], stale)
+    assert {c.last_transition_time for c in again.conditions} == {"2020-01-01T00:00:00Z"}
+    times = {c.type: c.last_transition_time for c in flipped.conditions}
+    assert times["ModelReady"] == "2020-01-01T00:00:00Z"
+    assert times["GatewayReady"] != "2020-01-01T00:00:00Z"
+
+
+def test_a_spec_the_operator_cannot_use_ends_failed_with_the_reason() -> None:
+    status = failed_status(3, ChatBotStatus(), "InvalidSpec", "spec.model.name: required")
+    assert status.phase == "Failed"
+    assert conditions(status)["Ready"] == ("False", "InvalidSpec")
+    assert status.observed_generation == 3
+
+
+def test_endpoint_engine_is_ready_without_a_model_server(tmp_path: Path) -> None:
+    bot = example("external-endpoint")
+    status = compute_status(
+        bot,
+        {"gateway": Workload(1, 1), "memory": Workload(1, 1), "discord": Workload(1, 1)},
+        [],
+        ChatBotStatus(),
+    )
+    assert conditions(status)["ModelReady"] == ("True", "External")
+    assert status.phase == "Ready"

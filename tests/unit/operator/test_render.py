@@ -1,0 +1,200 @@
+"""Render functions: golden files per example, and the rules each component must follow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tertulia.operator.api import ChatBot, SecretRef, SourceSpec
+from tertulia.operator.plan import ObjectRef
+from tertulia.operator.render import render_all
+from tertulia.operator.render.gateway import gateway_config
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+GOLDEN = Path(__file__).parent / "golden"
+IMAGE = "ghcr.io/tertulia/tertulia:test"
+
+
+def load(path: Path, **metadata: Any) -> ChatBot:
+    body = yaml.safe_load(path.read_text())
+    body["metadata"] = {
+        "namespace": "bots",
+        "uid": "0000-uid",
+        "generation": 1,
+        **body["metadata"],
+        **metadata,
+    }
+    return ChatBot.from_body(body)
+
+
+def example(name: str) -> ChatBot:
+    return load(REPO / "manifests" / "examples" / f"{name}.yaml")
+
+
+def by_ref(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+def test_rendered_example_matches_its_golden_file(path: Path) -> None:
+    rendered = yaml.safe_dump_all(render_all(load(path), image=IMAGE), sort_keys=True)
+    golden = GOLDEN / f"{path.stem}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(rendered)
+    assert golden.read_text() == rendered, f"{golden.name} differs: review, then `make generate`"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+def test_every_child_is_owned_labelled_and_uniquely_named(path: Path) -> None:
+    bot = load(path)
+    manifests = render_all(bot, image=IMAGE)
+    refs = [ObjectRef.of(m) for m in manifests]
+    assert len(refs) == len(set(refs))
+    for manifest in manifests:
+        meta = manifest["metadata"]
+        assert meta["namespace"] == "bots"
+        assert len(meta["name"]) <= 63
+        assert meta["labels"]["app.kubernetes.io/instance"] == bot.name
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "tertulia-operator"
+        (owner,) = meta["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+            "ChatBot",
+            bot.name,
+            "0000-uid",
+            True,
+        )
+
+
+def test_vllm_requests_its_gpus_and_spans_them_with_tensor_parallelism() -> None:
+    manifests = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
+    model = manifests["Deployment", "harbour-model"]
+    pod = model["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["args"][container["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 3600
+    )
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    } in container["env"]
+    assert ("PersistentVolumeClaim", "harbour-model-cache") in manifests
+
+
+def test_gpu_resource_name_and_passthrough_fields_reach_the_pod() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    spec = bot.spec.model_copy(
+        update={
+            "model": bot.spec.model.model_copy(
+                update={
+                    "gpu_resource_name": "amd.com/gpu",
+                    "tolerations": [
+                        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "affinity": {
+                        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+                    },
+                }
+            )
+        }
+    )
+    pod = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))[
+        "Deployment", "harbour-model"
+    ]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"amd.com/gpu": "2"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert "nodeAffinity" in pod["affinity"]
+
+
+def test_an_endpoint_chatbot_runs_no_model_server_and_points_the_gateway_at_the_url() -> None:
+    bot = example("external-endpoint")
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    assert not [ref for ref in manifests if ref[1].startswith("shared-llm-model")]
+    config = gateway_config(bot)
+    assert config["backend"]["url"] == "http://vllm.llm-platform.svc:8000/v1"
+    assert config["backend"]["api_key_file"] == "/etc/tertulia/backend/api-key"
+
+
+def test_gateway_config_carries_the_spec_and_a_changed_config_rolls_the_pods() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    before = by_ref(render_all(bot, image=IMAGE))
+    config = yaml.safe_load(before["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
+    assert config["memory"]["max_turns"] == 30
+    assert config["moderation"]["blocked_terms"] == ["password", "api key"]
+    assert config["redis_url"] == "redis://harbour-memory.bots.svc:6379/0"
+    assert config["backend"]["url"] == "http://harbour-model.bots.svc:8000/v1"
+
+    changed = bot.spec.model_copy(
+        update={"gateway": bot.spec.gateway.model_copy(update={"system_prompt": "Be terse."})}
+    )
+    after = by_ref(render_all(bot.model_copy(update={"spec": changed}), image=IMAGE))
+    checksum = "tertulia.dev/config-checksum"
+    annotations_before = before["Deployment", "harbour-gateway"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    annotations_after = after["Deployment", "harbour-gateway"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations_before[checksum] != annotations_after[checksum]
+
+
+def test_platforms_with_missing_secrets_are_left_out() -> None:
+    bot = example("all-platforms")
+    everything = by_ref(render_all(bot, image=IMAGE))
+    partial = by_ref(render_all(bot, image=IMAGE, ready_platforms={"discord"}))
+    assert {
+        ("Deployment", "tertulia-slack"),
+        ("Deployment", "tertulia-telegram"),
+    } <= everything.keys()
+    assert ("Deployment", "tertulia-discord") in partial
+    assert ("Deployment", "tertulia-slack") not in partial
+    assert ("Service", "tertulia-telegram") not in partial
+
+
+def test_bot_pods_get_their_tokens_as_files_and_never_as_env_values() -> None:
+    manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    pod = manifests["Deployment", "tertulia-telegram"]["spec"]["template"]["spec"]
+    mounts = {mount["mountPath"] for mount in pod["containers"][0]["volumeMounts"]}
+    assert {"/etc/tertulia/secrets/token", "/etc/tertulia/secrets/webhook-secret"} <= mounts
+    assert all("valueFrom" not in env for env in pod["containers"][0]["env"])
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_only_the_gateway_reaches_the_model_and_the_knowledge_base() -> None:
+    manifests = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
+    model_policy = manifests["NetworkPolicy", "harbour-model-ingress"]["spec"]
+    sources = [
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in model_policy["ingress"][0]["from"]
+    ]
+    assert sources == ["gateway"]
+    kb_policy = manifests["NetworkPolicy", "harbour-knowledge-base-ingress"]["spec"]
+    kb_sources = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in kb_policy["ingress"][0]["from"]
+    }
+    assert kb_sources == {"gateway", "ingest"}
+
+
+def test_ingest_job_is_renamed_when_its_sources_change() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    jobs = [ref for ref in by_ref(render_all(bot, image=IMAGE)) if ref[0] == "Job"]
+    kb = bot.spec.knowledge_base
+    more = SourceSpec(persistent_volume_claim=SecretRef(name="more"))
+    other = kb.model_copy(update={"sources": [*kb.sources, more]})
+    changed = bot.model_copy(update={"spec": bot.spec.model_copy(update={"knowledge_base": other})})
+    other_jobs = [ref for ref in by_ref(render_all(changed, image=IMAGE)) if ref[0] == "Job"]
+    assert len(jobs) == len(other_jobs) == 1
+    assert jobs != other_jobs
