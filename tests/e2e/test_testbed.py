@@ -159,6 +159,22 @@ def test_deleting_a_deployment_garbage_collects_its_pods(
     assert not apps.list_namespaced_replica_set(namespace, label_selector="app=doomed").items
 
 
+def test_a_claim_of_the_default_class_is_bound(control_plane: ControlPlane, namespace: str) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    claim = {
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    core.create_namespaced_persistent_volume_claim(namespace, claim)
+
+    eventually(
+        lambda: (
+            core.read_namespaced_persistent_volume_claim("data", namespace).status.phase == "Bound"
+        ),
+        what="the claim to be Bound",
+    )
+
+
 def test_kubectl_and_helm_reach_the_api_server(control_plane: ControlPlane) -> None:
     env = {"KUBECONFIG": str(control_plane.kubeconfig), "HOME": str(control_plane.workdir)}
     kubectl = subprocess.run(

@@ -64,6 +64,17 @@ class FakeNode:
         }
 
 
+DEFAULT_STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {
+        "name": "standard",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+    },
+    "provisioner": "kubernetes.io/host-path",
+    "volumeBindingMode": "Immediate",
+}
+
 DEFAULT_NODES = (
     FakeNode("cpu-node-0", cpu="16", memory="64Gi"),
     FakeNode("cpu-node-1", cpu="16", memory="64Gi"),
@@ -211,6 +222,9 @@ class ControlPlane:
             f"--root-ca-file={self.pki.ca_cert}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--use-service-account-credentials=false",
+            # Binds PersistentVolumeClaims of the `standard` class to hostPath volumes, so
+            # Pods with volumes schedule as on a cluster with a storage provisioner.
+            "--enable-hostpath-provisioner=true",
         ]
 
     def _scheduler_args(self) -> list[str]:
@@ -236,6 +250,7 @@ class ControlPlane:
         from kubernetes.client.exceptions import ApiException
 
         api = client.CoreV1Api(self.api_client())
+        client.StorageV1Api(self.api_client()).create_storage_class(DEFAULT_STORAGE_CLASS)
         for node in self.nodes:
             try:
                 api.create_node(node.manifest())

@@ -1,0 +1,475 @@
+"""The operator against the real control plane: examples become Ready stacks on the right
+nodes, scale with kubectl, heal drift, wait for Secrets, survive restarts, and invalid
+ChatBots are refused at admission with the field named.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tertulia.operator.crd import chatbot_crd
+from tests.e2e.test_testbed import eventually
+from tests.testbed.kube import GPU_RESOURCE, ControlPlane
+from tests.testbed.paths import binary
+from tests.testbed.process import ManagedProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "manifests" / "examples"
+GROUP, VERSION, PLURAL = "tertulia.dev", "v1alpha1", "chatbots"
+READY_TIMEOUT = 90.0
+
+# What each example's comments say to create first.
+EXAMPLE_SECRETS: dict[str, dict[str, dict[str, str]]] = {
+    "cpu-ollama": {},
+    "vllm-gpu-slack-kb": {
+        "hf-token": {"token": "hf_x"},
+        "slack": {"bot-token": "xoxb-1", "app-token": "xapp-1"},
+    },
+    "all-platforms": {
+        "slack": {"bot-token": "xoxb-1", "signing-secret": "s"},
+        "discord": {"token": "d"},
+        "telegram": {"token": "1:A", "webhook-secret": "w"},
+    },
+    "external-endpoint": {"llm-endpoint": {"api-key": "k"}, "discord": {"token": "d"}},
+}
+
+
+class Operator:
+    """`tertulia operator run` as its own process, restartable."""
+
+    def __init__(self, control_plane: ControlPlane, logs: Path) -> None:
+        self.control_plane = control_plane
+        self.logs = logs
+        self.process: ManagedProcess | None = None
+
+    def start(self) -> None:
+        self.process = ManagedProcess(
+            "operator",
+            [
+                str(Path(sys.executable).with_name("tertulia")),
+                "operator",
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{free_port()}/healthz",
+            ],
+            self.logs,
+            env={
+                "KUBECONFIG": str(self.control_plane.kubeconfig),
+                "TERTULIA_IMAGE": "tertulia:e2e",
+            },
+        ).start()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.popen.send_signal(signal.SIGKILL)
+        self.process.popen.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    api = control_plane.api_client()
+    client.ApiextensionsV1Api(api).create_custom_resource_definition(chatbot_crd())
+    eventually(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in client.ApiextensionsV1Api(api)
+            .read_custom_resource_definition("chatbots.tertulia.dev")
+            .status.conditions
+            or []
+        ),
+        what="the CRD to be established",
+    )
+    running = Operator(control_plane, tmp_path_factory.mktemp("operator"))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, operator: Operator) -> Iterator[str]:
+    core = client.CoreV1Api(control_plane.api_client())
+    name = f"bots-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+def kubectl(
+    control_plane: ControlPlane, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary("kubectl")), *args],
+        input=stdin,
+        env={"KUBECONFIG": str(control_plane.kubeconfig), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def create_secrets(
+    control_plane: ControlPlane, namespace: str, secrets: dict[str, dict[str, str]]
+) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    for name, data in secrets.items():
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": data})
+
+
+def load_example(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    return document
+
+
+def chatbot(control_plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    api = client.CustomObjectsApi(control_plane.api_client())
+    return cast(
+        dict[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    )
+
+
+def wait_phase(
+    control_plane: ControlPlane, namespace: str, name: str, phase: str = "Ready"
+) -> dict[str, Any]:
+    found: dict[str, Any] = eventually(
+        lambda: (
+            (body := chatbot(control_plane, namespace, name)).get("status", {}).get("phase")
+            == phase
+            and body
+        ),
+        timeout=READY_TIMEOUT,
+        what=f"ChatBot {name} to be {phase}",
+    )
+    return found
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in body["status"]["conditions"] if c["type"] == kind)
+    return found
+
+
+def apply(
+    control_plane: ControlPlane, namespace: str, body: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    return kubectl(
+        control_plane, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(body), check=False
+    )
+
+
+def owned_objects(control_plane: ControlPlane, namespace: str, name: str) -> list[Any]:
+    api = control_plane.api_client()
+    selector = f"app.kubernetes.io/instance={name}"
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    return [
+        *apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        *apps.list_namespaced_stateful_set(namespace, label_selector=selector).items,
+        *core.list_namespaced_service(namespace, label_selector=selector).items,
+        *core.list_namespaced_config_map(namespace, label_selector=selector).items,
+    ]
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_SECRETS))
+def test_each_example_becomes_ready_with_owned_children(
+    control_plane: ControlPlane, namespace: str, example: str
+) -> None:
+    create_secrets(control_plane, namespace, EXAMPLE_SECRETS[example])
+    if example == "vllm-gpu-slack-kb":
+        client.CoreV1Api(control_plane.api_client()).create_namespaced_config_map(
+            namespace,
+            {"metadata": {"name": "team-docs"}, "data": {"harbour.md": "# Harbour\nOpen at nine."}},
+        )
+    body = load_example(example)
+    assert apply(control_plane, namespace, body).returncode == 0
+
+    ready = wait_phase(control_plane, namespace, body["metadata"]["name"])
+
+    assert all(c["status"] == "True" for c in ready["status"]["conditions"])
+    assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
+    children = owned_objects(control_plane, namespace, body["metadata"]["name"])
+    assert children
+    for child in children:
+        (owner,) = child.metadata.owner_references
+        assert (owner.kind, owner.uid, owner.controller) == (
+            "ChatBot",
+            ready["metadata"]["uid"],
+            True,
+        )
+
+
+def test_model_pods_land_on_gpu_nodes_with_their_gpus_and_scale_with_kubectl(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    create_secrets(control_plane, namespace, EXAMPLE_SECRETS["vllm-gpu-slack-kb"])
+    body = load_example("vllm-gpu-slack-kb")
+    body["spec"]["knowledgeBase"]["sources"] = []
+    apply(control_plane, namespace, body)
+    wait_phase(control_plane, namespace, "harbour")
+
+    kubectl(control_plane, "scale", "-n", namespace, "chatbot", "harbour", "--replicas=3")
+
+    scaled = eventually(
+        lambda: (
+            (found := chatbot(control_plane, namespace, "harbour"))["status"]["model"][
+                "readyReplicas"
+            ]
+            == 3
+            and found
+        ),
+        timeout=READY_TIMEOUT,
+        what="3 Ready model replicas",
+    )
+    assert scaled["spec"]["model"]["replicas"] == 3
+    core = client.CoreV1Api(control_plane.api_client())
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=scaled["status"]["model"]["selector"]
+    ).items
+    assert len(pods) == 3
+    for pod in pods:
+        assert pod.spec.node_name.startswith("gpu-node-")
+        assert pod.spec.containers[0].resources.limits[GPU_RESOURCE] == "2"
+    table = kubectl(
+        control_plane, "get", "cb", "harbour", "-n", namespace, "--no-headers"
+    ).stdout.split()
+    assert table[3] == "3", "the READY column"
+    assert table[5] == "Ready"
+
+
+def test_deleting_the_chatbot_collects_every_child(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    apply(control_plane, namespace, load_example("cpu-ollama"))
+    wait_phase(control_plane, namespace, "helpdesk")
+    assert owned_objects(control_plane, namespace, "helpdesk")
+
+    kubectl(control_plane, "delete", "-n", namespace, "chatbot", "helpdesk")
+
+    core = client.CoreV1Api(control_plane.api_client())
+    eventually(
+        lambda: not owned_objects(control_plane, namespace, "helpdesk"),
+        timeout=60,
+        what="garbage collection",
+    )
+    eventually(
+        lambda: (
+            not core.list_namespaced_pod(
+                namespace, label_selector="app.kubernetes.io/instance=helpdesk"
+            ).items
+        ),
+        timeout=60,
+        what="the Pods to go",
+    )
+
+
+def test_missing_secret_marks_platforms_not_ready_then_recovers(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = load_example("external-endpoint")
+    create_secrets(control_plane, namespace, {"llm-endpoint": {"api-key": "k"}})
+    apply(control_plane, namespace, body)
+
+    degraded = wait_phase(control_plane, namespace, "shared-llm", "Degraded")
+    platforms = condition(degraded, "PlatformsReady")
+    assert (platforms["status"], platforms["reason"]) == ("False", "SecretNotFound")
+    assert "'discord'" in platforms["message"] and "'token'" in platforms["message"]
+    apps = client.AppsV1Api(control_plane.api_client())
+    eventually(
+        lambda: (
+            condition(chatbot(control_plane, namespace, "shared-llm"), "GatewayReady")["status"]
+            == "True"
+        ),
+        what="the rest of the stack to be Ready",
+    )
+    assert [
+        d.metadata.name
+        for d in apps.list_namespaced_deployment(namespace).items
+        if d.metadata.name.endswith("discord")
+    ] == []
+
+    create_secrets(control_plane, namespace, {"discord": {"token": "d"}})
+
+    wait_phase(control_plane, namespace, "shared-llm")
+    assert (
+        apps.read_namespaced_deployment("shared-llm-discord", namespace).status.ready_replicas == 1
+    )
+
+
+def test_children_edited_or_deleted_by_hand_are_put_back(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    apply(control_plane, namespace, load_example("cpu-ollama"))
+    wait_phase(control_plane, namespace, "helpdesk")
+    core = client.CoreV1Api(control_plane.api_client())
+    apps = client.AppsV1Api(control_plane.api_client())
+    old_uid = core.read_namespaced_service("helpdesk-gateway", namespace).metadata.uid
+
+    kubectl(control_plane, "scale", "-n", namespace, "deployment", "helpdesk-model", "--replicas=4")
+    core.delete_namespaced_service("helpdesk-gateway", namespace)
+
+    eventually(
+        lambda: apps.read_namespaced_deployment("helpdesk-model", namespace).spec.replicas == 1,
+        timeout=30,
+        what="the model Deployment back at 1 replica",
+    )
+    eventually(
+        lambda: _uid_of(core, "helpdesk-gateway", namespace) not in (None, old_uid),
+        timeout=30,
+        what="the gateway Service to be recreated",
+    )
+
+
+def _uid_of(core: client.CoreV1Api, name: str, namespace: str) -> str | None:
+    try:
+        return str(core.read_namespaced_service(name, namespace).metadata.uid)
+    except client.exceptions.ApiException:
+        return None
+
+
+def test_dropping_a_platform_deletes_its_deployment(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    create_secrets(control_plane, namespace, EXAMPLE_SECRETS["all-platforms"])
+    body = load_example("all-platforms")
+    apply(control_plane, namespace, body)
+    wait_phase(control_plane, namespace, "tertulia")
+    apps = client.AppsV1Api(control_plane.api_client())
+
+    del body["spec"]["platforms"]["slack"]
+    apply(control_plane, namespace, body)
+
+    eventually(
+        lambda: (
+            "tertulia-slack"
+            not in {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+        ),
+        timeout=30,
+        what="the Slack Deployment to be deleted",
+    )
+    assert apps.read_namespaced_deployment("tertulia-discord", namespace)
+    assert (
+        chatbot(control_plane, namespace, "tertulia")["status"]["platforms"] == "discord,telegram"
+    )
+
+
+def test_an_operator_killed_mid_reconcile_converges_after_restart(
+    control_plane: ControlPlane, namespace: str, operator: Operator
+) -> None:
+    names = [f"bot{index}" for index in range(6)]
+    for name in names:
+        body = load_example("cpu-ollama")
+        body["metadata"]["name"] = name
+        body["spec"]["model"]["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
+        apply(control_plane, namespace, body)
+    time.sleep(0.5)
+    operator.kill()
+    try:
+        time.sleep(1)
+    finally:
+        operator.start()
+
+    for name in names:
+        wait_phase(control_plane, namespace, name)
+    apps = client.AppsV1Api(control_plane.api_client())
+    deployments = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+    assert len(deployments) == len(set(deployments)) == 3 * len(names)
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("no model", {}, "spec.model"),
+    ("unknown engine", {"model": {"engine": "tgi", "name": "m"}}, "spec.model.engine"),
+    ("vllm without a model name", {"model": {"engine": "vllm"}}, "spec.model.name"),
+    ("endpoint without a URL", {"model": {"engine": "endpoint"}}, "spec.model.endpoint"),
+    (
+        "endpoint with GPUs",
+        {"model": {"engine": "endpoint", "endpoint": "http://x/v1", "gpus": 1}},
+        "spec.model.gpus",
+    ),
+    ("too many replicas", {"model": {"name": "m", "replicas": 1000}}, "spec.model.replicas"),
+    ("too many GPUs", {"model": {"name": "m", "gpus": 64}}, "spec.model.gpus"),
+    ("vllm with zero GPUs", {"model": {"name": "m", "gpus": 0}}, "spec.model.gpus"),
+    (
+        "telegram webhook without a URL",
+        {
+            "model": {"name": "m"},
+            "platforms": {
+                "telegram": {"mode": "webhook", "tokenSecretRef": {"name": "t", "key": "k"}}
+            },
+        },
+        "spec.platforms.telegram.webhookUrl",
+    ),
+    (
+        "slack socket mode without an app token",
+        {
+            "model": {"name": "m"},
+            "platforms": {"slack": {"botTokenSecretRef": {"name": "s", "key": "k"}}},
+        },
+        "spec.platforms.slack.appTokenSecretRef",
+    ),
+    (
+        "temperature out of range",
+        {"model": {"name": "m"}, "gateway": {"temperature": 3}},
+        "spec.gateway.temperature",
+    ),
+    (
+        "autoscaling bounds reversed",
+        {"model": {"name": "m"}, "gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
+        "spec.gateway.autoscaling.minReplicas",
+    ),
+    (
+        "a source with both kinds",
+        {
+            "model": {"name": "m"},
+            "knowledgeBase": {
+                "sources": [{"configMap": {"name": "a"}, "persistentVolumeClaim": {"name": "b"}}]
+            },
+        },
+        "spec.knowledgeBase.sources[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "field"), INVALID, ids=[case for case, _, _ in INVALID])
+def test_invalid_chatbots_are_refused_naming_the_field(
+    control_plane: ControlPlane, namespace: str, case: str, spec: dict[str, Any], field: str
+) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+
+    result = apply(control_plane, namespace, body)
+
+    assert result.returncode != 0, case
+    assert field in result.stderr, result.stderr
+
+
+def test_a_name_too_long_for_its_children_is_refused(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": "x" * 41},
+        "spec": {"model": {"name": "m"}},
+    }
+    result = apply(control_plane, namespace, body)
+    assert result.returncode != 0
+    assert "metadata.name must be at most 40 characters" in result.stderr
