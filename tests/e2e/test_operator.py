@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ import yaml
 from kubernetes import client
 
 from tertulia.operator.crd import chatbot_crd
-from tests.e2e.test_testbed import eventually
 from tests.testbed.kube import GPU_RESOURCE, ControlPlane
 from tests.testbed.paths import binary
-from tests.testbed.process import ManagedProcess, free_port
+from tests.testbed.process import ManagedProcess, eventually
+from tests.testbed.servers import start_operator
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -34,15 +33,18 @@ READY_TIMEOUT = 90.0
 EXAMPLE_SECRETS: dict[str, dict[str, dict[str, str]]] = {
     "cpu-ollama": {},
     "vllm-gpu-slack-kb": {
-        "hf-token": {"token": "hf_x"},
-        "slack": {"bot-token": "xoxb-1", "app-token": "xapp-1"},
+        "hf-token": {"token": "hf_e2eSecretHuggingFace0001"},
+        "slack": {"bot-token": "xoxb-e2e-secret-0002", "app-token": "xapp-e2e-secret-0003"},
     },
     "all-platforms": {
-        "slack": {"bot-token": "xoxb-1", "signing-secret": "s"},
-        "discord": {"token": "d"},
-        "telegram": {"token": "1:A", "webhook-secret": "w"},
+        "slack": {"bot-token": "xoxb-e2e-secret-0004", "signing-secret": "e2e-signing-0005"},
+        "discord": {"token": "e2e-discord-secret-0006"},
+        "telegram": {"token": "1:e2e-telegram-secret-0007", "webhook-secret": "e2e-hook-0008"},
     },
-    "external-endpoint": {"llm-endpoint": {"api-key": "k"}, "discord": {"token": "d"}},
+    "external-endpoint": {
+        "llm-endpoint": {"api-key": "e2e-endpoint-secret-0009"},
+        "discord": {"token": "e2e-discord-secret-0010"},
+    },
 }
 
 
@@ -55,21 +57,7 @@ class Operator:
         self.process: ManagedProcess | None = None
 
     def start(self) -> None:
-        self.process = ManagedProcess(
-            "operator",
-            [
-                str(Path(sys.executable).with_name("tertulia")),
-                "operator",
-                "run",
-                "--liveness",
-                f"http://127.0.0.1:{free_port()}/healthz",
-            ],
-            self.logs,
-            env={
-                "KUBECONFIG": str(self.control_plane.kubeconfig),
-                "TERTULIA_IMAGE": "tertulia:e2e",
-            },
-        ).start()
+        self.process = start_operator(self.control_plane.kubeconfig, self.logs)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -85,18 +73,7 @@ class Operator:
 def operator(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    api = control_plane.api_client()
-    client.ApiextensionsV1Api(api).create_custom_resource_definition(chatbot_crd())
-    eventually(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in client.ApiextensionsV1Api(api)
-            .read_custom_resource_definition("chatbots.tertulia.dev")
-            .status.conditions
-            or []
-        ),
-        what="the CRD to be established",
-    )
+    control_plane.install_crd(chatbot_crd())
     running = Operator(control_plane, tmp_path_factory.mktemp("operator"))
     running.start()
     yield running
@@ -118,7 +95,7 @@ def kubectl(
     return subprocess.run(
         [str(binary("kubectl")), *args],
         input=stdin,
-        env={"KUBECONFIG": str(control_plane.kubeconfig), "PATH": "/usr/bin:/bin"},
+        env=control_plane.client_env(),
         capture_output=True,
         text=True,
         check=check,
@@ -173,6 +150,17 @@ def apply(
     )
 
 
+def events(control_plane: ControlPlane, namespace: str, name: str) -> list[Any]:
+    """Kubernetes Events about one ChatBot."""
+    return list(
+        client.CoreV1Api(control_plane.api_client())
+        .list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=ChatBot,involvedObject.name={name}"
+        )
+        .items
+    )
+
+
 def owned_objects(control_plane: ControlPlane, namespace: str, name: str) -> list[Any]:
     api = control_plane.api_client()
     selector = f"app.kubernetes.io/instance={name}"
@@ -187,7 +175,7 @@ def owned_objects(control_plane: ControlPlane, namespace: str, name: str) -> lis
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_SECRETS))
 def test_each_example_becomes_ready_with_owned_children(
-    control_plane: ControlPlane, namespace: str, example: str
+    control_plane: ControlPlane, operator: Operator, namespace: str, example: str
 ) -> None:
     create_secrets(control_plane, namespace, EXAMPLE_SECRETS[example])
     if example == "vllm-gpu-slack-kb":
@@ -204,6 +192,25 @@ def test_each_example_becomes_ready_with_owned_children(
     assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
     children = owned_objects(control_plane, namespace, body["metadata"]["name"])
     assert children
+    reported = eventually(
+        lambda: {
+            (e.type, e.reason): e.message
+            for e in events(control_plane, namespace, body["metadata"]["name"])
+        }.get(("Normal", "Ready")),
+        what="a Ready event on the ChatBot",
+    )
+    assert "ready" in reported.lower()
+    # No Secret value in the status, the Events or the operator's log.
+    said = "\n".join(
+        [
+            json.dumps(ready["status"]),
+            *(e.message for e in events(control_plane, namespace, body["metadata"]["name"])),
+            operator.process.log_path.read_text() if operator.process else "",
+        ]
+    )
+    for secret in EXAMPLE_SECRETS[example].values():
+        for value in secret.values():
+            assert value not in said
     for child in children:
         (owner,) = child.metadata.owner_references
         assert (owner.kind, owner.uid, owner.controller) == (
@@ -281,13 +288,23 @@ def test_missing_secret_marks_platforms_not_ready_then_recovers(
     control_plane: ControlPlane, namespace: str
 ) -> None:
     body = load_example("external-endpoint")
-    create_secrets(control_plane, namespace, {"llm-endpoint": {"api-key": "k"}})
+    secrets = EXAMPLE_SECRETS["external-endpoint"]
+    create_secrets(control_plane, namespace, {"llm-endpoint": secrets["llm-endpoint"]})
     apply(control_plane, namespace, body)
 
     degraded = wait_phase(control_plane, namespace, "shared-llm", "Degraded")
     platforms = condition(degraded, "PlatformsReady")
     assert (platforms["status"], platforms["reason"]) == ("False", "SecretNotFound")
     assert "'discord'" in platforms["message"] and "'token'" in platforms["message"]
+    warning = eventually(
+        lambda: [
+            e
+            for e in events(control_plane, namespace, "shared-llm")
+            if (e.type, e.reason) == ("Warning", "SecretNotFound")
+        ],
+        what="a SecretNotFound event",
+    )[0]
+    assert "'discord'" in warning.message
     apps = client.AppsV1Api(control_plane.api_client())
     eventually(
         lambda: (
@@ -302,7 +319,7 @@ def test_missing_secret_marks_platforms_not_ready_then_recovers(
         if d.metadata.name.endswith("discord")
     ] == []
 
-    create_secrets(control_plane, namespace, {"discord": {"token": "d"}})
+    create_secrets(control_plane, namespace, {"discord": secrets["discord"]})
 
     wait_phase(control_plane, namespace, "shared-llm")
     assert (

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,20 +15,7 @@ from kubernetes import client
 
 from tests.testbed.kube import GPU_RESOURCE, ControlPlane
 from tests.testbed.paths import binary, versions
-
-TIMEOUT = 60.0
-
-
-def eventually(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or check}")
-        time.sleep(0.25)
+from tests.testbed.process import eventually
 
 
 @pytest.fixture
@@ -176,7 +162,7 @@ def test_a_claim_of_the_default_class_is_bound(control_plane: ControlPlane, name
 
 
 def test_kubectl_and_helm_reach_the_api_server(control_plane: ControlPlane) -> None:
-    env = {"KUBECONFIG": str(control_plane.kubeconfig), "HOME": str(control_plane.workdir)}
+    env = control_plane.client_env()
     kubectl = subprocess.run(
         [binary("kubectl"), "version", "-o", "json"],
         env=env,

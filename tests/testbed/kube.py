@@ -15,7 +15,7 @@ import yaml
 
 from tests.testbed.paths import binary
 from tests.testbed.pki import Pki, write_pki
-from tests.testbed.process import ManagedProcess, free_port
+from tests.testbed.process import ManagedProcess, eventually, free_port
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -101,6 +101,14 @@ class ControlPlane:
         self.processes: list[ManagedProcess] = []
         self.apiserver_port = 0
         self._pki: Pki | None = None
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for kubectl and helm as the admin, their caches kept in the workdir."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "HOME": str(self.workdir),
+            "PATH": "/usr/bin:/bin",
+        }
 
     @property
     def server(self) -> str:
@@ -317,13 +325,24 @@ class ControlPlane:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    def install_crd(self, body: dict[str, Any], timeout: float = 30.0) -> None:
+        """Create a CustomResourceDefinition and wait until the API server serves it."""
+        from kubernetes import client
+
+        api = client.ApiextensionsV1Api(self.api_client())
+        api.create_custom_resource_definition(body)
+        eventually(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in api.read_custom_resource_definition(
+                    body["metadata"]["name"]
+                ).status.conditions
+                or []
+            ),
+            timeout,
+            f"CRD {body['metadata']['name']} to be established",
+        )
+
     def resident_memory_mib(self) -> dict[str, float]:
-        """Resident memory of each control-plane process, in MiB, read from /proc."""
-        usage = {}
-        for process in self.processes:
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            rss_kib = next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
-            )
-            usage[process.name] = rss_kib / 1024
-        return usage
+        """Resident memory of each control-plane process, in MiB."""
+        return {process.name: process.memory_mib()[0] for process in self.processes}

@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -21,6 +21,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def eventually(
+    check: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.25
+) -> Any:
+    """Poll `check` until it returns something truthy, and return that; TimeoutError naming
+    `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or check}")
+        time.sleep(interval)
 
 
 def _die_with_parent() -> None:
@@ -78,6 +93,14 @@ class ManagedProcess:
             preexec_fn=None if self.survive_parent else _die_with_parent,
         )
         return self
+
+    def memory_mib(self) -> tuple[float, float]:
+        """Resident memory now and at its peak, in MiB, read from /proc."""
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        )
+        now, peak = (int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+        return now, peak
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -1,4 +1,5 @@
-"""The test bed's other real servers: Redis, the llama.cpp model server, the fake backend."""
+"""The test bed's other real servers: Redis, the llama.cpp model server, the fake backend, the
+gateway and the operator."""
 
 from __future__ import annotations
 
@@ -121,3 +122,21 @@ def start_gateway(
         "serving /healthz",
     )
     return process, base_url
+
+
+def start_operator(
+    kubeconfig: Path, workdir: Path, *, image: str = "tertulia:e2e", timeout: float = 60.0
+) -> ManagedProcess:
+    """`tertulia operator run` against `kubeconfig`, waited for until its liveness probe
+    answers; children it renders use `image`."""
+    probe = f"http://127.0.0.1:{free_port()}/healthz"
+    process = ManagedProcess(
+        "operator",
+        [str(Path(sys.executable).with_name("tertulia")), "operator", "run", "--liveness", probe],
+        workdir,
+        env={"KUBECONFIG": str(kubeconfig), "TERTULIA_IMAGE": image},
+    ).start()
+    process.wait_until(
+        lambda: urllib.request.urlopen(probe, timeout=2).status == 200, timeout, "live"
+    )
+    return process

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from importlib.metadata import version
 from typing import Any
 
@@ -19,7 +20,7 @@ from tertulia.operator.kube import Cluster
 from tertulia.operator.plan import ObjectRef, plan
 from tertulia.operator.render import render_all
 from tertulia.operator.render.common import MANAGED_BY
-from tertulia.operator.render.gateway import api_keys_secret
+from tertulia.operator.render.gateway import api_keys_secret, generated_api_keys
 from tertulia.operator.render.platforms import secret_refs
 from tertulia.operator.status import MissingSecret, Workload, compute_status, failed_status
 
@@ -138,8 +139,8 @@ def converge(
 ) -> list[MissingSecret]:
     """Apply what the spec asks for, delete what it no longer asks for, write the status."""
     kube = cluster()
-    if bot.spec.gateway.api_keys_secret_ref is None and kube.ensure_api_keys(
-        bot, api_keys_secret(bot)
+    if bot.spec.gateway.api_keys_secret_ref is None and kube.create(
+        generated_api_keys(bot, secrets.token_urlsafe(32))
     ):
         kopf.info(
             body, reason="Created", message=f"generated API keys in Secret {api_keys_secret(bot)}"
@@ -150,7 +151,8 @@ def converge(
         for ref in refs.values()
         if not kube.secret_has_key(bot.namespace, ref.name, ref.key)
     ]
-    for item in missing:
+    # Warned once per missing key, not on every retry while it stays missing.
+    for item in set(missing) - set(_missing.get((bot.namespace, bot.name), [])):
         kopf.warn(body, reason="SecretNotFound", message=item.describe())
     ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
     desired = render_all(bot, image=IMAGE, ready_platforms=ready_platforms)
@@ -160,6 +162,12 @@ def converge(
     for ref in changes.delete:
         kube.delete(bot.namespace, ref)
         kopf.info(body, reason="Deleted", message=f"{ref.kind} {ref.name} is no longer in the spec")
+    if bot.generation != previous.observed_generation:
+        kopf.info(
+            body,
+            reason="Applied",
+            message=f"generation {bot.generation}: applied {len(changes.apply)} objects",
+        )
     _missing[bot.namespace, bot.name] = missing
     write_status(bot, previous, deployments, statefulsets, body)
     return missing

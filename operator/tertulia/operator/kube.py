@@ -3,16 +3,12 @@ deletes, owned-object listing, Secret checks and status patches."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import secrets
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
 
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot
 from tertulia.operator.plan import Manifest, ObjectRef
@@ -21,19 +17,28 @@ from tertulia.operator.render.common import MANAGED_BY
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "tertulia-operator"
-# Every kind the renders produce: what is listed to find objects to delete.
-OWNED_KINDS = (
-    ("v1", "ServiceAccount"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("v1", "PersistentVolumeClaim"),
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("batch/v1", "Job"),
-    ("networking.k8s.io/v1", "Ingress"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-)
+# Every kind the renders produce, with its REST collection: what is applied by path and
+# listed to find objects to delete. A fixed table rather than API discovery, which would
+# hold the whole cluster's API surface in memory.
+OWNED_KINDS: dict[tuple[str, str], str] = {
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("apps/v1", "Deployment"): "deployments",
+    ("apps/v1", "StatefulSet"): "statefulsets",
+    ("batch/v1", "Job"): "jobs",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+}
+# The generated API key Secret is created once and never pruned: it goes with its ChatBot.
+COLLECTIONS = {**OWNED_KINDS, ("v1", "Secret"): "secrets"}
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    root = "/apis" if "/" in api_version else "/api"
+    return f"{root}/{api_version}/namespaces/{namespace}/{COLLECTIONS[api_version, kind]}"
 
 
 @functools.cache
@@ -49,26 +54,48 @@ def api_client() -> client.ApiClient:
 class Cluster:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or api_client()
-        self.dynamic = DynamicClient(self.api)
-        self.core = client.CoreV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Manifest | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One REST call by path, answered as plain JSON; ApiException on an error status."""
+        request = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request)
+        response.read()
+        return cast(dict[str, Any], self.api.response_deserialize(response, {"2XX": "object"}).data)
 
     def apply(self, manifest: Manifest) -> None:
-        resource = self.dynamic.resources.get(
-            api_version=manifest["apiVersion"], kind=manifest["kind"]
-        )
-        self.dynamic.server_side_apply(
-            resource,
+        """Server-side apply under the operator's field manager, taking over conflicts."""
+        metadata = manifest["metadata"]
+        path = collection_path(manifest["apiVersion"], manifest["kind"], metadata["namespace"])
+        self.request(
+            "PATCH",
+            f"{path}/{metadata['name']}",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             body=manifest,
-            namespace=manifest["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
+            content_type="application/apply-patch+yaml",
         )
 
     def delete(self, namespace: str, ref: ObjectRef) -> None:
-        resource = self.dynamic.resources.get(api_version=ref.api_version, kind=ref.kind)
-        with contextlib.suppress(NotFoundError):
-            resource.delete(name=ref.name, namespace=namespace, propagation_policy="Background")
+        path = collection_path(ref.api_version, ref.kind, namespace)
+        try:
+            self.request("DELETE", f"{path}/{ref.name}", body={"propagationPolicy": "Background"})
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     def owned(self, bot: ChatBot) -> list[ObjectRef]:
         """The objects this ChatBot's controller owns, found by label and owner uid."""
@@ -77,48 +104,33 @@ class Cluster:
         )
         found = []
         for api_version, kind in OWNED_KINDS:
-            resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
-            for item in resource.get(namespace=bot.namespace, label_selector=selector).items:
-                owners = item.metadata.get("ownerReferences") or []
-                if any(owner.uid == bot.uid for owner in owners):
-                    found.append(ObjectRef(api_version, kind, item.metadata.name))
+            listing = self.request(
+                "GET",
+                collection_path(api_version, kind, bot.namespace),
+                query=[("labelSelector", selector)],
+            )
+            for item in listing["items"]:
+                owners = item["metadata"].get("ownerReferences") or []
+                if any(owner["uid"] == bot.uid for owner in owners):
+                    found.append(ObjectRef(api_version, kind, item["metadata"]["name"]))
         return found
 
     def secret_has_key(self, namespace: str, name: str, key: str) -> bool:
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
         except ApiException as error:
             if error.status == 404:
                 return False
             raise
-        return key in (secret.data or {}) or key in (secret.string_data or {})
+        return key in (secret.get("data") or {})
 
-    def ensure_api_keys(self, bot: ChatBot, name: str) -> bool:
-        """Create the gateway's key Secret with a key for the bots if it is missing; never
-        overwrite it, so keys handed out stay valid. Returns whether it was created."""
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(
-                name=name,
-                namespace=bot.namespace,
-                labels={
-                    "app.kubernetes.io/instance": bot.name,
-                    "app.kubernetes.io/managed-by": MANAGED_BY,
-                },
-                owner_references=[
-                    client.V1OwnerReference(
-                        api_version=f"{GROUP}/{VERSION}",
-                        kind="ChatBot",
-                        name=bot.name,
-                        uid=bot.uid,
-                        controller=True,
-                    )
-                ],
-            ),
-            type="Opaque",
-            string_data={"bots": secrets.token_urlsafe(32)},
-        )
+    def create(self, manifest: Manifest) -> bool:
+        """Create an object unless one of its name exists, which is left as it is; returns
+        whether it was created. For what must never be overwritten, such as issued keys."""
+        metadata = manifest["metadata"]
+        path = collection_path(manifest["apiVersion"], manifest["kind"], metadata["namespace"])
         try:
-            self.core.create_namespaced_secret(bot.namespace, body)
+            self.request("POST", path, body=manifest)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -126,6 +138,9 @@ class Cluster:
         return True
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        self.request(
+            "PATCH",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
         )

@@ -33,6 +33,18 @@ def api_keys_secret(bot: ChatBot) -> str:
     return ref.name if ref else bot.child("api-keys")
 
 
+def generated_api_keys(bot: ChatBot, key: str) -> Manifest:
+    """The Secret of API keys the operator makes when the spec names none; `bots` is the
+    key the platform bots present."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(bot, COMPONENT, api_keys_secret(bot)),
+        "type": "Opaque",
+        "stringData": {"bots": key},
+    }
+
+
 def gateway_url(bot: ChatBot) -> str:
     return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}"
 
