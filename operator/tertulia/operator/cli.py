@@ -1,4 +1,4 @@
-"""`tertulia operator run` and `tertulia operator crd`."""
+"""`tertulia operator run`, `check` and `crd`."""
 
 from __future__ import annotations
 
@@ -39,8 +39,35 @@ def run(
 
 
 @app.command()
+def check(
+    liveness: Annotated[
+        str, typer.Option(help="The operator's liveness URL, as served by its Service.")
+    ],
+) -> None:
+    """Exit 0 when the ChatBot API is served and the operator answers its liveness probe;
+    the chart's `helm test` runs this."""
+    import urllib.request
+
+    from tertulia.operator.api import GROUP, PLURAL, VERSION
+    from tertulia.operator.kube import Cluster
+
+    Cluster().request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}", query=[("limit", "1")])
+    typer.echo(f"{PLURAL}.{GROUP}/{VERSION} is served")
+    with urllib.request.urlopen(liveness, timeout=10) as response:  # noqa: S310 - our own URL
+        typer.echo(f"operator liveness: HTTP {response.status}")
+
+
+@app.command()
 def crd() -> None:
     """Print the ChatBot CustomResourceDefinition as YAML."""
     from tertulia.operator.crd import crd_yaml
 
     typer.echo(crd_yaml(), nl=False)
+
+
+@app.command()
+def reference() -> None:
+    """Print the ChatBot field reference (docs/configuration.md) as Markdown."""
+    from tertulia.operator.reference import reference_markdown
+
+    typer.echo(reference_markdown(), nl=False)

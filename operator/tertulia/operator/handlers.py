@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 from importlib.metadata import version
 from typing import Any
@@ -54,11 +55,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Re-open watches every 5 minutes so a silently dropped connection cannot go unnoticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    # Several replicas coordinate through kopf's peering objects when the chart enables it.
+    # Several replicas coordinate through kopf's peering objects when the chart enables it:
+    # the one with the highest priority works, the others pause until it goes. Equal
+    # priorities would freeze them all, so each replica draws its own.
     settings.peering.standalone = os.environ.get("TERTULIA_OPERATOR_PEERING", "") == ""
     if not settings.peering.standalone:
         settings.peering.name = os.environ["TERTULIA_OPERATOR_PEERING"]
         settings.peering.mandatory = True
+        settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

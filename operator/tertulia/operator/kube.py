@@ -4,6 +4,7 @@ deletes, owned-object listing, Secret checks and status patches."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from typing import Any, cast
 
@@ -41,6 +42,13 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
     return f"{root}/{api_version}/namespaces/{namespace}/{COLLECTIONS[api_version, kind]}"
 
 
+def _status_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(error.reason)
+
+
 @functools.cache
 def api_client() -> client.ApiClient:
     """In a pod, its ServiceAccount; elsewhere, the current kubeconfig context."""
@@ -75,7 +83,13 @@ class Cluster:
         )
         response = self.api.call_api(*request)
         response.read()
-        return cast(dict[str, Any], self.api.response_deserialize(response, {"2XX": "object"}).data)
+        try:
+            answer = self.api.response_deserialize(response, {"2XX": "object"}).data
+        except ApiException as error:
+            # Only the Status message goes on: the full body and headers of a refused write
+            # could carry what was sent, a generated key included, into the logs.
+            raise ApiException(status=error.status, reason=_status_message(error)) from None
+        return cast(dict[str, Any], answer)
 
     def apply(self, manifest: Manifest) -> None:
         """Server-side apply under the operator's field manager, taking over conflicts."""

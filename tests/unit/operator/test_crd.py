@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tertulia.operator.crd import chatbot_crd, crd_yaml
+from tertulia.operator.reference import reference_markdown
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -17,6 +18,20 @@ REPO = Path(__file__).resolve().parents[3]
 )
 def test_checked_in_crd_is_what_the_code_generates(path: str) -> None:
     assert (REPO / path).read_text() == crd_yaml(), f"{path} is stale: run `make generate`"
+
+
+def test_configuration_reference_is_what_the_schema_generates() -> None:
+    checked_in = (REPO / "docs" / "configuration.md").read_text()
+    assert checked_in == reference_markdown(), "docs/configuration.md is stale: `make generate`"
+
+
+def test_configuration_reference_lists_every_spec_field() -> None:
+    text = reference_markdown()
+    spec = schema()["properties"]["spec"]
+    fields = [path for path, _ in walk(spec, "spec") if path != "spec" and path[-2:] != "[]"]
+    assert len(fields) > 60
+    missing = [path for path in fields if f"| `{path}` |" not in text]
+    assert missing == []
 
 
 def walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:

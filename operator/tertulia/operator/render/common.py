@@ -10,6 +10,8 @@ Manifest = dict[str, Any]
 
 MANAGED_BY = "tertulia-operator"
 PART_OF = "tertulia"
+# On Services that serve Prometheus metrics at /metrics on their `http` port.
+METRICS_LABEL = "tertulia.dev/metrics"
 
 
 def selector_labels(bot: ChatBot, component: str) -> dict[str, str]:
@@ -92,12 +94,22 @@ def deployment(
 
 
 def service(
-    bot: ChatBot, component: str, port: int, target_port: int | str | None = None
+    bot: ChatBot,
+    component: str,
+    port: int,
+    target_port: int | str | None = None,
+    *,
+    metrics: bool = False,
 ) -> Manifest:
+    """A ClusterIP Service; `metrics` labels it for the chart's ServiceMonitor, which scrapes
+    /metrics on its `http` port."""
+    meta = metadata(bot, component)
+    if metrics:
+        meta["labels"][METRICS_LABEL] = "prometheus"
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(bot, component),
+        "metadata": meta,
         "spec": {
             "selector": selector_labels(bot, component),
             "ports": [

@@ -142,7 +142,7 @@ def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
         deployment(
             bot, COMPONENT, replicas, pod, annotations={"tertulia.dev/config-checksum": checksum}
         ),
-        service(bot, COMPONENT, PORT, "http"),
+        service(bot, COMPONENT, PORT, "http", metrics=True),
     ]
     if gateway.ingress is not None:
         manifests.append(_ingress(bot))

@@ -80,7 +80,8 @@ def render_model_server(bot: ChatBot) -> list[Manifest]:
             # A cache volume is ReadWriteOnce: replace pods rather than surge beside them.
             strategy={"type": "Recreate"} if model.cache else None,
         ),
-        service(bot, COMPONENT, port),
+        # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do.
+        service(bot, COMPONENT, port, metrics=model.engine != "ollama"),
     ]
     if model.cache is not None:
         claim: dict[str, Any] = {
@@ -188,6 +189,7 @@ def _llamacpp(
         "--host", "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "--port", str(port),
         "--ctx-size", "8192",
+        "--metrics",
         *(["--n-gpu-layers", "999"] if model.gpu_count else []),
         *model.args,
     ]  # fmt: skip
