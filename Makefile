@@ -31,9 +31,11 @@ test-integration: install ## Only the tests against real Redis, llama.cpp and We
 test-e2e: install testbed ## Only the tests against the real control plane
 	$(VENV_BIN)/pytest -m e2e $(PYTEST_ARGS)
 
-generate: install ## Regenerate the CRD YAML and the render golden files from the code
+generate: install ## Regenerate the CRD, docs/configuration.md, manifests/install.yaml and the render golden files
 	$(VENV_BIN)/tertulia operator crd > charts/tertulia/crds/chatbots.tertulia.dev.yaml
 	cp charts/tertulia/crds/chatbots.tertulia.dev.yaml manifests/crd.yaml
+	$(VENV_BIN)/tertulia operator reference > docs/configuration.md
+	bash hack/render-install.sh > manifests/install.yaml
 	UPDATE_GOLDEN=1 $(VENV_BIN)/pytest -q -p no:randomly tests/unit/operator/test_render.py
 
 lint: install ## ruff (lint and format check) and mypy

@@ -21,10 +21,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.testbed.paths import cache_dir
 from tests.testbed.process import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("TERTULIA_CACHE", Path.home() / ".cache" / "tertulia"))
+CACHE = cache_dir()
 LITELLM_REQUIREMENTS = REPO / "bench" / "requirements-litellm.txt"
 REPLY = " ".join(["token"] * 20)
 # Both proxies check an API key, as they would in production; the backend ignores it.

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_system_packages() {
   # Each program the tests run or the llama.cpp build needs, and the Debian package with it.
-  local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git)
+  local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git [npm]=npm)
   [[ "${1:-}" == bench ]] && package_of[wrk]=wrk
   local program missing=()
   for program in "${!package_of[@]}"; do
@@ -41,6 +41,17 @@ sync_environment() {
   (cd "${REPO_ROOT}" && "${UV}" sync --quiet --locked --all-extras)
 }
 
+ensure_dockerfilelint() {
+  # The Dockerfile linter the tests run, from npm with the integrity hashes of its lock.
+  local dir="${TERTULIA_CACHE}/tools/dockerfilelint-$(sha256sum "${REPO_ROOT}/hack/dockerfilelint/package-lock.json" | cut -c1-12)"
+  [[ -x "${dir}/node_modules/.bin/dockerfilelint" ]] && return
+  log "installing dockerfilelint into ${dir}"
+  mkdir -p "${dir}"
+  cp "${REPO_ROOT}/hack/dockerfilelint/package.json" "${REPO_ROOT}/hack/dockerfilelint/package-lock.json" "${dir}/"
+  (cd "${dir}" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+}
+
 ensure_system_packages "$@"
 ensure_uv
 sync_environment
+ensure_dockerfilelint

@@ -1,0 +1,318 @@
+"""The Helm chart on the real control plane: every documented values file renders objects the
+API server accepts; the operator does all its work as the chart's ServiceAccount, and fails
+when one verb of its RBAC is taken away; `helm test`, `helm upgrade` and `helm uninstall`
+behave as a platform team expects.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.testbed.kube import ControlPlane
+from tests.testbed.paths import binary, service_monitor_crd
+from tests.testbed.process import eventually
+from tests.testbed.servers import start_operator
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "tertulia"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RELEASE = NAMESPACE = "tertulia"
+SERVICE_ACCOUNT = "tertulia"  # the release's full name
+GROUP, VERSION, PLURAL = "tertulia.dev", "v1alpha1", "chatbots"
+
+
+def run(
+    control_plane: ControlPlane, tool: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary(tool)), *args],
+        input=stdin,
+        env=control_plane.client_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"{result.args}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def ensure_namespace(control_plane: ControlPlane, name: str) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    try:
+        core.create_namespace({"metadata": {"name": name}})
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane: ControlPlane) -> Iterator[None]:
+    ok(
+        run(
+            control_plane,
+            "helm",
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "image.tag=e2e",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+    )
+    yield
+    run(control_plane, "helm", "uninstall", RELEASE, "--namespace", NAMESPACE)
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda path: path.stem)
+def test_each_documented_values_file_renders_what_the_api_server_accepts(
+    control_plane: ControlPlane, values: Path
+) -> None:
+    for crd in [service_monitor_crd(), *sorted((CHART / "crds").glob("*.yaml"))]:
+        for document in yaml.safe_load_all(crd.read_text()):
+            control_plane.install_crd(document)
+    for name in ("chart-dry-run", "team-a", "team-b"):
+        ensure_namespace(control_plane, name)
+    rendered = ok(
+        run(
+            control_plane,
+            "helm",
+            "template",
+            "dry",
+            str(CHART),
+            "-n",
+            "chart-dry-run",
+            "-f",
+            str(values),
+        )
+    )
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
+    assert "Deployment" in kinds
+
+    applied = run(control_plane, "kubectl", "apply", "--dry-run=server", "-f", "-", stdin=rendered)
+
+    assert applied.returncode == 0, applied.stderr
+
+
+def chatbot_under_test(namespace: str) -> dict[str, Any]:
+    """The GPU example with Slack and a knowledge base, plus an Ingress and an HPA: a ChatBot
+    that makes every kind of child the operator owns."""
+    body: dict[str, Any] = yaml.safe_load(
+        (REPO / "manifests" / "examples" / "vllm-gpu-slack-kb.yaml").read_text()
+    )
+    body["metadata"]["namespace"] = namespace
+    body["spec"]["gateway"]["ingress"] = {"host": "chat.example.com"}
+    body["spec"]["gateway"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    return body
+
+
+def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
+    """What the operator must manage, in a fresh namespace; TimeoutError at the first step
+    it cannot do: build a complete stack to Ready with an Event, put back a deleted Service,
+    and delete the Deployment of a platform dropped from the spec."""
+    api = control_plane.api_client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    namespace = f"rbac-{uuid.uuid4().hex[:8]}"
+    ensure_namespace(control_plane, namespace)
+    for name, data in {
+        "hf-token": {"token": "hf_x"},
+        "slack": {"bot-token": "xoxb-1", "app-token": "xapp-1"},
+    }.items():
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": data})
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "team-docs"}, "data": {"a.md": "# A\nText."}}
+    )
+    body = chatbot_under_test(namespace)
+    name = body["metadata"]["name"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def phase() -> str:
+        found: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, namespace, PLURAL, name
+        )
+        return str(found.get("status", {}).get("phase"))
+
+    eventually(lambda: phase() == "Ready", timeout, "the ChatBot to be Ready")
+    eventually(
+        lambda: any(
+            e.reason == "Ready"
+            for e in core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.name={name}"
+            ).items
+        ),
+        timeout,
+        "a Ready event",
+    )
+    gateway = f"{name}-gateway"
+    old_uid = core.read_namespaced_service(gateway, namespace).metadata.uid
+    core.delete_namespaced_service(gateway, namespace)
+
+    def service_back() -> bool:
+        try:
+            return bool(core.read_namespaced_service(gateway, namespace).metadata.uid != old_uid)
+        except client.ApiException:
+            return False
+
+    eventually(service_back, timeout, "the deleted gateway Service to be put back")
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"platforms": {"slack": None}}}
+    )
+    eventually(
+        lambda: (
+            f"{name}-slack"
+            not in {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+        ),
+        timeout,
+        "the dropped platform's Deployment to be deleted",
+    )
+
+
+def test_the_operator_does_all_its_work_as_the_charts_service_account(
+    control_plane: ControlPlane, installed: None, tmp_path: Path
+) -> None:
+    kubeconfig = control_plane.service_account_kubeconfig(
+        NAMESPACE, SERVICE_ACCOUNT, tmp_path / "kubeconfig"
+    )
+    whoami = json.loads(
+        ok(
+            run(
+                control_plane,
+                "kubectl",
+                "--kubeconfig",
+                str(kubeconfig),
+                "auth",
+                "whoami",
+                "-o",
+                "json",
+            )
+        )
+    )
+    assert whoami["status"]["userInfo"]["username"] == (
+        f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+    )
+    operator = start_operator(kubeconfig, tmp_path)
+    try:
+        operator_checks(control_plane, timeout=90)
+    finally:
+        operator.stop()
+    assert "Forbidden" not in operator.log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("api_group", "resource", "verb"),
+    [
+        ("apps", "deployments", "delete"),
+        ("tertulia.dev", "chatbots/status", "patch"),
+        ("", "secrets", "create"),
+        ("", "services", "watch"),
+    ],
+)
+def test_each_granted_verb_is_needed(
+    control_plane: ControlPlane,
+    installed: None,
+    tmp_path: Path,
+    api_group: str,
+    resource: str,
+    verb: str,
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(control_plane.api_client())
+    granted = rbac.read_cluster_role(SERVICE_ACCOUNT)
+    original = copy.deepcopy(granted.rules)
+    matching = [
+        rule
+        for rule in granted.rules
+        if api_group in (rule.api_groups or []) and resource in (rule.resources or [])
+    ]
+    assert matching and all(verb in rule.verbs for rule in matching), "the chart grants it"
+    for rule in matching:
+        rule.verbs = [v for v in rule.verbs if v != verb]
+    granted.rules = [rule for rule in granted.rules if rule.verbs]
+    rbac.replace_cluster_role(SERVICE_ACCOUNT, granted)
+    kubeconfig = control_plane.service_account_kubeconfig(
+        NAMESPACE, SERVICE_ACCOUNT, tmp_path / "kubeconfig"
+    )
+    operator = start_operator(kubeconfig, tmp_path)
+    try:
+        with pytest.raises(TimeoutError):
+            operator_checks(control_plane, timeout=30)
+    finally:
+        operator.stop()
+        restored = rbac.read_cluster_role(SERVICE_ACCOUNT)
+        restored.rules = original
+        rbac.replace_cluster_role(SERVICE_ACCOUNT, restored)
+    assert "Forbidden" in operator.log_path.read_text() or "forbidden" in (
+        operator.log_path.read_text()
+    )
+
+
+def test_helm_test_upgrade_and_uninstall(control_plane: ControlPlane, installed: None) -> None:
+    apps = client.AppsV1Api(control_plane.api_client())
+    tested = ok(run(control_plane, "helm", "test", RELEASE, "-n", NAMESPACE, "--timeout", "90s"))
+    assert "Phase:          Succeeded" in tested
+    before = apps.read_namespaced_deployment(SERVICE_ACCOUNT, NAMESPACE)
+    assert "--verbose" not in before.spec.template.spec.containers[0].args
+
+    ok(
+        run(
+            control_plane,
+            "helm",
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "debug=true",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+    )
+
+    after = apps.read_namespaced_deployment(SERVICE_ACCOUNT, NAMESPACE)
+    assert after.metadata.generation == before.metadata.generation + 1
+    assert "--verbose" in after.spec.template.spec.containers[0].args
+    assert after.status.updated_replicas == after.status.ready_replicas == 1
+    core = client.CoreV1Api(control_plane.api_client())
+
+    def rolled() -> bool:
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector="app.kubernetes.io/component=operator"
+        ).items
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        return bool(live) and all("--verbose" in p.spec.containers[0].args for p in live)
+
+    eventually(rolled, what="the operator Pods to be replaced with the new values")
+
+    ensure_namespace(control_plane, "kept")
+    body = yaml.safe_load((REPO / "manifests" / "examples" / "cpu-ollama.yaml").read_text())
+    custom = client.CustomObjectsApi(control_plane.api_client())
+    custom.create_namespaced_custom_object(GROUP, VERSION, "kept", PLURAL, body)
+
+    ok(run(control_plane, "helm", "uninstall", RELEASE, "-n", NAMESPACE, "--wait"))
+
+    extensions = client.ApiextensionsV1Api(control_plane.api_client())
+    assert extensions.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+    assert custom.get_namespaced_custom_object(GROUP, VERSION, "kept", PLURAL, "helpdesk")
+    eventually(
+        lambda: not apps.list_namespaced_deployment(NAMESPACE).items,
+        what="the operator Deployment to be removed",
+    )
