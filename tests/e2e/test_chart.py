@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,8 +212,20 @@ def test_the_operator_does_all_its_work_as_the_charts_service_account(
     operator = start_operator(kubeconfig, tmp_path)
     try:
         operator_checks(control_plane, timeout=90)
+        # What `helm test` runs in its Job (kwok completes the Job's Pod without running it).
+        liveness = next(arg for arg in operator.args if arg.startswith("http://"))
+        checked = subprocess.run(
+            [str(Path(sys.executable).with_name("tertulia")), "operator", "check",
+             "--liveness", liveness],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
     finally:
         operator.stop()
+    assert checked.returncode == 0, checked.stderr
+    assert "chatbots.tertulia.dev/v1alpha1 is served" in checked.stdout
+    assert "operator liveness: HTTP 200" in checked.stdout
     assert "Forbidden" not in operator.log_path.read_text()
 
 
