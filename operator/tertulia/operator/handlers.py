@@ -84,20 +84,16 @@ def _workload(spec: kopf.Spec, status: kopf.Status) -> Workload:
     )
 
 
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def deployments(
+def _workloads(
     namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], tuple[str, Workload]]:
     key = (namespace, labels["app.kubernetes.io/instance"])
     return {key: (labels["app.kubernetes.io/component"], _workload(spec, status))}
 
 
-@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
-def statefulsets(
-    namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], tuple[str, Workload]]:
-    key = (namespace, labels["app.kubernetes.io/instance"])
-    return {key: (labels["app.kubernetes.io/component"], _workload(spec, status))}
+# Two indexes, `deployments` and `statefulsets`, named by their id: replicas by component.
+for _plural in ("deployments", "statefulsets"):
+    kopf.index("apps", "v1", _plural, labels=MANAGED, id=_plural)(_workloads)
 
 
 # Missing Secrets by ChatBot, from its last reconcile; child events reuse them for status.

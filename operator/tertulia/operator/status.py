@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass
 
 from tertulia.operator.api import (
+    CONDITION_TYPES,
     ChatBot,
     ChatBotStatus,
     Condition,
@@ -116,15 +117,7 @@ def compute_status(
         "every component is Ready" if all_ready else f"not Ready yet: {', '.join(unready)}",
     )
     conditions = [
-        _condition(previous, kind, *results[kind], bot.generation)
-        for kind in (
-            "ModelReady",
-            "GatewayReady",
-            "KnowledgeBaseReady",
-            "MemoryReady",
-            "PlatformsReady",
-            "Ready",
-        )
+        _condition(previous, kind, *results[kind], bot.generation) for kind in CONDITION_TYPES
     ]
     phase: Phase = "Ready" if all_ready else ("Degraded" if missing else "Progressing")
     model = workloads.get("model")
