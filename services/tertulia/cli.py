@@ -4,6 +4,7 @@ from importlib.metadata import version
 
 import typer
 
+from tertulia.bots.cli import app as bot_app
 from tertulia.gateway.cli import app as gateway_app
 from tertulia.operator.cli import app as operator_app
 
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 
 
+app.add_typer(bot_app, name="bot")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(operator_app, name="operator")
 

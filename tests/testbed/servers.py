@@ -140,3 +140,42 @@ def start_operator(
         lambda: urllib.request.urlopen(probe, timeout=2).status == 200, timeout, "live"
     )
     return process
+
+
+def start_bot(
+    platform: str,
+    workdir: Path,
+    settings: dict[str, str],
+    secrets: dict[str, str],
+    *,
+    name: str | None = None,
+    timeout: float = 60.0,
+) -> tuple[ManagedProcess, str]:
+    """`tertulia bot PLATFORM` in its own process, waited for until /readyz answers 200.
+
+    `settings` are TERTULIA_BOT_* values without the prefix; `secrets` become token files in
+    the folder the bot reads, as a mounted Secret would. Returns the process and the base URL
+    of its health server.
+    """
+    name = name or f"bot-{platform}"
+    secrets_dir = workdir / f"{name}-secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    for file, value in secrets.items():
+        (secrets_dir / file).write_text(value + "\n")
+    health_port = free_port()
+    env = {f"TERTULIA_BOT_{key}": value for key, value in settings.items()}
+    env |= {
+        "TERTULIA_BOT_SECRETS_DIR": str(secrets_dir),
+        "TERTULIA_BOT_HEALTH_HOST": "127.0.0.1",
+        "TERTULIA_BOT_HEALTH_PORT": str(health_port),
+    }
+    process = ManagedProcess(
+        name, [str(Path(sys.executable).with_name("tertulia")), "bot", platform], workdir, env=env
+    ).start()
+    health_url = f"http://127.0.0.1:{health_port}"
+    process.wait_until(
+        lambda: urllib.request.urlopen(f"{health_url}/readyz", timeout=2).status == 200,
+        timeout,
+        "serving /readyz",
+    )
+    return process, health_url

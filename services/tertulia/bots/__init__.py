@@ -1,0 +1,1 @@
+"""The chat platform bots: one shared adapter, one thin module per platform."""

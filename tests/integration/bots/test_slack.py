@@ -1,0 +1,298 @@
+"""The Slack bot end to end: slack_bolt, unmodified, against a fake Slack that speaks the Web
+API, Socket Mode and signed Events API requests; behind it the real gateway and model."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, UNAVAILABLE
+from tests.fakes import slack
+from tests.fakes.platform import SentMessage
+from tests.integration.bots.conftest import Gateway
+from tests.testbed.process import ManagedProcess, eventually, free_port
+from tests.testbed.servers import start_bot
+
+SECRETS = {
+    "bot-token": slack.BOT_TOKEN,
+    "app-token": slack.APP_TOKEN,
+    "signing-secret": slack.SIGNING_SECRET,
+}
+
+
+def new_ts() -> str:
+    return f"{int(time.time())}.{uuid.uuid4().int % 1_000_000:06d}"
+
+
+def new_channel(prefix: str = "C") -> str:
+    return prefix + uuid.uuid4().hex[:9].upper()
+
+
+@pytest.fixture(scope="module")
+def fake_slack() -> Iterator[slack.FakeSlack]:
+    with slack.FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def socket_bot(
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_slack: slack.FakeSlack,
+    gateway: Gateway,
+    redis_url: str,
+) -> Iterator[tuple[ManagedProcess, str]]:
+    settings = gateway.bot_settings(redis_url) | {
+        "MODE": "socket",
+        "API_URL": f"{fake_slack.base_url}/api/",
+    }
+    process, health = start_bot("slack", tmp_path_factory.mktemp("slack"), settings, SECRETS)
+    yield process, health
+    process.stop()
+
+
+def start_events_bot(workdir, fake: slack.FakeSlack, settings: dict[str, str], name: str):
+    port = free_port()
+    process, health = start_bot(
+        "slack",
+        workdir,
+        settings
+        | {
+            "MODE": "events",
+            "API_URL": f"{fake.base_url}/api/",
+            "WEBHOOK_HOST": "127.0.0.1",
+            "WEBHOOK_PORT": str(port),
+        },
+        SECRETS,
+        name=name,
+    )
+    return process, f"http://127.0.0.1:{port}/slack/events", health
+
+
+def post_event(url: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    raw = json.dumps(body).encode()
+    return httpx.post(url, content=raw, headers=slack.signed_headers(raw) | headers, timeout=10)
+
+
+def finished_reply(fake: slack.FakeSlack, channel: str, thread: str) -> SentMessage:
+    """The bot's reply in `thread`, once its stream has stopped."""
+    reply: SentMessage = eventually(
+        lambda: next(
+            (m for m in fake.sent(channel) if m.thread == thread and not m.extra.get("streaming")),
+            None,
+        ),
+        timeout=120,
+        what=f"a finished reply in {channel} thread {thread}",
+    )
+    return reply
+
+
+def test_mention_is_answered_in_its_thread_streamed_and_remembered(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str], gateway: Gateway
+) -> None:
+    channel, ts = new_channel(), new_ts()
+    envelope = fake_slack.send_envelope(
+        slack.event_body(slack.mention(channel, "U0ALICE", "Tell me about the sea.", ts))
+    )
+    reply = finished_reply(fake_slack, channel, ts)
+    assert envelope in fake_slack.acks
+    assert fake_slack.called("chat.startStream"), "native streaming was not used"
+    assert any(status["thread_ts"] == ts for status in fake_slack.statuses)
+    answer = gateway.last_answer(f"slack:{channel}:{ts}", "slack:U0ALICE")
+    # Trailing whitespace is dropped, as Slack drops it.
+    assert answer and reply.text == answer.rstrip()
+    # The gateway saw the question without the bot's mention.
+    turns = gateway.conversation(f"slack:{channel}:{ts}", "slack:U0ALICE")
+    assert turns[0]["content"] == "Tell me about the sea."
+
+
+def test_redelivered_event_gets_one_reply(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str]
+) -> None:
+    channel, ts = new_channel(), new_ts()
+    received = received_count(socket_bot[1])
+    body = slack.event_body(slack.mention(channel, "U0BOB", "Hello there.", ts))
+    fake_slack.send_envelope(body)
+    fake_slack.send_envelope(body, retry_attempt=1)
+    fake_slack.send_envelope(body, retry_attempt=2)
+    finished_reply(fake_slack, channel, ts)
+    # A later message in the same channel is answered: the redeliveries were processed by now.
+    later = new_ts()
+    fake_slack.send_envelope(slack.event_body(slack.mention(channel, "U0BOB", "And now?", later)))
+    finished_reply(fake_slack, channel, later)
+    assert len([m for m in fake_slack.sent(channel) if m.thread == ts]) == 1
+    assert received_count(socket_bot[1]) == received + 2
+
+
+def test_own_and_other_bots_messages_get_no_reply(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str]
+) -> None:
+    channel = new_channel("D")
+    own, other, human = new_ts(), new_ts(), new_ts()
+    fake_slack.send_envelope(
+        slack.event_body(
+            slack.direct_message(channel, slack.BOT_USER, "I am the bot", own, bot_id=slack.BOT_ID)
+        )
+    )
+    fake_slack.send_envelope(
+        slack.event_body(
+            slack.direct_message(
+                channel, "U0OTHERBOT", "beep", other, bot_id="B0OTHER", subtype="bot_message"
+            )
+        )
+    )
+    fake_slack.send_envelope(
+        slack.event_body(slack.direct_message(channel, "U0CAROL", "hi", human))
+    )
+    finished_reply(fake_slack, channel, human)
+    assert {m.thread for m in fake_slack.sent(channel)} == {human}
+
+
+def test_help_and_reset_commands(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str], gateway: Gateway
+) -> None:
+    channel = new_channel("D")
+    first = new_ts()
+    fake_slack.send_envelope(
+        slack.event_body(slack.direct_message(channel, "U0DAVE", "Say something.", first))
+    )
+    finished_reply(fake_slack, channel, first)
+    # Outside a thread, a direct message channel is one conversation.
+    assert gateway.conversation(f"slack:{channel}:main", "slack:U0DAVE")
+    reset = new_ts()
+    fake_slack.send_envelope(
+        slack.event_body(slack.direct_message(channel, "U0DAVE", "reset", reset))
+    )
+    assert finished_reply(fake_slack, channel, reset).text == RESET_DONE
+    assert gateway.conversation(f"slack:{channel}:main", "slack:U0DAVE") is None
+    asked = new_ts()
+    fake_slack.send_envelope(
+        slack.event_body(slack.direct_message(channel, "U0DAVE", "help", asked))
+    )
+    assert finished_reply(fake_slack, channel, asked).text == HELP_TEXT
+
+
+def test_rate_limited_call_is_waited_out_and_retried(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str]
+) -> None:
+    channel, ts = new_channel(), new_ts()
+    fake_slack.rate_limit_next("chat.startStream", retry_after=2)
+    fake_slack.send_envelope(slack.event_body(slack.mention(channel, "U0ERIN", "Hi!", ts)))
+    reply = finished_reply(fake_slack, channel, ts)
+    assert reply.text
+    [(_, limited_at)] = [c for c in fake_slack.rate_limited if c[0] == "chat.startStream"]
+    retried = [at for at in fake_slack.called("chat.startStream") if at > limited_at]
+    assert retried and retried[0] - limited_at >= 1.9
+
+
+def test_socket_mode_reconnects_after_slack_drops_the_connection(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str]
+) -> None:
+    fake_slack.drop_connections()
+    eventually(fake_slack.connected, timeout=60, what="the bot to reconnect")
+    channel, ts = new_channel(), new_ts()
+    fake_slack.send_envelope(
+        slack.event_body(slack.mention(channel, "U0FRANK", "Still there?", ts))
+    )
+    assert finished_reply(fake_slack, channel, ts).text
+
+
+def test_events_mode_splits_a_long_answer_with_nothing_lost(
+    tmp_path, fake_slack: slack.FakeSlack, gateway: Gateway, redis_url: str
+) -> None:
+    settings = gateway.bot_settings(redis_url) | {"MESSAGE_LIMIT": "200"}
+    process, url, _ = start_events_bot(tmp_path, fake_slack, settings, "slack-events")
+    try:
+        channel, ts = new_channel(), new_ts()
+        body = slack.event_body(
+            slack.mention(channel, "U0GINA", "Tell me a very long story about the sea.", ts)
+        )
+        assert post_event(url, body).status_code == 200
+        # Slack's retry of the same event, with its retry headers: acknowledged, not answered.
+        assert post_event(url, body, **{"X-Slack-Retry-Num": "1"}).status_code == 200
+        answer = eventually(
+            lambda: gateway.last_answer(f"slack:{channel}:{ts}", "slack:U0GINA"),
+            timeout=120,
+            what="the gateway's answer",
+        )
+        assert len(answer) > 200, "the model's answer was too short to need splitting"
+
+        def all_pieces() -> list[SentMessage] | None:
+            pieces = [m for m in fake_slack.sent(channel) if m.thread == ts]
+            done = pieces and not any(m.extra.get("streaming") for m in pieces)
+            joined = " ".join(m.text for m in pieces).split()
+            return pieces if done and len(joined) >= len(answer.split()) else None
+
+        pieces = eventually(all_pieces, timeout=60, what="every piece of the answer")
+        assert len(pieces) >= 2
+        assert all(len(m.text) <= 200 for m in pieces)
+        assert _words(" ".join(m.text for m in pieces)) == _words(answer)
+        assert (
+            post_event(
+                url, body | {"event_id": "EvOTHER"}, **{"X-Slack-Signature": "v0=bad"}
+            ).status_code
+            == 401
+        )
+        stale = json.dumps(body).encode()
+        assert (
+            httpx.post(url, content=stale, headers=slack.signed_headers(stale, age=600)).status_code
+            == 401
+        )
+    finally:
+        process.stop()
+
+
+def test_gateway_outage_gets_a_friendly_message(
+    tmp_path,
+    fake_slack: slack.FakeSlack,
+    gateway: Gateway,
+    redis_url: str,
+    unreachable_gateway_url: str,
+) -> None:
+    settings = gateway.bot_settings(redis_url) | {"GATEWAY_URL": unreachable_gateway_url}
+    process, url, _ = start_events_bot(tmp_path, fake_slack, settings, "slack-outage")
+    try:
+        channel, ts = new_channel(), new_ts()
+        post_event(url, slack.event_body(slack.mention(channel, "U0HANK", "Anyone?", ts)))
+        assert finished_reply(fake_slack, channel, ts).text == UNAVAILABLE
+    finally:
+        process.stop()
+
+
+def test_post_and_update_when_the_workspace_refuses_streaming(
+    fake_slack: slack.FakeSlack, socket_bot: tuple[ManagedProcess, str], gateway: Gateway
+) -> None:
+    fake_slack.streaming_enabled = False
+    try:
+        channel, ts = new_channel(), new_ts()
+        fake_slack.send_envelope(slack.event_body(slack.mention(channel, "U0IVY", "Hello?", ts)))
+        answer = eventually(
+            lambda: gateway.last_answer(f"slack:{channel}:{ts}", "slack:U0IVY"), timeout=120
+        )
+        reply = eventually(
+            lambda: next((m for m in fake_slack.sent(channel) if m.text == answer.rstrip()), None),
+            timeout=30,
+            what="the posted and updated answer",
+        )
+        assert reply.thread == ts
+    finally:
+        fake_slack.streaming_enabled = True
+
+
+def received_count(health_url: str) -> float:
+    """The bot's count of messages it took in (after dropping redeliveries), from /metrics."""
+    metrics = httpx.get(f"{health_url}/metrics", timeout=5).text
+    for line in metrics.splitlines():
+        if line.startswith('tertulia_bot_messages_received_total{platform="slack"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _words(text: str) -> list[str]:
+    """The words of `text`, less the fence markers a split adds around cut code blocks."""
+    return [word for word in text.split() if not word.startswith("```")]
