@@ -38,7 +38,11 @@ sync_environment() {
   # built wheel in its cache, keyed by the locked hash, so later syncs only link it.
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
   export UV_PYTHON_DOWNLOADS=never
-  (cd "${REPO_ROOT}" && "${UV}" sync --quiet --locked --all-extras)
+  # uv revalidates a cached download once its HTTP freshness has run out, and an index that
+  # sends short lifetimes then makes it rebuild llama-cpp-python: an offline attempt first
+  # reuses what the cache holds, and only what is missing is fetched.
+  (cd "${REPO_ROOT}" && { "${UV}" sync --quiet --locked --all-extras --offline 2>/dev/null \
+    || "${UV}" sync --quiet --locked --all-extras; })
 }
 
 ensure_dockerfilelint() {

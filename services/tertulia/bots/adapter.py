@@ -84,7 +84,7 @@ class IncomingMessage:
         text = self.text
         for markup in self.mention_markup:
             text = text.replace(markup, " ")
-        return " ".join(text.split(" ")).strip()
+        return text.strip()
 
 
 class Reply(ABC):
