@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tertulia.bots.dedup import Deduplicator
@@ -289,6 +289,3 @@ class _PieceWriter:
         self.index += 1
         self.shown = ""
         self.last_shown = self.clock()
-
-
-Handler = Callable[[IncomingMessage, Reply], Awaitable[None]]

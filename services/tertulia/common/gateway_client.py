@@ -146,13 +146,6 @@ class GatewayClient:
             raise _error_for(response)
         return True
 
-    async def ready(self) -> bool:
-        try:
-            response = await self._client.get("/healthz", timeout=5.0)
-        except httpx.TransportError:
-            return False
-        return response.status_code == 200
-
 
 def _error_for(response: httpx.Response) -> GatewayError:
     try:
