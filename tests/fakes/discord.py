@@ -76,7 +76,6 @@ def _now() -> str:
 class FakeDiscord(FakePlatform):
     def __init__(self) -> None:
         super().__init__()
-        self.sockets: list[web.WebSocketResponse] = []
         self.identified = 0
         self.commands: list[dict[str, Any]] = []
         self.interaction_callbacks: list[dict[str, Any]] = []
@@ -212,9 +211,7 @@ class FakeDiscord(FakePlatform):
         sent = SentMessage(
             channel_id, message_id, body.get("content") or "", extra={"reply_to": reference}
         )
-        if body.get("embeds"):
-            self.embeds.extend(body["embeds"])
-            sent.extra["embeds"] = body["embeds"]
+        self._keep_embeds(sent, body)
         self.add_message(sent)
         return _json(self._message_json(sent))
 
@@ -229,18 +226,19 @@ class FakeDiscord(FakePlatform):
             existing = self.add_message(
                 SentMessage(create_in, message_id, body.get("content") or "")
             )
-            if body.get("embeds"):
-                existing.extra["embeds"] = body["embeds"]
-                self.embeds.extend(body["embeds"])
+            self._keep_embeds(existing, body)
             return _json(self._message_json(existing))
         if existing is None:
             return _json({"message": "Unknown Message", "code": 10008}, 404)
         if "content" in body:
             self.edit_message(message_id, body["content"] or "")
-        if body.get("embeds"):
-            existing.extra["embeds"] = body["embeds"]
-            self.embeds.extend(body["embeds"])
+        self._keep_embeds(existing, body)
         return _json(self._message_json(existing, edited=True))
+
+    def _keep_embeds(self, message: SentMessage, body: dict[str, Any]) -> None:
+        if body.get("embeds"):
+            message.extra["embeds"] = body["embeds"]
+            self.embeds.extend(body["embeds"])
 
     def _message_json(self, message: SentMessage, *, edited: bool = False) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -381,9 +379,6 @@ class FakeDiscord(FakePlatform):
             "stickers": [],
             "joined_at": "2026-01-01T00:00:00+00:00",
         }
-
-    def connected(self) -> bool:
-        return any(not socket.closed for socket in self.sockets)
 
     def _send(self, event: str, data: dict[str, Any]) -> None:
         async def send() -> None:

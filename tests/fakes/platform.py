@@ -43,6 +43,8 @@ class FakePlatform:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
+        # Live WebSocket connections, for platforms that push events (Slack, Discord).
+        self.sockets: list[web.WebSocketResponse] = []
         self.port = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -76,6 +78,9 @@ class FakePlatform:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def connected(self) -> bool:
+        return any(not socket.closed for socket in self.sockets)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)

@@ -34,7 +34,6 @@ MESSAGE_LIMIT = 40_000
 class FakeSlack(FakePlatform):
     def __init__(self) -> None:
         super().__init__()
-        self.sockets: list[web.WebSocketResponse] = []
         self.acks: list[str] = []
         self.statuses: list[dict[str, Any]] = []
         self.streaming_enabled = True
@@ -178,9 +177,6 @@ class FakeSlack(FakePlatform):
         if socket in self.sockets:
             self.sockets.remove(socket)
         return socket
-
-    def connected(self) -> bool:
-        return any(not socket.closed for socket in self.sockets)
 
     def send_envelope(self, body: dict[str, Any], retry_attempt: int = 0) -> str:
         """Deliver an Events API body over Socket Mode; returns the envelope id."""
