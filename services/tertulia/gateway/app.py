@@ -12,8 +12,15 @@ from fastapi import FastAPI
 from tertulia.gateway.errors import install_error_handlers
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.middleware import RequestContextMiddleware
-from tertulia.gateway.pipeline.retrieval import Retriever
-from tertulia.gateway.routes import chat, completions, conversations, health, observability
+from tertulia.gateway.pipeline.retrieval import Retriever, WeaviateRetriever
+from tertulia.gateway.routes import (
+    chat,
+    completions,
+    conversations,
+    health,
+    knowledge,
+    observability,
+)
 from tertulia.gateway.services import open_services
 from tertulia.gateway.settings import GatewaySettings, get_settings
 
@@ -25,6 +32,8 @@ def create_app(
 ) -> FastAPI:
     """The app; `retriever` plugs in the knowledge base."""
     settings = settings or get_settings()
+    if retriever is None and settings.knowledge_base.enabled:
+        retriever = WeaviateRetriever(settings.knowledge_base)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +57,7 @@ def create_app(
         RequestContextMiddleware,
         metrics=app.state.metrics,
         max_body_bytes=settings.limits.max_body_bytes,
+        max_upload_bytes=settings.knowledge_base.max_upload_bytes,
     )
     install_error_handlers(app)
     for router in (
@@ -55,6 +65,7 @@ def create_app(
         completions.router,
         conversations.router,
         health.router,
+        knowledge.router,
         observability.router,
     ):
         app.include_router(router)

@@ -38,6 +38,26 @@ class Unauthorized(GatewayError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(GatewayError):
+    status_code = 403
+    code = "forbidden"
+
+
+class KnowledgeBaseDisabled(GatewayError):
+    status_code = 404
+    code = "knowledge_base_disabled"
+
+
+class DocumentNotFound(GatewayError):
+    status_code = 404
+    code = "document_not_found"
+
+
+class KnowledgeBaseUnavailable(GatewayError):
+    status_code = 503
+    code = "knowledge_base_unavailable"
+
+
 class RateLimited(GatewayError):
     status_code = 429
     code = "rate_limited"

@@ -23,15 +23,26 @@ logger = logging.getLogger("tertulia.gateway.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+UPLOAD_PREFIX = "/admin/knowledge/"
+
+
 class BodyTooLarge(Exception):
     pass
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: GatewayMetrics,
+        max_body_bytes: int,
+        max_upload_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # Document uploads to the admin API may be larger than chat requests.
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,27 +68,30 @@ class RequestContextMiddleware:
             await send(message)
 
         received = 0
+        limit = (
+            self.max_upload_bytes
+            if scope["path"].startswith(UPLOAD_PREFIX)
+            else self.max_body_bytes
+        )
 
         async def receive_within_limit() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge
             return message
 
         try:
             length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            if length is not None and length.isdigit() and int(length) > limit:
                 raise BodyTooLarge
             await self.app(scope, receive_within_limit, send_with_id)
         except BodyTooLarge:
             if response_started:
                 raise
-            error = PayloadTooLarge(
-                f"the request body is over the limit of {self.max_body_bytes} bytes"
-            )
+            error = PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
             await _send_error(send_with_id, error.status_code, error.body())
         finally:
             route = scope.get("route")

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tertulia.gateway.pipeline.retrieval import KnowledgeFilters
 from tertulia.gateway.store import Turn
 
 # Conversation ids are built by clients from platform, channel and thread ids.
@@ -28,6 +29,9 @@ class ChatRequest(BaseModel):
         min_length=1,
         max_length=256,
         description="The end user, for memory and rate limits; defaults to the API key's identity.",
+    )
+    filters: KnowledgeFilters | None = Field(
+        None, description="Retrieve only passages whose metadata match these patterns."
     )
 
 

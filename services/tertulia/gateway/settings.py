@@ -19,6 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tertulia.knowledge.settings import KnowledgeSettings
+
 CONFIG_FILE_VARIABLE = "TERTULIA_GATEWAY_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = Path("/etc/tertulia/gateway.yaml")
 
@@ -89,11 +91,13 @@ class LimitSettings(_Section):
     max_messages: int = Field(200, ge=1, description="Messages in one OpenAI-style request.")
 
 
-class KnowledgeBaseSettings(_Section):
-    """Retrieval from the knowledge base; off unless configured."""
+class KnowledgeBaseSettings(KnowledgeSettings):
+    """Retrieval from the knowledge base (Weaviate); off unless configured."""
 
     enabled: bool = False
-    top_k: int = Field(4, ge=1, le=50)
+    max_upload_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest body the admin ingest endpoint takes."
+    )
 
 
 class GatewaySettings(BaseSettings):
@@ -116,6 +120,10 @@ class GatewaySettings(BaseSettings):
         None,
         description="A mounted Secret: one file per identity, holding its API key. "
         "Without it the gateway needs no key (local use only).",
+    )
+    admin_identities: list[str] = Field(
+        default_factory=lambda: ["admin"],
+        description="API key identities allowed the /admin API (knowledge base ingestion).",
     )
     log_level: str = "info"
     log_content: bool = Field(False, description="Log message text; for debugging only.")

@@ -72,7 +72,11 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
     key = conversation_key(identity, user, conversation_id)
     history = await recall(services.store, settings.memory, key)
     passages = await retrieve(
-        services.retriever, services.metrics, request.message, settings.knowledge_base.top_k
+        services.retriever,
+        services.metrics,
+        request.message,
+        settings.knowledge_base.top_k,
+        request.filters,
     )
     logger.info(
         "chat prepared",

