@@ -490,3 +490,45 @@ def test_a_name_too_long_for_its_children_is_refused(
     result = apply(control_plane, namespace, body)
     assert result.returncode != 0
     assert "metadata.name must be at most 40 characters" in result.stderr
+
+
+def test_the_knowledge_base_gets_a_generated_key_and_reingests_when_its_documents_change(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    batch = client.BatchV1Api(control_plane.api_client())
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "team-docs"}, "data": {"faq.md": "# FAQ\n\nOne.\n"}}
+    )
+    create_secrets(control_plane, namespace, EXAMPLE_SECRETS["vllm-gpu-slack-kb"])
+    apply(control_plane, namespace, load_example("vllm-gpu-slack-kb"))
+    wait_phase(control_plane, namespace, "harbour")
+
+    key = core.read_namespaced_secret("harbour-knowledge-base", namespace)
+    assert len(key.data["api-key"]) >= 40
+    gateway = core.read_namespaced_config_map("harbour-gateway", namespace)
+    assert "api_key_file: /etc/tertulia/knowledge-base/api-key" in gateway.data["gateway.yaml"]
+    assert key.data["api-key"] not in json.dumps(chatbot(control_plane, namespace, "harbour"))
+
+    def jobs() -> set[str]:
+        selector = "app.kubernetes.io/instance=harbour,app.kubernetes.io/component=ingest"
+        return {
+            str(job.metadata.name)
+            for job in batch.list_namespaced_job(namespace, label_selector=selector).items
+        }
+
+    first = eventually(jobs, timeout=READY_TIMEOUT, what="the ingest Job")
+    assert len(first) == 1
+
+    core.patch_namespaced_config_map(
+        "team-docs", namespace, {"data": {"faq.md": "# FAQ\n\nTwo.\n"}}
+    )
+
+    newer = eventually(
+        lambda: (found := jobs() - first) and found,
+        timeout=READY_TIMEOUT,
+        what="a new ingest Job after the documents changed",
+    )
+    assert len(newer) == 1
+    # The Job over the old content goes: it no longer matches the spec.
+    eventually(lambda: not (jobs() & first), timeout=READY_TIMEOUT, what="the old Job to go")

@@ -287,6 +287,12 @@ class KnowledgeBaseSpec(Spec):
         default_factory=list, max_length=32, description="What to ingest."
     )
     top_k: int = Field(4, ge=1, le=50, description="Passages retrieved per message.")
+    alpha: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Hybrid search weight: 0 is keyword (BM25) search only, 1 vectors only.",
+    )
 
 
 class SlackSpec(Spec):

@@ -22,6 +22,10 @@ from tertulia.operator.plan import ObjectRef, plan
 from tertulia.operator.render import render_all
 from tertulia.operator.render.common import MANAGED_BY
 from tertulia.operator.render.gateway import api_keys_secret, generated_api_keys
+from tertulia.operator.render.knowledge import (
+    generated_knowledge_base_key,
+    knowledge_base_secret,
+)
 from tertulia.operator.render.platforms import secret_refs
 from tertulia.operator.status import MissingSecret, Workload, compute_status, failed_status
 
@@ -145,6 +149,15 @@ def converge(
         kopf.info(
             body, reason="Created", message=f"generated API keys in Secret {api_keys_secret(bot)}"
         )
+    knowledge = bot.spec.knowledge_base
+    if knowledge.enabled and kube.create(
+        generated_knowledge_base_key(bot, secrets.token_urlsafe(32))
+    ):
+        kopf.info(
+            body,
+            reason="Created",
+            message=f"generated Weaviate's API key in Secret {knowledge_base_secret(bot)}",
+        )
     missing = [
         MissingSecret(platform, ref.name, ref.key)
         for platform, refs in secret_refs(bot).items()
@@ -155,7 +168,9 @@ def converge(
     for item in set(missing) - set(_missing.get((bot.namespace, bot.name), [])):
         kopf.warn(body, reason="SecretNotFound", message=item.describe())
     ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
-    desired = render_all(bot, image=IMAGE, ready_platforms=ready_platforms)
+    desired = render_all(
+        bot, image=IMAGE, ready_platforms=ready_platforms, source_digests=source_digests(bot)
+    )
     changes = plan(kube.owned(bot), desired)
     for manifest in changes.apply:
         kube.apply(manifest)
@@ -171,6 +186,18 @@ def converge(
     _missing[bot.namespace, bot.name] = missing
     write_status(bot, previous, deployments, statefulsets, body)
     return missing
+
+
+def source_digests(bot: ChatBot) -> dict[str, str]:
+    """The content version of each ConfigMap the knowledge base ingests."""
+    knowledge = bot.spec.knowledge_base
+    if not knowledge.enabled:
+        return {}
+    return {
+        source.config_map.name: cluster().config_map_digest(bot.namespace, source.config_map.name)
+        for source in knowledge.sources
+        if source.config_map is not None
+    }
 
 
 def write_status(
@@ -203,23 +230,34 @@ def _on_child_event(
     """A child changed or went: put it back as rendered, and refresh the parent's status."""
     instance = labels.get("app.kubernetes.io/instance")
     parent = next(iter(chatbots.get((namespace, instance), [])), None) if instance else None
-    if parent is None:
+    found = _from_index(parent) if parent is not None else None
+    if found is None:
         return
-    try:
-        bot = ChatBot.from_body(parent)
-    except ValidationError:
-        return  # reconcile reports it
-    previous = ChatBotStatus.model_validate(parent.get("status") or {})
+    bot, previous, body = found
     child = event["object"]
     ref = ObjectRef(child["apiVersion"], child["kind"], child["metadata"]["name"])
     missing = _missing.get((namespace, bot.name), [])
     ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
-    for manifest in render_all(bot, image=IMAGE, ready_platforms=ready_platforms):
+    desired = render_all(
+        bot, image=IMAGE, ready_platforms=ready_platforms, source_digests=source_digests(bot)
+    )
+    for manifest in desired:
         if ObjectRef.of(manifest) == ref:
             cluster().apply(manifest)
             break
-    body = kopf.Body({"apiVersion": f"{GROUP}/{VERSION}", "kind": "ChatBot", **parent})
     write_status(bot, previous, deployments, statefulsets, body)
+
+
+def _from_index(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] | None:
+    """A ChatBot from the index, its last status, and a body kopf can post events to; None
+    when its spec is invalid (reconcile reports that)."""
+    try:
+        bot = ChatBot.from_body(parent)
+    except ValidationError:
+        return None
+    previous = ChatBotStatus.model_validate(parent.get("status") or {})
+    body = kopf.Body({"apiVersion": f"{GROUP}/{VERSION}", "kind": "ChatBot", **parent})
+    return bot, previous, body
 
 
 for _group, _version, _plural in (
@@ -229,3 +267,28 @@ for _group, _version, _plural in (
     ("", "v1", "configmaps"),
 ):
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_on_child_event)
+
+
+@kopf.on.event("", "v1", "configmaps", labels={"app.kubernetes.io/managed-by": kopf.ABSENT})
+def _on_source_event(
+    event: kopf.RawEvent,
+    namespace: str,
+    name: str,
+    chatbots: kopf.Index[Any, Any],
+    deployments: kopf.Index[Any, Any],
+    statefulsets: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """A ConfigMap of documents changed: its ChatBots run a new ingest Job over it."""
+    if event.get("type") not in ("MODIFIED", "ADDED"):
+        return  # the initial listing (resume reconciles) or a deletion (the Job keeps its run)
+    for (bot_namespace, _name), parents in chatbots.items():
+        if bot_namespace != namespace:
+            continue
+        for parent in parents:
+            sources = ((parent.get("spec") or {}).get("knowledgeBase") or {}).get("sources") or []
+            if not any((source.get("configMap") or {}).get("name") == name for source in sources):
+                continue
+            found = _from_index(parent)
+            if found is not None:
+                converge(found[0], found[1], deployments, statefulsets, found[2])

@@ -4,6 +4,7 @@ deletes, owned-object listing, Secret checks and status patches."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from typing import Any, cast
@@ -137,6 +138,17 @@ class Cluster:
                 return False
             raise
         return key in (secret.get("data") or {})
+
+    def config_map_digest(self, namespace: str, name: str) -> str:
+        """A hash of a ConfigMap's content, so a Job over it can be named by its version."""
+        try:
+            config_map = self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        except ApiException as error:
+            if error.status == 404:
+                return "missing"
+            raise
+        content = [config_map.get("data") or {}, config_map.get("binaryData") or {}]
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def create(self, manifest: Manifest) -> bool:
         """Create an object unless one of its name exists, which is left as it is; returns

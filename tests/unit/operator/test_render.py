@@ -198,3 +198,68 @@ def test_ingest_job_is_renamed_when_its_sources_change() -> None:
     other_jobs = [ref for ref in by_ref(render_all(changed, image=IMAGE)) if ref[0] == "Job"]
     assert len(jobs) == len(other_jobs) == 1
     assert jobs != other_jobs
+
+
+def test_the_ingest_job_reruns_when_a_source_configmap_changes() -> None:
+    bot = example("vllm-gpu-slack-kb")
+
+    def job(digests: dict[str, str]) -> str:
+        manifests = render_all(bot, image=IMAGE, source_digests=digests)
+        return str(next(m["metadata"]["name"] for m in manifests if m["kind"] == "Job"))
+
+    assert job({"team-docs": "v1"}) == job({"team-docs": "v1"})
+    assert job({"team-docs": "v1"}) != job({"team-docs": "v2"})
+
+
+def test_the_knowledge_base_is_wired_with_the_generated_key_and_settings_the_gateway_reads() -> (
+    None
+):
+    from tertulia.gateway.settings import KnowledgeBaseSettings
+    from tertulia.knowledge.settings import KnowledgeSettings
+
+    bot = example("vllm-gpu-slack-kb")
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    config = yaml.safe_load(manifests["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
+    knowledge = KnowledgeBaseSettings.model_validate(config["knowledge_base"])
+    assert knowledge.enabled and knowledge.collection == "Harbour"
+    assert str(knowledge.embedding.url) == "http://embeddings.ml.svc:8000/v1"
+    assert knowledge.api_key_file == Path("/etc/tertulia/knowledge-base/api-key")
+    weaviate = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]["template"]["spec"]
+    env = {item["name"]: item for item in weaviate["containers"][0]["env"]}
+    assert env["AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED"]["value"] == "false"
+    assert env["AUTHENTICATION_APIKEY_ALLOWED_KEYS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "harbour-knowledge-base",
+        "key": "api-key",
+    }
+    job = next(m for m in manifests.values() if m["kind"] == "Job")
+    job_env = {
+        item["name"].removeprefix("TERTULIA_KB_"): item["value"]
+        for item in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    nested: dict[str, Any] = {}
+    for name, value in job_env.items():
+        outer, _, inner = name.lower().partition("__")
+        if inner:
+            nested.setdefault(outer, {})[inner] = value
+        else:
+            nested[outer] = value
+    assert KnowledgeSettings.model_validate(nested) == KnowledgeSettings.model_validate(
+        {key: value for key, value in config["knowledge_base"].items() if key != "enabled"}
+    )
+
+
+def test_the_ingest_job_may_reach_the_model_server_when_it_embeds_there() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    kb = bot.spec.knowledge_base
+    local = kb.model_copy(update={"embedding": kb.embedding.model_copy(update={"endpoint": None})})
+    for spec, expected in (
+        (bot.spec, {"gateway"}),
+        (bot.spec.model_copy(update={"knowledge_base": local}), {"gateway", "ingest"}),
+    ):
+        manifests = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
+        policy = manifests["NetworkPolicy", "harbour-model-ingress"]["spec"]
+        clients = {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for peer in policy["ingress"][0]["from"]
+        }
+        assert clients == expected

@@ -15,15 +15,20 @@ from tertulia.operator.render.platforms import render_platforms
 
 
 def render_all(
-    bot: ChatBot, *, image: str, ready_platforms: set[str] | None = None
+    bot: ChatBot,
+    *,
+    image: str,
+    ready_platforms: set[str] | None = None,
+    source_digests: dict[str, str] | None = None,
 ) -> list[Manifest]:
-    """Every object the ChatBot needs; platforms whose Secrets are missing are left out."""
+    """Every object the ChatBot needs; platforms whose Secrets are missing are left out.
+    `source_digests` are the knowledge sources' ConfigMap contents, hashed by name."""
     return [
         *render_service_account(bot),
         *render_model_server(bot),
         *render_memory(bot),
         *render_gateway(bot, image=image),
-        *render_knowledge_base(bot, image=image),
+        *render_knowledge_base(bot, image=image, source_digests=source_digests),
         *render_platforms(bot, image=image, only=ready_platforms),
         *render_network_policies(bot),
     ]

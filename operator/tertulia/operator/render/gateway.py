@@ -17,14 +17,14 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     service,
 )
+from tertulia.operator.render.knowledge import key_volume, knowledge_base_settings
 from tertulia.operator.render.memory import redis_url
-from tertulia.operator.render.model import model_base_url, served_model_name
+from tertulia.operator.render.model import backend_key_volume, model_base_url, served_model_name
 
 COMPONENT = "gateway"
 PORT = 8080
 CONFIG_PATH = "/etc/tertulia"
 KEYS_PATH = "/etc/tertulia/api-keys"
-BACKEND_KEY_PATH = "/etc/tertulia/backend"
 
 
 def api_keys_secret(bot: ChatBot) -> str:
@@ -53,8 +53,9 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
     """The gateway's settings file, in its own schema (services/tertulia/gateway/settings.py)."""
     spec, gateway = bot.spec, bot.spec.gateway
     backend: dict[str, Any] = {"url": model_base_url(bot), "model": served_model_name(spec.model)}
-    if spec.model.api_key_secret_ref is not None:
-        backend["api_key_file"] = f"{BACKEND_KEY_PATH}/{spec.model.api_key_secret_ref.key}"
+    backend_key = backend_key_volume(bot)
+    if backend_key is not None:
+        backend["api_key_file"] = backend_key[2]
     return {
         "host": "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "port": PORT,
@@ -75,10 +76,9 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
             "burst": gateway.rate_limit.burst,
         },
         "moderation": {"blocked_terms": list(gateway.moderation.blocked_terms)},
-        "knowledge_base": {
-            "enabled": spec.knowledge_base.enabled,
-            "top_k": spec.knowledge_base.top_k,
-        },
+        "knowledge_base": knowledge_base_settings(
+            bot, backend_key[2] if backend_key is not None else None
+        ),
     }
 
 
@@ -107,15 +107,14 @@ def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
         {"name": "api-keys", "secret": {"secretName": api_keys_secret(bot)}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    if bot.spec.model.api_key_secret_ref is not None:
-        ref = bot.spec.model.api_key_secret_ref
-        mounts.append({"name": "backend-key", "mountPath": BACKEND_KEY_PATH, "readOnly": True})
-        volumes.append(
-            {
-                "name": "backend-key",
-                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
-            }
-        )
+    backend_key = backend_key_volume(bot)
+    if backend_key is not None:
+        volumes.append(backend_key[0])
+        mounts.append(backend_key[1])
+    if bot.spec.knowledge_base.enabled:
+        volume, mount = key_volume(bot)
+        volumes.append(volume)
+        mounts.append(mount)
     container = {
         "name": COMPONENT,
         "image": gateway.image or image,

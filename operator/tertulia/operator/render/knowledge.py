@@ -1,4 +1,6 @@
-"""The knowledge base: Weaviate (StatefulSet, Services, volume) and the Job that ingests sources."""
+"""The knowledge base: Weaviate (StatefulSet, Service, volume) behind an API key the operator
+generates, and the Job that ingests the sources, named by a digest of them so a change runs
+a new one."""
 
 from __future__ import annotations
 
@@ -16,19 +18,84 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     selector_labels,
 )
+from tertulia.operator.render.model import backend_key_volume, model_base_url
 
 COMPONENT = "knowledge-base"
 INGEST = "ingest"
 HTTP_PORT = 8080
 GRPC_PORT = 50051
-WEAVIATE_IMAGE = "cr.weaviate.io/semitechnologies/weaviate:1.33.0"
+# The release the test bed builds from source (hack/versions.env: WEAVIATE_VERSION).
+WEAVIATE_IMAGE = "cr.weaviate.io/semitechnologies/weaviate:1.35.2"
+KEY_PATH = "/etc/tertulia/knowledge-base"
+KEY = "api-key"
+WEAVIATE_USER = "tertulia"
 
 
 def weaviate_url(bot: ChatBot) -> str:
     return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{HTTP_PORT}"
 
 
-def render_knowledge_base(bot: ChatBot, *, image: str) -> list[Manifest]:
+def knowledge_base_secret(bot: ChatBot) -> str:
+    return bot.child(COMPONENT)
+
+
+def generated_knowledge_base_key(bot: ChatBot, key: str) -> Manifest:
+    """Weaviate's API key, made once by the operator; the gateway and ingest Job mount it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(bot, COMPONENT, knowledge_base_secret(bot)),
+        "type": "Opaque",
+        "stringData": {KEY: key},
+    }
+
+
+def embedding_settings(bot: ChatBot, backend_key_file: str | None) -> dict[str, Any]:
+    """The embeddings endpoint: the one named, else the model server's /v1."""
+    embedding = bot.spec.knowledge_base.embedding
+    settings: dict[str, Any] = {
+        "url": embedding.endpoint or model_base_url(bot),
+        "model": embedding.model,
+    }
+    if embedding.endpoint is None and backend_key_file is not None:
+        settings["api_key_file"] = backend_key_file
+    return settings
+
+
+def knowledge_base_settings(bot: ChatBot, backend_key_file: str | None) -> dict[str, Any]:
+    """The `knowledge_base` section of the gateway's settings (and the ingest Job's)."""
+    knowledge = bot.spec.knowledge_base
+    if not knowledge.enabled:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "weaviate_url": weaviate_url(bot),
+        "grpc_port": GRPC_PORT,
+        "api_key_file": f"{KEY_PATH}/{KEY}",
+        "collection": bot.name,
+        "embedding": embedding_settings(bot, backend_key_file),
+        "alpha": knowledge.alpha,
+        "top_k": knowledge.top_k,
+    }
+
+
+def key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The volume of Weaviate's API key, and its mount."""
+    return (
+        {
+            "name": "knowledge-base-key",
+            "secret": {
+                "secretName": knowledge_base_secret(bot),
+                "items": [{"key": KEY, "path": KEY}],
+            },
+        },
+        {"name": "knowledge-base-key", "mountPath": KEY_PATH, "readOnly": True},
+    )
+
+
+def render_knowledge_base(
+    bot: ChatBot, *, image: str, source_digests: dict[str, str] | None = None
+) -> list[Manifest]:
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
         return []
@@ -48,9 +115,19 @@ def render_knowledge_base(bot: ChatBot, *, image: str) -> list[Manifest]:
             {"name": "PERSISTENCE_DATA_PATH", "value": "/var/lib/weaviate"},
             {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
             {"name": "ENABLE_MODULES", "value": ""},
-            {"name": "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED", "value": "true"},
+            {"name": "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED", "value": "false"},
+            {"name": "AUTHENTICATION_APIKEY_ENABLED", "value": "true"},
+            {
+                "name": "AUTHENTICATION_APIKEY_ALLOWED_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": knowledge_base_secret(bot), "key": KEY}},
+            },
+            {"name": "AUTHENTICATION_APIKEY_USERS", "value": WEAVIATE_USER},
+            {"name": "AUTHORIZATION_ADMINLIST_ENABLED", "value": "true"},
+            {"name": "AUTHORIZATION_ADMINLIST_USERS", "value": WEAVIATE_USER},
             {"name": "CLUSTER_HOSTNAME", "value": "node1"},
+            {"name": "RAFT_BOOTSTRAP_EXPECT", "value": "1"},
             {"name": "GRPC_PORT", "value": str(GRPC_PORT)},
+            {"name": "DISABLE_TELEMETRY", "value": "true"},
         ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT},
@@ -95,18 +172,27 @@ def render_knowledge_base(bot: ChatBot, *, image: str) -> list[Manifest]:
     }
     manifests = [statefulset, service]
     if knowledge.sources:
-        manifests.append(_ingest_job(bot, image))
+        manifests.append(_ingest_job(bot, image, source_digests or {}))
     return manifests
 
 
-def _ingest_job(bot: ChatBot, image: str) -> Manifest:
-    """Ingest every source; the Job's name carries a hash of them, so a change re-runs it."""
+def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Manifest:
+    """Ingest every source with --prune. The Job's name carries a digest of the sources, the
+    content of their ConfigMaps and the settings, so a change to any runs a new Job."""
     knowledge = bot.spec.knowledge_base
     sources = [source.model_dump(by_alias=True, exclude_none=True) for source in knowledge.sources]
+    backend_key = backend_key_volume(bot)
+    settings = knowledge_base_settings(bot, backend_key[2] if backend_key else None)
     digest = hashlib.sha256(
-        json.dumps([sources, knowledge.embedding.model_dump()], sort_keys=True).encode()
+        json.dumps([sources, settings, source_digests], sort_keys=True).encode()
     ).hexdigest()[:8]
-    volumes, mounts, paths = [], [], []
+    key, key_mount = key_volume(bot)
+    volumes: list[dict[str, Any]] = [key]
+    mounts: list[dict[str, Any]] = [key_mount]
+    if backend_key is not None and "api_key_file" in settings["embedding"]:
+        volumes.append(backend_key[0])
+        mounts.append(backend_key[1])
+    paths = []
     for index, source in enumerate(knowledge.sources):
         volume = f"source-{index}"
         if source.config_map is not None:
@@ -127,11 +213,7 @@ def _ingest_job(bot: ChatBot, image: str) -> Manifest:
         "name": INGEST,
         "image": image,
         "args": ["kb", "ingest", "--prune", *paths],
-        "env": [
-            {"name": "TERTULIA_KB_WEAVIATE_URL", "value": weaviate_url(bot)},
-            {"name": "TERTULIA_KB_COLLECTION", "value": bot.name},
-            {"name": "TERTULIA_KB_EMBEDDING_MODEL", "value": knowledge.embedding.model},
-        ],
+        "env": _settings_env("TERTULIA_KB_", settings),
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
@@ -155,3 +237,16 @@ def _ingest_job(bot: ChatBot, image: str) -> Manifest:
             },
         },
     }
+
+
+def _settings_env(prefix: str, settings: dict[str, Any]) -> list[dict[str, str]]:
+    """Nested settings as environment variables, `__` between names, as pydantic reads them."""
+    env = []
+    for name, value in settings.items():
+        if name == "enabled":
+            continue
+        if isinstance(value, dict):
+            env.extend(_settings_env(f"{prefix}{name.upper()}__", value))
+        else:
+            env.append({"name": f"{prefix}{name.upper()}", "value": str(value)})
+    return env

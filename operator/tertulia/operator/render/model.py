@@ -36,6 +36,22 @@ def model_base_url(bot: ChatBot) -> str:
     return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORTS[model.engine]}/v1"
 
 
+BACKEND_KEY_PATH = "/etc/tertulia/backend"
+
+
+def backend_key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+    """The model server's API key Secret as a volume, its mount, and the file to read."""
+    ref = bot.spec.model.api_key_secret_ref
+    if ref is None:
+        return None
+    volume = {
+        "name": "backend-key",
+        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+    }
+    mount = {"name": "backend-key", "mountPath": BACKEND_KEY_PATH, "readOnly": True}
+    return volume, mount, f"{BACKEND_KEY_PATH}/{ref.key}"
+
+
 def served_model_name(model: ModelSpec) -> str:
     """The model id the gateway sends upstream ('' lets the gateway ask the server)."""
     return model.name or ""

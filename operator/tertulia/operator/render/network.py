@@ -1,5 +1,6 @@
-"""Isolation: only the gateway reaches the model, memory and knowledge base; workloads run
-under a ServiceAccount without an API token."""
+"""Isolation: only the gateway reaches the model, memory and knowledge base (and the ingest
+Job the model, for embeddings, and the knowledge base); workloads run under a ServiceAccount
+without an API token."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def render_network_policies(bot: ChatBot) -> list[Manifest]:
             continue
         if component == KNOWLEDGE and not bot.spec.knowledge_base.enabled:
             continue
+        knowledge = bot.spec.knowledge_base
+        if component == MODEL and knowledge.enabled and knowledge.embedding.endpoint is None:
+            clients = [*clients, INGEST]  # it embeds the documents through the model server
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]
