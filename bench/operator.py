@@ -110,7 +110,8 @@ def floor(cluster: Cluster, namespace: str, count: int) -> float:
 
     def converge(body: dict[str, Any]) -> int:
         bot = ChatBot.from_body(cluster.request("POST", chatbots, body=body))
-        cluster.create(generated_api_keys(bot, secrets.token_urlsafe(32)))
+        keys = {"bots": secrets.token_urlsafe(32), "admin": secrets.token_urlsafe(32)}
+        cluster.create(generated_api_keys(bot, keys))
         children = render_all(bot, image=IMAGE, ready_platforms=set())
         for manifest in children:
             cluster.apply(manifest)

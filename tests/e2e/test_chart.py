@@ -236,6 +236,7 @@ def test_the_operator_does_all_its_work_as_the_charts_service_account(
         ("tertulia.dev", "chatbots/status", "patch"),
         ("", "secrets", "create"),
         ("", "services", "watch"),
+        ("", "configmaps", "get"),
     ],
 )
 def test_each_granted_verb_is_needed(

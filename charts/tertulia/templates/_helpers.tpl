@@ -58,14 +58,18 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Platform tokens: only whether a key exists is read. The generated API key Secret is
-# created once and never updated.
+# Platform tokens: only whether a key exists is read. The generated API key Secrets (the
+# gateway's, Weaviate's) are created once and never updated.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
 # Children watched for drift: server-side applied, listed to prune, deleted when dropped.
+# ConfigMaps are also read: a knowledge base's source documents, to re-ingest on a change.
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments, statefulsets]

@@ -55,6 +55,12 @@ class SecretRef(Spec):
     name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
 
 
+class LocalRef(Spec):
+    """A ConfigMap or PersistentVolumeClaim in the ChatBot's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the object.")
+
+
 # Kubernetes core types passed through to the pods as they are; the API server validates
 # them when the operator creates the Deployment.
 KubernetesObject = dict[str, Any]
@@ -261,9 +267,11 @@ class SourceSpec(Spec):
         )
     )
 
-    config_map: SecretRef | None = Field(None, description="A ConfigMap whose keys are documents.")
-    persistent_volume_claim: SecretRef | None = Field(
-        None, description="A claim holding documents."
+    config_map: LocalRef | None = Field(
+        None, description="A ConfigMap whose keys are documents (the key is the file name)."
+    )
+    persistent_volume_claim: LocalRef | None = Field(
+        None, description="A claim holding documents, read recursively."
     )
 
 

@@ -144,7 +144,9 @@ def converge(
     """Apply what the spec asks for, delete what it no longer asks for, write the status."""
     kube = cluster()
     if bot.spec.gateway.api_keys_secret_ref is None and kube.create(
-        generated_api_keys(bot, secrets.token_urlsafe(32))
+        generated_api_keys(
+            bot, {"bots": secrets.token_urlsafe(32), "admin": secrets.token_urlsafe(32)}
+        )
     ):
         kopf.info(
             body, reason="Created", message=f"generated API keys in Secret {api_keys_secret(bot)}"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tertulia.operator.api import ChatBot, SecretRef, SourceSpec
+from tertulia.operator.api import ChatBot, LocalRef, SourceSpec
 from tertulia.operator.plan import ObjectRef
 from tertulia.operator.render import render_all
 from tertulia.operator.render.gateway import gateway_config
@@ -192,7 +192,7 @@ def test_ingest_job_is_renamed_when_its_sources_change() -> None:
     bot = example("vllm-gpu-slack-kb")
     jobs = [ref for ref in by_ref(render_all(bot, image=IMAGE)) if ref[0] == "Job"]
     kb = bot.spec.knowledge_base
-    more = SourceSpec(persistent_volume_claim=SecretRef(name="more"))
+    more = SourceSpec(persistent_volume_claim=LocalRef(name="more"))
     other = kb.model_copy(update={"sources": [*kb.sources, more]})
     changed = bot.model_copy(update={"spec": bot.spec.model_copy(update={"knowledge_base": other})})
     other_jobs = [ref for ref in by_ref(render_all(changed, image=IMAGE)) if ref[0] == "Job"]

@@ -33,15 +33,15 @@ def api_keys_secret(bot: ChatBot) -> str:
     return ref.name if ref else bot.child("api-keys")
 
 
-def generated_api_keys(bot: ChatBot, key: str) -> Manifest:
-    """The Secret of API keys the operator makes when the spec names none; `bots` is the
-    key the platform bots present."""
+def generated_api_keys(bot: ChatBot, keys: dict[str, str]) -> Manifest:
+    """The Secret of API keys the operator makes when the spec names none: `bots`, the key
+    the platform bots present, and `admin`, for the knowledge base's admin API."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata(bot, COMPONENT, api_keys_secret(bot)),
         "type": "Opaque",
-        "stringData": {"bots": key},
+        "stringData": keys,
     }
 
 
