@@ -16,7 +16,7 @@ install: ## System packages, uv and the locked Python environment in .venv
 testbed: ## Build the test bed's binaries into the versioned cache (once)
 	@bash hack/build-testbed.sh >/dev/null
 
-run: install ## Run the local stack in the foreground (Ctrl-C stops it)
+run: install ## The local stack (tertulia up) and a terminal chat with it; /quit stops both
 	@bash hack/run-local.sh
 
 test: install testbed ## Every test: unit, integration (real servers), e2e (real control plane)

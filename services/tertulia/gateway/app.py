@@ -20,6 +20,7 @@ from tertulia.gateway.routes import (
     health,
     knowledge,
     observability,
+    web,
 )
 from tertulia.gateway.services import open_services
 from tertulia.gateway.settings import GatewaySettings, get_settings
@@ -67,6 +68,7 @@ def create_app(
         health.router,
         knowledge.router,
         observability.router,
+        web.router,
     ):
         app.include_router(router)
     return app

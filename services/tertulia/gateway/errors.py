@@ -78,6 +78,11 @@ class ContentBlocked(GatewayError):
     code = "content_blocked"
 
 
+class NotFound(GatewayError):
+    status_code = 404
+    code = "not_found"
+
+
 class ConversationNotFound(GatewayError):
     status_code = 404
     code = "conversation_not_found"

@@ -125,6 +125,7 @@ class GatewaySettings(BaseSettings):
         default_factory=lambda: ["admin"],
         description="API key identities allowed the /admin API (knowledge base ingestion).",
     )
+    web_chat: bool = Field(True, description="Serve the web chat page at /.")
     log_level: str = "info"
     log_content: bool = Field(False, description="Log message text; for debugging only.")
     backend: BackendSettings = Field(default_factory=BackendSettings)

@@ -137,6 +137,8 @@ async def _ingest(settings: KnowledgeSettings, paths: list[Path], prune: bool) -
     console.print(_summary(settings.collection, report))
     for source, reason in report.failures.items():
         console.print(f"[yellow]not ingested[/] {source}: {reason}", highlight=False)
+    if prune and report.prune_blocked:
+        console.print(f"[yellow]nothing pruned:[/] {report.prune_blocked}", highlight=False)
     return 1 if report.failures else 0
 
 

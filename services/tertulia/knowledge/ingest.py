@@ -44,6 +44,8 @@ class Report:
     documents: Counter[str] = field(default_factory=Counter)  # added, changed, unchanged, ...
     chunks: Counter[str] = field(default_factory=Counter)  # written, kept, deleted
     failures: dict[str, str] = field(default_factory=dict)  # source -> reason
+    # Why pruning would be unsafe this run (a path given is missing): nothing is pruned.
+    prune_blocked: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -86,6 +88,7 @@ def collect(paths: Sequence[Path], report: Report) -> list[Input]:
         if not root.exists():
             report.failures[str(root)] = "no such file or folder"
             report.documents["failed"] += 1
+            report.prune_blocked = f"{root} is missing"
             continue
         base = root.parent if root.is_file() else root
         for path in _walk(root):
@@ -151,7 +154,11 @@ class Ingestor:
             outcome = await self._one(item, stored.get(item.source), model, report, progress)
             report.documents[outcome] += 1
             progress.document_done(item.source, outcome)
-        if prune:
+        if prune and not inputs:
+            report.prune_blocked = report.prune_blocked or "no documents were found"
+        if prune and report.prune_blocked:
+            logger.warning("not pruning", extra={"reason": report.prune_blocked})
+        elif prune:
             # Never prune what failed to read this time: a bad file is not a deleted one.
             seen = {item.source for item in inputs} | set(report.failures)
             for source, document in stored.items():

