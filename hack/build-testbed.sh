@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds or unpacks the test bed's binaries into the versioned cache and prints its bin folder.
 # Idempotent: a binary already in the cache is not rebuilt.
+#   hack/build-testbed.sh            everything the tests need
+#   hack/build-testbed.sh weaviate   only Weaviate (what local mode's knowledge base needs)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BIN="${TESTBED_DIR}/bin"
@@ -68,6 +70,11 @@ unpack_helm_and_kubectl() {
   install -m 0755 "${work}/layer/kubectl/kubectl" "${BIN}/kubectl"
 }
 
+if [[ "${1:-}" == weaviate ]]; then
+  build_weaviate
+  echo "${WEAVIATE_DIR}"
+  exit 0
+fi
 build_control_plane
 build_kwok
 build_weaviate

@@ -13,6 +13,14 @@ args=(up -f "${REPO_ROOT}/manifests/examples/local.yaml" --port "${GATEWAY_PORT}
   --model-port "${MODEL_PORT}" --docs "${REPO_ROOT}/docs" --docs "${REPO_ROOT}/README.md")
 [[ -n "${TERTULIA_DATA_DIR:-}" ]] && args+=(--data-dir "${TERTULIA_DATA_DIR}")
 
+# The knowledge base needs Weaviate's server: built once from its Go module when Go is here
+# (a few minutes, cached by version); without it the stack runs with the knowledge base off.
+if [[ -z "${TERTULIA_WEAVIATE_BIN:-}" ]] && ! command -v weaviate-server >/dev/null \
+  && [[ ! -x "${WEAVIATE_DIR}/weaviate-server" ]] && command -v go >/dev/null; then
+  log "building Weaviate ${WEAVIATE_VERSION} once for the knowledge base (a few minutes)"
+  bash "${REPO_ROOT}/hack/build-testbed.sh" weaviate >/dev/null
+fi
+
 "${TERTULIA}" "${args[@]}" >"${LOG}" 2>&1 &
 up=$!
 stop() {
