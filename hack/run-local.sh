@@ -18,10 +18,12 @@ args=(up -f "${REPO_ROOT}/manifests/examples/local.yaml" --port "${GATEWAY_PORT}
 if [[ -z "${TERTULIA_WEAVIATE_BIN:-}" ]] && ! command -v weaviate-server >/dev/null \
   && [[ ! -x "${WEAVIATE_DIR}/weaviate-server" ]] && command -v go >/dev/null; then
   log "building Weaviate ${WEAVIATE_VERSION} once for the knowledge base (a few minutes)"
-  bash "${REPO_ROOT}/hack/build-testbed.sh" weaviate >/dev/null
+  bash "${REPO_ROOT}/hack/build-testbed.sh" weaviate >/dev/null \
+    || log "Weaviate could not be built (offline?): the knowledge base stays off"
 fi
 
-"${TERTULIA}" "${args[@]}" >"${LOG}" 2>&1 &
+# A wide console: the log is read back line by line below.
+COLUMNS=500 "${TERTULIA}" "${args[@]}" >"${LOG}" 2>&1 &
 up=$!
 stop() {
   trap - INT TERM EXIT

@@ -164,7 +164,10 @@ def bot_environment(bot: Any, platform: str) -> dict[str, str]:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on the port; connections of a stopped one that linger
+    in TIME_WAIT do not count, as servers bind with SO_REUSEADDR too."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -131,3 +131,22 @@ def test_a_file_that_is_not_a_chatbot_is_refused(tmp_path: Path) -> None:
     path.write_text("kind: ChatBot\nmetadata: {name: b}\nspec: {model: {engine: warp}}\n")
     with pytest.raises(typer.BadParameter, match="engine"):
         _load(path)
+
+
+def test_a_port_is_busy_while_something_listens_not_while_old_connections_linger() -> None:
+    import socket
+
+    from tertulia.local.up import _port_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not _port_free(port)
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server closes first: its end of the connection stays in TIME_WAIT
+    client.close()
+    server.close()
+    assert _port_free(port), "a stack stopped a moment ago must be able to start again"
