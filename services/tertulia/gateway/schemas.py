@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tertulia.gateway.pipeline.retrieval import KnowledgeFilters
 from tertulia.gateway.store import Turn
+from tertulia.knowledge.store import SearchFilters
 
 # Conversation ids are built by clients from platform, channel and thread ids.
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,256}$"
@@ -30,7 +30,7 @@ class ChatRequest(BaseModel):
         max_length=256,
         description="The end user, for memory and rate limits; defaults to the API key's identity.",
     )
-    filters: KnowledgeFilters | None = Field(
+    filters: SearchFilters | None = Field(
         None, description="Retrieve only passages whose metadata match these patterns."
     )
 

@@ -168,7 +168,7 @@ def search(
     from rich.console import Console
 
     from tertulia.knowledge.embeddings import Embedder, EmbeddingError
-    from tertulia.knowledge.store import SearchFilters, Store, StoreError
+    from tertulia.knowledge.store import SearchFilters, Store, StoreError, find
 
     settings = _settings(collection, weaviate_url)
     weight = settings.alpha if alpha is None else alpha
@@ -176,15 +176,13 @@ def search(
     async def run() -> list[Hit]:
         store, embedder = Store(settings), Embedder(settings.embedding)
         try:
-            vector = await embedder.embed_one(query) if weight > 0 else None
-            return list(
-                await store.search(
-                    query,
-                    vector,
-                    limit=top_k or settings.top_k,
-                    alpha=weight,
-                    filters=SearchFilters(source=source),
-                )
+            return await find(
+                store,
+                embedder,
+                query,
+                limit=top_k or settings.top_k,
+                alpha=weight,
+                filters=SearchFilters(source=source),
             )
         finally:
             await embedder.aclose()

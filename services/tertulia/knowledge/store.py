@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import weaviate
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from weaviate import WeaviateAsyncClient
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
@@ -24,7 +25,10 @@ from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.collections.classes.data import DataObject
 from weaviate.exceptions import WeaviateBaseError
 
+from tertulia.knowledge.embeddings import Embedder, EmbeddingError
 from tertulia.knowledge.settings import KnowledgeSettings, read_secret
+
+logger = logging.getLogger(__name__)
 
 _NAMESPACE = uuid.UUID("6f1d3b0e-5c1a-4d7e-9a39-7465727475c1")
 _SEARCHED = ["text", "title", "section"]
@@ -72,13 +76,14 @@ class Hit(BaseModel):
     score: float
 
 
-@dataclass(frozen=True)
-class SearchFilters:
-    """Optional metadata filters; `source` and `title` take `*` and `?` wildcards."""
+class SearchFilters(BaseModel):
+    """Only passages whose metadata match; `*` and `?` are wildcards."""
 
-    source: str | None = None
-    title: str | None = None
-    section: str | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str | None = Field(None, max_length=512, description="Source path, e.g. `faq/*`.")
+    title: str | None = Field(None, max_length=512, description="Document title.")
+    section: str | None = Field(None, max_length=512, description="Section heading path.")
 
     def weaviate(self) -> Any:
         parts = []
@@ -352,6 +357,33 @@ class Store:
             f"cannot {action} Weaviate at {self.settings.weaviate_url} "
             f"(collection {self.name}): {message}"
         )
+
+
+async def find(
+    store: Store,
+    embedder: Embedder,
+    query: str,
+    *,
+    limit: int,
+    alpha: float,
+    filters: SearchFilters | None = None,
+    bm25_when_embedding_fails: bool = False,
+) -> list[Hit]:
+    """Embed the question (unless alpha is 0) and search. An embeddings failure raises
+    EmbeddingError, or with `bm25_when_embedding_fails` is logged and the search goes on
+    with BM25 alone."""
+    vector: list[float] | None = None
+    if alpha > 0.0:
+        try:
+            vector = await embedder.embed_one(query)
+        except EmbeddingError as error:
+            if not bm25_when_embedding_fails:
+                raise
+            logger.warning(
+                "embedding the question failed; searching with BM25 alone",
+                extra={"error": str(error)},
+            )
+    return await store.search(query, vector, limit=limit, alpha=alpha, filters=filters)
 
 
 def _keyword(name: str) -> Property:

@@ -10,12 +10,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from tertulia.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from tertulia.knowledge.settings import KnowledgeSettings
+    from tertulia.knowledge.store import SearchFilters
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +31,9 @@ class Passage(BaseModel):
     score: float = 0.0
 
 
-class KnowledgeFilters(BaseModel):
-    """Only passages whose metadata match; `*` and `?` are wildcards."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str | None = Field(None, max_length=512, description="Source path, e.g. `faq/*`.")
-    title: str | None = Field(None, max_length=512, description="Document title.")
-    section: str | None = Field(None, max_length=512, description="Section heading path.")
-
-
 class Retriever(Protocol):
     async def search(
-        self, query: str, top_k: int, filters: KnowledgeFilters | None = None
+        self, query: str, top_k: int, filters: SearchFilters | None = None
     ) -> list[Passage]: ...
 
     async def ping(self) -> None: ...
@@ -55,7 +46,7 @@ async def retrieve(
     metrics: GatewayMetrics,
     query: str,
     top_k: int,
-    filters: KnowledgeFilters | None = None,
+    filters: SearchFilters | None = None,
 ) -> list[Passage]:
     if retriever is None:
         return []
@@ -85,31 +76,22 @@ class WeaviateRetriever:
         self._paused_until = 0.0
 
     async def search(
-        self, query: str, top_k: int, filters: KnowledgeFilters | None = None
+        self, query: str, top_k: int, filters: SearchFilters | None = None
     ) -> list[Passage]:
-        from tertulia.knowledge.embeddings import EmbeddingError
-        from tertulia.knowledge.store import SearchFilters, StoreError
+        from tertulia.knowledge.store import StoreError, find
 
         wait = self._paused_until - time.monotonic()
         if wait > 0:
             raise StoreError(f"skipped: the knowledge base failed; next try in {wait:.0f} s")
-
-        vector: list[float] | None = None
-        if self.settings.alpha > 0.0:
-            try:
-                vector = await self.embedder.embed_one(query)
-            except EmbeddingError as error:
-                logger.warning(
-                    "embedding the question failed; searching with BM25 alone",
-                    extra={"error": str(error)},
-                )
         try:
-            hits = await self.store.search(
+            hits = await find(
+                self.store,
+                self.embedder,
                 query,
-                vector,
                 limit=top_k,
                 alpha=self.settings.alpha,
-                filters=SearchFilters(**filters.model_dump()) if filters else None,
+                filters=filters,
+                bm25_when_embedding_fails=True,
             )
         except StoreError:
             self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS

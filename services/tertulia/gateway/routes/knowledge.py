@@ -25,12 +25,12 @@ from tertulia.gateway.errors import (
     KnowledgeBaseDisabled,
     KnowledgeBaseUnavailable,
 )
-from tertulia.gateway.pipeline.retrieval import KnowledgeFilters, WeaviateRetriever
+from tertulia.gateway.pipeline.retrieval import WeaviateRetriever
 from tertulia.gateway.schemas import ErrorBody
 from tertulia.knowledge.documents import SUFFIXES, kind_of
 from tertulia.knowledge.embeddings import EmbeddingError
 from tertulia.knowledge.ingest import Ingestor, Input
-from tertulia.knowledge.store import Hit, SearchFilters, StoreError
+from tertulia.knowledge.store import Hit, SearchFilters, StoreError, find
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1, max_length=4000)
     top_k: int | None = Field(None, ge=1, le=50)
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="0 BM25 only, 1 vectors only.")
-    filters: KnowledgeFilters | None = None
+    filters: SearchFilters | None = None
 
 
 def _unavailable(error: Exception) -> KnowledgeBaseUnavailable:
@@ -164,13 +164,13 @@ async def search(request: SearchRequest, knowledge: KnowledgeBaseDep) -> list[Hi
     settings = knowledge.settings
     alpha = settings.alpha if request.alpha is None else request.alpha
     try:
-        vector = await knowledge.embedder.embed_one(request.query) if alpha > 0 else None
-        hits = await knowledge.store.search(
+        hits = await find(
+            knowledge.store,
+            knowledge.embedder,
             request.query,
-            vector,
             limit=request.top_k or settings.top_k,
             alpha=alpha,
-            filters=SearchFilters(**request.filters.model_dump()) if request.filters else None,
+            filters=request.filters,
         )
     except (StoreError, EmbeddingError) as error:
         raise _unavailable(error) from None
