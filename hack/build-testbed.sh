@@ -3,6 +3,7 @@
 # Idempotent: a binary already in the cache is not rebuilt.
 #   hack/build-testbed.sh            everything the tests need
 #   hack/build-testbed.sh weaviate   only Weaviate (what local mode's knowledge base needs)
+#   hack/build-testbed.sh control-plane   only the control plane, helm and kubectl
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BIN="${TESTBED_DIR}/bin"
@@ -21,7 +22,7 @@ build_control_plane() {
   ldflags+=" -X ${version_pkg}.gitMajor=1 -X ${version_pkg}.gitMinor=${minor}"
   ldflags+=" -X ${version_pkg}.gitTreeState=clean"
   local name
-  for name in kube-apiserver kube-controller-manager kube-scheduler; do
+  for name in kube-apiserver kube-controller-manager kube-scheduler "$@"; do
     if [[ ! -x "${BIN}/${name}" ]]; then
       log "building ${name} ${KUBERNETES_VERSION} (first run only)"
       go build -C "${REPO_ROOT}/hack/kube" -ldflags "${ldflags}" -o "${BIN}/${name}.tmp" \
@@ -33,6 +34,25 @@ build_control_plane() {
     log "building etcd ${ETCD_VERSION} (first run only)"
     go build -C "${REPO_ROOT}/hack/kube" -ldflags "-s -w" -o "${BIN}/etcd.tmp" go.etcd.io/etcd/server/v3
     mv "${BIN}/etcd.tmp" "${BIN}/etcd"
+  fi
+}
+
+build_node() {
+  # The real node's kubelet and kube-proxy come from the same pinned module and flags.
+  build_control_plane kubelet kube-proxy
+  if [[ ! -x "${COREDNS_DIR}/coredns" ]]; then
+    log "building coredns ${COREDNS_VERSION} (first run only)"
+    mkdir -p "${COREDNS_DIR}"
+    go build -C "${REPO_ROOT}/hack/coredns" -ldflags "-s -w" -o "${COREDNS_DIR}/coredns.tmp" .
+    mv "${COREDNS_DIR}/coredns.tmp" "${COREDNS_DIR}/coredns"
+  fi
+  ln -sf "${COREDNS_DIR}/coredns" "${BIN}/coredns"
+  if [[ ! -x "${BIN}/pause" ]]; then
+    # The pod sandbox's process, from the pinned release's own source, as its image has it.
+    local source
+    source="$(go list -C "${REPO_ROOT}/hack/kube" -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+    gcc -Os -Wall -Werror -static -DVERSION="v${PAUSE_VERSION}" -o "${BIN}/pause.tmp" "${source}"
+    mv "${BIN}/pause.tmp" "${BIN}/pause"
   fi
 }
 
@@ -70,14 +90,24 @@ unpack_helm_and_kubectl() {
   install -m 0755 "${work}/layer/kubectl/kubectl" "${BIN}/kubectl"
 }
 
-if [[ "${1:-}" == weaviate ]]; then
-  build_weaviate
-  echo "${WEAVIATE_DIR}"
-  exit 0
-fi
-build_control_plane
-build_kwok
-build_weaviate
-unpack_helm_and_kubectl
-ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
+case "${1:-}" in
+  weaviate)
+    build_weaviate
+    echo "${WEAVIATE_DIR}"
+    exit 0
+    ;;
+  control-plane)
+    build_control_plane
+    build_kwok
+    unpack_helm_and_kubectl
+    ;;
+  *)
+    build_control_plane
+    build_kwok
+    build_weaviate
+    unpack_helm_and_kubectl
+    build_node
+    ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
+    ;;
+esac
 echo "${BIN}"

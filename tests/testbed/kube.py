@@ -1,5 +1,9 @@
 """A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, and kwok managing fake CPU and GPU nodes on which Pods become Running and Ready.
+
+With `real_node=True` the whole cluster lives in a network namespace of its own, where one real
+worker node (`node.py`) runs pods beside the kwok nodes; the API server is then reached from
+the host through a forwarder on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from typing import Any
 
 import yaml
 
+from tests.testbed.netns import NODE_IP, NodeNamespace, TcpForwarder
+from tests.testbed.node import APISERVER_PORT, NODE_NAME, RealNode, in_node_kubeconfig
 from tests.testbed.paths import binary
-from tests.testbed.pki import Pki, write_pki
+from tests.testbed.pki import Pki, issue, write_kubeconfig, write_pki
 from tests.testbed.process import ManagedProcess, eventually, free_port
+from tests.testbed.volumes import LocalVolumeProvisioner, storage_class
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -92,6 +99,8 @@ class ControlPlane:
         nodes: tuple[FakeNode, ...] = DEFAULT_NODES,
         *,
         survive_parent: bool = False,
+        real_node: bool = False,
+        images: tuple[Path, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.nodes = nodes
@@ -101,6 +110,14 @@ class ControlPlane:
         self.processes: list[ManagedProcess] = []
         self.apiserver_port = 0
         self._pki: Pki | None = None
+        # With a real node: its namespaces, its daemons, the docker-archives it imports, and
+        # the forwarders that reach into its namespace from the host.
+        self.real_node = real_node
+        self.images = images
+        self.namespace: NodeNamespace | None = None
+        self.node: RealNode | None = None
+        self._forwarders: dict[tuple[str, int], TcpForwarder] = {}
+        self._provisioner: LocalVolumeProvisioner | None = None
 
     def client_env(self) -> dict[str, str]:
         """Environment for kubectl and helm as the admin, their caches kept in the workdir."""
@@ -143,6 +160,10 @@ class ControlPlane:
     def start(self, timeout: float = 180.0) -> ControlPlane:
         try:
             self._pki = write_pki(self.workdir / "pki")
+            if self.real_node:
+                self.namespace = NodeNamespace(self.workdir / "node", self.logs).create(
+                    {NODE_NAME: NODE_IP}
+                )
             self._start_etcd(timeout)
             self._start_apiserver(timeout)
             self._write_kubeconfig()
@@ -150,15 +171,30 @@ class ControlPlane:
             self._start("kube-scheduler", self._scheduler_args())
             self._start_kwok()
             self._register_nodes(timeout)
+            if self.real_node:
+                self._start_real_node(timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+        if self._provisioner is not None:
+            self._provisioner.stop()
+            self._provisioner = None
+        # Newest first: the API server outlives what talks to it, etcd outlives the API server.
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        for forwarder in self._forwarders.values():
+            forwarder.close()
+        self._forwarders.clear()
+        if self.namespace is not None:
+            self.namespace.delete()
+            self.namespace = None
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -169,15 +205,28 @@ class ControlPlane:
     # --- the parts, in start order ---
 
     def _start(self, name: str, args: list[str]) -> ManagedProcess:
+        command = [str(binary(name)), *args]
+        if self.namespace is not None:
+            command = self.namespace.command(command)
         process = ManagedProcess(
-            name, [str(binary(name)), *args], self.logs, survive_parent=self.survive_parent
+            name, command, self.logs, survive_parent=self.survive_parent
         ).start()
         self.processes.append(process)
         return process
 
+    def reachable(self, host: str, port: int) -> tuple[str, int]:
+        """An address on the host that reaches `host:port` of the cluster's network: itself,
+        or a forwarder into the real node's namespace."""
+        if self.namespace is None:
+            return host, port
+        if (host, port) not in self._forwarders:
+            self._forwarders[host, port] = TcpForwarder(self.namespace, (host, port))
+        return "127.0.0.1", self._forwarders[host, port].port
+
     def _start_etcd(self, timeout: float) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
+        health_host, health_port = self.reachable("127.0.0.1", client)
         etcd = self._start(
             "etcd",
             [
@@ -195,9 +244,11 @@ class ControlPlane:
         )
         etcd.wait_until(
             lambda: (
-                json.loads(urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2).read())[
-                    "health"
-                ]
+                json.loads(
+                    urllib.request.urlopen(
+                        f"http://{health_host}:{health_port}/health", timeout=2
+                    ).read()
+                )["health"]
                 == "true"
             ),
             timeout,
@@ -205,15 +256,37 @@ class ControlPlane:
         )
 
     def _start_apiserver(self, timeout: float) -> None:
-        self.apiserver_port = free_port()
         issuer = "https://kubernetes.default.svc.cluster.local"
+        if self.real_node:
+            # Inside the node's namespace, at the node's address, where the kubelet, pods
+            # (through the `kubernetes` Service) and the host's forwarder reach it.
+            listen = ["--bind-address=0.0.0.0", f"--advertise-address={NODE_IP}"]
+            port = APISERVER_PORT
+            kubelet_cert, kubelet_key = issue(
+                self.pki, self.pki.ca_cert.parent, "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client", "system:masters",
+            )  # fmt: skip
+            node_access = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=ExtendedResourceToleration,NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_cert}",
+                f"--kubelet-client-key={kubelet_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            port = free_port()
+            listen = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+            node_access = [
+                "--authorization-mode=RBAC",
+                "--enable-admission-plugins=ExtendedResourceToleration",
+            ]
+        self.apiserver_port = self.reachable("127.0.0.1", port)[1]
         apiserver = self._start(
             "kube-apiserver",
             [
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.apiserver_port}",
+                *listen,
+                f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'apiserver'}",
                 f"--tls-cert-file={self.pki.serving_cert}",
                 f"--tls-private-key-file={self.pki.serving_key}",
@@ -223,8 +296,7 @@ class ControlPlane:
                 f"--service-account-key-file={self.pki.service_account_public_key}",
                 f"--service-account-signing-key-file={self.pki.service_account_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-mode=RBAC",
-                "--enable-admission-plugins=ExtendedResourceToleration",
+                *node_access,
                 "--allow-privileged=true",
                 "--profiling=false",
             ],
@@ -241,28 +313,46 @@ class ControlPlane:
             "ready",
         )
 
+    @property
+    def component_kubeconfig(self) -> Path:
+        """The admin kubeconfig as the cluster's own processes use it: inside the node's
+        namespace with a real node, the host's otherwise."""
+        if not self.real_node:
+            return self.kubeconfig
+        path = self.workdir / "in-node.kubeconfig"
+        if not path.exists():
+            in_node_kubeconfig(self.pki, path, self.pki.admin_cert, self.pki.admin_key, "admin")
+        return path
+
     def _controller_manager_args(self) -> list[str]:
-        return [
-            f"--kubeconfig={self.kubeconfig}",
+        args = [
+            f"--kubeconfig={self.component_kubeconfig}",
             "--leader-elect=false",
             "--secure-port=0",
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca_cert}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--use-service-account-credentials=false",
-            # Binds PersistentVolumeClaims of the `standard` class to hostPath volumes, so
-            # Pods with volumes schedule as on a cluster with a storage provisioner.
-            "--enable-hostpath-provisioner=true",
         ]
+        if not self.real_node:
+            # Binds PersistentVolumeClaims of the `standard` class to hostPath volumes, so
+            # Pods with volumes schedule as on a cluster with a storage provisioner. A real
+            # node has its own provisioner (volumes.py).
+            args.append("--enable-hostpath-provisioner=true")
+        return args
 
     def _scheduler_args(self) -> list[str]:
-        return [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--secure-port=0"]
+        return [
+            f"--kubeconfig={self.component_kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+        ]
 
     def _start_kwok(self) -> None:
         self._start(
             "kwok",
             [
-                f"--kubeconfig={self.kubeconfig}",
+                f"--kubeconfig={self.component_kubeconfig}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
                 "--cidr=10.244.0.0/16",
@@ -278,7 +368,9 @@ class ControlPlane:
         from kubernetes.client.exceptions import ApiException
 
         api = client.CoreV1Api(self.api_client())
-        client.StorageV1Api(self.api_client()).create_storage_class(DEFAULT_STORAGE_CLASS)
+        client.StorageV1Api(self.api_client()).create_storage_class(
+            storage_class() if self.real_node else DEFAULT_STORAGE_CLASS
+        )
         for node in self.nodes:
             try:
                 api.create_node(node.manifest())
@@ -302,6 +394,13 @@ class ControlPlane:
         kwok = next(p for p in self.processes if p.name == "kwok")
         kwok.wait_until(all_ready, timeout, "managing Ready nodes")
 
+    def _start_real_node(self, timeout: float) -> None:
+        assert self.namespace is not None
+        self.node = RealNode(self.workdir / "node", self.namespace, self.pki, self.logs)
+        self.node.start(self.component_kubeconfig, list(self.images), timeout)
+        self._provisioner = LocalVolumeProvisioner(self.api_client(), self.node.volumes).start()
+        self.node.wait_ready(self.api_client(), timeout)
+
     # --- clients ---
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -310,34 +409,14 @@ class ControlPlane:
         return context
 
     def _write_kubeconfig(self) -> None:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "testbed",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority": str(self.pki.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "testbed-admin",
-                    "user": {
-                        "client-certificate": str(self.pki.admin_cert),
-                        "client-key": str(self.pki.admin_key),
-                    },
-                }
-            ],
-            "contexts": [
-                {"name": "testbed", "context": {"cluster": "testbed", "user": "testbed-admin"}}
-            ],
-            "current-context": "testbed",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        write_kubeconfig(
+            self.pki,
+            self.kubeconfig,
+            self.server,
+            self.pki.admin_cert,
+            self.pki.admin_key,
+            "testbed-admin",
+        )
 
     def api_client(self) -> Any:
         """A kubernetes-client ApiClient logged in as the test bed's admin."""

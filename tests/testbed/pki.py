@@ -7,10 +7,13 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from tests.testbed.netns import NODE_IP
 
 _VALIDITY = datetime.timedelta(days=2)
 
@@ -20,6 +23,7 @@ class Pki:
     """Paths of the files written by `write_pki`."""
 
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     admin_cert: Path
@@ -79,6 +83,7 @@ def write_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
         ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
         serving_cert=directory / "apiserver.crt",
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
@@ -90,6 +95,7 @@ def write_pki(directory: Path) -> Pki:
     ca_name = _name("tertulia-testbed-ca")
     ca_cert = _issue(ca_name, ca_key.public_key(), ca_name, ca_key, is_ca=True)
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(pki.ca_key, ca_key)
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
     serving_cert = _issue(
@@ -104,6 +110,8 @@ def write_pki(directory: Path) -> Pki:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+            # The real node's address, where the API server listens when a node joins.
+            x509.IPAddress(ipaddress.ip_address(NODE_IP)),
         ],
     )
     pki.serving_cert.write_bytes(serving_cert.public_bytes(serialization.Encoding.PEM))
@@ -130,3 +138,60 @@ def write_pki(directory: Path) -> Pki:
         )
     )
     return pki
+
+
+def issue(
+    pki: Pki,
+    directory: Path,
+    name: str,
+    common_name: str,
+    organization: str | None = None,
+    *,
+    server_names: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """A certificate signed by the run's CA, written as NAME.crt and NAME.key: a client
+    certificate, or a serving one when `server_names` (DNS names or IPs) are given."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_name = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: list[x509.GeneralName] = []
+    for server_name in server_names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(server_name)))
+        except ValueError:
+            alt_names.append(x509.DNSName(server_name))
+    cert = _issue(
+        _name(common_name, organization),
+        key.public_key(),
+        ca_name,
+        ca_key,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH,
+        alt_names=alt_names,
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
+def write_kubeconfig(pki: Pki, path: Path, server: str, cert: Path, key: Path, user: str) -> Path:
+    """A kubeconfig for `server` that trusts the run's CA and logs in with a client cert."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "testbed",
+                "cluster": {"server": server, "certificate-authority": str(pki.ca_cert)},
+            }
+        ],
+        "users": [
+            {"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}
+        ],
+        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user}}],
+        "current-context": "testbed",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
