@@ -6,6 +6,7 @@ import typer
 
 from tertulia.bots.cli import app as bot_app
 from tertulia.chat import chat
+from tertulia.common.weights import app as model_app
 from tertulia.gateway.cli import app as gateway_app
 from tertulia.knowledge.cli import app as kb_app
 from tertulia.local.up import up
@@ -24,6 +25,7 @@ app.command("chat")(chat)
 app.command("up")(up)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(kb_app, name="kb")
+app.add_typer(model_app, name="model")
 app.add_typer(operator_app, name="operator")
 
 

@@ -81,9 +81,33 @@ class ModelSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra=cel(
             rule(
-                "self.engine == 'endpoint' || has(self.name)",
-                "name is required unless engine is endpoint",
+                "self.engine == 'endpoint' || has(self.name) || has(self.source)",
+                "name or source is required unless engine is endpoint",
                 ".name",
+            ),
+            rule(
+                "self.engine != 'endpoint' || !has(self.source)",
+                "source must be unset when engine is endpoint: no weights are loaded",
+                ".source",
+            ),
+            rule(
+                "self.engine != 'llamacpp' || !has(self.source) || "
+                "self.source.matches('^(hf://[^/]+/[^/]+/.+|https?://[^/]+/.+|pvc://[^/]+/.+)$')",
+                "llama.cpp loads one GGUF file: hf://OWNER/REPO/FILE.gguf, https://HOST/FILE.gguf "
+                "or pvc://CLAIM/PATH/FILE.gguf",
+                ".source",
+            ),
+            rule(
+                "self.engine != 'vllm' || !has(self.source) || "
+                "self.source.matches('^(hf://[^/]+/[^/]+/?|pvc://[^/]+(/.*)?)$')",
+                "vLLM loads a repository: hf://OWNER/REPO or pvc://CLAIM/PATH",
+                ".source",
+            ),
+            rule(
+                "self.engine != 'ollama' || !has(self.source) || "
+                "self.source.startsWith('ollama://')",
+                "Ollama pulls from its library: ollama://NAME:TAG",
+                ".source",
             ),
             rule(
                 "self.engine != 'endpoint' || has(self.endpoint)",
@@ -113,8 +137,20 @@ class ModelSpec(Spec):
         min_length=1,
         max_length=256,
         description="The model: a Hugging Face id for vLLM (Qwen/Qwen2.5-7B-Instruct), a tag for "
-        "Ollama (llama3.2:3b), a GGUF file in the cache for llama.cpp (model.gguf). For "
-        "endpoint, the model id to request; the endpoint's first model when unset.",
+        "Ollama (llama3.2:3b), a GGUF file already in the cache volume for llama.cpp "
+        "(model.gguf). With `source`, the name clients use (the source's file or repository "
+        "when unset). For endpoint, the model id to request; the endpoint's first model when "
+        "unset.",
+    )
+    source: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^(hf|https?|pvc|ollama)://.+",
+        description="Where the weights come from. llama.cpp: hf://OWNER/REPO/FILE.gguf or "
+        "https://HOST/PATH/FILE.gguf, downloaded once into the cache volume (resumably, with "
+        "tokenSecretRef as HF_TOKEN, and HF_ENDPOINT from env for a mirror), or "
+        "pvc://CLAIM/PATH/FILE.gguf, read from a claim. vLLM: hf://OWNER/REPO or "
+        "pvc://CLAIM/PATH. Ollama: ollama://NAME:TAG.",
     )
     endpoint: str | None = Field(
         None,
@@ -275,12 +311,26 @@ class SourceSpec(Spec):
     )
 
 
+# bge-small-en-v1.5 (384 dimensions, 36 MB at Q8_0) as a GGUF for llama.cpp.
+DEFAULT_EMBEDDING_SOURCE = "hf://ChristianAzinn/bge-small-en-v1.5-gguf/bge-small-en-v1.5.Q8_0.gguf"
+
+
 class EmbeddingSpec(Spec):
     """The embedding model, served through an OpenAI-compatible /v1/embeddings."""
 
     model: str = Field("BAAI/bge-small-en-v1.5", min_length=1, description="Embedding model id.")
+    source: str = Field(
+        DEFAULT_EMBEDDING_SOURCE,
+        pattern=r"^(hf://[^/]+/[^/]+/.+|https?://[^/]+/.+)$",
+        description="The GGUF the operator's embeddings server (llama.cpp on CPU) loads, "
+        "fetched like model.source: hf://OWNER/REPO/FILE.gguf or https://HOST/FILE.gguf. "
+        "Unused with endpoint.",
+    )
     endpoint: str | None = Field(
-        None, pattern=r"^https?://", description="Embeddings URL; the model server's when unset."
+        None,
+        pattern=r"^https?://",
+        description="An existing OpenAI-compatible embeddings API, ending in /v1; when unset "
+        "the operator runs an embeddings server with `source`.",
     )
 
 
@@ -329,6 +379,12 @@ class SlackSpec(Spec):
     signing_secret_ref: SecretKeyRef | None = Field(
         None, description="The signing secret (events mode)."
     )
+    api_url: str | None = Field(
+        None,
+        pattern=r"^https?://.+/$",
+        description="Slack's Web API base URL, ending in a slash: https://slack-gov.com/api/ for "
+        "GovSlack; https://slack.com/api/ when unset.",
+    )
 
 
 class DiscordSpec(Spec):
@@ -357,6 +413,12 @@ class TelegramSpec(Spec):
     )
     webhook_secret_ref: SecretKeyRef | None = Field(
         None, description="The secret Telegram sends with each webhook call."
+    )
+    api_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="A self-hosted Bot API server (telegram-bot-api), such as "
+        "http://telegram-bot-api:8081; https://api.telegram.org when unset.",
     )
 
 
@@ -419,6 +481,7 @@ class ModelStatus(Spec):
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
     )
 
+    name: str = Field("", description="The model id the gateway requests.")
     replicas: int = Field(0, description="Model server replicas that exist.")
     ready_replicas: int = Field(0, description="Model server replicas that are Ready.")
     selector: str = Field("", description="Label selector of the model server's Pods.")

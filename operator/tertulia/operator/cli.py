@@ -71,3 +71,13 @@ def reference() -> None:
     from tertulia.operator.reference import reference_markdown
 
     typer.echo(reference_markdown(), nl=False)
+
+
+@app.command("images")
+def list_images() -> None:
+    """Print the third-party images ChatBots run, by role, one per line: what to mirror into
+    a private registry for a cluster without internet access."""
+    from tertulia.operator.render.images import THIRD_PARTY
+
+    for role, image in THIRD_PARTY.items():
+        typer.echo(f"{role} {image}")

@@ -80,7 +80,7 @@ def schema_of(model: type[BaseModel]) -> dict[str, Any]:
 
 PRINTER_COLUMNS = [
     {"name": "Engine", "type": "string", "jsonPath": ".spec.model.engine"},
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model.name"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.model.readyReplicas"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.model.replicas", "priority": 1},
     {"name": "Platforms", "type": "string", "jsonPath": ".status.platforms"},

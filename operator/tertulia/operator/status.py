@@ -14,8 +14,9 @@ from tertulia.operator.api import (
     ModelStatus,
     Phase,
 )
+from tertulia.operator.render.embeddings import runs_embeddings_server
 from tertulia.operator.render.gateway import gateway_url
-from tertulia.operator.render.model import model_selector
+from tertulia.operator.render.model import model_selector, served_model_name
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def compute_status(
     results["MemoryReady"] = _workload(workloads, "memory", "Redis")
     if spec.knowledge_base.enabled:
         results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate")
+        if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):
+            results["KnowledgeBaseReady"] = _workload(workloads, "embeddings", "embeddings server")
     else:
         results["KnowledgeBaseReady"] = (True, "Disabled", "no knowledge base is configured")
     platforms = list(spec.platforms.configured())
@@ -126,6 +129,7 @@ def compute_status(
         observed_generation=bot.generation,
         conditions=conditions,
         model=ModelStatus(
+            name=served_model_name(spec.model),
             replicas=model.replicas if model else 0,
             ready_replicas=model.ready if model else 0,
             selector=model_selector(bot),

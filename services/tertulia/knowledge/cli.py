@@ -8,6 +8,7 @@ TERTULIA_KB_COLLECTION, TERTULIA_KB_EMBEDDING__URL, TERTULIA_KB_EMBEDDING__MODEL
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -67,17 +68,51 @@ def ingest(
     prune: Annotated[
         bool, typer.Option(help="Delete stored documents that are no longer under PATHS.")
     ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds to wait for Weaviate and the embeddings server to answer before "
+            "starting (a Job started beside them); 0 fails at once.",
+        ),
+    ] = 0,
     collection: Collection = None,
     weaviate_url: WeaviateUrl = None,
 ) -> None:
     """Ingest Markdown, text, HTML and PDF files: unchanged ones are skipped, changed ones
     replaced. Exits 1 when a file could not be read (the others are ingested), 2 when the
     knowledge base or the embeddings server failed."""
-    code = asyncio.run(_ingest(_settings(collection, weaviate_url), paths, prune))
+    code = asyncio.run(_ingest(_settings(collection, weaviate_url), paths, prune, wait))
     raise typer.Exit(code)
 
 
-async def _ingest(settings: KnowledgeSettings, paths: list[Path], prune: bool) -> int:
+async def _wait_until_reachable(store: Any, embedder: Any, seconds: float, console: Any) -> None:
+    """Until Weaviate is ready and the embeddings server embeds, for at most `seconds`; what
+    it waits for is said every 15 seconds, and the last error raised at the deadline."""
+    from tertulia.knowledge.embeddings import EmbeddingError
+    from tertulia.knowledge.store import StoreError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    said = -math.inf
+    while True:
+        try:
+            await store.ready()
+            await embedder.embed_one("ready")
+            return
+        except (StoreError, EmbeddingError) as error:
+            now = loop.time()
+            if now >= deadline:
+                raise
+            if now - said >= 15:
+                console.print(f"waiting: {error}", highlight=False)
+                said = now
+            await asyncio.sleep(min(3.0, deadline - now))
+
+
+async def _ingest(
+    settings: KnowledgeSettings, paths: list[Path], prune: bool, wait: float = 0
+) -> int:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -125,6 +160,8 @@ async def _ingest(settings: KnowledgeSettings, paths: list[Path], prune: bool) -
                 progress.update(task, detail=f"{self.written} chunks written")
 
         try:
+            if wait:
+                await _wait_until_reachable(store, embedder, wait, progress.console)
             await Ingestor(settings, store, embedder).ingest(
                 inputs, prune=prune, report=report, progress=Bar()
             )

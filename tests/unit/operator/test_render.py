@@ -248,18 +248,36 @@ def test_the_knowledge_base_is_wired_with_the_generated_key_and_settings_the_gat
     )
 
 
-def test_the_ingest_job_may_reach_the_model_server_when_it_embeds_there() -> None:
+def policy_clients(manifests: dict[tuple[str, str], Any], name: str) -> set[str]:
+    policy = manifests["NetworkPolicy", name]["spec"]
+    return {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in policy["ingress"][0]["from"]
+    }
+
+
+def test_without_an_embeddings_endpoint_the_operator_runs_one_for_the_gateway_and_ingest() -> None:
     bot = example("vllm-gpu-slack-kb")
     kb = bot.spec.knowledge_base
+    assert kb.embedding.endpoint is not None
+    external = by_ref(render_all(bot, image=IMAGE))
+    assert not any(kind == "Deployment" and name.endswith("-embeddings") for kind, name in external)
+
     local = kb.model_copy(update={"embedding": kb.embedding.model_copy(update={"endpoint": None})})
-    for spec, expected in (
-        (bot.spec, {"gateway"}),
-        (bot.spec.model_copy(update={"knowledge_base": local}), {"gateway", "ingest"}),
-    ):
-        manifests = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
-        policy = manifests["NetworkPolicy", "harbour-model-ingress"]["spec"]
-        clients = {
-            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-            for peer in policy["ingress"][0]["from"]
-        }
-        assert clients == expected
+    spec = bot.spec.model_copy(update={"knowledge_base": local})
+    manifests = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
+
+    server = manifests["Deployment", "harbour-embeddings"]["spec"]["template"]["spec"]
+    fetch = server["initContainers"][0]
+    assert fetch["image"] == IMAGE
+    assert fetch["args"] == ["model", "fetch", kb.embedding.source, "--cache", "/models"]
+    assert "--embeddings" in server["containers"][0]["args"]
+    config = yaml.safe_load(manifests["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
+    url = "http://harbour-embeddings.bots.svc:8080/v1"
+    assert config["knowledge_base"]["embedding"]["url"] == url
+    job = next(m for (kind, _), m in manifests.items() if kind == "Job")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TERTULIA_KB_EMBEDDING__URL"] == url
+    # The model server is the gateway's alone; the documents are embedded elsewhere.
+    assert policy_clients(manifests, "harbour-model-ingress") == {"gateway"}
+    assert policy_clients(manifests, "harbour-embeddings-ingress") == {"gateway", "ingest"}

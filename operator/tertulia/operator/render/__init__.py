@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tertulia.operator.api import ChatBot
 from tertulia.operator.render.common import Manifest
+from tertulia.operator.render.embeddings import render_embeddings
 from tertulia.operator.render.gateway import render_gateway
 from tertulia.operator.render.knowledge import render_knowledge_base
 from tertulia.operator.render.memory import render_memory
@@ -25,9 +26,10 @@ def render_all(
     `source_digests` are the knowledge sources' ConfigMap contents, hashed by name."""
     return [
         *render_service_account(bot),
-        *render_model_server(bot),
+        *render_model_server(bot, image=image),
         *render_memory(bot),
         *render_gateway(bot, image=image),
+        *render_embeddings(bot, image=image),
         *render_knowledge_base(bot, image=image, source_digests=source_digests),
         *render_platforms(bot, image=image, only=ready_platforms),
         *render_network_policies(bot),

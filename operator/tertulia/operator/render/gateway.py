@@ -76,9 +76,7 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
             "burst": gateway.rate_limit.burst,
         },
         "moderation": {"blocked_terms": list(gateway.moderation.blocked_terms)},
-        "knowledge_base": knowledge_base_settings(
-            bot, backend_key[2] if backend_key is not None else None
-        ),
+        "knowledge_base": knowledge_base_settings(bot),
     }
 
 

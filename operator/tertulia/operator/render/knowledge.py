@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from tertulia.operator.api import ChatBot
+from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
     http_probe,
@@ -18,15 +19,15 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     selector_labels,
 )
-from tertulia.operator.render.model import backend_key_volume, model_base_url
+from tertulia.operator.render.embeddings import embeddings_url
 
 COMPONENT = "knowledge-base"
 INGEST = "ingest"
 HTTP_PORT = 8080
 GRPC_PORT = 50051
-# The release the test bed builds from source (hack/versions.env: WEAVIATE_VERSION).
-WEAVIATE_IMAGE = "cr.weaviate.io/semitechnologies/weaviate:1.35.2"
 KEY_PATH = "/etc/tertulia/knowledge-base"
+# Long enough for Weaviate to start and the embeddings server to fetch its model.
+INGEST_WAIT_SECONDS = 900
 KEY = "api-key"
 WEAVIATE_USER = "tertulia"
 
@@ -50,19 +51,7 @@ def generated_knowledge_base_key(bot: ChatBot, key: str) -> Manifest:
     }
 
 
-def embedding_settings(bot: ChatBot, backend_key_file: str | None) -> dict[str, Any]:
-    """The embeddings endpoint: the one named, else the model server's /v1."""
-    embedding = bot.spec.knowledge_base.embedding
-    settings: dict[str, Any] = {
-        "url": embedding.endpoint or model_base_url(bot),
-        "model": embedding.model,
-    }
-    if embedding.endpoint is None and backend_key_file is not None:
-        settings["api_key_file"] = backend_key_file
-    return settings
-
-
-def knowledge_base_settings(bot: ChatBot, backend_key_file: str | None) -> dict[str, Any]:
+def knowledge_base_settings(bot: ChatBot) -> dict[str, Any]:
     """The `knowledge_base` section of the gateway's settings (and the ingest Job's)."""
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
@@ -73,7 +62,7 @@ def knowledge_base_settings(bot: ChatBot, backend_key_file: str | None) -> dict[
         "grpc_port": GRPC_PORT,
         "api_key_file": f"{KEY_PATH}/{KEY}",
         "collection": bot.name,
-        "embedding": embedding_settings(bot, backend_key_file),
+        "embedding": {"url": embeddings_url(bot), "model": knowledge.embedding.model},
         "alpha": knowledge.alpha,
         "top_k": knowledge.top_k,
     }
@@ -110,7 +99,7 @@ def render_knowledge_base(
         claim["spec"]["storageClassName"] = knowledge.storage_class_name
     container = {
         "name": "weaviate",
-        "image": WEAVIATE_IMAGE,
+        "image": images.WEAVIATE,
         "env": [
             {"name": "PERSISTENCE_DATA_PATH", "value": "/var/lib/weaviate"},
             {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
@@ -178,20 +167,17 @@ def render_knowledge_base(
 
 def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Manifest:
     """Ingest every source with --prune. The Job's name carries a digest of the sources, the
-    content of their ConfigMaps and the settings, so a change to any runs a new Job."""
+    content of their ConfigMaps, the settings and the image, so a change to any runs a new Job
+    (a Job's pod template cannot be changed in place)."""
     knowledge = bot.spec.knowledge_base
     sources = [source.model_dump(by_alias=True, exclude_none=True) for source in knowledge.sources]
-    backend_key = backend_key_volume(bot)
-    settings = knowledge_base_settings(bot, backend_key[2] if backend_key else None)
+    settings = knowledge_base_settings(bot)
     digest = hashlib.sha256(
-        json.dumps([sources, settings, source_digests], sort_keys=True).encode()
+        json.dumps([sources, settings, source_digests, image], sort_keys=True).encode()
     ).hexdigest()[:8]
     key, key_mount = key_volume(bot)
     volumes: list[dict[str, Any]] = [key]
     mounts: list[dict[str, Any]] = [key_mount]
-    if backend_key is not None and "api_key_file" in settings["embedding"]:
-        volumes.append(backend_key[0])
-        mounts.append(backend_key[1])
     paths = []
     for index, source in enumerate(knowledge.sources):
         volume = f"source-{index}"
@@ -212,7 +198,8 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
     container = {
         "name": INGEST,
         "image": image,
-        "args": ["kb", "ingest", "--prune", *paths],
+        # Started beside Weaviate and the embeddings server, it waits for them first.
+        "args": ["kb", "ingest", "--prune", "--wait", str(INGEST_WAIT_SECONDS), *paths],
         "env": _settings_env("TERTULIA_KB_", settings),
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,

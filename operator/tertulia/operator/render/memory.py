@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tertulia.operator.api import ChatBot
+from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
     deployment,
@@ -13,7 +14,6 @@ from tertulia.operator.render.common import (
 
 COMPONENT = "memory"
 PORT = 6379
-REDIS_IMAGE = "redis:7.4-alpine"
 
 
 def redis_url(bot: ChatBot) -> str:
@@ -23,7 +23,7 @@ def redis_url(bot: ChatBot) -> str:
 def render_memory(bot: ChatBot) -> list[Manifest]:
     container = {
         "name": "redis",
-        "image": REDIS_IMAGE,
+        "image": images.REDIS,
         # Memory is a cache of conversations: bounded, least-recently-used entries go first.
         "args": [
             "--save",

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
+from tertulia.common.weights import ModelSource, cache_path, parse
 from tertulia.operator.api import ChatBot, ModelSpec
+from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
     deployment,
     http_probe,
     metadata,
     pod_spec,
+    restricted_container_security,
     selector_labels,
     service,
 )
 
 COMPONENT = "model"
 
-# Pinned engine images; `spec.model.image` overrides them.
-VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
-OLLAMA_IMAGE = "ollama/ollama:0.12.6"
-LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
 
 PORTS = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080}
 # Weights can take long to download and load: the startup probe waits up to an hour.
@@ -53,8 +53,68 @@ def backend_key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], st
 
 
 def served_model_name(model: ModelSpec) -> str:
-    """The model id the gateway sends upstream ('' lets the gateway ask the server)."""
-    return model.name or ""
+    """The model id the gateway sends upstream ('' lets the gateway ask the server): the
+    name, else the source's file without its extension, or its repository. Ollama serves a
+    model under its library tag only, so an ollama:// source names it."""
+    if model.source is None:
+        return model.name or ""
+    source = parse(model.source)
+    if source.scheme == "ollama":
+        return source.location
+    if model.name:
+        return model.name
+    if source.scheme == "hf" and not source.path:
+        return source.location
+    return PurePosixPath(source.filename).stem
+
+
+# Where a pod's downloaded weights, or a claim holding them, are mounted.
+CACHE_PATH = "/models"
+CLAIM_PATH = "/weights"
+# The image's user (services/Dockerfile): a new volume becomes its group's to write.
+FETCH_USER = 10001
+# Settings in spec.model.env that say how to reach the hub, for every download of the ChatBot
+# (the embeddings server's too).
+HUB_SETTINGS = ("HF_ENDPOINT", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
+
+
+def hub_env(model: ModelSpec) -> list[dict[str, Any]]:
+    return [item for item in model.env if item.get("name") in HUB_SETTINGS]
+
+
+def fetch_weights(source: ModelSource, image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+    """The init container that downloads `source` into the cache volume once
+    (`tertulia model fetch`); `env` carries HF_TOKEN and HF_ENDPOINT when set."""
+    return {
+        "name": "fetch-weights",
+        "image": image,
+        "args": ["model", "fetch", source.url, "--cache", CACHE_PATH],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH}],
+    }
+
+
+def weights_file(source: ModelSource) -> str:
+    """The path a llama.cpp server loads `source` from, inside its pod."""
+    if source.scheme == "pvc":
+        return f"{CLAIM_PATH}/{source.path}"
+    return f"{CACHE_PATH}/{cache_path(source)}"
+
+
+def claim_volume(source: ModelSource) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pvc:// source's claim, read-only, and its mount."""
+    return (
+        {
+            "name": "weights",
+            "persistentVolumeClaim": {"claimName": source.location, "readOnly": True},
+        },
+        {"name": "weights", "mountPath": CLAIM_PATH, "readOnly": True},
+    )
 
 
 def model_selector(bot: ChatBot) -> str:
@@ -62,7 +122,8 @@ def model_selector(bot: ChatBot) -> str:
     return ",".join(f"{key}={value}" for key, value in selector_labels(bot, COMPONENT).items())
 
 
-def render_model_server(bot: ChatBot) -> list[Manifest]:
+def render_model_server(bot: ChatBot, *, image: str) -> list[Manifest]:
+    """The model server; `image` (Tertulia's) runs the init container that fetches weights."""
     model = bot.spec.model
     if model.engine == "endpoint":
         return []
@@ -71,12 +132,26 @@ def render_model_server(bot: ChatBot) -> list[Manifest]:
     container.setdefault("ports", [{"name": "http", "containerPort": port}])
     container["env"] = [*container.get("env", []), *model.env]
     container["resources"] = _resources(model)
-    cache_path = container.pop("cache_path")
+    cache_mount = container.pop("cache_path")
     container["volumeMounts"] = [
         *container.get("volumeMounts", []),
-        {"name": "cache", "mountPath": cache_path},
+        {"name": "cache", "mountPath": cache_mount},
     ]
     volumes.append(_cache_volume(bot))
+    extra: dict[str, Any] = {}
+    source = parse(model.source) if model.source else None
+    if source is not None and source.scheme == "pvc":
+        volume, mount = claim_volume(source)
+        volumes.append(volume)
+        container["volumeMounts"].append(mount)
+    elif source is not None and source.downloads and model.engine == "llamacpp":
+        env = [*_token_env(model, "HF_TOKEN"), *model.env]
+        extra["initContainers"] = [fetch_weights(source, image, env)]
+        # The fetcher runs as the image's user: a new volume is made its group's, once.
+        extra["securityContext"] = {
+            "fsGroup": FETCH_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",
+        }
     pod = pod_spec(
         bot,
         [container],
@@ -85,6 +160,7 @@ def render_model_server(bot: ChatBot) -> list[Manifest]:
         tolerations=model.tolerations or None,
         affinity=model.affinity,
         terminationGracePeriodSeconds=60,
+        **extra,
     )
     pod = {key: value for key, value in pod.items() if value is not None}
     manifests = [
@@ -147,8 +223,12 @@ def _token_env(model: ModelSpec, variable: str) -> list[dict[str, Any]]:
 
 def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     name = served_model_name(model)
+    weights = name
+    if model.source is not None:
+        source = parse(model.source)
+        weights = f"{CLAIM_PATH}/{source.path}" if source.scheme == "pvc" else source.location
     args = [
-        "--model", name,
+        "--model", weights,
         "--served-model-name", name,
         "--port", str(port),
         "--tensor-parallel-size", str(model.gpu_count),
@@ -156,7 +236,7 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
     ]  # fmt: skip
     container = {
         "name": "vllm",
-        "image": model.image or VLLM_IMAGE,
+        "image": model.image or images.VLLM,
         "args": args,
         "env": [{"name": "HF_HOME", "value": "/cache/huggingface"}, *_token_env(model, "HF_TOKEN")],
         "startupProbe": http_probe("/health", port, **_STARTUP),
@@ -181,7 +261,7 @@ def _ollama(
     )
     container = {
         "name": "ollama",
-        "image": model.image or OLLAMA_IMAGE,
+        "image": model.image or images.OLLAMA,
         "command": ["/bin/sh", "-c", script],
         "args": model.args,
         "env": [
@@ -199,8 +279,13 @@ def _ollama(
 def _llamacpp(
     bot: ChatBot, model: ModelSpec, port: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    weights = (
+        weights_file(parse(model.source))
+        if model.source is not None
+        else f"{CACHE_PATH}/{served_model_name(model)}"
+    )
     args = [
-        "--model", f"/models/{served_model_name(model)}",
+        "--model", weights,
         "--alias", served_model_name(model),
         "--host", "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "--port", str(port),
@@ -211,12 +296,13 @@ def _llamacpp(
     ]  # fmt: skip
     container = {
         "name": "llama-server",
-        "image": model.image or LLAMACPP_IMAGE,
+        # The CPU build reserves no GPU it could use: with GPUs, the CUDA build.
+        "image": model.image or (images.LLAMACPP_CUDA if model.gpu_count else images.LLAMACPP),
         "args": args,
         "startupProbe": http_probe("/health", port, **_STARTUP),
         "readinessProbe": http_probe("/health", port, periodSeconds=5),
         "livenessProbe": http_probe("/health", port, periodSeconds=15, failureThreshold=4),
-        "cache_path": "/models",
+        "cache_path": CACHE_PATH,
     }
     return container, []
 

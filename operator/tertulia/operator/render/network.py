@@ -1,11 +1,13 @@
 """Isolation: only the gateway reaches the model, memory and knowledge base (and the ingest
-Job the model, for embeddings, and the knowledge base); workloads run under a ServiceAccount
+Job the embeddings server and the knowledge base); workloads run under a ServiceAccount
 without an API token."""
 
 from __future__ import annotations
 
 from tertulia.operator.api import ChatBot
 from tertulia.operator.render.common import Manifest, metadata, selector_labels
+from tertulia.operator.render.embeddings import COMPONENT as EMBEDDINGS
+from tertulia.operator.render.embeddings import runs_embeddings_server
 from tertulia.operator.render.knowledge import COMPONENT as KNOWLEDGE
 from tertulia.operator.render.knowledge import INGEST
 from tertulia.operator.render.memory import COMPONENT as MEMORY
@@ -16,6 +18,7 @@ _CLIENTS = {
     MODEL: ["gateway"],
     MEMORY: ["gateway", "slack", "discord", "telegram"],
     KNOWLEDGE: ["gateway", INGEST],
+    EMBEDDINGS: ["gateway", INGEST],
 }
 
 
@@ -37,9 +40,8 @@ def render_network_policies(bot: ChatBot) -> list[Manifest]:
             continue
         if component == KNOWLEDGE and not bot.spec.knowledge_base.enabled:
             continue
-        knowledge = bot.spec.knowledge_base
-        if component == MODEL and knowledge.enabled and knowledge.embedding.endpoint is None:
-            clients = [*clients, INGEST]  # it embeds the documents through the model server
+        if component == EMBEDDINGS and not runs_embeddings_server(bot):
+            continue
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]

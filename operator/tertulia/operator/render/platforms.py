@@ -102,6 +102,9 @@ def _platform(
         env.append({"name": "TERTULIA_BOT_WEBHOOK_PORT", "value": str(WEBHOOK_PORT)})
     if isinstance(spec, TelegramSpec) and spec.webhook_url:
         env.append({"name": "TERTULIA_BOT_WEBHOOK_URL", "value": spec.webhook_url})
+    api_url = getattr(spec, "api_url", None)
+    if api_url:
+        env.append({"name": "TERTULIA_BOT_API_URL", "value": api_url})
     container = {
         "name": platform,
         "image": image,

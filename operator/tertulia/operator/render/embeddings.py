@@ -1,0 +1,89 @@
+"""The knowledge base's embeddings server: llama.cpp on CPU serving the embedding model at
+/v1/embeddings, so a knowledge base needs nothing but its ChatBot. Rendered when the knowledge
+base is on and no `embedding.endpoint` is given; the ingest Job and the gateway call it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tertulia.common.weights import parse
+from tertulia.operator.api import ChatBot
+from tertulia.operator.render import images
+from tertulia.operator.render.common import (
+    Manifest,
+    deployment,
+    http_probe,
+    pod_spec,
+    restricted_container_security,
+    service,
+)
+from tertulia.operator.render.model import (
+    CACHE_PATH,
+    FETCH_USER,
+    fetch_weights,
+    hub_env,
+    weights_file,
+)
+
+COMPONENT = "embeddings"
+PORT = 8080
+
+
+def runs_embeddings_server(bot: ChatBot) -> bool:
+    knowledge = bot.spec.knowledge_base
+    return knowledge.enabled and knowledge.embedding.endpoint is None
+
+
+def embeddings_url(bot: ChatBot) -> str:
+    """The OpenAI-compatible base URL of the embeddings: the one named, else the server's."""
+    endpoint = bot.spec.knowledge_base.embedding.endpoint
+    if endpoint is not None:
+        return endpoint.rstrip("/")
+    return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}/v1"
+
+
+def render_embeddings(bot: ChatBot, *, image: str) -> list[Manifest]:
+    if not runs_embeddings_server(bot):
+        return []
+    embedding = bot.spec.knowledge_base.embedding
+    source = parse(embedding.source)
+    args = [
+        "--model", weights_file(source),
+        "--alias", embedding.model,
+        "--host", "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
+        "--port", str(PORT),
+        # Embedding only; each input is one chunk of at most a few hundred tokens.
+        "--embeddings",
+        "--ctx-size", "2048",
+        "--batch-size", "2048",
+        "--ubatch-size", "2048",
+        "--metrics",
+    ]  # fmt: skip
+    container: dict[str, Any] = {
+        "name": "llama-server",
+        "image": images.LLAMACPP,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "startupProbe": http_probe("/health", PORT, periodSeconds=5, failureThreshold=120),
+        "readinessProbe": http_probe("/health", PORT, periodSeconds=5, timeoutSeconds=3),
+        "livenessProbe": http_probe(
+            "/health", PORT, periodSeconds=15, timeoutSeconds=5, failureThreshold=4
+        ),
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        # llama-server needs no root and writes nothing but its cache.
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH, "readOnly": True}],
+    }
+    pod = pod_spec(
+        bot,
+        [container],
+        initContainers=[fetch_weights(source, image, hub_env(bot.spec.model))],
+        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}}],
+        securityContext={
+            "runAsNonRoot": True,
+            "runAsUser": FETCH_USER,
+            "fsGroup": FETCH_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    )
+    return [deployment(bot, COMPONENT, 1, pod), service(bot, COMPONENT, PORT, metrics=True)]
