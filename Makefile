@@ -4,8 +4,8 @@ SHELL := /bin/bash
 VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install testbed run test test-unit test-integration test-e2e lint format \
-	testenv testenv-down bench clean generate
+.PHONY: help install testbed images run test test-unit test-integration test-e2e test-cluster \
+	lint format testenv testenv-down bench clean generate
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -16,10 +16,13 @@ install: ## System packages, uv and the locked Python environment in .venv
 testbed: ## Build the test bed's binaries into the versioned cache (once)
 	@bash hack/build-testbed.sh >/dev/null
 
+images: install testbed ## Build the images the test bed's real node runs (podman, no registry)
+	@bash hack/build-images.sh >/dev/null
+
 run: install ## The local stack (tertulia up) and a terminal chat with it; /quit stops both
 	@bash hack/run-local.sh
 
-test: install testbed ## Every test: unit, integration (real servers), e2e (real control plane)
+test: install testbed images ## Every test: unit, integration (real servers), e2e (control plane), cluster (real node)
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Only the fast, pure tests
@@ -30,6 +33,9 @@ test-integration: install ## Only the tests against real Redis, llama.cpp and We
 
 test-e2e: install testbed ## Only the tests against the real control plane
 	$(VENV_BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+test-cluster: install testbed images ## Only the tests of the stack's own pods on the real node
+	$(VENV_BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 generate: install ## Regenerate the CRD, docs/configuration.md, manifests/install.yaml and the render golden files
 	$(VENV_BIN)/tertulia operator crd > charts/tertulia/crds/chatbots.tertulia.dev.yaml

@@ -6,13 +6,17 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_system_packages() {
-  # Each program the tests run or the llama.cpp build needs, and the Debian package with it.
+  # Each program the tests run or the llama.cpp build needs, and the Debian package with it;
+  # the real node's runtime (containerd, runc, the CNI plugins, iptables, conntrack) and its
+  # image tools (podman, mmdebstrap) among them.
   local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git [npm]=npm
-    [chromium]=chromium [chromedriver]=chromium-driver)
+    [chromium]=chromium [chromedriver]=chromium-driver [containerd]=containerd [runc]=runc
+    [/usr/lib/cni/bridge]=containernetworking-plugins [iptables]=iptables
+    [conntrack]=conntrack [podman]=podman [mmdebstrap]=mmdebstrap)
   [[ "${1:-}" == bench ]] && package_of[wrk]=wrk
   local program missing=()
   for program in "${!package_of[@]}"; do
-    command -v "${program}" >/dev/null || missing+=("${package_of[${program}]}")
+    command -v "${program}" >/dev/null || [[ -x "${program}" ]] || missing+=("${package_of[${program}]}")
   done
   ((${#missing[@]})) || return 0
   log "installing system packages: ${missing[*]}"

@@ -11,7 +11,12 @@ from tests.testbed.kube import ControlPlane
 from tests.testbed.servers import start_embedding_server, start_llama_server, start_redis
 
 TESTS_ROOT = Path(__file__).parent
-_MARKER_BY_FOLDER = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+_MARKER_BY_FOLDER = {
+    "unit": "unit",
+    "integration": "integration",
+    "e2e": "e2e",
+    "cluster": "cluster",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -131,7 +131,7 @@ class FakeDiscord(FakePlatform):
         if route == "GET oauth2/applications/@me":
             return _json(self._application())
         if route == "GET gateway":
-            return _json({"url": f"ws://127.0.0.1:{self.port}/gw"})
+            return _json({"url": f"ws://{self.host}:{self.port}/gw"})
         if request.method == "PUT" and parts[0] == "applications" and parts[-1] == "commands":
             self.commands = [
                 {
@@ -317,7 +317,7 @@ class FakeDiscord(FakePlatform):
             "user": BOT_USER,
             "guilds": [{"id": GUILD_ID, "unavailable": True}],
             "session_id": secrets.token_hex(16),
-            "resume_gateway_url": f"ws://127.0.0.1:{self.port}/gw",
+            "resume_gateway_url": f"ws://{self.host}:{self.port}/gw",
             "application": {"id": APPLICATION_ID, "flags": 1 << 19},
             "private_channels": [],
             "relationships": [],

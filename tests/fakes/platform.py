@@ -9,6 +9,7 @@ of a method answer 429 with the platform's own shape.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -45,13 +46,18 @@ class FakePlatform:
         self._runner: web.AppRunner | None = None
         # Live WebSocket connections, for platforms that push events (Slack, Discord).
         self.sockets: list[web.WebSocketResponse] = []
+        self.host = "127.0.0.1"
         self.port = 0
+        self._listener: socket.socket | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def build_app(self) -> web.Application:
         raise NotImplementedError
 
-    def start(self) -> Self:
+    def start(self, listener: socket.socket | None = None) -> Self:
+        """Serve on a free port of 127.0.0.1, or on `listener`, a listening socket made
+        elsewhere (inside the real node's network namespace, say)."""
+        self._listener = listener
         self._thread.start()
         self.call(self._start())
         return self
@@ -59,9 +65,13 @@ class FakePlatform:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.build_app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site: web.BaseSite
+        if self._listener is not None:
+            site = web.SockSite(self._runner, self._listener)
+        else:
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.host, self.port = site._server.sockets[0].getsockname()[:2]
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -77,7 +87,7 @@ class FakePlatform:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def connected(self) -> bool:
         return any(not socket.closed for socket in self.sockets)

@@ -85,7 +85,7 @@ class FakeSlack(FakePlatform):
         }
 
     async def api_apps_connections_open(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket?ticket={uuid.uuid4()}"}
+        return {"ok": True, "url": f"ws://{self.host}:{self.port}/socket?ticket={uuid.uuid4()}"}
 
     async def api_assistant_threads_setStatus(self, body: dict[str, Any]) -> dict[str, Any]:
         self.statuses.append(body)

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Builds the images the test bed's real node runs, with podman and without a registry, and
+# saves each as a docker-archive that the node imports into containerd. Prints the folder of
+# the archives. A second run rebuilds only what changed, and a code change reuses the layers
+# that install the dependencies.
+#
+# The project's images come from operator/Dockerfile and services/Dockerfile as they are. Their
+# bases, and the third-party images the operator renders (`tertulia operator images`), are
+# local stand-ins under the same names, with the upstream entrypoints, ports, users and paths
+# (hack/images/*/Containerfile): a Debian bookworm base from mmdebstrap, uv from its
+# hash-checked wheel, Debian's redis-server, the test bed's Weaviate build, and llama-server
+# built from the llama.cpp that the locked llama-cpp-python vendors.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+IMAGES_DIR="${TERTULIA_CACHE}/images"
+ARCHIVES="${IMAGES_DIR}/archives"
+STANDINS="${REPO_ROOT}/hack/images"
+
+# podman's overlay mounts stay in a mount namespace of this script's own.
+if [[ -z "${TERTULIA_IMAGES_NAMESPACE:-}" ]]; then
+  exec env TERTULIA_IMAGES_NAMESPACE=1 unshare --mount --propagation private bash "$0" "$@"
+fi
+
+# podman keeps its runroot's path in its database, so it stays in one place; emptied here as
+# a reboot empties /run, since no container of podman's outlives this script.
+RUNROOT="${IMAGES_DIR}/run"
+rm -rf "${RUNROOT}"
+mkdir -p "${ARCHIVES}" "${IMAGES_DIR}/storage" "${RUNROOT}"
+CONTEXT="$(mktemp -d)"
+trap 'rm -rf "${CONTEXT}"' EXIT
+
+podman() {
+  command podman --root "${IMAGES_DIR}/storage" --runroot "${RUNROOT}" \
+    --storage-driver overlay --cgroup-manager cgroupfs --events-backend file "$@"
+}
+
+qualified() {
+  # The name the kubelet asks containerd for: Docker Hub's names in full (podman would tag a
+  # bare name as localhost/NAME).
+  local image="$1" first="${1%%/*}"
+  if [[ "${image}" != */* ]]; then
+    echo "docker.io/library/${image}"
+  elif [[ "${first}" != *.* && "${first}" != *:* && "${first}" != localhost ]]; then
+    echo "docker.io/${image}"
+  else
+    echo "${image}"
+  fi
+}
+
+build() {
+  # build IMAGE CONTEXT [podman build options...]: quietly, from local bases only; RUN steps
+  # use the host's network with its CA bundle, as the registries are reached here.
+  local image context="$2"
+  image="$(qualified "$1")"
+  shift 2
+  log "building ${image}"
+  podman build --quiet --pull=never --network=host --layers \
+    --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+    --tag "${image}" "$@" "${context}" >/dev/null
+}
+
+stand_in() {
+  # stand_in IMAGE RECIPE [FILE...]: build hack/images/RECIPE with FILEs beside its recipe.
+  local image="$1" recipe="$2"
+  shift 2
+  local context="${CONTEXT}/${recipe}"
+  rm -rf "${context}"
+  cp -r "${STANDINS}/${recipe}" "${context}"
+  local file
+  for file in "$@"; do
+    cp "${file}" "${context}/"
+  done
+  build "${image}" "${context}" --file "${context}/Containerfile"
+}
+
+debian_base() {
+  podman image exists docker.io/library/debian:bookworm-slim && return
+  log "making the Debian bookworm base with mmdebstrap (first run only)"
+  mmdebstrap --quiet --variant=minbase --include=ca-certificates,passwd \
+    bookworm "${CONTEXT}/rootfs.tar" http://deb.debian.org/debian
+  podman import --quiet --change 'CMD ["bash"]' "${CONTEXT}/rootfs.tar" \
+    docker.io/library/debian:bookworm-slim >/dev/null
+  rm -f "${CONTEXT}/rootfs.tar"
+}
+
+llama_server() {
+  # llama-server of the release the operator pins, from the sdist uv.lock pins (checked
+  # against its hash), for this machine's CPU; cached by release and CPU flags.
+  [[ -x "${LLAMA_SERVER_DIR}/llama-server" ]] && return
+  log "building llama-server ${LLAMACPP_RELEASE} (first run only)"
+  local work="${CONTEXT}/llama.cpp"
+  mkdir -p "${work}"
+  "${REPO_ROOT}/.venv/bin/python" - "${REPO_ROOT}/uv.lock" "${work}/sdist.tar.gz" <<'PYTHON'
+import hashlib, sys, tomllib, urllib.request
+lock, target = sys.argv[1], sys.argv[2]
+sdist = next(p for p in tomllib.load(open(lock, "rb"))["package"] if p["name"] == "llama-cpp-python")["sdist"]
+data = urllib.request.urlopen(sdist["url"], timeout=300).read()
+if "sha256:" + hashlib.sha256(data).hexdigest() != sdist["hash"]:
+    sys.exit(f"{sdist['url']} does not match the hash in uv.lock")
+open(target, "wb").write(data)
+PYTHON
+  tar -xzf "${work}/sdist.tar.gz" -C "${work}" --strip-components=1
+  # The compiler's warnings go to a log, shown when the build fails.
+  if ! { cmake -S "${work}/vendor/llama.cpp" -B "${work}/build" -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
+      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+      && cmake --build "${work}/build" --target llama-server -j "$(nproc)"; } \
+      >"${work}/build.log" 2>&1; then
+    tail -n 40 "${work}/build.log" >&2
+    die "building llama-server failed"
+  fi
+  mkdir -p "${LLAMA_SERVER_DIR}"
+  install -m 0755 "${work}/build/bin/llama-server" "${LLAMA_SERVER_DIR}/llama-server"
+  rm -rf "${work}"
+}
+
+save() {
+  # save IMAGE: a docker-archive named after it, written again only when the image changed.
+  local image name id
+  image="$(qualified "$1")"
+  name="$(tr '/:' '__' <<<"${image}")"
+  id="$(podman image inspect --format '{{.Id}}' "${image}")"
+  if [[ -f "${ARCHIVES}/${name}.tar" && "$(cat "${ARCHIVES}/${name}.id" 2>/dev/null)" == "${id}" ]]; then
+    return
+  fi
+  podman save --quiet --format docker-archive --output "${ARCHIVES}/${name}.tar.tmp" "${image}"
+  mv "${ARCHIVES}/${name}.tar.tmp" "${ARCHIVES}/${name}.tar"
+  echo "${id}" >"${ARCHIVES}/${name}.id"
+}
+
+declare -A THIRD_PARTY
+while read -r role image; do
+  THIRD_PARTY[${role}]="${image}"
+done < <("${REPO_ROOT}/.venv/bin/tertulia" operator images)
+APP_VERSION="$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "${REPO_ROOT}/charts/tertulia/Chart.yaml")"
+BIN="${TESTBED_DIR}/bin"
+# The release in the tag the operator renders (server-bNNNN); the binary is built for this
+# machine's CPU, so its cache is keyed by the CPU's flags too.
+LLAMACPP_RELEASE="${THIRD_PARTY[model-llamacpp]##*-}"
+LLAMA_SERVER_DIR="${TERTULIA_CACHE}/llama-server/${LLAMACPP_RELEASE}-$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-8)"
+
+debian_base
+stand_in docker.io/library/python:3.11.14-slim-bookworm python
+stand_in ghcr.io/astral-sh/uv:0.13.9 uv "${UV_DIR}/bin/uv" "${UV_DIR}/bin/uvx"
+stand_in "registry.k8s.io/pause:${PAUSE_VERSION}" pause "${BIN}/pause"
+save "registry.k8s.io/pause:${PAUSE_VERSION}"
+stand_in "${THIRD_PARTY[memory]}" redis
+save "${THIRD_PARTY[memory]}"
+stand_in "${THIRD_PARTY[knowledge-base]}" weaviate "${WEAVIATE_DIR}/weaviate-server"
+save "${THIRD_PARTY[knowledge-base]}"
+build "ghcr.io/tertulia/operator:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/operator/Dockerfile"
+save "ghcr.io/tertulia/operator:${APP_VERSION}"
+build "ghcr.io/tertulia/tertulia:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/services/Dockerfile"
+save "ghcr.io/tertulia/tertulia:${APP_VERSION}"
+llama_server
+stand_in "${THIRD_PARTY[model-llamacpp]}" llama-server "${LLAMA_SERVER_DIR}/llama-server"
+save "${THIRD_PARTY[model-llamacpp]}"
+echo "${ARCHIVES}"

@@ -1,0 +1,17 @@
+#!/bin/sh
+# What the upstream image's entrypoint does for a non-root container: arguments that start
+# with a dash (or name a .conf file) are redis-server's, and files it makes are private.
+set -e
+if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then
+	set -- redis-server "$@"
+fi
+# The upstream image compiles protected mode off (its Dockerfile patches config.c): Debian's
+# build has it on, so it is turned off here first, where later arguments can still turn it on.
+if [ "$1" = redis-server ]; then
+	shift
+	set -- redis-server --protected-mode no "$@"
+fi
+if [ "$(umask)" = '0022' ]; then
+	umask 0077
+fi
+exec "$@"

@@ -1,0 +1,86 @@
+"""The cluster tier: the test bed's cluster with its real node, the project's images in its
+containerd, and the fake platforms and model hub the stack talks to, inside the node's network.
+
+The cluster lives for the package; when it stops, the host must be as it was before it started
+(sysctls, iptables, mounts, cgroups, links, namespaces), or the package's teardown fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.model_hub import FakeModelHub
+from tests.fakes.slack import FakeSlack
+from tests.fakes.telegram import FakeTelegram
+from tests.testbed.host import differences, host_state
+from tests.testbed.kube import ControlPlane, FakeNode
+from tests.testbed.paths import REPO_ROOT
+
+# The chat model and the embedding model, as the stand-in hub serves them.
+CHAT_MODEL = "testbed/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDING_MODEL = "testbed/all-MiniLM-L6-v2-GGUF/all-MiniLM-L6-v2.F16.gguf"
+# GPU nodes beside the real one, tainted as GPU pools are: CPU pods stay on the real node.
+KWOK_NODES = (FakeNode("gpu-node-0", cpu="64", memory="512Gi", gpus=8),)
+
+
+@pytest.fixture(scope="session")
+def image_archives() -> list[Path]:
+    """The images `make images` builds, as docker-archives (a no-op when nothing changed)."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "hack" / "build-images.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    folder = Path(result.stdout.strip().splitlines()[-1])
+    return sorted(folder.glob("*.tar"))
+
+
+@pytest.fixture(scope="package")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, image_archives: list[Path]
+) -> Iterator[ControlPlane]:
+    before = host_state()
+    plane = ControlPlane(
+        tmp_path_factory.mktemp("cluster"),
+        nodes=KWOK_NODES,
+        real_node=True,
+        images=tuple(image_archives),
+    )
+    with plane:
+        yield plane
+    changed = differences(before, host_state())
+    assert not changed, "the real node left the host changed:\n" + "\n".join(changed)
+
+
+@pytest.fixture(scope="package")
+def model_hub(cluster: ControlPlane) -> Iterator[FakeModelHub]:
+    from tertulia.knowledge.local_model import embedding_model_path
+    from tests.testbed.servers import smollm2_model_path
+
+    assert cluster.namespace is not None
+    hub = FakeModelHub(
+        {CHAT_MODEL: smollm2_model_path(), EMBEDDING_MODEL: embedding_model_path()}
+    ).start(cluster.namespace.listen())
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="package")
+def fake_telegram(cluster: ControlPlane) -> Iterator[FakeTelegram]:
+    assert cluster.namespace is not None
+    fake = FakeTelegram().start(cluster.namespace.listen())
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="package")
+def fake_slack(cluster: ControlPlane) -> Iterator[FakeSlack]:
+    assert cluster.namespace is not None
+    fake = FakeSlack().start(cluster.namespace.listen())
+    yield fake
+    fake.stop()

@@ -1,0 +1,486 @@
+"""The stack on the real node, as a user meets it: `helm install` runs the operator as a pod;
+one ChatBot brings every pod up on the real node; a Telegram message is answered by the
+in-cluster model through the in-cluster gateway, citing the ConfigMap the ingest Job put in
+the knowledge base; the conversation is in the in-cluster Redis; `kubectl scale` gives two
+model pods that both serve; a model pod deleted mid-conversation does not cost the next
+answer; `helm upgrade` to a new operator image keeps a gateway Ready throughout; and
+`kubectl delete chatbot` removes every pod.
+
+The tests run in this order and build on each other's state, as a user's first day does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from tertulia.gateway.store import hashed_key
+from tests.cluster.conftest import CHAT_MODEL, EMBEDDING_MODEL
+from tests.fakes import slack, telegram
+from tests.fakes.model_hub import FakeModelHub
+from tests.testbed.kube import ControlPlane
+from tests.testbed.node import NODE_NAME
+from tests.testbed.paths import REPO_ROOT, binary
+from tests.testbed.process import eventually
+
+CHART = REPO_ROOT / "charts" / "tertulia"
+OPERATOR_NAMESPACE = "tertulia-system"
+RELEASE = "tertulia"
+NAMESPACE = "chat"
+BOT = "harbour"
+GROUP, VERSION, PLURAL = "tertulia.dev", "v1alpha1", "chatbots"
+INSTANCE = f"app.kubernetes.io/instance={BOT}"
+# The components a ChatBot with a knowledge base, Telegram and Slack runs as Deployments or
+# StatefulSets.
+COMPONENTS = {"model", "embeddings", "gateway", "memory", "knowledge-base", "telegram", "slack"}
+# What the knowledge base holds, and a question whose answer is in it.
+DOCUMENT = """# Harbour guide
+
+## Ferries
+
+The ferry to Isla Verde leaves from berth 7 at 06:40 every morning. Tickets cost 12 euros
+and are sold at the blue kiosk beside the fish market.
+
+## Parking
+
+Cars park on the north quay. The car park closes at midnight.
+"""
+QUESTION = "When does the ferry to Isla Verde leave?"
+READY_TIMEOUT = 420.0
+
+
+def attempt(
+    cluster: ControlPlane, tool: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl or helm as the cluster's admin."""
+    env = {**cluster.client_env(), "PATH": f"{binary(tool).parent}:/usr/bin:/bin"}
+    return subprocess.run(
+        [str(binary(tool)), *args], input=stdin, env=env, capture_output=True, text=True
+    )
+
+
+def run(cluster: ControlPlane, tool: str, *args: str, stdin: str | None = None) -> str:
+    result = attempt(cluster, tool, *args, stdin=stdin)
+    assert result.returncode == 0, f"{tool} {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def core(cluster: ControlPlane) -> client.CoreV1Api:
+    return client.CoreV1Api(cluster.api_client())
+
+
+def is_ready(pod: Any) -> bool:
+    return pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+    )
+
+
+def pods(cluster: ControlPlane, component: str | None = None) -> list[Any]:
+    selector = INSTANCE + (f",app.kubernetes.io/component={component}" if component else "")
+    return list(core(cluster).list_namespaced_pod(NAMESPACE, label_selector=selector).items)
+
+
+def chatbot(cluster: ControlPlane) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(cluster.api_client())
+    return cast(
+        dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, BOT)
+    )
+
+
+def wait_ready(cluster: ControlPlane, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        body = chatbot(cluster)
+        status = body.get("status") or {}
+        current = status.get("observedGeneration") == body["metadata"]["generation"]
+        return body if current and status.get("phase") == "Ready" else None
+
+    try:
+        found: dict[str, Any] = eventually(ready, timeout, "the ChatBot to be Ready", interval=2)
+    except TimeoutError as error:
+        status = json.dumps(chatbot(cluster).get("status"), indent=1)
+        listing = run(cluster, "kubectl", "get", "pods", "-A", "-o", "wide")
+        raise AssertionError(f"{error}\nstatus: {status}\n{listing}") from None
+    return found
+
+
+def service_url(cluster: ControlPlane, component: str, port: int) -> str:
+    """A URL on the host that reaches the component's Service through kube-proxy's rules
+    inside the node's namespace, as any client in the cluster reaches it."""
+    service = core(cluster).read_namespaced_service(f"{BOT}-{component}", NAMESPACE)
+    host, local_port = cluster.reachable(service.spec.cluster_ip, port)
+    return f"http://{host}:{local_port}"
+
+
+def model_metric(cluster: ControlPlane, pod: Any, name: str) -> float:
+    """A llama.cpp server's Prometheus counter, read from the pod itself."""
+    host, port = cluster.reachable(pod.status.pod_ip, 8080)
+    text = httpx.get(f"http://{host}:{port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"llamacpp:{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no llamacpp:{name} in the metrics of {pod.metadata.name}")
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: ControlPlane) -> Iterator[None]:
+    """The chart installed as a platform team would, into a namespace that enforces the
+    restricted Pod Security profile."""
+    core(cluster).create_namespace(
+        {
+            "metadata": {
+                "name": OPERATOR_NAMESPACE,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            }
+        }
+    )
+    run(
+        cluster, "helm", "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    yield
+    attempt(cluster, "helm", "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    cluster: ControlPlane,
+    operator: None,
+    model_hub: FakeModelHub,
+    fake_telegram: telegram.FakeTelegram,
+    fake_slack: slack.FakeSlack,
+) -> dict[str, Any]:
+    """The ChatBot, with its Secrets and its ConfigMap of documents, Ready."""
+    api = core(cluster)
+    api.create_namespace({"metadata": {"name": NAMESPACE}})
+    api.create_namespaced_secret(
+        NAMESPACE, {"metadata": {"name": "telegram"}, "stringData": {"token": telegram.TOKEN}}
+    )
+    api.create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": "slack"},
+            "stringData": {"bot-token": slack.BOT_TOKEN, "app-token": slack.APP_TOKEN},
+        },
+    )
+    api.create_namespaced_config_map(
+        NAMESPACE, {"metadata": {"name": "harbour-docs"}, "data": {"guide.md": DOCUMENT}}
+    )
+    hub = model_hub.base_url
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": BOT, "namespace": NAMESPACE},
+        "spec": {
+            "model": {
+                "engine": "llamacpp",
+                "source": f"hf://{CHAT_MODEL}",
+                # The stand-in hub, as a mirror or an air-gapped hub is named.
+                "env": [{"name": "HF_ENDPOINT", "value": hub}],
+                "args": ["--ctx-size", "2048"],
+                "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+            },
+            "gateway": {
+                "systemPrompt": "You answer questions about the harbour, briefly, from the "
+                "passages given.",
+                "temperature": 0,
+                "maxTokens": 48,
+                "rateLimit": {"requestsPerMinute": 600, "burst": 50},
+            },
+            "knowledgeBase": {
+                "enabled": True,
+                "storage": "1Gi",
+                "embedding": {"model": "all-minilm-l6-v2", "source": f"hf://{EMBEDDING_MODEL}"},
+                "sources": [{"configMap": {"name": "harbour-docs"}}],
+                "topK": 2,
+            },
+            "platforms": {
+                "telegram": {
+                    "tokenSecretRef": {"name": "telegram", "key": "token"},
+                    # A self-hosted Bot API server's URL: here, the fake Telegram.
+                    "apiUrl": fake_telegram.base_url,
+                },
+                "slack": {
+                    "mode": "socket",
+                    "botTokenSecretRef": {"name": "slack", "key": "bot-token"},
+                    "appTokenSecretRef": {"name": "slack", "key": "app-token"},
+                    # Slack's API base URL, as GovSlack sets it: here, the fake Slack.
+                    "apiUrl": f"{fake_slack.base_url}/api/",
+                },
+            },
+        },
+    }
+    run(cluster, "kubectl", "apply", "-f", "-", stdin=yaml.safe_dump(body))
+    ready = wait_ready(cluster)
+    # The documents are in once the ingest Job has finished, as `kubectl wait` tells a user.
+    run(
+        cluster, "kubectl", "wait", "-n", NAMESPACE, "job", "-l",
+        f"{INSTANCE},app.kubernetes.io/component=ingest",
+        "--for=condition=Complete", "--timeout=300s",
+    )  # fmt: skip
+    return ready
+
+
+@dataclass
+class Exchange:
+    chat: int
+    user: int
+    question: str
+    answer: str
+    sources: str
+
+
+def ask_on_telegram(fake: telegram.FakeTelegram, chat: int, user: int, question: str) -> Exchange:
+    """A private message to the bot, and its final answer (not a draft)."""
+    before = len(fake.sent(str(chat)))
+    fake.push_update(fake.text_update(chat, user, question))
+    message = eventually(
+        lambda: len(fake.sent(str(chat))) > before and fake.sent(str(chat))[-1],
+        timeout=180,
+        what=f"an answer in chat {chat}",
+    )
+    # Long answers are edited into place while they stream: wait for the last version.
+    eventually(lambda: "Sources:" in message.text or time.monotonic() - message.created > 20, 60)
+    answer, _, sources = message.text.partition("\n\nSources: ")
+    return Exchange(chat, user, question, answer.strip(), sources)
+
+
+def remembered(cluster: ControlPlane, exchange: Exchange) -> list[dict[str, Any]]:
+    """The conversation's turns as the in-cluster Redis holds them (`redis-cli` in its pod)."""
+    key = hashed_key(
+        "tertulia:conversation",
+        "bots",
+        f"telegram:{exchange.user}",
+        f"telegram:{exchange.chat}:main",
+    )
+    memory = pods(cluster, "memory")[0].metadata.name
+    out = run(
+        cluster, "kubectl", "exec", "-n", NAMESPACE, memory, "--",
+        "redis-cli", "--no-raw", "LRANGE", key, "0", "-1",
+    )  # fmt: skip
+    turns = []
+    for line in out.splitlines():
+        # redis-cli prints `1) "json"`, the JSON quoted and escaped as a string literal.
+        quoted = line.split(") ", 1)[1]
+        turns.append(json.loads(json.loads(quoted)))
+    return turns
+
+
+@pytest.fixture(scope="module")
+def first_exchange(
+    cluster: ControlPlane, stack: dict[str, Any], fake_telegram: telegram.FakeTelegram
+) -> Exchange:
+    chat = random.randint(10_000_000, 99_999_999)
+    return ask_on_telegram(fake_telegram, chat, chat, QUESTION)
+
+
+def test_every_pod_of_the_stack_runs_ready_on_the_real_node(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    running = [pod for pod in pods(cluster) if pod.metadata.owner_references[0].kind != "Job"]
+    assert {pod.metadata.labels["app.kubernetes.io/component"] for pod in running} == COMPONENTS
+    operator_pods = core(cluster).list_namespaced_pod(OPERATOR_NAMESPACE).items
+    assert len(operator_pods) == 1
+    for pod in [*running, *operator_pods]:
+        assert is_ready(pod), f"{pod.metadata.name}: {pod.status.phase} {pod.status.conditions}"
+        assert pod.spec.node_name == NODE_NAME, pod.metadata.name
+    # The operator runs from its own image as the chart's ServiceAccount, admitted under the
+    # restricted Pod Security profile its namespace enforces.
+    operator = operator_pods[0]
+    assert operator.spec.containers[0].image == "ghcr.io/tertulia/operator:0.1.0"
+    assert operator.spec.service_account_name == RELEASE
+
+
+def test_the_model_weights_came_through_the_hub_and_the_ingest_job_completed(
+    cluster: ControlPlane, stack: dict[str, Any], model_hub: FakeModelHub
+) -> None:
+    assert model_hub.fetched(CHAT_MODEL), "the model server never fetched its weights"
+    assert model_hub.fetched(EMBEDDING_MODEL), "the embeddings server never fetched its model"
+    jobs = client.BatchV1Api(cluster.api_client()).list_namespaced_job(
+        NAMESPACE, label_selector=f"{INSTANCE},app.kubernetes.io/component=ingest"
+    )
+    assert [job.status.succeeded for job in jobs.items] == [1]
+    (job_pod,) = [p for p in pods(cluster, "ingest") if p.status.phase == "Succeeded"]
+    assert job_pod.spec.node_name == NODE_NAME
+
+
+def test_a_telegram_message_is_answered_by_the_in_cluster_model_citing_the_configmap(
+    cluster: ControlPlane, stack: dict[str, Any], first_exchange: Exchange
+) -> None:
+    # The model's own words, not an error or the empty-answer notice, and the passage cited.
+    assert first_exchange.answer
+    assert first_exchange.sources.startswith("Harbour guide"), first_exchange.sources
+    # Generated by the llama.cpp pod: it predicted tokens for it.
+    (model,) = pods(cluster, "model")
+    assert model_metric(cluster, model, "tokens_predicted_total") > 0
+    # And given to the user as the gateway remembers it.
+    turns = remembered(cluster, first_exchange)
+    assert turns[-1]["role"] == "assistant"
+    assert turns[-1]["content"].strip() == first_exchange.answer
+
+
+def test_the_conversation_is_in_the_in_cluster_redis(
+    cluster: ControlPlane, first_exchange: Exchange
+) -> None:
+    turns = remembered(cluster, first_exchange)
+    assert [turn["role"] for turn in turns] == ["user", "assistant"]
+    assert turns[0]["content"] == QUESTION
+
+
+def test_a_slack_mention_is_answered_too(
+    cluster: ControlPlane, stack: dict[str, Any], fake_slack: slack.FakeSlack
+) -> None:
+    channel, ts = "C0HARBOUR", fake_slack.next_ts()
+    fake_slack.send_envelope(slack.event_body(slack.mention(channel, "U0SAILOR", QUESTION, ts)))
+    replies = eventually(
+        lambda: [m for m in fake_slack.sent(channel) if m.thread == ts and "Sources:" in m.text],
+        timeout=180,
+        what="the Slack bot's answer in the thread",
+    )
+    assert replies[-1].text.split("\n\nSources:")[0].strip()
+
+
+def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    run(cluster, "kubectl", "scale", "chatbot", BOT, "-n", NAMESPACE, "--replicas=2")
+    models = eventually(
+        lambda: len(ready := [p for p in pods(cluster, "model") if is_ready(p)]) == 2 and ready,
+        READY_TIMEOUT,
+        "two Ready model pods",
+        interval=1,
+    )
+    assert {pod.spec.node_name for pod in models} == {NODE_NAME}
+    eventually(
+        lambda: chatbot(cluster)["status"]["model"]["readyReplicas"] == 2, 60, "readyReplicas 2"
+    )
+    before = {
+        pod.metadata.name: model_metric(cluster, pod, "prompt_tokens_total") for pod in models
+    }
+    key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["bots"]
+    headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
+    url = service_url(cluster, "gateway", 8080) + "/v1/chat/completions"
+
+    def ask(index: int) -> int:
+        body = {
+            "model": BOT,
+            "messages": [{"role": "user", "content": f"Say the number {index}."}],
+            "max_tokens": 4,
+            "user": f"load-{index}",
+        }
+        return httpx.post(url, json=body, headers=headers, timeout=120).status_code
+
+    # Concurrent requests hold separate connections, which kube-proxy spreads over the pods.
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(ask, range(16)))
+    assert statuses == [200] * 16
+    served = {
+        pod.metadata.name: model_metric(cluster, pod, "prompt_tokens_total")
+        - before[pod.metadata.name]
+        for pod in models
+    }
+    assert all(tokens > 0 for tokens in served.values()), served
+
+
+def test_a_model_pod_deleted_mid_conversation_does_not_cost_the_next_answer(
+    cluster: ControlPlane, stack: dict[str, Any], fake_telegram: telegram.FakeTelegram
+) -> None:
+    chat = random.randint(10_000_000, 99_999_999)
+    first = ask_on_telegram(fake_telegram, chat, chat, QUESTION)
+    assert first.answer
+    victim = pods(cluster, "model")[0]
+    core(cluster).delete_namespaced_pod(victim.metadata.name, NAMESPACE)
+    # The kill has landed before the next turn: the pod is going or gone.
+    gone_or_going = eventually(
+        lambda: all(
+            p.metadata.uid != victim.metadata.uid or p.metadata.deletion_timestamp
+            for p in pods(cluster, "model")
+        ),
+        30,
+        "the model pod to be deleted",
+    )
+    assert gone_or_going
+    second = ask_on_telegram(fake_telegram, chat, chat, "And how much is a ticket?")
+    assert second.answer
+    assert second.sources
+    turns = remembered(cluster, second)
+    assert [turn["role"] for turn in turns] == ["user", "assistant"] * 2
+    assert turns[-1]["content"].strip() == second.answer
+
+
+def gateway_ready_pods(cluster: ControlPlane) -> int:
+    return sum(1 for pod in pods(cluster, "gateway") if is_ready(pod))
+
+
+def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    assert cluster.node is not None
+    new_tag = "0.1.0-upgrade"
+    for repository in ("ghcr.io/tertulia/operator", "ghcr.io/tertulia/tertulia"):
+        cluster.node.ctr(
+            "images", "tag", "--force", f"{repository}:0.1.0", f"{repository}:{new_tag}"
+        )
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            samples.append(gateway_ready_pods(cluster))
+            time.sleep(0.25)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run(
+            cluster, "helm", "upgrade", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+            "--set", f"image.tag={new_tag}", "--set", f"workloadImage.tag={new_tag}",
+            "--wait", "--timeout", "180s",
+        )  # fmt: skip
+
+        def converged() -> bool:
+            gateways = pods(cluster, "gateway")
+            return bool(gateways) and all(
+                is_ready(p) and p.spec.containers[0].image.endswith(f":{new_tag}") for p in gateways
+            )
+
+        eventually(converged, READY_TIMEOUT, "the gateway on the new image", interval=1)
+        wait_ready(cluster)
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(samples) > 20
+    assert min(samples) >= 1, f"no Ready gateway at some point: {samples}"
+    # The ingest Job ran again from the new image, and finished.
+    jobs = client.BatchV1Api(cluster.api_client()).list_namespaced_job(
+        NAMESPACE, label_selector=f"{INSTANCE},app.kubernetes.io/component=ingest"
+    )
+    images = {
+        job.spec.template.spec.containers[0].image: job.status.succeeded for job in jobs.items
+    }
+    assert images.get(f"ghcr.io/tertulia/tertulia:{new_tag}") == 1, images
+
+
+def test_deleting_the_chatbot_removes_every_pod(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    run(cluster, "kubectl", "delete", "chatbot", BOT, "-n", NAMESPACE, "--wait=false")
+    eventually(lambda: not pods(cluster), 180, "every pod of the ChatBot to go", interval=1)
+    apps = client.AppsV1Api(cluster.api_client())
+    assert not apps.list_namespaced_deployment(NAMESPACE, label_selector=INSTANCE).items
+    assert not apps.list_namespaced_stateful_set(NAMESPACE, label_selector=INSTANCE).items
