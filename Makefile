@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
+# `make testenv NODE=real` adds the real node, which runs the images of `make images`.
+NODE ?=
 
 .PHONY: help install testbed images run test test-unit test-integration test-e2e test-cluster \
 	lint format testenv testenv-down bench clean generate
@@ -53,8 +55,8 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV_BIN)/ruff check --fix .
 	$(VENV_BIN)/ruff format .
 
-testenv: install testbed ## Start the control plane by hand; prints the KUBECONFIG line
-	@bash hack/testenv.sh up
+testenv: install testbed ## Start the control plane by hand (NODE=real adds the real node); prints the KUBECONFIG line
+	@bash hack/testenv.sh up $(NODE)
 
 testenv-down: ## Stop the control plane started by `make testenv`
 	@bash hack/testenv.sh down

@@ -54,9 +54,13 @@ build() {
   image="$(qualified "$1")"
   shift 2
   log "building ${image}"
-  podman build --quiet --pull=never --network=host --layers \
+  # What the build's steps print (uv's installs, apt's) goes to a log, shown when it fails.
+  if ! podman build --quiet --pull=never --network=host --layers \
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-    --tag "${image}" "$@" "${context}" >/dev/null
+    --tag "${image}" "$@" "${context}" >"${IMAGES_DIR}/build.log" 2>&1; then
+    tail -n 40 "${IMAGES_DIR}/build.log" >&2
+    die "building ${image} failed (the whole log: ${IMAGES_DIR}/build.log)"
+  fi
 }
 
 stand_in() {

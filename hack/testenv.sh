@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts or stops the test bed's control plane by hand for a developer.
-#   hack/testenv.sh up      start it in the background and print the KUBECONFIG line
-#   hack/testenv.sh down    stop every process it started
-#   hack/testenv.sh status  say whether it runs
+#   hack/testenv.sh up [real]   start it in the background and print the KUBECONFIG line;
+#                               `real` adds the real node and the images of `make images`
+#   hack/testenv.sh down        stop every process it started
+#   hack/testenv.sh status      say whether it runs
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STATE="${REPO_ROOT}/.testenv"
@@ -17,11 +18,16 @@ up() {
   else
     [[ -x "${PYTHON}" ]] || die "no .venv yet: run 'make install' first"
     bash "${REPO_ROOT}/hack/build-testbed.sh" >/dev/null
+    local options=()
+    if [[ "${1:-}" == real ]]; then
+      log "building the real node's images (make images)"
+      options=(--real-node "$(bash "${REPO_ROOT}/hack/build-images.sh")")
+    fi
     mkdir -p "${STATE}"
     rm -f "${STATE}/ready"
     log "starting the control plane (logs: ${STATE}/supervisor.log)"
     # Every descriptor redirected, so the caller's pipes close as soon as this script ends.
-    (cd "${REPO_ROOT}" && exec setsid "${PYTHON}" -m tests.testbed serve "${STATE}") \
+    (cd "${REPO_ROOT}" && exec setsid "${PYTHON}" -m tests.testbed serve "${STATE}" "${options[@]}") \
       </dev/null >"${STATE}/supervisor.log" 2>&1 &
     echo $! >"${PID_FILE}"
     local waited=0
@@ -47,7 +53,7 @@ down() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) up "${2:-}" ;;
   down) down ;;
   status) if running; then echo "running: $(cat "${STATE}/ready" 2>/dev/null)"; else echo "stopped"; fi ;;
   *) die "usage: $0 up|down|status" ;;

@@ -1,4 +1,5 @@
-"""`python -m tests.testbed serve DIR`: run the control plane in the foreground until stopped.
+"""`python -m tests.testbed serve DIR [--real-node IMAGES]`: run the control plane in the
+foreground until stopped, with the real node and the docker-archives in IMAGES when asked.
 
 hack/testenv.sh starts this in the background for a developer; it writes DIR/kubeconfig and
 then DIR/ready, and stops every process it started on SIGTERM or Ctrl-C.
@@ -20,6 +21,12 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the control plane and wait")
     serve.add_argument("directory", type=Path)
+    serve.add_argument(
+        "--real-node",
+        type=Path,
+        metavar="IMAGES",
+        help="add the real node, importing the docker-archives of this folder (make images)",
+    )
     arguments = parser.parse_args()
 
     directory: Path = arguments.directory.resolve()
@@ -29,7 +36,11 @@ def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    with ControlPlane(directory) as control_plane:
+    images: tuple[Path, ...] = ()
+    if arguments.real_node is not None:
+        images = tuple(sorted(arguments.real_node.glob("*.tar")))
+    plane = ControlPlane(directory, real_node=arguments.real_node is not None, images=images)
+    with plane as control_plane:
         memory = control_plane.resident_memory_mib()
         (directory / "ready").write_text(control_plane.server + "\n")
         print(f"control plane ready at {control_plane.server}", flush=True)

@@ -447,5 +447,6 @@ class ControlPlane:
         )
 
     def resident_memory_mib(self) -> dict[str, float]:
-        """Resident memory of each control-plane process, in MiB."""
-        return {process.name: process.memory_mib()[0] for process in self.processes}
+        """Resident memory of each process of the cluster (the real node's too), in MiB."""
+        processes = [*self.processes, *(self.node.processes if self.node else [])]
+        return {process.name: process.memory_mib()[0] for process in processes}
