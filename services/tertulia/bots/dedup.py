@@ -5,27 +5,42 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Protocol
 
-from redis.asyncio import Redis
+from tertulia.common.gateway_client import GatewayError
 
 # How long an event id is remembered; Slack's last retry comes within about 5 minutes.
 WINDOW_SECONDS = 15 * 60
 _LOCAL_LIMIT = 10_000
 
 
-class Deduplicator:
-    """`first_delivery` is True once per event id: in Redis, shared by every replica and
-    surviving restarts, or in this process when no Redis is configured."""
+class EventClaims(Protocol):
+    async def claim_event(self, event_id: str, ttl_seconds: int) -> bool: ...
 
-    def __init__(self, redis: Redis | None, *, window_seconds: int = WINDOW_SECONDS) -> None:
-        self.redis = redis
+
+class Deduplicator:
+    """`first_delivery` is True once per event id. The gateway keeps the claims, shared by
+    every replica and surviving restarts (bots reach nothing else); this process remembers
+    them too, so a claim the gateway could not take does not let a redelivery through."""
+
+    def __init__(self, claims: EventClaims | None, *, window_seconds: int = WINDOW_SECONDS) -> None:
+        self.claims = claims
         self.window_seconds = window_seconds
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     async def first_delivery(self, platform: str, event_id: str) -> bool:
-        key = f"tertulia:bot:event:{platform}:{event_id}"
-        if self.redis is not None:
-            return bool(await self.redis.set(key, b"1", nx=True, ex=self.window_seconds))
+        key = f"{platform}:{event_id}"
+        first_here = self._first_here(key)
+        if self.claims is None:
+            return first_here
+        try:
+            first_anywhere = await self.claims.claim_event(key, self.window_seconds)
+        except GatewayError:
+            # The gateway cannot say; the answer itself will report the outage.
+            return first_here
+        return first_here and first_anywhere
+
+    def _first_here(self, key: str) -> bool:
         now = time.monotonic()
         while self._seen and (
             len(self._seen) >= _LOCAL_LIMIT
@@ -36,7 +51,3 @@ class Deduplicator:
             return False
         self._seen[key] = now
         return True
-
-    async def aclose(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()

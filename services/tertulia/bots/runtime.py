@@ -12,7 +12,6 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
 
 from tertulia.bots.adapter import Adapter
 from tertulia.bots.dedup import Deduplicator
@@ -33,12 +32,10 @@ class BotRuntime:
         self.settings = settings
         self.metrics = BotMetrics()
         self.gateway = GatewayClient(settings.gateway_url, read_key(settings.gateway_key_file))
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-        if redis is None:
-            logger.warning("no Redis configured: redelivered events are only caught per process")
         self.adapter = Adapter(
             self.gateway,
-            Deduplicator(redis),
+            # Redelivered events are claimed at the gateway, which every replica shares.
+            Deduplicator(self.gateway),
             self.metrics,
             stream_interval=settings.stream_interval,
         )
@@ -68,7 +65,6 @@ class BotRuntime:
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
-        await self.adapter.deduplicator.aclose()
 
 
 async def serve_app(app: web.Application, host: str, port: int) -> web.AppRunner:

@@ -17,9 +17,6 @@ class BotSettings(BaseSettings):
 
     gateway_url: str = Field("http://127.0.0.1:8080", description="The gateway's base URL.")
     gateway_key_file: Path | None = Field(None, description="File holding the gateway API key.")
-    redis_url: str | None = Field(
-        None, description="Redis for event de-duplication; in-process memory when unset."
-    )
     secrets_dir: Path = Field(
         Path("/etc/tertulia/secrets"), description="Folder of token files, one per Secret key."
     )

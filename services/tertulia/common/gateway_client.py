@@ -133,6 +133,17 @@ class GatewayClient:
         except httpx.TransportError as error:
             raise GatewayUnavailable(f"cannot reach the gateway ({type(error).__name__})") from None
 
+    async def claim_event(self, event_id: str, ttl_seconds: int) -> bool:
+        """Whether this is the first claim of a platform event within `ttl_seconds`."""
+        body = {"id": event_id, "ttl_seconds": ttl_seconds}
+        try:
+            response = await self._client.post("/events", json=body, timeout=10.0)
+        except httpx.TransportError as error:
+            raise GatewayUnavailable(f"cannot reach the gateway ({type(error).__name__})") from None
+        if response.status_code != 200:
+            raise _error_for(response)
+        return bool(response.json()["first"])
+
     async def reset(self, *, conversation_id: str, user: str | None = None) -> bool:
         """Forget the conversation; False when there was nothing to forget."""
         params = {"user": user} if user else None

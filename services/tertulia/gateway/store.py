@@ -49,6 +49,8 @@ class Store(Protocol):
 
     async def clear(self, key: str) -> bool: ...
 
+    async def claim(self, key: str, ttl_seconds: int) -> bool: ...
+
     async def take(self, buckets: list[Bucket]) -> BucketVerdict: ...
 
     async def ping(self) -> None: ...
@@ -105,6 +107,10 @@ class RedisStore:
     async def clear(self, key: str) -> bool:
         return bool(await self._redis.delete(key))
 
+    async def claim(self, key: str, ttl_seconds: int) -> bool:
+        """True for the first claim of `key` within `ttl_seconds`, False for the others."""
+        return bool(await self._redis.set(key, "1", nx=True, ex=ttl_seconds))
+
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         arguments: list[float] = []
         for bucket in buckets:
@@ -128,6 +134,7 @@ class InProcessStore:
     def __init__(self) -> None:
         self._conversations: dict[str, tuple[float, list[str]]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._claims: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     async def history(self, key: str) -> list[Turn]:
@@ -148,6 +155,16 @@ class InProcessStore:
 
     async def clear(self, key: str) -> bool:
         return self._conversations.pop(key, None) is not None
+
+    async def claim(self, key: str, ttl_seconds: int) -> bool:
+        now = time.monotonic()
+        # Expired claims go as new ones arrive, so the map stays the size of one window.
+        for stale in [k for k, expires in self._claims.items() if expires <= now]:
+            del self._claims[stale]
+        if key in self._claims:
+            return False
+        self._claims[key] = now + ttl_seconds
+        return True
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         async with self._lock:

@@ -152,7 +152,6 @@ def bot_environment(bot: Any, platform: str) -> dict[str, str]:
     cluster_only = {
         "TERTULIA_BOT_GATEWAY_URL",
         "TERTULIA_BOT_GATEWAY_KEY_FILE",
-        "TERTULIA_BOT_REDIS_URL",
         "TERTULIA_BOT_SECRETS_DIR",
         "TERTULIA_BOT_HEALTH_PORT",
     }
@@ -321,7 +320,6 @@ async def _start_all(
                     "TERTULIA_BOT_SECRETS_DIR": str(secrets),
                     "TERTULIA_BOT_HEALTH_HOST": "127.0.0.1",
                     "TERTULIA_BOT_HEALTH_PORT": str(health),
-                    **({"TERTULIA_BOT_REDIS_URL": redis_url} if redis_url else {}),
                 },
                 healthy=http_ok(f"http://127.0.0.1:{health}/readyz"),
                 timeout=120,

@@ -41,11 +41,10 @@ class Gateway:
         answers = [turn["content"] for turn in turns if turn["role"] == "assistant"]
         return answers[-1] if answers else None
 
-    def bot_settings(self, redis_url: str) -> dict[str, str]:
+    def bot_settings(self) -> dict[str, str]:
         return {
             "GATEWAY_URL": self.url,
             "GATEWAY_KEY_FILE": str(self.key_file),
-            "REDIS_URL": redis_url,
             "STREAM_INTERVAL": "0.3",
         }
 

@@ -41,11 +41,8 @@ def discord_bot(
     tmp_path_factory: pytest.TempPathFactory,
     fake_discord: discord.FakeDiscord,
     gateway: Gateway,
-    redis_url: str,
 ) -> Iterator[ManagedProcess]:
-    settings = (
-        gateway.bot_settings(redis_url) | settings_for(fake_discord) | {"MESSAGE_LIMIT": "300"}
-    )
+    settings = gateway.bot_settings() | settings_for(fake_discord) | {"MESSAGE_LIMIT": "300"}
     process, _ = start_bot(
         "discord", tmp_path_factory.mktemp("discord"), settings, {"token": discord.TOKEN}
     )
@@ -180,13 +177,11 @@ def test_reconnects_after_the_gateway_drops_the_connection(
 
 
 def test_gateway_outage_gets_a_friendly_message(
-    tmp_path, gateway: Gateway, redis_url: str, unreachable_gateway_url: str
+    tmp_path, gateway: Gateway, unreachable_gateway_url: str
 ) -> None:
     with discord.FakeDiscord() as fake:
         settings = (
-            gateway.bot_settings(redis_url)
-            | settings_for(fake)
-            | {"GATEWAY_URL": unreachable_gateway_url}
+            gateway.bot_settings() | settings_for(fake) | {"GATEWAY_URL": unreachable_gateway_url}
         )
         process, _ = start_bot(
             "discord", tmp_path, settings, {"token": discord.TOKEN}, name="discord-outage"

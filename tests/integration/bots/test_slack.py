@@ -45,9 +45,8 @@ def socket_bot(
     tmp_path_factory: pytest.TempPathFactory,
     fake_slack: slack.FakeSlack,
     gateway: Gateway,
-    redis_url: str,
 ) -> Iterator[tuple[ManagedProcess, str]]:
-    settings = gateway.bot_settings(redis_url) | {
+    settings = gateway.bot_settings() | {
         "MODE": "socket",
         "API_URL": f"{fake_slack.base_url}/api/",
     }
@@ -203,9 +202,9 @@ def test_socket_mode_reconnects_after_slack_drops_the_connection(
 
 
 def test_events_mode_splits_a_long_answer_with_nothing_lost(
-    tmp_path, fake_slack: slack.FakeSlack, gateway: Gateway, redis_url: str
+    tmp_path, fake_slack: slack.FakeSlack, gateway: Gateway
 ) -> None:
-    settings = gateway.bot_settings(redis_url) | {"MESSAGE_LIMIT": "200"}
+    settings = gateway.bot_settings() | {"MESSAGE_LIMIT": "200"}
     process, url, _ = start_events_bot(tmp_path, fake_slack, settings, "slack-events")
     try:
         channel, ts = new_channel(), new_ts()
@@ -251,10 +250,9 @@ def test_gateway_outage_gets_a_friendly_message(
     tmp_path,
     fake_slack: slack.FakeSlack,
     gateway: Gateway,
-    redis_url: str,
     unreachable_gateway_url: str,
 ) -> None:
-    settings = gateway.bot_settings(redis_url) | {"GATEWAY_URL": unreachable_gateway_url}
+    settings = gateway.bot_settings() | {"GATEWAY_URL": unreachable_gateway_url}
     process, url, _ = start_events_bot(tmp_path, fake_slack, settings, "slack-outage")
     try:
         channel, ts = new_channel(), new_ts()

@@ -39,9 +39,8 @@ def polling_bot(
     tmp_path_factory: pytest.TempPathFactory,
     fake_telegram: telegram.FakeTelegram,
     gateway: Gateway,
-    redis_url: str,
 ) -> Iterator[ManagedProcess]:
-    settings = gateway.bot_settings(redis_url) | {
+    settings = gateway.bot_settings() | {
         "MODE": "polling",
         "API_URL": fake_telegram.base_url,
     }
@@ -188,10 +187,10 @@ def webhook_telegram() -> Iterator[telegram.FakeTelegram]:
 
 
 def test_webhook_mode_checks_the_secret_and_splits_a_long_answer(
-    tmp_path, webhook_telegram: telegram.FakeTelegram, gateway: Gateway, redis_url: str
+    tmp_path, webhook_telegram: telegram.FakeTelegram, gateway: Gateway
 ) -> None:
     fake_telegram = webhook_telegram
-    settings = gateway.bot_settings(redis_url) | {"MESSAGE_LIMIT": "200"}
+    settings = gateway.bot_settings() | {"MESSAGE_LIMIT": "200"}
     process, url = start_webhook_bot(tmp_path, fake_telegram, settings, "telegram-webhook")
     try:
         assert fake_telegram.webhook == {
@@ -232,11 +231,10 @@ def test_gateway_outage_gets_a_friendly_message(
     tmp_path,
     webhook_telegram: telegram.FakeTelegram,
     gateway: Gateway,
-    redis_url: str,
     unreachable_gateway_url: str,
 ) -> None:
     fake_telegram = webhook_telegram
-    settings = gateway.bot_settings(redis_url) | {"GATEWAY_URL": unreachable_gateway_url}
+    settings = gateway.bot_settings() | {"GATEWAY_URL": unreachable_gateway_url}
     process, url = start_webhook_bot(tmp_path, fake_telegram, settings, "telegram-outage")
     try:
         user = new_user()

@@ -90,6 +90,28 @@ async def test_conversations_are_visible_and_deletable_by_their_owner_only(
     ).status_code == 404
 
 
+async def test_an_event_is_claimed_once_per_api_key_within_its_window(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    keys = write_keys(tmp_path / "keys", {"slack-bot": "key-a", "other-bot": "key-b"})
+    client = await gateway(api_keys_dir=keys)
+    first = {"Authorization": "Bearer key-a"}
+    other = {"Authorization": "Bearer key-b"}
+
+    async def claim(headers: dict[str, str], event: str = "slack:Ev1") -> bool:
+        response = await client.post("/events", json={"id": event}, headers=headers)
+        assert response.status_code == 200, response.text
+        return bool(response.json()["first"])
+
+    assert await claim(first)
+    assert not await claim(first)
+    assert await claim(first, "slack:Ev2")
+    # Another key's claims are its own: one bot cannot swallow another's events.
+    assert await claim(other)
+    assert (await client.post("/events", json={"id": ""}, headers=first)).status_code == 422
+    assert (await client.post("/events", json={"id": "slack:Ev3"})).status_code == 401
+
+
 async def test_a_missing_key_is_refused_with_401(gateway: GatewayFactory, tmp_path: Path) -> None:
     client = await gateway(api_keys_dir=write_keys(tmp_path / "keys", {"bots": "k"}))
 

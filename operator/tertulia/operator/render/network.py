@@ -1,6 +1,6 @@
 """Isolation: only the gateway reaches the model, memory and knowledge base (and the ingest
-Job the embeddings server and the knowledge base); workloads run under a ServiceAccount
-without an API token."""
+Job the embeddings server and the knowledge base); the bots reach the gateway alone.
+Workloads run under a ServiceAccount without an API token."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from tertulia.operator.render.knowledge import INGEST
 from tertulia.operator.render.memory import COMPONENT as MEMORY
 from tertulia.operator.render.model import COMPONENT as MODEL
 
-# The components the bots use besides the gateway: Redis, for event de-duplication.
+# Who may connect to each component. The bots face the platforms (and the internet, in
+# events and webhook mode): they reach the gateway alone, which claims their events for them.
 _CLIENTS = {
     MODEL: ["gateway"],
-    MEMORY: ["gateway", "slack", "discord", "telegram"],
+    MEMORY: ["gateway"],
     KNOWLEDGE: ["gateway", INGEST],
     EMBEDDINGS: ["gateway", INGEST],
 }

@@ -13,7 +13,6 @@ from tertulia.operator.render.common import (
     service,
 )
 from tertulia.operator.render.gateway import api_keys_secret, gateway_url
-from tertulia.operator.render.memory import redis_url
 
 SECRETS_PATH = "/etc/tertulia/secrets"
 HEALTH_PORT = 8081
@@ -88,7 +87,6 @@ def _platform(
     env = [
         {"name": "TERTULIA_BOT_GATEWAY_URL", "value": gateway_url(bot)},
         {"name": "TERTULIA_BOT_GATEWAY_KEY_FILE", "value": f"{SECRETS_PATH}/gateway-key"},
-        {"name": "TERTULIA_BOT_REDIS_URL", "value": redis_url(bot)},
         {"name": "TERTULIA_BOT_SECRETS_DIR", "value": SECRETS_PATH},
         {"name": "TERTULIA_BOT_HEALTH_PORT", "value": str(HEALTH_PORT)},
     ]
