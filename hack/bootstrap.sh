@@ -12,7 +12,7 @@ ensure_system_packages() {
   local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git [npm]=npm
     [chromium]=chromium [chromedriver]=chromium-driver [containerd]=containerd [runc]=runc
     [/usr/lib/cni/bridge]=containernetworking-plugins [iptables]=iptables
-    [conntrack]=conntrack [podman]=podman [mmdebstrap]=mmdebstrap)
+    [conntrack]=conntrack [ipset]=ipset [podman]=podman [mmdebstrap]=mmdebstrap)
   [[ "${1:-}" == bench ]] && package_of[wrk]=wrk
   local program missing=()
   for program in "${!package_of[@]}"; do

@@ -47,6 +47,14 @@ build_node() {
     mv "${COREDNS_DIR}/coredns.tmp" "${COREDNS_DIR}/coredns"
   fi
   ln -sf "${COREDNS_DIR}/coredns" "${BIN}/coredns"
+  if [[ ! -x "${KUBE_ROUTER_DIR}/kube-router" ]]; then
+    log "building kube-router ${KUBE_ROUTER_VERSION} (first run only)"
+    mkdir -p "${KUBE_ROUTER_DIR}"
+    go build -C "${REPO_ROOT}/hack/kube-router" -ldflags "-s -w" \
+      -o "${KUBE_ROUTER_DIR}/kube-router.tmp" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+    mv "${KUBE_ROUTER_DIR}/kube-router.tmp" "${KUBE_ROUTER_DIR}/kube-router"
+  fi
+  ln -sf "${KUBE_ROUTER_DIR}/kube-router" "${BIN}/kube-router"
   if [[ ! -x "${BIN}/pause" ]]; then
     # The pod sandbox's process, from the pinned release's own source, as its image has it.
     local source

@@ -1,7 +1,8 @@
 """The stack on the real node, as a user meets it: `helm install` runs the operator as a pod;
 one ChatBot brings every pod up on the real node; a Telegram message is answered by the
 in-cluster model through the in-cluster gateway, citing the ConfigMap the ingest Job put in
-the knowledge base; the conversation is in the in-cluster Redis; `kubectl scale` gives two
+the knowledge base; the conversation is in the in-cluster Redis; the NetworkPolicies keep the
+bots to the gateway; `kubectl scale` gives two
 model pods that both serve; a model pod deleted mid-conversation does not cost the next
 answer; `helm upgrade` to a new operator image keeps a gateway Ready throughout; and
 `kubectl delete chatbot` removes every pod.
@@ -353,6 +354,39 @@ def test_a_slack_mention_is_answered_too(
         what="the Slack bot's answer in the thread",
     )
     assert replies[-1].text.split("\n\nSources:")[0].strip()
+
+
+def connects(cluster: ControlPlane, pod: Any, host: str, port: int) -> bool:
+    """Whether a TCP connection from inside `pod` to `host:port` is accepted."""
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(({host!r}, {port}), timeout=5).close()\n"
+        "except OSError as error:\n"
+        "    sys.exit(f'refused: {error}')\n"
+    )
+    result = attempt(
+        cluster, "kubectl", "exec", "-n", NAMESPACE, pod.metadata.name,
+        "-c", pod.spec.containers[0].name, "--", "python", "-c", probe,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def test_network_policies_let_the_bots_reach_the_gateway_alone(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    """Enforced by kube-router's policy controller on the real node: a bot (facing the
+    platforms) cannot open Redis or the model server, the gateway can."""
+    redis = (f"{BOT}-memory.{NAMESPACE}.svc", 6379)
+    model = (f"{BOT}-model.{NAMESPACE}.svc", 8080)
+    gateway = (f"{BOT}-gateway.{NAMESPACE}.svc", 8080)
+    (bot,) = pods(cluster, "telegram")
+    (gateway_pod,) = pods(cluster, "gateway")
+    assert connects(cluster, bot, *gateway)
+    assert not connects(cluster, bot, *redis)
+    assert not connects(cluster, bot, *model)
+    assert connects(cluster, gateway_pod, *redis)
+    assert connects(cluster, gateway_pod, *model)
 
 
 def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(

@@ -400,6 +400,7 @@ class ControlPlane:
         self.node.start(self.component_kubeconfig, list(self.images), timeout)
         self._provisioner = LocalVolumeProvisioner(self.api_client(), self.node.volumes).start()
         self.node.wait_ready(self.api_client(), timeout)
+        self.node.start_network_policies(timeout)
 
     # --- clients ---
 

@@ -1,6 +1,7 @@
 """One real worker node for the test bed's cluster: containerd (Debian's, with runc and the CNI
-bridge plugin), the kubelet and kube-proxy built from the pinned Kubernetes module, and CoreDNS
-for cluster DNS, all inside the node's namespaces (`netns.py`), beside the kwok nodes.
+bridge plugin), the kubelet and kube-proxy built from the pinned Kubernetes module, CoreDNS
+for cluster DNS and kube-router's network policy controller, all inside the node's namespaces
+(`netns.py`), beside the kwok nodes.
 
 The kubelet's pods get their own cgroup root, containerd and the kubelet write their state
 under the node's folder or into memory-backed mounts that exist only in the node's mount
@@ -22,7 +23,7 @@ from typing import IO, Any
 
 import yaml
 
-from tests.testbed.netns import NODE_IP, NodeNamespace
+from tests.testbed.netns import NODE_IP, SERVICE_CIDR, NodeNamespace
 from tests.testbed.paths import binary, cache_dir, versions
 from tests.testbed.pki import Pki, issue, write_kubeconfig
 from tests.testbed.process import ManagedProcess
@@ -343,6 +344,39 @@ class RealNode:
         config_path = self.workdir / "kube-proxy.yaml"
         config_path.write_text(yaml.safe_dump(config))
         self._start("kube-proxy", [str(binary("kube-proxy")), f"--config={config_path}"])
+
+    def start_network_policies(self, timeout: float) -> None:
+        """kube-router's network policy controller alone, beside the bridge plugin (as k3s
+        runs it beside flannel): NetworkPolicies become iptables rules and ipsets. It needs
+        its Node object, so it starts once the node has registered."""
+        pki_dir = self.workdir / "pki"
+        cert, key = issue(self.pki, pki_dir, "kube-router", "system:kube-router", "system:masters")
+        kubeconfig = in_node_kubeconfig(
+            self.pki, self.workdir / "kube-router.kubeconfig", cert, key, "kube-router"
+        )
+        self._start(
+            "kube-router",
+            [
+                str(binary("kube-router")),
+                f"--kubeconfig={kubeconfig}",
+                f"--hostname-override={NODE_NAME}",
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--health-port=0",
+                "--metrics-port=0",
+            ],
+        )
+        router = self.processes[-1]
+        router.wait_until(
+            lambda: (
+                self.namespace.run("iptables", "-S", "KUBE-ROUTER-FORWARD", check=False).returncode
+                == 0
+            ),
+            timeout,
+            "enforcing network policies",
+        )
 
     def _start_coredns(self, admin_kubeconfig: Path) -> None:
         corefile = self.workdir / "Corefile"
