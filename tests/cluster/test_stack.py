@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -387,6 +388,29 @@ def test_network_policies_let_the_bots_reach_the_gateway_alone(
     assert not connects(cluster, bot, *model)
     assert connects(cluster, gateway_pod, *redis)
     assert connects(cluster, gateway_pod, *model)
+
+
+def host_address() -> str:
+    """The host's first global IPv4 address (not loopback), as a pod would try to reach it."""
+    listing = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return listing.split()[3].split("/")[0]
+
+
+def test_pods_reach_nothing_outside_the_nodes_network(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    """A server on the host's own address answers the host, not a pod: the node's network has
+    no route out."""
+    with socket.create_server((host_address(), 0)) as server:
+        host, port = server.getsockname()[:2]
+        socket.create_connection((host, port), timeout=5).close()
+        (gateway_pod,) = pods(cluster, "gateway")
+        assert not connects(cluster, gateway_pod, host, port)
 
 
 def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(
