@@ -54,15 +54,17 @@ def stack(tmp_path: Path, embeddings_url: str, llama_url: str, redis_url: str) -
         },
         name="kb-gateway",
     )
-    yield Stack(
+    stack = Stack(
         url,
         {"Authorization": f"Bearer {admin_key}"},
         {"Authorization": f"Bearer {client_key}"},
         weaviate,
         knowledge_base,
     )
+    yield stack
     gateway.stop()
-    weaviate.stop()
+    # The Weaviate running now: a test may have stopped the first and started another.
+    stack.weaviate.stop()
 
 
 def _upload(stack: Stack) -> httpx.Response:
