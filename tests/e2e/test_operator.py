@@ -458,6 +458,47 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         },
         "spec.knowledgeBase.sources[0]",
     ),
+    (
+        "llama.cpp given a whole repository",
+        {"model": {"engine": "llamacpp", "source": "hf://owner/repo"}},
+        "spec.model.source",
+    ),
+    (
+        "ollama given a hugging face file",
+        {"model": {"engine": "ollama", "source": "hf://owner/repo/model.gguf"}},
+        "spec.model.source",
+    ),
+    (
+        "a source of no known kind",
+        {"model": {"engine": "llamacpp", "source": "s3://bucket/model.gguf"}},
+        "spec.model.source",
+    ),
+    (
+        "an endpoint with weights",
+        {
+            "model": {
+                "engine": "endpoint",
+                "endpoint": "http://x/v1",
+                "source": "hf://owner/repo/m.gguf",
+            }
+        },
+        "spec.model.source",
+    ),
+    (
+        "a slack api url without its slash",
+        {
+            "model": {"name": "m"},
+            "platforms": {
+                "slack": {
+                    "mode": "events",
+                    "botTokenSecretRef": {"name": "s", "key": "k"},
+                    "signingSecretRef": {"name": "s", "key": "g"},
+                    "apiUrl": "https://slack-gov.com/api",
+                }
+            },
+        },
+        "spec.platforms.slack.apiUrl",
+    ),
 ]
 
 

@@ -21,6 +21,7 @@ class HubRequest:
     repository: str
     path: str
     range: str | None
+    authorization: str | None
 
 
 class FakeModelHub(FakePlatform):
@@ -38,7 +39,14 @@ class FakeModelHub(FakePlatform):
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         repository = f"{info['owner']}/{info['repo']}"
-        self.requests.append(HubRequest(repository, info["path"], request.headers.get("Range")))
+        self.requests.append(
+            HubRequest(
+                repository,
+                info["path"],
+                request.headers.get("Range"),
+                request.headers.get("Authorization"),
+            )
+        )
         local = self.files.get(f"{repository}/{info['path']}")
         if local is None:
             # What the hub answers for a file it does not have.

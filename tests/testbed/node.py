@@ -243,10 +243,6 @@ class RealNode:
             self.ctr("images", "import", "--no-unpack=false", str(archive))
             self.images.record(archive)
 
-    def image_names(self) -> set[str]:
-        listed = self.ctr("images", "list", "--quiet").stdout.split()
-        return set(listed)
-
     def _start_kubelet(self) -> None:
         kubelet_dir = self.workdir / "kubelet"
         pki_dir = self.workdir / "pki"

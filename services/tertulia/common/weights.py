@@ -24,9 +24,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
+
+if TYPE_CHECKING:
+    import httpx
 
 Scheme = Literal["hf", "https", "http", "pvc", "ollama"]
 HUGGING_FACE = "https://huggingface.co"
@@ -180,10 +183,9 @@ def _download(
     raise FetchFailed(f"GET {url}: the server kept refusing the range requested")
 
 
-def _expected_size(response: object, offset: int) -> int | None:
-    import httpx
-
-    assert isinstance(response, httpx.Response)  # noqa: S101 - typed for the callers above
+def _expected_size(response: httpx.Response, offset: int) -> int | None:
+    """The whole file's size: from Content-Range on a resumed download, else the offset plus
+    Content-Length; None when the server says neither."""
     content_range = response.headers.get("content-range", "")
     if "/" in content_range and not content_range.endswith("/*"):
         return int(content_range.rsplit("/", 1)[1])
