@@ -35,7 +35,7 @@ from tests.fakes import slack, telegram
 from tests.fakes.model_hub import FakeModelHub
 from tests.testbed.kube import ControlPlane
 from tests.testbed.node import NODE_NAME
-from tests.testbed.paths import REPO_ROOT, binary
+from tests.testbed.paths import REPO_ROOT
 from tests.testbed.process import eventually
 
 CHART = REPO_ROOT / "charts" / "tertulia"
@@ -64,18 +64,8 @@ QUESTION = "When does the ferry to Isla Verde leave?"
 READY_TIMEOUT = 420.0
 
 
-def attempt(
-    cluster: ControlPlane, tool: str, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """kubectl or helm as the cluster's admin."""
-    env = {**cluster.client_env(), "PATH": f"{binary(tool).parent}:/usr/bin:/bin"}
-    return subprocess.run(
-        [str(binary(tool)), *args], input=stdin, env=env, capture_output=True, text=True
-    )
-
-
 def run(cluster: ControlPlane, tool: str, *args: str, stdin: str | None = None) -> str:
-    result = attempt(cluster, tool, *args, stdin=stdin)
+    result = cluster.run_tool(tool, *args, stdin=stdin)
     assert result.returncode == 0, f"{tool} {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -156,7 +146,7 @@ def operator(cluster: ControlPlane) -> Iterator[None]:
         "--wait", "--timeout", "180s",
     )  # fmt: skip
     yield
-    attempt(cluster, "helm", "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE)
+    cluster.run_tool("helm", "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE)
 
 
 @pytest.fixture(scope="module")
@@ -366,8 +356,8 @@ def connects(cluster: ControlPlane, pod: Any, host: str, port: int) -> bool:
         "except OSError as error:\n"
         "    sys.exit(f'refused: {error}')\n"
     )
-    result = attempt(
-        cluster, "kubectl", "exec", "-n", NAMESPACE, pod.metadata.name,
+    result = cluster.run_tool(
+        "kubectl", "exec", "-n", NAMESPACE, pod.metadata.name,
         "-c", pod.spec.containers[0].name, "--", "python", "-c", probe,
     )  # fmt: skip
     return result.returncode == 0

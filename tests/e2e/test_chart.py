@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client
 
 from tests.testbed.kube import ControlPlane
-from tests.testbed.paths import binary, service_monitor_crd
+from tests.testbed.paths import service_monitor_crd
 from tests.testbed.process import eventually
 from tests.testbed.servers import start_operator
 
@@ -36,13 +36,7 @@ GROUP, VERSION, PLURAL = "tertulia.dev", "v1alpha1", "chatbots"
 def run(
     control_plane: ControlPlane, tool: str, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binary(tool)), *args],
-        input=stdin,
-        env=control_plane.client_env(),
-        capture_output=True,
-        text=True,
-    )
+    return control_plane.run_tool(tool, *args, stdin=stdin)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -20,7 +20,6 @@ from kubernetes import client
 
 from tertulia.operator.crd import chatbot_crd
 from tests.testbed.kube import GPU_RESOURCE, ControlPlane
-from tests.testbed.paths import binary
 from tests.testbed.process import ManagedProcess, eventually
 from tests.testbed.servers import start_operator
 
@@ -92,14 +91,7 @@ def namespace(control_plane: ControlPlane, operator: Operator) -> Iterator[str]:
 def kubectl(
     control_plane: ControlPlane, *args: str, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binary("kubectl")), *args],
-        input=stdin,
-        env=control_plane.client_env(),
-        capture_output=True,
-        text=True,
-        check=check,
-    )
+    return control_plane.run_tool("kubectl", *args, stdin=stdin, check=check)
 
 
 def create_secrets(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,19 @@ class ControlPlane:
             "HOME": str(self.workdir),
             "PATH": "/usr/bin:/bin",
         }
+
+    def run_tool(
+        self, tool: str, *args: str, stdin: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl or helm (the test bed's binaries) as the admin, output captured."""
+        return subprocess.run(
+            [str(binary(tool)), *args],
+            input=stdin,
+            env=self.client_env(),
+            capture_output=True,
+            text=True,
+            check=check,
+        )
 
     def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
         """A kubeconfig that authenticates as a ServiceAccount with a bound token, so a

@@ -177,6 +177,11 @@ class RealNode:
             with contextlib.suppress(OSError):
                 directory.rmdir()
 
+    def _daemon_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
+        """A client certificate for `user` (in `group`), and NAME.kubeconfig that uses it."""
+        cert, key = issue(self.pki, self.workdir / "pki", f"{name}-client", user, group)
+        return in_node_kubeconfig(self.pki, self.workdir / f"{name}.kubeconfig", cert, key, name)
+
     def _start(self, name: str, args: list[str]) -> ManagedProcess:
         process = ManagedProcess(name, self.namespace.command(args), self.logs).start()
         self.processes.append(process)
@@ -246,14 +251,9 @@ class RealNode:
     def _start_kubelet(self) -> None:
         kubelet_dir = self.workdir / "kubelet"
         pki_dir = self.workdir / "pki"
-        client_cert, client_key = issue(
-            self.pki, pki_dir, "kubelet-client", f"system:node:{NODE_NAME}", "system:nodes"
-        )
+        kubeconfig = self._daemon_kubeconfig("kubelet", f"system:node:{NODE_NAME}", "system:nodes")
         serving_cert, serving_key = issue(
             self.pki, pki_dir, "kubelet-serving", NODE_NAME, server_names=(NODE_NAME, NODE_IP)
-        )
-        kubeconfig = in_node_kubeconfig(
-            self.pki, self.workdir / "kubelet.kubeconfig", client_cert, client_key, "kubelet"
         )
         resolv = self.workdir / "etc" / "pod-resolv.conf"
         # Pods with dnsPolicy Default get this; nothing outside the node answers.
@@ -314,11 +314,7 @@ class RealNode:
         )
 
     def _start_kube_proxy(self) -> None:
-        pki_dir = self.workdir / "pki"
-        cert, key = issue(self.pki, pki_dir, "kube-proxy", "system:kube-proxy")
-        kubeconfig = in_node_kubeconfig(
-            self.pki, self.workdir / "kube-proxy.kubeconfig", cert, key, "kube-proxy"
-        )
+        kubeconfig = self._daemon_kubeconfig("kube-proxy", "system:kube-proxy")
         config = {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
@@ -345,11 +341,7 @@ class RealNode:
         """kube-router's network policy controller alone, beside the bridge plugin (as k3s
         runs it beside flannel): NetworkPolicies become iptables rules and ipsets. It needs
         its Node object, so it starts once the node has registered."""
-        pki_dir = self.workdir / "pki"
-        cert, key = issue(self.pki, pki_dir, "kube-router", "system:kube-router", "system:masters")
-        kubeconfig = in_node_kubeconfig(
-            self.pki, self.workdir / "kube-router.kubeconfig", cert, key, "kube-router"
-        )
+        kubeconfig = self._daemon_kubeconfig("kube-router", "system:kube-router", "system:masters")
         self._start(
             "kube-router",
             [

@@ -21,7 +21,6 @@ from tertulia.operator.render.common import (
 
 COMPONENT = "model"
 
-
 PORTS = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080}
 # Weights can take long to download and load: the startup probe waits up to an hour.
 _STARTUP = {"periodSeconds": 10, "failureThreshold": 360}
@@ -100,7 +99,8 @@ def fetch_weights(source: ModelSource, image: str, env: list[dict[str, Any]]) ->
 
 
 def weights_file(source: ModelSource) -> str:
-    """The path a llama.cpp server loads `source` from, inside its pod."""
+    """The path a model server loads `source` from inside its pod: a claim's file or folder,
+    or the file downloaded into the cache."""
     if source.scheme == "pvc":
         return f"{CLAIM_PATH}/{source.path}"
     return f"{CACHE_PATH}/{cache_path(source)}"
@@ -226,7 +226,7 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
     weights = name
     if model.source is not None:
         source = parse(model.source)
-        weights = f"{CLAIM_PATH}/{source.path}" if source.scheme == "pvc" else source.location
+        weights = weights_file(source) if source.scheme == "pvc" else source.location
     args = [
         "--model", weights,
         "--served-model-name", name,
