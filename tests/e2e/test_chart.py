@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.examples import chatbot_document
 from tests.testbed.kube import ControlPlane
 from tests.testbed.paths import service_monitor_crd
 from tests.testbed.process import eventually
@@ -109,9 +110,7 @@ def test_each_documented_values_file_renders_what_the_api_server_accepts(
 def chatbot_under_test(namespace: str) -> dict[str, Any]:
     """The GPU example with Slack and a knowledge base, plus an Ingress and an HPA: a ChatBot
     that makes every kind of child the operator owns."""
-    body: dict[str, Any] = yaml.safe_load(
-        (REPO / "manifests" / "examples" / "vllm-gpu-slack-kb.yaml").read_text()
-    )
+    body = chatbot_document(REPO / "manifests" / "examples" / "vllm-gpu-slack-kb.yaml")
     body["metadata"]["namespace"] = namespace
     body["spec"]["gateway"]["ingress"] = {"host": "chat.example.com"}
     body["spec"]["gateway"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3}

@@ -19,6 +19,7 @@ import yaml
 from kubernetes import client
 
 from tertulia.operator.crd import chatbot_crd
+from tests.examples import chatbot_document
 from tests.testbed.kube import GPU_RESOURCE, ControlPlane
 from tests.testbed.process import ManagedProcess, eventually
 from tests.testbed.servers import start_operator
@@ -103,8 +104,7 @@ def create_secrets(
 
 
 def load_example(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
-    return document
+    return chatbot_document(EXAMPLES / f"{name}.yaml")
 
 
 def chatbot(control_plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
@@ -490,6 +490,36 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
             },
         },
         "spec.platforms.slack.apiUrl",
+    ),
+    (
+        "arguments ollama would drop",
+        {"model": {"engine": "ollama", "name": "llama3.2:1b", "args": ["--verbose"]}},
+        "spec.model.args",
+    ),
+    (
+        "an ollama name with shell in it",
+        {"model": {"engine": "ollama", "name": "x'; rm -rf /cache; '"}},
+        "spec.model.name",
+    ),
+    (
+        "gpu memory share for llama.cpp",
+        {"model": {"engine": "llamacpp", "name": "m.gguf", "gpuMemoryUtilization": 0.5}},
+        "spec.model.gpuMemoryUtilization",
+    ),
+    (
+        "a gpu memory share over 1",
+        {"model": {"name": "m", "gpuMemoryUtilization": 1.5}},
+        "spec.model.gpuMemoryUtilization",
+    ),
+    (
+        "a cache access mode kubernetes has not",
+        {"model": {"name": "m", "cache": {"accessMode": "ReadOnlyMany"}}},
+        "spec.model.cache.accessMode",
+    ),
+    (
+        "a startup allowance under a minute",
+        {"model": {"name": "m", "startupTimeoutSeconds": 5}},
+        "spec.model.startupTimeoutSeconds",
     ),
 ]
 

@@ -14,6 +14,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from tertulia.gateway.metrics import GatewayMetrics
+from tests.examples import chatbot_document
 from tests.testbed.paths import binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +57,45 @@ def test_values_schema_refuses_bad_values_naming_them(
     result = helm("template", "t", str(CHART), "--set", setting, check=False, home=tmp_path)
     assert result.returncode != 0
     assert named in result.stderr
+
+
+def _operator_container(rendered: str) -> dict[str, Any]:
+    (deployment,) = [
+        doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment"
+    ]
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_a_mirror_serves_the_operator_its_workloads_and_what_chatbots_run(tmp_path: Path) -> None:
+    values = CHART / "ci" / "mirror-values.yaml"
+    rendered = helm("template", "t", str(CHART), "-f", str(values), home=tmp_path).stdout
+    container = _operator_container(rendered)
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert container["image"].startswith("registry.internal:5000/mirror/tertulia/operator:")
+    assert env["TERTULIA_IMAGE"].startswith("registry.internal:5000/mirror/tertulia/tertulia:")
+    # The operator renders the third-party images through the same mirror.
+    assert env["TERTULIA_IMAGE_REGISTRY"] == "registry.internal:5000/mirror"
+    assert json.loads(env["TERTULIA_METRICS_SCRAPERS"]) == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}
+    }
+    plain = {
+        item["name"]
+        for item in _operator_container(helm("template", "t", str(CHART), home=tmp_path).stdout)[
+            "env"
+        ]
+    }
+    assert not {"TERTULIA_IMAGE_REGISTRY", "TERTULIA_METRICS_SCRAPERS"} & plain
+
+
+def test_a_service_monitor_lets_the_monitoring_namespace_scrape_by_default(tmp_path: Path) -> None:
+    rendered = helm(
+        "template", "t", str(CHART), "--set", "metrics.serviceMonitor.enabled=true", home=tmp_path
+    ).stdout
+    env = {item["name"]: item["value"] for item in _operator_container(rendered)["env"]}
+    assert json.loads(env["TERTULIA_METRICS_SCRAPERS"]) == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
 
 
 def test_every_top_level_value_is_documented_by_a_comment() -> None:
@@ -127,7 +167,7 @@ def _secret_refs(node: Any) -> set[tuple[str, str]]:
     ids=lambda path: path.stem,
 )
 def test_each_examples_secret_template_holds_every_key_it_reads(example: Path) -> None:
-    needed = _secret_refs(yaml.safe_load(example.read_text())["spec"])
+    needed = _secret_refs(chatbot_document(example)["spec"])
     template = REPO / "manifests" / "examples" / "secrets" / example.name
     if not needed:
         assert not template.exists()

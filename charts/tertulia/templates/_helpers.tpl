@@ -29,12 +29,34 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* An image's repository in the mirror of imageRegistry: its registry host replaced. */}}
+{{- define "tertulia.mirrored" -}}
+{{- $repository := .repository -}}
+{{- if .registry -}}
+{{- $parts := splitn "/" 2 $repository -}}
+{{- if and (gt (len (splitList "/" $repository)) 1) (or (contains "." $parts._0) (contains ":" $parts._0) (eq $parts._0 "localhost")) -}}
+{{- $repository = $parts._1 -}}
+{{- end -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .registry) $repository -}}
+{{- end -}}
+{{- $repository -}}
+{{- end -}}
+
 {{- define "tertulia.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s:%s" (include "tertulia.mirrored" (dict "registry" .Values.imageRegistry "repository" .Values.image.repository)) (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
 {{- define "tertulia.workloadImage" -}}
-{{- printf "%s:%s" .Values.workloadImage.repository (default .Chart.AppVersion .Values.workloadImage.tag) -}}
+{{- printf "%s:%s" (include "tertulia.mirrored" (dict "registry" .Values.imageRegistry "repository" .Values.workloadImage.repository)) (default .Chart.AppVersion .Values.workloadImage.tag) -}}
+{{- end -}}
+
+{{/* Who may scrape metrics behind the ChatBots' NetworkPolicies, as JSON; empty for nobody. */}}
+{{- define "tertulia.scrapers" -}}
+{{- if .Values.metrics.scrapers -}}
+{{- toJson .Values.metrics.scrapers -}}
+{{- else if .Values.metrics.serviceMonitor.enabled -}}
+{{- toJson (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "monitoring"))) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Peering is on with more than one replica; its objects are named after the release. */}}
@@ -74,12 +96,17 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: [list, watch, create, patch, delete]
+# Ingest Jobs: watched for their outcome; a failed one's Pods are listed once to read what
+# they said, for the KnowledgeBaseReady condition.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Children applied on every reconcile.
 - apiGroups: [""]
   resources: [serviceaccounts, persistentvolumeclaims]
-  verbs: [list, create, patch, delete]
-- apiGroups: [batch]
-  resources: [jobs]
   verbs: [list, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]

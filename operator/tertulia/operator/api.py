@@ -66,10 +66,25 @@ class LocalRef(Spec):
 KubernetesObject = dict[str, Any]
 
 
+# Requests and limits replace a component's defaults as a whole.
+RESOURCES_DESCRIPTION = (
+    "CPU and memory requests and limits (core/v1 ResourceRequirements); replaces the "
+    "component's defaults."
+)
+
+
 class CacheSpec(Spec):
-    """A PersistentVolumeClaim for model weights, kept across restarts."""
+    """Volumes for model weights, kept across restarts: one claim per replica
+    (ReadWriteOnce), or one claim all replicas share (ReadWriteMany)."""
 
     size: str = Field("50Gi", description="Requested storage, as a Kubernetes quantity.")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
+        "ReadWriteOnce",
+        description="ReadWriteOnce: each replica gets a claim of its own (a StatefulSet's claim "
+        "templates) and downloads its own copy, on any node. ReadWriteMany: one claim shared by "
+        "every replica, downloaded once; needs a class that offers it (NFS, CephFS, EFS, "
+        "Filestore).",
+    )
     storage_class_name: str | None = Field(
         None, description="StorageClass of the claim; the cluster's default when unset."
     )
@@ -105,9 +120,25 @@ class ModelSpec(Spec):
             ),
             rule(
                 "self.engine != 'ollama' || !has(self.source) || "
-                "self.source.startsWith('ollama://')",
+                "self.source.matches('^ollama://[A-Za-z0-9][A-Za-z0-9._:/-]*$')",
                 "Ollama pulls from its library: ollama://NAME:TAG",
                 ".source",
+            ),
+            rule(
+                "self.engine != 'ollama' || !has(self.args) || size(self.args) == 0",
+                "Ollama's server takes no arguments: set OLLAMA_* variables in env instead",
+                ".args",
+            ),
+            rule(
+                "self.engine != 'ollama' || !has(self.name) || "
+                "self.name.matches('^[A-Za-z0-9][A-Za-z0-9._:/-]*$')",
+                "an Ollama model is NAME or NAME:TAG (letters, digits, '.', '_', '-', ':', '/')",
+                ".name",
+            ),
+            rule(
+                "self.engine == 'vllm' || !has(self.gpuMemoryUtilization)",
+                "gpuMemoryUtilization is a vLLM setting",
+                ".gpuMemoryUtilization",
             ),
             rule(
                 "self.engine != 'endpoint' || has(self.endpoint)",
@@ -175,12 +206,45 @@ class ModelSpec(Spec):
     image: str | None = Field(
         None, description="Container image; the engine's pinned default when unset."
     )
-    args: list[str] = Field(default_factory=list, description="Extra arguments for the engine.")
+    args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments for the engine (vLLM, llama.cpp); Ollama takes none.",
+    )
     env: list[KubernetesObject] = Field(
         default_factory=list, description="Extra environment variables (core/v1 EnvVar)."
     )
+    max_model_len: int | None = Field(
+        None,
+        ge=256,
+        le=10_000_000,
+        description="Context length in tokens: vLLM's --max-model-len (the model's own when "
+        "unset; a long-context model may not fit a smaller GPU without it), llama.cpp's "
+        "--ctx-size (8192 when unset), Ollama's OLLAMA_CONTEXT_LENGTH.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of each GPU's memory vLLM may take (its default 0.9 when unset).",
+    )
+    startup_timeout_seconds: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="How long a replica may take to download and load its weights before it "
+        "is restarted.",
+    )
     resources: KubernetesObject | None = Field(
-        None, description="CPU and memory requests and limits (core/v1 ResourceRequirements)."
+        None,
+        description="CPU and memory requests and limits (core/v1 ResourceRequirements); the "
+        "GPUs are added to them.",
+    )
+    runtime_class_name: str | None = Field(
+        None, description="RuntimeClass of the model server's Pods (e.g. nvidia)."
+    )
+    priority_class_name: str | None = Field(
+        None,
+        description="PriorityClass of the model server's Pods; spec.priorityClassName when unset.",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels to match.")
     tolerations: list[KubernetesObject] = Field(
@@ -216,6 +280,8 @@ class MemorySpec(Spec):
     ttl_seconds: int = Field(
         604800, ge=60, description="A conversation idle this long is forgotten."
     )
+    image: str | None = Field(None, description="Redis's image; the pinned default when unset.")
+    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
 class RateLimitSpec(Spec):
@@ -287,8 +353,13 @@ class GatewaySpec(Spec):
         description="A Secret with one key per client identity holding its API key. When unset "
         "the operator generates one with a key for the bots.",
     )
-    ingress: IngressSpec | None = Field(None, description="Expose the gateway through an Ingress.")
+    ingress: IngressSpec | None = Field(
+        None,
+        description="Expose the gateway through an Ingress; it also routes the Slack events "
+        "and Telegram webhook paths to their bots.",
+    )
     autoscaling: AutoscalingSpec | None = Field(None, description="Scale the gateway on CPU.")
+    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
 class SourceSpec(Spec):
@@ -332,6 +403,11 @@ class EmbeddingSpec(Spec):
         description="An existing OpenAI-compatible embeddings API, ending in /v1; when unset "
         "the operator runs an embeddings server with `source`.",
     )
+    image: str | None = Field(
+        None,
+        description="The embeddings server's image (llama.cpp); the pinned default when unset.",
+    )
+    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
 class KnowledgeBaseSpec(Spec):
@@ -350,6 +426,12 @@ class KnowledgeBaseSpec(Spec):
         ge=0.0,
         le=1.0,
         description="Hybrid search weight: 0 is keyword (BM25) search only, 1 vectors only.",
+    )
+    image: str | None = Field(None, description="Weaviate's image; the pinned default when unset.")
+    resources: KubernetesObject | None = Field(
+        None,
+        description=RESOURCES_DESCRIPTION + " Weaviate keeps its vector index in memory: give "
+        "a large knowledge base gigabytes.",
     )
 
 
@@ -385,12 +467,15 @@ class SlackSpec(Spec):
         description="Slack's Web API base URL, ending in a slash: https://slack-gov.com/api/ for "
         "GovSlack; https://slack.com/api/ when unset.",
     )
+    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
 class DiscordSpec(Spec):
-    """A Discord bot."""
+    """A Discord bot: mentions, direct messages and the /ask and /reset commands, with no
+    privileged intent to switch on in the developer portal."""
 
     token_secret_ref: SecretKeyRef = Field(description="The bot token.")
+    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
 class TelegramSpec(Spec):
@@ -420,6 +505,7 @@ class TelegramSpec(Spec):
         description="A self-hosted Bot API server (telegram-bot-api), such as "
         "http://telegram-bot-api:8081; https://api.telegram.org when unset.",
     )
+    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
 class PlatformsSpec(Spec):
@@ -443,6 +529,15 @@ class ChatBotSpec(Spec):
         default_factory=KnowledgeBaseSpec, description="The knowledge base."
     )
     platforms: PlatformsSpec = Field(default_factory=PlatformsSpec, description="Chat platforms.")
+    image_pull_secrets: list[SecretRef] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets with registry credentials, for every Pod of the ChatBot (a "
+        "private mirror).",
+    )
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of every Pod of the ChatBot."
+    )
 
 
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]

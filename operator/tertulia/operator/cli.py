@@ -74,10 +74,21 @@ def reference() -> None:
 
 
 @app.command("images")
-def list_images() -> None:
+def list_images(
+    registry: Annotated[
+        str,
+        typer.Option(
+            help="A mirror (HOST or HOST/PATH): print each image's name there too, as the "
+            "operator renders it with the chart's imageRegistry."
+        ),
+    ] = "",
+) -> None:
     """Print the third-party images ChatBots run, by role, one per line: what to mirror into
     a private registry for a cluster without internet access."""
-    from tertulia.operator.render.images import THIRD_PARTY
+    from tertulia.operator.render.images import THIRD_PARTY, mirrored
 
     for role, image in THIRD_PARTY.items():
-        typer.echo(f"{role} {image}")
+        line = f"{role} {image}"
+        if registry:
+            line += f" {mirrored(image, registry)}"
+        typer.echo(line)

@@ -6,10 +6,12 @@ an owned workload, Service or ConfigMap, so a child deleted or edited by hand is
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import secrets
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot, ChatBotStatus
 from tertulia.operator.kube import Cluster
 from tertulia.operator.plan import ObjectRef, plan
-from tertulia.operator.render import render_all
+from tertulia.operator.render import Installation, render_all
 from tertulia.operator.render.common import MANAGED_BY
 from tertulia.operator.render.gateway import api_keys_secret, generated_api_keys
 from tertulia.operator.render.knowledge import (
@@ -27,10 +29,21 @@ from tertulia.operator.render.knowledge import (
     knowledge_base_secret,
 )
 from tertulia.operator.render.platforms import secret_refs
-from tertulia.operator.status import MissingSecret, Workload, compute_status, failed_status
+from tertulia.operator.status import (
+    IngestRun,
+    MissingSecret,
+    Workload,
+    compute_status,
+    failed_status,
+)
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 IMAGE = os.environ.get("TERTULIA_IMAGE", f"ghcr.io/tertulia/tertulia:{version('tertulia')}")
+# Set by the chart: the registry third-party images are mirrored in, and who scrapes metrics.
+INSTALLATION = Installation(
+    registry=os.environ.get("TERTULIA_IMAGE_REGISTRY", ""),
+    scrapers=json.loads(os.environ.get("TERTULIA_METRICS_SCRAPERS") or "null"),
+)
 # How often a ChatBot waiting for a Secret looks again.
 SECRET_RETRY_SECONDS = 10.0
 
@@ -100,16 +113,69 @@ for _plural in ("deployments", "statefulsets"):
     kopf.index("apps", "v1", _plural, labels=MANAGED, id=_plural)(_workloads)
 
 
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def ingest_jobs(
+    namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """Each ChatBot's ingest Jobs: when made, the name, and why it failed ('' unless it did)."""
+    failed = next(
+        (
+            f"{condition.get('reason', 'Failed')}"
+            for condition in status.get("conditions") or []
+            if condition.get("type") == "Failed" and condition.get("status") == "True"
+        ),
+        "",
+    )
+    created = str(meta.get("creationTimestamp") or "")
+    return {(namespace, labels["app.kubernetes.io/instance"]): (created, name, failed)}
+
+
+# What each failed ingest Job's Pod said, read once per Job.
+_ingest_failures: dict[tuple[str, str], str] = {}
+
+
+def ingest_run(bot: ChatBot, jobs: kopf.Index[Any, Any]) -> IngestRun | None:
+    """The newest ingest Job of the ChatBot, with what its Pod said when it failed."""
+    found = sorted(jobs.get((bot.namespace, bot.name), []))
+    if not found:
+        return None
+    _, name, failed = found[-1]
+    if not failed:
+        return IngestRun(name)
+    key = (bot.namespace, name)
+    if key not in _ingest_failures:
+        _ingest_failures.clear()  # only the newest failure is ever shown
+        _ingest_failures[key] = cluster().job_failure(bot.namespace, name)
+    said = _ingest_failures[key]
+    return IngestRun(name, failed=True, reason=f"{failed}: {said}" if said else failed)
+
+
 # Missing Secrets by ChatBot, from its last reconcile; child events reuse them for status.
 _missing: dict[tuple[str, str], list[MissingSecret]] = {}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the indexes hold of the ChatBots' children: their workloads and ingest Jobs."""
+
+    deployments: kopf.Index[Any, Any]
+    statefulsets: kopf.Index[Any, Any]
+    ingest_jobs: kopf.Index[Any, Any]
+
+    @classmethod
+    def of(cls, kwargs: dict[str, Any]) -> Observed:
+        """From a handler's keyword arguments, where kopf passes every index by its name."""
+        return cls(kwargs["deployments"], kwargs["statefulsets"], kwargs["ingest_jobs"])
+
+    def workloads(self, bot: ChatBot) -> dict[str, Workload]:
+        key = (bot.namespace, bot.name)
+        return dict(self.deployments.get(key, [])) | dict(self.statefulsets.get(key, []))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(
-    body: kopf.Body, deployments: kopf.Index[Any, Any], statefulsets: kopf.Index[Any, Any], **_: Any
-) -> None:
+def reconcile(body: kopf.Body, **kwargs: Any) -> None:
     previous = ChatBotStatus.model_validate(dict(body.status))
     try:
         bot = ChatBot.from_body(dict(body))
@@ -126,7 +192,7 @@ def reconcile(
         kopf.warn(body, reason="InvalidSpec", message=message)
         raise kopf.PermanentError(message) from error
 
-    missing = converge(bot, previous, deployments, statefulsets, body)
+    missing = converge(bot, previous, Observed.of(kwargs), body)
     if missing:
         raise kopf.TemporaryError(
             f"waiting for {len(missing)} Secret key(s); other components are applied",
@@ -135,11 +201,7 @@ def reconcile(
 
 
 def converge(
-    bot: ChatBot,
-    previous: ChatBotStatus,
-    deployments: kopf.Index[Any, Any],
-    statefulsets: kopf.Index[Any, Any],
-    body: kopf.Body,
+    bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: kopf.Body
 ) -> list[MissingSecret]:
     """Apply what the spec asks for, delete what it no longer asks for, write the status."""
     kube = cluster()
@@ -171,7 +233,11 @@ def converge(
         kopf.warn(body, reason="SecretNotFound", message=item.describe())
     ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
     desired = render_all(
-        bot, image=IMAGE, ready_platforms=ready_platforms, source_digests=source_digests(bot)
+        bot,
+        image=IMAGE,
+        installation=INSTALLATION,
+        ready_platforms=ready_platforms,
+        source_digests=source_digests(bot),
     )
     changes = plan(kube.owned(bot), desired)
     for manifest in changes.apply:
@@ -186,7 +252,7 @@ def converge(
             message=f"generation {bot.generation}: applied {len(changes.apply)} objects",
         )
     _missing[bot.namespace, bot.name] = missing
-    write_status(bot, previous, deployments, statefulsets, body)
+    write_status(bot, previous, observed, body)
     return missing
 
 
@@ -203,15 +269,11 @@ def source_digests(bot: ChatBot) -> dict[str, str]:
 
 
 def write_status(
-    bot: ChatBot,
-    previous: ChatBotStatus,
-    deployments: kopf.Index[Any, Any],
-    statefulsets: kopf.Index[Any, Any],
-    body: kopf.Body,
+    bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: kopf.Body
 ) -> None:
-    key = (bot.namespace, bot.name)
-    workloads = dict(deployments.get(key, [])) | dict(statefulsets.get(key, []))
-    status = compute_status(bot, workloads, _missing.get(key, []), previous)
+    missing = _missing.get((bot.namespace, bot.name), [])
+    ingest = ingest_run(bot, observed.ingest_jobs) if bot.spec.knowledge_base.enabled else None
+    status = compute_status(bot, observed.workloads(bot), missing, previous, ingest)
     if status == previous:
         return
     cluster().patch_status(bot.namespace, bot.name, status.model_dump(by_alias=True))
@@ -225,9 +287,7 @@ def _on_child_event(
     namespace: str,
     labels: kopf.Labels,
     chatbots: kopf.Index[Any, Any],
-    deployments: kopf.Index[Any, Any],
-    statefulsets: kopf.Index[Any, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """A child changed or went: put it back as rendered, and refresh the parent's status."""
     instance = labels.get("app.kubernetes.io/instance")
@@ -238,14 +298,19 @@ def _on_child_event(
     bot, previous, body = found
     child = event["object"]
     ref = ObjectRef(child["apiVersion"], child["kind"], child["metadata"]["name"])
-    missing = _missing.get((namespace, bot.name), [])
-    ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
-    # Only the watched kinds come back here, never the ingest Job: no source digests needed.
-    for manifest in render_all(bot, image=IMAGE, ready_platforms=ready_platforms):
-        if ObjectRef.of(manifest) == ref:
-            cluster().apply(manifest)
-            break
-    write_status(bot, previous, deployments, statefulsets, body)
+    # An ingest Job is never put back (a new one is named by its sources): its events only
+    # refresh the status.
+    if ref.kind != "Job":
+        missing = _missing.get((namespace, bot.name), [])
+        ready_platforms = set(secret_refs(bot)) - {item.platform for item in missing}
+        rendered = render_all(
+            bot, image=IMAGE, installation=INSTALLATION, ready_platforms=ready_platforms
+        )
+        for manifest in rendered:
+            if ObjectRef.of(manifest) == ref:
+                cluster().apply(manifest)
+                break
+    write_status(bot, previous, Observed.of(kwargs), body)
 
 
 def _from_index(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] | None:
@@ -265,6 +330,7 @@ for _group, _version, _plural in (
     ("apps", "v1", "statefulsets"),
     ("", "v1", "services"),
     ("", "v1", "configmaps"),
+    ("batch", "v1", "jobs"),
 ):
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_on_child_event)
 
@@ -275,9 +341,7 @@ def _on_source_event(
     namespace: str,
     name: str,
     chatbots: kopf.Index[Any, Any],
-    deployments: kopf.Index[Any, Any],
-    statefulsets: kopf.Index[Any, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """A ConfigMap of documents changed: its ChatBots run a new ingest Job over it."""
     if event.get("type") not in ("MODIFIED", "ADDED"):
@@ -291,4 +355,4 @@ def _on_source_event(
                 continue
             found = _from_index(parent)
             if found is not None:
-                converge(found[0], found[1], deployments, statefulsets, found[2])
+                converge(found[0], found[1], Observed.of(kwargs), found[2])

@@ -34,6 +34,8 @@ OWNED_KINDS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
 }
+# Lines of a failed Pod's message carried into a condition.
+MESSAGE_LINES = 4
 # The generated API key Secret is created once and never pruned: it goes with its ChatBot.
 COLLECTIONS = {**OWNED_KINDS, ("v1", "Secret"): "secrets"}
 
@@ -149,6 +151,25 @@ class Cluster:
             raise
         content = [config_map.get("data") or {}, config_map.get("binaryData") or {}]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def job_failure(self, namespace: str, job: str) -> str:
+        """What the last failed Pod of a Job said as it ended (its termination message, or
+        its log's last lines), its lines joined; empty when no Pod said anything."""
+        listing = self.request(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods",
+            query=[("labelSelector", f"batch.kubernetes.io/job-name={job}")],
+        )
+        said = []
+        for pod in listing["items"]:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                ended = (container.get("state") or {}).get("terminated") or {}
+                if ended.get("exitCode") and ended.get("message"):
+                    said.append((ended.get("finishedAt") or "", ended["message"]))
+        if not said:
+            return ""
+        lines = [line.strip() for line in max(said)[1].splitlines() if line.strip()]
+        return "; ".join(lines[-MESSAGE_LINES:])
 
     def create(self, manifest: Manifest) -> bool:
         """Create an object unless one of its name exists, which is left as it is; returns

@@ -65,8 +65,17 @@ def reference_markdown() -> str:
     spec = schema["properties"]["spec"]
     table = "| field | type | default | rules | description |\n| --- | --- | --- | --- | --- |"
     lines = [_HEADER, f"## `spec`\n\n{spec.get('description', '')}\n", table]
-    lines += [_row(f"spec.{name}", prop, " (below)") for name, prop in spec["properties"].items()]
-    for name, section in spec["properties"].items():
+    sections = {
+        name: prop for name, prop in spec["properties"].items() if prop.get("type") == "object"
+    }
+    for name, prop in spec["properties"].items():
+        if name in sections:
+            lines.append(_row(f"spec.{name}", prop, " (below)"))
+        else:
+            lines += [
+                _row(path, field) for path, field in _fields({"properties": {name: prop}}, "spec")
+            ]
+    for name, section in sections.items():
         lines += ["", f"## `spec.{name}`\n\n{section.get('description', '')}\n", table]
         lines += [_row(path, prop) for path, prop in _fields(section, f"spec.{name}")]
     return "\n".join(lines) + "\n"

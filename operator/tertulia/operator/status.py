@@ -32,6 +32,15 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class IngestRun:
+    """The newest ingest Job: its name, and whether and why it failed."""
+
+    job: str
+    failed: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class MissingSecret:
     platform: str
     secret: str
@@ -77,6 +86,7 @@ def compute_status(
     workloads: dict[str, Workload],
     missing: list[MissingSecret],
     previous: ChatBotStatus,
+    ingest: IngestRun | None = None,
 ) -> ChatBotStatus:
     """Conditions, phase and replica counts; transition times move only when a status flips."""
     spec = bot.spec
@@ -93,6 +103,13 @@ def compute_status(
         results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate")
         if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):
             results["KnowledgeBaseReady"] = _workload(workloads, "embeddings", "embeddings server")
+        if ingest is not None and ingest.failed:
+            results["KnowledgeBaseReady"] = (
+                False,
+                "IngestFailed",
+                f"ingest Job {ingest.job} failed: {ingest.reason}; a changed source runs a new "
+                f"one (kubectl logs job/{ingest.job})",
+            )
     else:
         results["KnowledgeBaseReady"] = (True, "Disabled", "no knowledge base is configured")
     platforms = list(spec.platforms.configured())
@@ -122,7 +139,8 @@ def compute_status(
     conditions = [
         _condition(previous, kind, *results[kind], bot.generation) for kind in CONDITION_TYPES
     ]
-    phase: Phase = "Ready" if all_ready else ("Degraded" if missing else "Progressing")
+    degraded = bool(missing) or (ingest is not None and ingest.failed)
+    phase: Phase = "Ready" if all_ready else ("Degraded" if degraded else "Progressing")
     model = workloads.get("model")
     return ChatBotStatus(
         phase=phase,

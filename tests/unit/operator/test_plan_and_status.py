@@ -8,7 +8,13 @@ import pytest
 
 from tertulia.operator.api import ChatBot, ChatBotStatus
 from tertulia.operator.plan import ObjectRef, plan
-from tertulia.operator.status import MissingSecret, Workload, compute_status, failed_status
+from tertulia.operator.status import (
+    IngestRun,
+    MissingSecret,
+    Workload,
+    compute_status,
+    failed_status,
+)
 from tests.unit.operator.test_render import example
 
 
@@ -46,6 +52,7 @@ READY = {
     "gateway": Workload(2, 2),
     "memory": Workload(1, 1),
     "knowledge-base": Workload(1, 1),
+    "embeddings": Workload(1, 1),
     "slack": Workload(1, 1),
 }
 
@@ -76,6 +83,21 @@ def test_a_missing_secret_degrades_only_the_platforms() -> None:
     assert found["ModelReady"] == ("True", "Ready")
     message = next(c.message for c in status.conditions if c.type == "PlatformsReady")
     assert "'slack'" in message and "'app-token'" in message
+
+
+def test_a_failed_ingest_job_shows_in_the_knowledge_base_condition_with_what_it_said() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    said = "BackoffLimitExceeded: not ingested /sources/0/guide.pdf: not a PDF"
+    running = compute_status(bot, READY, [], ChatBotStatus(), IngestRun("harbour-ingest-1"))
+    failed = compute_status(
+        bot, READY, [], ChatBotStatus(), IngestRun("harbour-ingest-1", failed=True, reason=said)
+    )
+    assert running.phase == "Ready"
+    assert failed.phase == "Degraded"
+    assert conditions(failed)["KnowledgeBaseReady"] == ("False", "IngestFailed")
+    assert conditions(failed)["ModelReady"] == ("True", "Ready")
+    message = next(c.message for c in failed.conditions if c.type == "KnowledgeBaseReady")
+    assert "harbour-ingest-1" in message and said in message
 
 
 def test_unready_children_keep_it_progressing() -> None:

@@ -13,6 +13,7 @@ from tertulia.operator.api import ChatBot, LocalRef, SourceSpec
 from tertulia.operator.plan import ObjectRef
 from tertulia.operator.render import render_all
 from tertulia.operator.render.gateway import gateway_config
+from tests.examples import chatbot_document
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
@@ -21,7 +22,7 @@ IMAGE = "ghcr.io/tertulia/tertulia:test"
 
 
 def load(path: Path, **metadata: Any) -> ChatBot:
-    body = yaml.safe_load(path.read_text())
+    body = chatbot_document(path)
     body["metadata"] = {
         "namespace": "bots",
         "uid": "0000-uid",
@@ -72,7 +73,7 @@ def test_every_child_is_owned_labelled_and_uniquely_named(path: Path) -> None:
 
 def test_vllm_requests_its_gpus_and_spans_them_with_tensor_parallelism() -> None:
     manifests = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
-    model = manifests["Deployment", "harbour-model"]
+    model = manifests["StatefulSet", "harbour-model"]
     pod = model["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -88,7 +89,7 @@ def test_vllm_requests_its_gpus_and_spans_them_with_tensor_parallelism() -> None
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
     } in container["env"]
-    assert ("PersistentVolumeClaim", "harbour-model-cache") in manifests
+    assert model["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "cache"
 
 
 def test_gpu_resource_name_and_passthrough_fields_reach_the_pod() -> None:
@@ -109,7 +110,7 @@ def test_gpu_resource_name_and_passthrough_fields_reach_the_pod() -> None:
         }
     )
     pod = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))[
-        "Deployment", "harbour-model"
+        "StatefulSet", "harbour-model"
     ]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {"amd.com/gpu": "2"}
     assert pod["tolerations"] == [
@@ -222,7 +223,7 @@ def test_the_knowledge_base_is_wired_with_the_generated_key_and_settings_the_gat
     config = yaml.safe_load(manifests["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
     knowledge = KnowledgeBaseSettings.model_validate(config["knowledge_base"])
     assert knowledge.enabled and knowledge.collection == "Harbour"
-    assert str(knowledge.embedding.url) == "http://embeddings.ml.svc:8000/v1"
+    assert str(knowledge.embedding.url) == "http://harbour-embeddings.bots.svc:8080/v1"
     assert knowledge.api_key_file == Path("/etc/tertulia/knowledge-base/api-key")
     weaviate = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]["template"]["spec"]
     env = {item["name"]: item for item in weaviate["containers"][0]["env"]}
@@ -259,13 +260,20 @@ def policy_clients(manifests: dict[tuple[str, str], Any], name: str) -> set[str]
 def test_without_an_embeddings_endpoint_the_operator_runs_one_for_the_gateway_and_ingest() -> None:
     bot = example("vllm-gpu-slack-kb")
     kb = bot.spec.knowledge_base
-    assert kb.embedding.endpoint is not None
-    external = by_ref(render_all(bot, image=IMAGE))
-    assert not any(kind == "Deployment" and name.endswith("-embeddings") for kind, name in external)
+    assert kb.embedding.endpoint is None
+    endpoint = "http://embeddings.ml.svc:8000/v1"
+    external = kb.model_copy(
+        update={"embedding": kb.embedding.model_copy(update={"endpoint": endpoint})}
+    )
+    spec = bot.spec.model_copy(update={"knowledge_base": external})
+    elsewhere = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
+    assert not any(
+        kind == "Deployment" and name.endswith("-embeddings") for kind, name in elsewhere
+    )
+    config = yaml.safe_load(elsewhere["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
+    assert config["knowledge_base"]["embedding"]["url"] == endpoint
 
-    local = kb.model_copy(update={"embedding": kb.embedding.model_copy(update={"endpoint": None})})
-    spec = bot.spec.model_copy(update={"knowledge_base": local})
-    manifests = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
+    manifests = by_ref(render_all(bot, image=IMAGE))
 
     server = manifests["Deployment", "harbour-embeddings"]["spec"]["template"]["spec"]
     fetch = server["initContainers"][0]
@@ -281,3 +289,19 @@ def test_without_an_embeddings_endpoint_the_operator_runs_one_for_the_gateway_an
     # The model server is the gateway's alone; the documents are embedded elsewhere.
     assert policy_clients(manifests, "harbour-model-ingress") == {"gateway"}
     assert policy_clients(manifests, "harbour-embeddings-ingress") == {"gateway", "ingest"}
+
+
+def test_an_unreadable_document_fails_the_ingest_job_at_once_and_says_why() -> None:
+    job = next(
+        m for m in render_all(example("vllm-gpu-slack-kb"), image=IMAGE) if m["kind"] == "Job"
+    )
+    spec = job["spec"]
+    (rule,) = spec["podFailurePolicy"]["rules"]
+    # `kb ingest` exits 1 for a document it cannot read: no retry reads it better.
+    assert rule == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "ingest", "operator": "In", "values": [1]},
+    }
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # a failure policy needs it
+    assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"

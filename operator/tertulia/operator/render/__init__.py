@@ -5,7 +5,7 @@ No client calls here; the handlers apply what these return.
 from __future__ import annotations
 
 from tertulia.operator.api import ChatBot
-from tertulia.operator.render.common import Manifest
+from tertulia.operator.render.common import Installation, Manifest
 from tertulia.operator.render.embeddings import render_embeddings
 from tertulia.operator.render.gateway import render_gateway
 from tertulia.operator.render.knowledge import render_knowledge_base
@@ -19,21 +19,26 @@ def render_all(
     bot: ChatBot,
     *,
     image: str,
+    installation: Installation | None = None,
     ready_platforms: set[str] | None = None,
     source_digests: dict[str, str] | None = None,
 ) -> list[Manifest]:
     """Every object the ChatBot needs; platforms whose Secrets are missing are left out.
-    `source_digests` are the knowledge sources' ConfigMap contents, hashed by name."""
+    `image` is Tertulia's; `installation` says where third-party images are mirrored and who
+    scrapes metrics; `source_digests` are the knowledge sources' ConfigMap contents, hashed
+    by name."""
+    installation = installation or Installation()
+    registry = installation.registry
     return [
         *render_service_account(bot),
-        *render_model_server(bot, image=image),
-        *render_memory(bot),
+        *render_model_server(bot, image=image, registry=registry),
+        *render_memory(bot, registry=registry),
         *render_gateway(bot, image=image),
-        *render_embeddings(bot, image=image),
-        *render_knowledge_base(bot, image=image, source_digests=source_digests),
+        *render_embeddings(bot, image=image, registry=registry),
+        *render_knowledge_base(bot, image=image, registry=registry, source_digests=source_digests),
         *render_platforms(bot, image=image, only=ready_platforms),
-        *render_network_policies(bot),
+        *render_network_policies(bot, scrapers=installation.scrapers),
     ]
 
 
-__all__ = ["Manifest", "render_all"]
+__all__ = ["Installation", "Manifest", "render_all"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tertulia.operator.api import GROUP, KIND, VERSION, ChatBot
@@ -57,13 +58,23 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 def pod_spec(bot: ChatBot, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {
+    """A Pod of the ChatBot: no API token, the ChatBot's pull Secrets and PriorityClass."""
+    spec: dict[str, Any] = {
         "serviceAccountName": bot.child("workload"),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "containers": containers,
-        **extra,
     }
+    if bot.spec.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": ref.name} for ref in bot.spec.image_pull_secrets]
+    if bot.spec.priority_class_name:
+        spec["priorityClassName"] = bot.spec.priority_class_name
+    return {**spec, **extra}
+
+
+def resources(override: dict[str, Any] | None, default: dict[str, Any]) -> dict[str, Any]:
+    """A container's requests and limits: the spec's when given (whole), else `default`."""
+    return dict(override) if override else default
 
 
 def deployment(
@@ -121,3 +132,13 @@ def service(
 
 def http_probe(path: str, port: int | str, **timing: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, **timing}
+
+
+@dataclass(frozen=True)
+class Installation:
+    """What the operator's installation adds to every render: the registry its third-party
+    images are mirrored in (empty: their upstream names), and who may scrape the metrics
+    of components behind a NetworkPolicy (a core/v1 NetworkPolicyPeer; none when None)."""
+
+    registry: str = ""
+    scrapers: dict[str, Any] | None = None

@@ -14,6 +14,7 @@ from tertulia.operator.render.common import (
     deployment,
     http_probe,
     pod_spec,
+    resources,
     restricted_container_security,
     service,
 )
@@ -42,7 +43,7 @@ def embeddings_url(bot: ChatBot) -> str:
     return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}/v1"
 
 
-def render_embeddings(bot: ChatBot, *, image: str) -> list[Manifest]:
+def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[Manifest]:
     if not runs_embeddings_server(bot):
         return []
     embedding = bot.spec.knowledge_base.embedding
@@ -61,7 +62,7 @@ def render_embeddings(bot: ChatBot, *, image: str) -> list[Manifest]:
     ]  # fmt: skip
     container: dict[str, Any] = {
         "name": "llama-server",
-        "image": images.LLAMACPP,
+        "image": embedding.image or images.mirrored(images.LLAMACPP, registry),
         "args": args,
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": http_probe("/health", PORT, periodSeconds=5, failureThreshold=120),
@@ -69,7 +70,10 @@ def render_embeddings(bot: ChatBot, *, image: str) -> list[Manifest]:
         "livenessProbe": http_probe(
             "/health", PORT, periodSeconds=15, timeoutSeconds=5, failureThreshold=4
         ),
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "resources": resources(
+            embedding.resources,
+            {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        ),
         # llama-server needs no root and writes nothing but its cache.
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH, "readOnly": True}],

@@ -14,6 +14,7 @@ from tertulia.operator.render.common import (
     http_probe,
     metadata,
     pod_spec,
+    resources,
     restricted_container_security,
     service,
 )
@@ -121,7 +122,10 @@ def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": http_probe("/readyz", "http", periodSeconds=5, timeoutSeconds=3),
         "livenessProbe": http_probe("/healthz", "http", periodSeconds=10, failureThreshold=3),
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": resources(
+            gateway.resources,
+            {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        ),
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }

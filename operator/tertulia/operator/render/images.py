@@ -25,3 +25,19 @@ THIRD_PARTY = {
     "memory": REDIS,
     "knowledge-base": WEAVIATE,
 }
+
+
+def mirrored(image: str, registry: str) -> str:
+    """`image` as pulled from `registry` (HOST or HOST/PATH): the upstream registry's host is
+    replaced and the repository kept, Docker Hub's implicit `library/` made explicit, the way
+    registry mirrors and pull-through caches lay images out. `image` itself when no registry."""
+    if not registry:
+        return image
+    first, _, rest = image.partition("/")
+    if not rest:
+        path = f"library/{image}"
+    elif "." in first or ":" in first or first == "localhost":
+        path = rest
+    else:
+        path = image
+    return f"{registry.rstrip('/')}/{path}"

@@ -16,6 +16,7 @@ from tertulia.operator.render.common import (
     labels,
     metadata,
     pod_spec,
+    resources,
     restricted_container_security,
     selector_labels,
 )
@@ -29,6 +30,8 @@ KEY_PATH = "/etc/tertulia/knowledge-base"
 # Long enough for Weaviate to start and the embeddings server to fetch its model.
 INGEST_WAIT_SECONDS = 900
 KEY = "api-key"
+# `tertulia kb ingest` exits 1 when a document could not be read.
+INGEST_UNREADABLE_EXIT = 1
 WEAVIATE_USER = "tertulia"
 
 
@@ -83,7 +86,11 @@ def key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def render_knowledge_base(
-    bot: ChatBot, *, image: str, source_digests: dict[str, str] | None = None
+    bot: ChatBot,
+    *,
+    image: str,
+    registry: str = "",
+    source_digests: dict[str, str] | None = None,
 ) -> list[Manifest]:
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
@@ -99,7 +106,7 @@ def render_knowledge_base(
         claim["spec"]["storageClassName"] = knowledge.storage_class_name
     container = {
         "name": "weaviate",
-        "image": images.WEAVIATE,
+        "image": knowledge.image or images.mirrored(images.WEAVIATE, registry),
         "env": [
             {"name": "PERSISTENCE_DATA_PATH", "value": "/var/lib/weaviate"},
             {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
@@ -124,7 +131,10 @@ def render_knowledge_base(
         ],
         "readinessProbe": http_probe("/v1/.well-known/ready", "http", periodSeconds=5),
         "livenessProbe": http_probe("/v1/.well-known/live", "http", periodSeconds=15),
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        "resources": resources(
+            knowledge.resources,
+            {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        ),
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/weaviate"}],
     }
@@ -204,6 +214,9 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+        # Its last lines (what failed) become the Pod's termination message, which the
+        # operator puts in KnowledgeBaseReady.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
         "apiVersion": "batch/v1",
@@ -211,6 +224,20 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
         "metadata": metadata(bot, INGEST, f"{bot.child(INGEST)}-{digest}"),
         "spec": {
             "backoffLimit": 3,
+            # Exit 1 is a document that cannot be read: retrying reads it again, so the Job
+            # fails at once. Exit 2 (Weaviate or the embeddings server failed) is retried.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": INGEST,
+                            "operator": "In",
+                            "values": [INGEST_UNREADABLE_EXIT],
+                        },
+                    }
+                ]
+            },
             "ttlSecondsAfterFinished": 86400,
             "template": {
                 "metadata": {"labels": labels(bot, INGEST)},
@@ -218,7 +245,8 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
                     bot,
                     [container],
                     volumes=volumes,
-                    restartPolicy="OnFailure",
+                    # A failure policy needs each try in a Pod of its own.
+                    restartPolicy="Never",
                     securityContext={"runAsNonRoot": True, "runAsUser": 10001},
                 ),
             },

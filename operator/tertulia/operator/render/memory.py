@@ -8,6 +8,7 @@ from tertulia.operator.render.common import (
     Manifest,
     deployment,
     pod_spec,
+    resources,
     restricted_container_security,
     service,
 )
@@ -20,10 +21,11 @@ def redis_url(bot: ChatBot) -> str:
     return f"redis://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}/0"
 
 
-def render_memory(bot: ChatBot) -> list[Manifest]:
+def render_memory(bot: ChatBot, *, registry: str = "") -> list[Manifest]:
+    memory = bot.spec.gateway.memory
     container = {
         "name": "redis",
-        "image": images.REDIS,
+        "image": memory.image or images.mirrored(images.REDIS, registry),
         # Memory is a cache of conversations: bounded, least-recently-used entries go first.
         "args": [
             "--save",
@@ -38,10 +40,10 @@ def render_memory(bot: ChatBot) -> list[Manifest]:
         "ports": [{"name": "redis", "containerPort": PORT}],
         "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 10},
-        "resources": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
-        },
+        "resources": resources(
+            memory.resources,
+            {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        ),
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }

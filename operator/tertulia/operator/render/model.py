@@ -12,6 +12,7 @@ from tertulia.operator.render.common import (
     Manifest,
     deployment,
     http_probe,
+    labels,
     metadata,
     pod_spec,
     restricted_container_security,
@@ -22,8 +23,9 @@ from tertulia.operator.render.common import (
 COMPONENT = "model"
 
 PORTS = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080}
-# Weights can take long to download and load: the startup probe waits up to an hour.
-_STARTUP = {"periodSeconds": 10, "failureThreshold": 360}
+# The startup probe's period; spec.model.startupTimeoutSeconds bounds its attempts.
+STARTUP_PERIOD = 10
+DEFAULT_LLAMACPP_CONTEXT = 8192
 
 
 def model_base_url(bot: ChatBot) -> str:
@@ -122,13 +124,21 @@ def model_selector(bot: ChatBot) -> str:
     return ",".join(f"{key}={value}" for key, value in selector_labels(bot, COMPONENT).items())
 
 
-def render_model_server(bot: ChatBot, *, image: str) -> list[Manifest]:
-    """The model server; `image` (Tertulia's) runs the init container that fetches weights."""
+def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list[Manifest]:
+    """The model server; `image` (Tertulia's) runs the init container that fetches weights,
+    `registry` mirrors the engine's default image.
+
+    Its weights cache decides the workload: without one, a Deployment over an emptyDir; with a
+    ReadWriteMany cache, a Deployment whose replicas share one claim (a download lock keeps
+    them from writing one file at once); with a ReadWriteOnce cache, a StatefulSet whose
+    claim templates give each replica its own claim, so replicas start on any node."""
     model = bot.spec.model
     if model.engine == "endpoint":
         return []
     port = PORTS[model.engine]
     container, volumes = _ENGINES[model.engine](bot, model, port)
+    if container["image"] is None:
+        container["image"] = images.mirrored(_default_image(model), registry)
     container.setdefault("ports", [{"name": "http", "containerPort": port}])
     container["env"] = [*container.get("env", []), *model.env]
     container["resources"] = _resources(model)
@@ -137,7 +147,9 @@ def render_model_server(bot: ChatBot, *, image: str) -> list[Manifest]:
         *container.get("volumeMounts", []),
         {"name": "cache", "mountPath": cache_mount},
     ]
-    volumes.append(_cache_volume(bot))
+    per_replica = model.cache is not None and model.cache.access_mode == "ReadWriteOnce"
+    if not per_replica:
+        volumes.append(_cache_volume(bot))
     extra: dict[str, Any] = {}
     source = parse(model.source) if model.source else None
     if source is not None and source.scheme == "pvc":
@@ -152,10 +164,14 @@ def render_model_server(bot: ChatBot, *, image: str) -> list[Manifest]:
             "fsGroup": FETCH_USER,
             "fsGroupChangePolicy": "OnRootMismatch",
         }
+    if model.runtime_class_name:
+        extra["runtimeClassName"] = model.runtime_class_name
+    if model.priority_class_name:
+        extra["priorityClassName"] = model.priority_class_name
     pod = pod_spec(
         bot,
         [container],
-        volumes=volumes,
+        volumes=volumes or None,
         nodeSelector=model.node_selector or None,
         tolerations=model.tolerations or None,
         affinity=model.affinity,
@@ -163,35 +179,97 @@ def render_model_server(bot: ChatBot, *, image: str) -> list[Manifest]:
         **extra,
     )
     pod = {key: value for key, value in pod.items() if value is not None}
-    manifests = [
-        deployment(
-            bot,
-            COMPONENT,
-            model.replicas,
-            pod,
-            # A cache volume is ReadWriteOnce: replace pods rather than surge beside them.
-            strategy={"type": "Recreate"} if model.cache else None,
-        ),
-        # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do.
-        service(bot, COMPONENT, port, metrics=model.engine != "ollama"),
-    ]
-    if model.cache is not None:
-        claim: dict[str, Any] = {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": model.cache.size}},
-        }
-        if model.cache.storage_class_name:
-            claim["storageClassName"] = model.cache.storage_class_name
+    # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do.
+    manifests = [service(bot, COMPONENT, port, metrics=model.engine != "ollama")]
+    if per_replica:
+        manifests.insert(0, _stateful_set(bot, pod))
+    else:
+        manifests.insert(0, deployment(bot, COMPONENT, model.replicas, pod))
+    if model.cache is not None and not per_replica:
         manifests.insert(
             0,
             {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
                 "metadata": metadata(bot, COMPONENT, bot.child("model-cache")),
-                "spec": claim,
+                "spec": _claim_spec(model),
             },
         )
     return manifests
+
+
+def _claim_spec(model: ModelSpec) -> dict[str, Any]:
+    assert model.cache is not None  # noqa: S101 - callers check
+    claim: dict[str, Any] = {
+        "accessModes": [model.cache.access_mode],
+        "resources": {"requests": {"storage": model.cache.size}},
+    }
+    if model.cache.storage_class_name:
+        claim["storageClassName"] = model.cache.storage_class_name
+    return claim
+
+
+def _stateful_set(bot: ChatBot, pod: dict[str, Any]) -> Manifest:
+    """Replicas with a cache claim each: started and stopped all at once (they share no
+    state), the claims kept on scale-down (a replica scaled back up finds its weights) and
+    deleted with the ChatBot."""
+    model = bot.spec.model
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(bot, COMPONENT),
+        "spec": {
+            "serviceName": bot.child(COMPONENT),
+            "replicas": model.replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(bot, COMPONENT)},
+            "template": {"metadata": {"labels": labels(bot, COMPONENT)}, "spec": pod},
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "cache", "labels": labels(bot, COMPONENT)},
+                    "spec": _claim_spec(model),
+                }
+            ],
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Retain",
+            },
+        },
+    }
+
+
+def _default_image(model: ModelSpec) -> str:
+    if model.engine == "vllm":
+        return images.VLLM
+    if model.engine == "ollama":
+        return images.OLLAMA
+    # The CPU build reserves no GPU it could use: with GPUs, the CUDA build.
+    return images.LLAMACPP_CUDA if model.gpu_count else images.LLAMACPP
+
+
+def _probes(model: ModelSpec, path: str, port: int) -> dict[str, dict[str, Any]]:
+    """Probes for a server that may be busy: a missed answer under load is not a reason to
+    restart it (a restart reloads its weights), a long silence is. Loading may take up to
+    the spec's startup allowance."""
+    return {
+        "startupProbe": http_probe(
+            path,
+            port,
+            periodSeconds=STARTUP_PERIOD,
+            timeoutSeconds=5,
+            failureThreshold=_startup_failures(model),
+        ),
+        "readinessProbe": http_probe(
+            path, port, periodSeconds=10, timeoutSeconds=5, failureThreshold=3
+        ),
+        "livenessProbe": http_probe(
+            path, port, periodSeconds=30, timeoutSeconds=10, failureThreshold=5
+        ),
+    }
+
+
+def _startup_failures(model: ModelSpec) -> int:
+    return -(-model.startup_timeout_seconds // STARTUP_PERIOD)
 
 
 def _resources(model: ModelSpec) -> dict[str, Any]:
@@ -227,21 +305,32 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
     if model.source is not None:
         source = parse(model.source)
         weights = weights_file(source) if source.scheme == "pvc" else source.location
+    # `vllm serve` (the image's entrypoint) takes the model as its positional argument; its
+    # --model flag is deprecated there.
     args = [
-        "--model", weights,
+        weights,
         "--served-model-name", name,
         "--port", str(port),
         "--tensor-parallel-size", str(model.gpu_count),
+        *(["--max-model-len", str(model.max_model_len)] if model.max_model_len else []),
+        *(
+            ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
+            if model.gpu_memory_utilization
+            else []
+        ),
         *model.args,
     ]  # fmt: skip
     container = {
         "name": "vllm",
-        "image": model.image or images.VLLM,
+        "image": model.image,
         "args": args,
-        "env": [{"name": "HF_HOME", "value": "/cache/huggingface"}, *_token_env(model, "HF_TOKEN")],
-        "startupProbe": http_probe("/health", port, **_STARTUP),
-        "readinessProbe": http_probe("/health", port, periodSeconds=5),
-        "livenessProbe": http_probe("/health", port, periodSeconds=15, failureThreshold=4),
+        "env": [
+            {"name": "HF_HOME", "value": "/cache/huggingface"},
+            # Compiled kernels and graphs: kept with the weights, so a restart skips them.
+            {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+            *_token_env(model, "HF_TOKEN"),
+        ],
+        **_probes(model, "/health", port),
         # Tensor-parallel workers talk through shared memory.
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],  # noqa: S108 - a memory volume
         "cache_path": "/cache",
@@ -249,28 +338,46 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
     return container, [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
 
 
+# Run in the container by the startup probe, with the model as $1 (never spliced into the
+# script): pull only when the cache lacks the model, so a cached replica starts with the
+# registry unreachable; then load it with one short generation, so the first user does not
+# wait for the load. The server itself is the container's PID 1 and stops on SIGTERM.
+OLLAMA_PREPARE = (
+    'ollama show "$1" >/dev/null 2>&1 || ollama pull "$1"; ollama run "$1" hi >/dev/null'
+)
+
+
 def _ollama(
     bot: ChatBot, model: ModelSpec, port: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     name = served_model_name(model)
-    # Serve, pull the model into the cache volume, then keep serving: ready once pulled.
-    script = (
-        "ollama serve & server=$!; "
-        "until ollama list >/dev/null 2>&1; do sleep 1; done; "
-        f"ollama pull '{name}' && wait $server"
-    )
+    env = [
+        {"name": "OLLAMA_HOST", "value": f"0.0.0.0:{port}"},
+        {"name": "OLLAMA_MODELS", "value": "/cache/models"},
+        # Keep the model loaded: by default Ollama unloads it after 5 idle minutes.
+        {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
+    ]
+    if model.max_model_len:
+        env.append({"name": "OLLAMA_CONTEXT_LENGTH", "value": str(model.max_model_len)})
     container = {
         "name": "ollama",
-        "image": model.image or images.OLLAMA,
-        "command": ["/bin/sh", "-c", script],
-        "args": model.args,
-        "env": [
-            {"name": "OLLAMA_HOST", "value": f"0.0.0.0:{port}"},
-            {"name": "OLLAMA_MODELS", "value": "/cache/models"},
-        ],
-        "startupProbe": {"exec": {"command": ["ollama", "show", name]}, **_STARTUP},
-        "readinessProbe": http_probe("/api/tags", port, periodSeconds=5),
-        "livenessProbe": http_probe("/api/tags", port, periodSeconds=15, failureThreshold=4),
+        "image": model.image,
+        # The image's entrypoint is /bin/ollama.
+        "args": ["serve"],
+        "env": env,
+        "startupProbe": {
+            "exec": {"command": ["/bin/sh", "-c", OLLAMA_PREPARE, "prepare", name]},
+            "periodSeconds": STARTUP_PERIOD,
+            # One run may pull for as long as the allowance: the kubelet stops it after that.
+            "timeoutSeconds": model.startup_timeout_seconds,
+            "failureThreshold": _startup_failures(model),
+        },
+        "readinessProbe": http_probe(
+            "/api/version", port, periodSeconds=10, timeoutSeconds=5, failureThreshold=3
+        ),
+        "livenessProbe": http_probe(
+            "/api/version", port, periodSeconds=30, timeoutSeconds=10, failureThreshold=5
+        ),
         "cache_path": "/cache",
     }
     return container, []
@@ -289,19 +396,16 @@ def _llamacpp(
         "--alias", served_model_name(model),
         "--host", "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "--port", str(port),
-        "--ctx-size", "8192",
+        "--ctx-size", str(model.max_model_len or DEFAULT_LLAMACPP_CONTEXT),
         "--metrics",
         *(["--n-gpu-layers", "999"] if model.gpu_count else []),
         *model.args,
     ]  # fmt: skip
     container = {
         "name": "llama-server",
-        # The CPU build reserves no GPU it could use: with GPUs, the CUDA build.
-        "image": model.image or (images.LLAMACPP_CUDA if model.gpu_count else images.LLAMACPP),
+        "image": model.image,
         "args": args,
-        "startupProbe": http_probe("/health", port, **_STARTUP),
-        "readinessProbe": http_probe("/health", port, periodSeconds=5),
-        "livenessProbe": http_probe("/health", port, periodSeconds=15, failureThreshold=4),
+        **_probes(model, "/health", port),
         "cache_path": CACHE_PATH,
     }
     return container, []

@@ -4,6 +4,8 @@ Workloads run under a ServiceAccount without an API token."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tertulia.operator.api import ChatBot
 from tertulia.operator.render.common import Manifest, metadata, selector_labels
 from tertulia.operator.render.embeddings import COMPONENT as EMBEDDINGS
@@ -23,6 +25,10 @@ _CLIENTS = {
 }
 
 
+# Those that serve /metrics on their `http` port (Ollama serves none; Redis none).
+_SERVES_METRICS = {MODEL, EMBEDDINGS}
+
+
 def render_service_account(bot: ChatBot) -> list[Manifest]:
     return [
         {
@@ -34,7 +40,12 @@ def render_service_account(bot: ChatBot) -> list[Manifest]:
     ]
 
 
-def render_network_policies(bot: ChatBot) -> list[Manifest]:
+def render_network_policies(
+    bot: ChatBot, *, scrapers: dict[str, Any] | None = None
+) -> list[Manifest]:
+    """One policy per component that only its clients may reach; `scrapers` (a
+    NetworkPolicyPeer, such as the monitoring namespace) may also reach the components that
+    serve Prometheus metrics, on their `http` port."""
     policies = []
     for component, clients in _CLIENTS.items():
         if component == MODEL and bot.spec.model.engine == "endpoint":
@@ -46,6 +57,10 @@ def render_network_policies(bot: ChatBot) -> list[Manifest]:
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]
+        rules: list[dict[str, Any]] = [{"from": sources}]
+        ollama = component == MODEL and bot.spec.model.engine == "ollama"
+        if scrapers and component in _SERVES_METRICS and not ollama:
+            rules.append({"from": [scrapers], "ports": [{"port": "http", "protocol": "TCP"}]})
         policies.append(
             {
                 "apiVersion": "networking.k8s.io/v1",
@@ -54,7 +69,7 @@ def render_network_policies(bot: ChatBot) -> list[Manifest]:
                 "spec": {
                     "podSelector": {"matchLabels": selector_labels(bot, component)},
                     "policyTypes": ["Ingress"],
-                    "ingress": [{"from": sources}],
+                    "ingress": rules,
                 },
             }
         )

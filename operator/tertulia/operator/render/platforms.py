@@ -9,6 +9,7 @@ from tertulia.operator.render.common import (
     Manifest,
     deployment,
     pod_spec,
+    resources,
     restricted_container_security,
     service,
 )
@@ -111,7 +112,10 @@ def _platform(
         "ports": ports,
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 10},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 15},
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "resources": resources(
+            spec.resources,
+            {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        ),
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }

@@ -1,0 +1,181 @@
+"""The model server as each engine's upstream expects it, and scaling with a weights cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tertulia.operator.api import CacheSpec, ChatBot
+from tertulia.operator.render import render_all
+from tests.unit.operator.test_render import IMAGE, by_ref, example
+
+
+def with_model(bot: ChatBot, **changes: Any) -> ChatBot:
+    model = bot.spec.model.model_copy(update=changes)
+    return bot.model_copy(update={"spec": bot.spec.model_copy(update={"model": model})})
+
+
+def model_workload(bot: ChatBot) -> dict[str, Any]:
+    (found,) = [
+        manifest
+        for manifest in render_all(bot, image=IMAGE)
+        if manifest["kind"] in ("Deployment", "StatefulSet")
+        and manifest["metadata"]["name"] == bot.child("model")
+    ]
+    return found
+
+
+def model_container(bot: ChatBot) -> dict[str, Any]:
+    container: dict[str, Any] = model_workload(bot)["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container["env"]}
+
+
+# vLLM
+
+
+def test_vllm_takes_the_model_as_its_positional_argument() -> None:
+    args = model_container(example("vllm-gpu-slack-kb"))["args"]
+    # The image's entrypoint is `vllm serve`: the model comes first, and never as --model.
+    assert args[0] == "Qwen/Qwen2.5-7B-Instruct"
+    assert "--model" not in args
+    assert args[args.index("--served-model-name") + 1] == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_vllm_keeps_its_compile_cache_and_weights_on_the_cache_volume() -> None:
+    container = model_container(example("vllm-gpu-slack-kb"))
+    (cache,) = [mount for mount in container["volumeMounts"] if mount["name"] == "cache"]
+    env = env_of(container)
+    assert env["VLLM_CACHE_ROOT"].startswith(cache["mountPath"] + "/")
+    assert env["HF_HOME"].startswith(cache["mountPath"] + "/")
+
+
+def test_context_length_and_gpu_memory_reach_vllm() -> None:
+    bot = with_model(example("vllm-gpu-slack-kb"), gpu_memory_utilization=0.85)
+    args = model_container(bot)["args"]
+    assert args[args.index("--max-model-len") + 1] == "32768"
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
+    unset = model_container(with_model(bot, max_model_len=None, gpu_memory_utilization=None))
+    assert "--max-model-len" not in unset["args"]
+    assert "--gpu-memory-utilization" not in unset["args"]
+
+
+@pytest.mark.parametrize("name", ["vllm-gpu-slack-kb", "all-platforms"])
+def test_a_busy_server_is_not_restarted_for_one_slow_answer(name: str) -> None:
+    container = model_container(example(name))
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+    assert liveness["timeoutSeconds"] >= 5 and readiness["timeoutSeconds"] >= 5
+    # A restart reloads the weights: only minutes of silence justify it.
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 120
+
+
+def test_the_startup_allowance_is_the_specs() -> None:
+    bot = with_model(example("vllm-gpu-slack-kb"), startup_timeout_seconds=7200)
+    probe = model_container(bot)["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 7200
+    default = model_container(example("vllm-gpu-slack-kb"))["startupProbe"]
+    assert default["periodSeconds"] * default["failureThreshold"] == 3600
+
+
+# Ollama
+
+
+def test_ollama_serve_is_pid_1_so_sigterm_stops_it() -> None:
+    container = model_container(example("cpu-ollama"))
+    assert "command" not in container  # the image's entrypoint, /bin/ollama
+    assert container["args"] == ["serve"]
+
+
+def test_ollama_pulls_only_what_its_cache_lacks_then_warms_the_model() -> None:
+    probe = model_container(example("cpu-ollama"))["startupProbe"]
+    shell, flag, script, zeroth, model = probe["exec"]["command"]
+    assert (shell, flag, zeroth, model) == ("/bin/sh", "-c", "prepare", "llama3.2:3b")
+    # The registry is asked only when `ollama show` finds nothing in the cache.
+    assert script.index("ollama show") < script.index("|| ollama pull") < script.index("ollama run")
+    # The name reaches the script as $1, never spliced into it.
+    assert "llama3.2" not in script
+    # A pull may take as long as the allowance; the kubelet would cut it at 1 second.
+    assert probe["timeoutSeconds"] == 3600
+
+
+def test_ollama_keeps_the_model_loaded_and_takes_the_context_length() -> None:
+    bot = with_model(example("cpu-ollama"), max_model_len=16384)
+    env = env_of(model_container(bot))
+    assert env["OLLAMA_KEEP_ALIVE"] == "-1"
+    assert env["OLLAMA_CONTEXT_LENGTH"] == "16384"
+    assert env["OLLAMA_MODELS"].startswith("/cache/")
+
+
+# llama.cpp
+
+
+def test_llamacpp_context_is_the_specs_or_8192() -> None:
+    bot = example("all-platforms")
+    args = model_container(bot)["args"]
+    assert args[args.index("--ctx-size") + 1] == "8192"
+    args = model_container(with_model(bot, max_model_len=32768))["args"]
+    assert args[args.index("--ctx-size") + 1] == "32768"
+
+
+# Scaling with a cache
+
+
+def test_without_a_cache_replicas_share_nothing_and_roll() -> None:
+    bot = with_model(example("cpu-ollama"), cache=None, replicas=3)
+    workload = model_workload(bot)
+    assert workload["kind"] == "Deployment"
+    assert workload["spec"]["replicas"] == 3
+    assert "strategy" not in workload["spec"]
+    volumes = workload["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "cache", "emptyDir": {}} in volumes
+
+
+def test_a_read_write_once_cache_gives_each_replica_a_claim_of_its_own() -> None:
+    bot = with_model(example("cpu-ollama"), replicas=3)
+    manifests = render_all(bot, image=IMAGE)
+    workload = model_workload(bot)
+    assert workload["kind"] == "StatefulSet"
+    assert workload["spec"]["replicas"] == 3
+    (template,) = workload["spec"]["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "cache"
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert template["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    # No claim that several replicas on different nodes would fight over.
+    assert not [m for m in manifests if m["kind"] == "PersistentVolumeClaim"]
+    pod = workload["spec"]["template"]["spec"]
+    assert all(volume["name"] != "cache" for volume in pod.get("volumes", []))
+    # Replicas start together; a replica scaled away keeps its weights for its return.
+    assert workload["spec"]["podManagementPolicy"] == "Parallel"
+    assert workload["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Delete",
+        "whenScaled": "Retain",
+    }
+
+
+def test_a_read_write_many_cache_is_one_claim_every_replica_mounts() -> None:
+    bot = with_model(
+        example("cpu-ollama"),
+        replicas=3,
+        cache=CacheSpec(size="10Gi", access_mode="ReadWriteMany", storage_class_name="nfs"),
+    )
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    claim = manifests["PersistentVolumeClaim", "helpdesk-model-cache"]["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]
+    assert claim["storageClassName"] == "nfs"
+    workload = manifests["Deployment", "helpdesk-model"]
+    volumes = workload["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "helpdesk-model-cache"}} in (
+        volumes
+    )
+
+
+def test_per_replica_claims_hold_the_llamacpp_download_and_its_fetcher_can_write_them() -> None:
+    workload = model_workload(example("all-platforms"))
+    pod = workload["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert {"name": "cache", "mountPath": "/models"} in fetch["volumeMounts"]
+    assert pod["securityContext"]["fsGroup"] == 10001

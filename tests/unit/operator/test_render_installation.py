@@ -1,0 +1,171 @@
+"""What a cluster's installation asks of every render: mirrored images, pull Secrets,
+priorities, runtime classes, resources for each component, and the metrics scrape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tertulia.operator.api import ChatBot, ChatBotSpec, SecretRef
+from tertulia.operator.render import Installation, render_all
+from tertulia.operator.render.images import THIRD_PARTY, mirrored
+from tests.unit.operator.test_render import EXAMPLES, IMAGE, by_ref, example, load
+
+
+def pods(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each workload's pod template, by the workload's name."""
+    found = {}
+    for manifest in manifests:
+        spec = manifest.get("spec", {})
+        if manifest["kind"] in ("Deployment", "StatefulSet"):
+            found[manifest["metadata"]["name"]] = spec["template"]["spec"]
+        elif manifest["kind"] == "Job":
+            found[manifest["metadata"]["name"]] = spec["template"]["spec"]
+    return found
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def with_spec(bot: ChatBot, spec: dict[str, Any]) -> ChatBot:
+    body = bot.spec.model_dump(by_alias=True, exclude_unset=True)
+    return bot.model_copy(update={"spec": ChatBotSpec.model_validate(_merge(body, spec))})
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("image", "mirror"),
+    [
+        ("redis:7.4.6-alpine", "mirror.corp:5000/hub/library/redis:7.4.6-alpine"),
+        ("vllm/vllm-openai:v0.11.0", "mirror.corp:5000/hub/vllm/vllm-openai:v0.11.0"),
+        (
+            "ghcr.io/ggml-org/llama.cpp:server-b11312",
+            "mirror.corp:5000/hub/ggml-org/llama.cpp:server-b11312",
+        ),
+        ("localhost/tool:1", "mirror.corp:5000/hub/tool:1"),
+    ],
+)
+def test_a_mirror_keeps_the_repository_and_replaces_the_registry(image: str, mirror: str) -> None:
+    assert mirrored(image, "mirror.corp:5000/hub/") == mirror
+    assert mirrored(image, "") == image
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+def test_with_a_registry_every_third_party_image_comes_from_it(path: Any) -> None:
+    bot = load(path)
+    manifests = render_all(bot, image=IMAGE, installation=Installation(registry="mirror.corp"))
+    for name, pod in pods(manifests).items():
+        for container in containers(pod):
+            assert container["image"] == IMAGE or container["image"].startswith("mirror.corp/"), (
+                name
+            )
+    upstream = render_all(bot, image=IMAGE)
+    used = {c["image"] for pod in pods(upstream).values() for c in containers(pod)} - {IMAGE}
+    assert used <= set(THIRD_PARTY.values())
+
+
+def test_every_image_can_be_overridden_in_the_spec() -> None:
+    bot = with_spec(
+        example("vllm-gpu-slack-kb"),
+        {
+            "model": {"image": "corp/vllm:1"},
+            "gateway": {"image": "corp/tertulia:1", "memory": {"image": "corp/redis:1"}},
+            "knowledgeBase": {"image": "corp/weaviate:1", "embedding": {"image": "corp/llama:1"}},
+        },
+    )
+    found = {
+        name: pod["containers"][0]["image"]
+        for name, pod in pods(render_all(bot, image=IMAGE)).items()
+    }
+    assert found["harbour-model"] == "corp/vllm:1"
+    assert found["harbour-gateway"] == "corp/tertulia:1"
+    assert found["harbour-memory"] == "corp/redis:1"
+    assert found["harbour-knowledge-base"] == "corp/weaviate:1"
+    assert found["harbour-embeddings"] == "corp/llama:1"
+
+
+def test_pull_secrets_and_priority_reach_every_pod_and_the_model_may_differ() -> None:
+    bot = with_spec(
+        example("all-platforms"),
+        {
+            "imagePullSecrets": [{"name": "mirror-credentials"}],
+            "priorityClassName": "chat",
+            "model": {"priorityClassName": "gpu-inference", "runtimeClassName": "nvidia"},
+            "knowledgeBase": {"enabled": True, "sources": [{"configMap": {"name": "docs"}}]},
+        },
+    )
+    assert bot.spec.image_pull_secrets == [SecretRef(name="mirror-credentials")]
+    found = pods(render_all(bot, image=IMAGE))
+    assert len(found) >= 8  # model, memory, gateway, embeddings, Weaviate, ingest, 3 bots
+    for name, pod in found.items():
+        assert pod["imagePullSecrets"] == [{"name": "mirror-credentials"}], name
+        expected = "gpu-inference" if name == "tertulia-model" else "chat"
+        assert pod["priorityClassName"] == expected, name
+        assert ("runtimeClassName" in pod) == (name == "tertulia-model"), name
+    assert found["tertulia-model"]["runtimeClassName"] == "nvidia"
+
+
+def test_resources_are_settable_for_every_component() -> None:
+    sized = {"requests": {"cpu": "3", "memory": "3Gi"}, "limits": {"memory": "5Gi"}}
+    bot = with_spec(
+        example("all-platforms"),
+        {
+            "gateway": {"resources": sized, "memory": {"resources": sized}},
+            "knowledgeBase": {
+                "enabled": True,
+                "resources": sized,
+                "embedding": {"resources": sized},
+            },
+            "platforms": {
+                "slack": {"resources": sized},
+                "discord": {"resources": sized},
+                "telegram": {"resources": sized},
+            },
+        },
+    )
+    found = pods(render_all(bot, image=IMAGE))
+    for name in (
+        "tertulia-gateway",
+        "tertulia-memory",
+        "tertulia-knowledge-base",
+        "tertulia-embeddings",
+        "tertulia-slack",
+        "tertulia-discord",
+        "tertulia-telegram",
+    ):
+        assert found[name]["containers"][0]["resources"] == sized, name
+    defaults = pods(render_all(example("all-platforms"), image=IMAGE))
+    assert defaults["tertulia-gateway"]["containers"][0]["resources"] != sized
+
+
+def test_scrapers_reach_the_metrics_of_the_components_behind_a_policy() -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    bot = with_spec(example("all-platforms"), {"knowledgeBase": {"enabled": True}})
+    manifests = by_ref(render_all(bot, image=IMAGE, installation=Installation(scrapers=monitoring)))
+    for policy in ("tertulia-model-ingress", "tertulia-embeddings-ingress"):
+        rules = manifests["NetworkPolicy", policy]["spec"]["ingress"]
+        assert {"from": [monitoring], "ports": [{"port": "http", "protocol": "TCP"}]} in rules
+    for policy in ("tertulia-memory-ingress", "tertulia-knowledge-base-ingress"):
+        rules = manifests["NetworkPolicy", policy]["spec"]["ingress"]
+        assert all(monitoring not in rule["from"] for rule in rules), policy
+    # Ollama serves no metrics: nothing to let in.
+    ollama = by_ref(
+        render_all(
+            example("cpu-ollama"), image=IMAGE, installation=Installation(scrapers=monitoring)
+        )
+    )
+    assert len(ollama["NetworkPolicy", "helpdesk-model-ingress"]["spec"]["ingress"]) == 1
+    # Without scrapers, only the clients.
+    plain = by_ref(render_all(bot, image=IMAGE))
+    assert len(plain["NetworkPolicy", "tertulia-model-ingress"]["spec"]["ingress"]) == 1
