@@ -18,9 +18,7 @@ def pods(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     found = {}
     for manifest in manifests:
         spec = manifest.get("spec", {})
-        if manifest["kind"] in ("Deployment", "StatefulSet"):
-            found[manifest["metadata"]["name"]] = spec["template"]["spec"]
-        elif manifest["kind"] == "Job":
+        if manifest["kind"] in ("Deployment", "StatefulSet") or manifest["kind"] == "Job":
             found[manifest["metadata"]["name"]] = spec["template"]["spec"]
     return found
 
