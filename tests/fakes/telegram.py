@@ -92,6 +92,8 @@ class FakeTelegram(FakePlatform):
         self.actions: list[dict[str, Any]] = []
         self.webhook: dict[str, Any] = {}
         self.refuse_html = False
+        # Forum supergroups and their topics; any other thread id on a send is refused.
+        self.forum_topics: dict[int, set[int]] = {}
         # Each fake counts from its own start, as each bot's updates do on Telegram.
         self._update_ids = itertools.count(random.randint(1, 10**8) * 1000)
         self._message_ids = itertools.count(1)
@@ -151,8 +153,16 @@ class FakeTelegram(FakePlatform):
             return list(self.updates)
 
     async def api_sendChatAction(self, body: dict[str, Any]) -> bool:
+        self._check_thread(body)
         self.actions.append(body)
         return True
+
+    def _check_thread(self, body: dict[str, Any]) -> None:
+        """A message_thread_id names a forum topic; a reply chain's thread, or any thread of
+        a group that is not a forum, is refused as Telegram does."""
+        thread = body.get("message_thread_id")
+        if thread and int(thread) not in self.forum_topics.get(int(body["chat_id"]), set()):
+            raise ValueError("message thread not found")
 
     async def api_sendMessageDraft(self, body: dict[str, Any]) -> bool:
         if int(body["chat_id"]) < 0:
@@ -178,6 +188,7 @@ class FakeTelegram(FakePlatform):
     async def api_sendMessage(self, body: dict[str, Any]) -> dict[str, Any]:
         text, parse_mode = str(body.get("text") or ""), body.get("parse_mode")
         self._check(text, parse_mode)
+        self._check_thread(body)
         chat_id = int(body["chat_id"])
         message_id = next(self._message_ids)
         reply = body.get("reply_parameters") or {}
@@ -226,9 +237,11 @@ class FakeTelegram(FakePlatform):
         *,
         is_bot: bool = False,
         reply_to_bot: bool = False,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         """An update with a text message, with `bot_command` and `mention` entities as
-        Telegram sets them."""
+        Telegram sets them. A reply carries its chain's thread id, as in any supergroup; a
+        message in a forum's `topic` carries the topic's, marked as a topic message."""
         entities = []
         if text.startswith("/"):
             entities.append({"type": "bot_command", "offset": 0, "length": len(text.split()[0])})
@@ -237,10 +250,12 @@ class FakeTelegram(FakePlatform):
             entities.append(
                 {"type": "mention", "offset": text.index(mention), "length": len(mention)}
             )
+        if topic is not None:
+            self.forum_topics.setdefault(chat_id, set()).add(topic)
         message: dict[str, Any] = {
             "message_id": next(self._message_ids),
             "date": int(time.time()),
-            "chat": _chat(chat_id),
+            "chat": _chat(chat_id, forum=chat_id in self.forum_topics),
             "from": {"id": user_id, "is_bot": is_bot, "first_name": f"User {user_id}"},
             "text": text,
         }
@@ -248,6 +263,11 @@ class FakeTelegram(FakePlatform):
             message["entities"] = entities
         if reply_to_bot:
             message["reply_to_message"] = self._message_json(chat_id, 1, "an earlier answer")
+            if chat_id < 0:
+                message["message_thread_id"] = 1  # the chain's first message
+        if topic is not None:
+            message["message_thread_id"] = topic
+            message["is_topic_message"] = True
         return {"update_id": next(self._update_ids), "message": message}
 
     def push_update(self, update: dict[str, Any]) -> None:
@@ -267,10 +287,13 @@ class FakeTelegram(FakePlatform):
         return httpx.post(url, json=update, headers=headers, timeout=10).status_code
 
 
-def _chat(chat_id: int) -> dict[str, Any]:
+def _chat(chat_id: int, *, forum: bool = False) -> dict[str, Any]:
     if chat_id > 0:
         return {"id": chat_id, "type": "private", "first_name": f"User {chat_id}"}
-    return {"id": chat_id, "type": "supergroup", "title": f"Group {chat_id}"}
+    chat: dict[str, Any] = {"id": chat_id, "type": "supergroup", "title": f"Group {chat_id}"}
+    if forum:
+        chat["is_forum"] = True
+    return chat
 
 
 def _error(status: int, description: str, **extra: Any) -> web.Response:

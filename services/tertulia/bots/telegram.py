@@ -62,12 +62,13 @@ class TelegramReply(Reply):
         self.private = message.chat.type == ChatType.PRIVATE
         self.draft_id = draft_id
         self.sent: dict[int, Message] = {}
+        self.topic = forum_topic(message)
 
     async def typing(self) -> None:
         await self.message.get_bot().send_chat_action(
             self.message.chat_id,
             ChatAction.TYPING,
-            message_thread_id=self.message.message_thread_id,
+            message_thread_id=self.topic,
         )
 
     async def show(self, index: int, text: str) -> None:
@@ -108,9 +109,16 @@ class TelegramReply(Reply):
             self.message.chat_id,
             text,
             parse_mode=parse_mode,
-            message_thread_id=self.message.message_thread_id,
+            message_thread_id=self.topic,
             reply_parameters=reply_to,
         )
+
+
+def forum_topic(message: Message) -> int | None:
+    """The forum topic a message was posted in, where answers must go too. A reply chain in
+    an ordinary group also carries a thread id, which Telegram refuses on a send ("message
+    thread not found"): only a topic message's counts."""
+    return message.message_thread_id if message.is_topic_message else None
 
 
 def incoming(update: Update, bot_id: int, bot_username: str) -> IncomingMessage | None:
@@ -123,7 +131,7 @@ def incoming(update: Update, bot_id: int, bot_username: str) -> IncomingMessage 
     return IncomingMessage(
         platform="telegram",
         channel=str(message.chat_id),
-        thread=str(message.message_thread_id) if message.message_thread_id else None,
+        thread=str(topic) if (topic := forum_topic(message)) else None,
         user=str(message.from_user.id),
         text=message.text,
         direct=message.chat.type == ChatType.PRIVATE,

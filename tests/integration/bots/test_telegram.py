@@ -104,6 +104,28 @@ def test_group_answers_only_mentions_replies_and_commands(
     assert replies(fake_telegram, group, 3)[-1].text == as_shown(HELP_TEXT)
 
 
+def test_a_forum_topic_is_answered_in_its_topic_with_a_memory_of_its_own(
+    fake_telegram: telegram.FakeTelegram, polling_bot: ManagedProcess, gateway: Gateway
+) -> None:
+    group, user, topic = new_group(), new_user(), random.randint(2, 10_000)
+    fake_telegram.push_update(
+        fake_telegram.text_update(group, user, "@tertulia_bot name a fish.", topic=topic)
+    )
+    [reply] = replies(fake_telegram, group)
+    assert reply.thread == str(topic)
+    # The topic is a conversation of its own.
+    answer = eventually(
+        lambda: gateway.last_answer(f"telegram:{group}:{topic}", f"telegram:{user}"), timeout=120
+    )
+    eventually(
+        lambda: fake_telegram.sent(str(group))[0].text.strip() == as_shown(answer).strip(),
+        timeout=30,
+        what="the whole answer in the topic",
+    )
+    typing = [a for a in fake_telegram.actions if int(a["chat_id"]) == group]
+    assert typing and all(int(a["message_thread_id"]) == topic for a in typing)
+
+
 def test_own_and_other_bots_messages_get_no_reply(
     fake_telegram: telegram.FakeTelegram, polling_bot: ManagedProcess
 ) -> None:
