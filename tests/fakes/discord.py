@@ -27,6 +27,9 @@ TOKEN = "MTEwMDAwMDAwMDAwMDAwMDAwMQ.FakeDc.discord-token-for-the-test-bed"
 BOT_ID = "1100000000000000001"
 APPLICATION_ID = "1100000000000000002"
 GUILD_ID = "1200000000000000001"
+# GUILD_MEMBERS, GUILD_PRESENCES and MESSAGE_CONTENT: what the developer portal must grant.
+PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
+MESSAGE_CONTENT = 1 << 15
 CHANNEL_ID = "1200000000000000002"
 MESSAGE_LIMIT = 2000
 _ALL_PERMISSIONS = str((1 << 50) - 1)
@@ -77,6 +80,8 @@ class FakeDiscord(FakePlatform):
     def __init__(self) -> None:
         super().__init__()
         self.identified = 0
+        # The privileged intents switched on for the app in the developer portal: none.
+        self.granted_intents = 0
         self.commands: list[dict[str, Any]] = []
         self.interaction_callbacks: list[dict[str, Any]] = []
         self.typing: list[str] = []
@@ -85,6 +90,7 @@ class FakeDiscord(FakePlatform):
         self._sequence = itertools.count(1)
         self._interactions: dict[str, str] = {}
         self._senders: dict[web.WebSocketResponse, Callable[[dict[str, Any]], Awaitable[None]]] = {}
+        self._intents: dict[web.WebSocketResponse, int] = {}
 
     def snowflake(self) -> str:
         return str(next(self._ids))
@@ -132,6 +138,8 @@ class FakeDiscord(FakePlatform):
             return _json(self._application())
         if route == "GET gateway":
             return _json({"url": f"ws://{self.host}:{self.port}/gw"})
+        if request.method == "GET" and parts[0] == "applications" and parts[-1] == "commands":
+            return _json(self.commands)
         if request.method == "PUT" and parts[0] == "applications" and parts[-1] == "commands":
             self.commands = [
                 {
@@ -300,12 +308,20 @@ class FakeDiscord(FakePlatform):
             if payload["op"] == 1:
                 await send({"op": 11, "d": None, "s": None, "t": None})
             elif payload["op"] in (2, 6):  # IDENTIFY, or RESUME answered by a fresh session
+                intents = int((payload.get("d") or {}).get("intents") or 0)
+                if intents & PRIVILEGED_INTENTS & ~self.granted_intents:
+                    # As Discord closes a session asking for a privileged intent the app was
+                    # not granted; discord.py raises PrivilegedIntentsRequired.
+                    await socket.close(code=4014, message=b"Disallowed intent(s).")
+                    break
+                self._intents[socket] = intents
                 self.identified += 1
                 await send(self._dispatch("READY", self._ready()))
                 await send(self._dispatch("GUILD_CREATE", self._guild()))
                 self.sockets.append(socket)
         if socket in self.sockets:
             self.sockets.remove(socket)
+        self._intents.pop(socket, None)
         return socket
 
     def _dispatch(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +399,10 @@ class FakeDiscord(FakePlatform):
     def _send(self, event: str, data: dict[str, Any]) -> None:
         async def send() -> None:
             live = [socket for socket in self.sockets if not socket.closed]
-            await self._senders[live[-1]](self._dispatch(event, data))
+            payload = data
+            if event == "MESSAGE_CREATE":
+                payload = _as_seen(data, self._intents.get(live[-1], 0))
+            await self._senders[live[-1]](self._dispatch(event, payload))
 
         self.call(send())
 
@@ -464,6 +483,16 @@ class FakeDiscord(FakePlatform):
             await asyncio.gather(*(socket.close(code=4000) for socket in list(self.sockets)))
 
         self.call(close())
+
+
+def _as_seen(message: dict[str, Any], intents: int) -> dict[str, Any]:
+    """A message as a session without the message-content intent receives it: the content
+    is there only in direct messages, messages that mention the bot and the bot's own."""
+    if intents & MESSAGE_CONTENT or "guild_id" not in message:
+        return message
+    if message["author"]["id"] == BOT_ID or any(m["id"] == BOT_ID for m in message["mentions"]):
+        return message
+    return {**message, "content": "", "embeds": [], "attachments": []}
 
 
 def _route_pattern(route: str) -> str:

@@ -1,13 +1,16 @@
 """Discord with discord.py: mentions and direct messages, `/ask` and `/reset` commands.
 
-Needs the privileged message-content intent. Answers reply to the message and are streamed
-by editing that reply; `/ask` streams into the command's response. Help is an embed.
+Needs no privileged intent: Discord delivers the content of messages that mention the bot and
+of direct messages without the message-content intent, and those are all the bot answers.
+Answers reply to the message and are streamed by editing that reply; `/ask` streams into the
+command's response. Help is an embed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import discord
 import yarl
@@ -87,6 +90,34 @@ class InteractionReply(Reply):
             )
 
 
+async def commands_changed(tree: app_commands.CommandTree[discord.Client]) -> bool:
+    """Whether the tree's global commands differ from those registered with Discord."""
+    registered = await tree.fetch_commands()
+    ours = [command.to_dict(tree) for command in tree.get_commands()]
+    return _signature(ours) != _signature([command.to_dict() for command in registered])
+
+
+def _signature(commands: list[Any]) -> list[tuple[Any, ...]]:
+    """What a user sees of each command: its name, description and options."""
+    return sorted(
+        (
+            command["name"],
+            command.get("description", ""),
+            command.get("type", 1),
+            tuple(
+                (
+                    option["name"],
+                    option.get("description", ""),
+                    option["type"],
+                    bool(option.get("required")),
+                )
+                for option in command.get("options") or []
+            ),
+        )
+        for command in commands
+    )
+
+
 def help_embed(text: str) -> discord.Embed:
     return discord.Embed(title="Tertulia", description=text, colour=discord.Colour.blurple())
 
@@ -118,9 +149,9 @@ def command_message(interaction: discord.Interaction, text: str) -> IncomingMess
 
 class TertuliaClient(discord.Client):
     def __init__(self, runtime: BotRuntime) -> None:
-        intents = discord.Intents.default()
-        intents.message_content = True  # privileged: enable it in the developer portal
-        super().__init__(intents=intents, allowed_mentions=_NO_MENTIONS)
+        # The default intents hold no privileged one: nothing to switch on in the portal,
+        # where a missing toggle would close the connection (4014) and crash-loop the pod.
+        super().__init__(intents=discord.Intents.default(), allowed_mentions=_NO_MENTIONS)
         self.runtime = runtime
         self.limit = runtime.settings.limit(MESSAGE_LIMIT)
         self.tree = app_commands.CommandTree(self)
@@ -148,8 +179,11 @@ class TertuliaClient(discord.Client):
         return InteractionReply(interaction, self.limit)
 
     async def setup_hook(self) -> None:
-        # Registers /ask, /reset and /help globally; Discord shows them within minutes.
-        await self.tree.sync()
+        # Registers /ask, /reset and /help globally, only when they differ from what Discord
+        # holds: each sync counts against a daily limit, and every restart would spend one.
+        if await commands_changed(self.tree):
+            await self.tree.sync()
+            logger.info("registered the slash commands")
 
     async def on_ready(self) -> None:
         self.runtime.connected = True

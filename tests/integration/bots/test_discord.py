@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -143,6 +144,46 @@ def test_slash_commands_ask_reset_and_help(
         timeout=30,
         what="help as an embed",
     )
+
+
+def test_it_asks_for_no_privileged_intent_and_still_reads_its_mentions(
+    fake_discord: discord.FakeDiscord, discord_bot: ManagedProcess, gateway: Gateway
+) -> None:
+    # The fake grants none, as a fresh application in the developer portal: asking for one
+    # would have closed the session with 4014.
+    assert fake_discord.granted_intents == 0 and fake_discord.identified >= 1
+    author = new_user()
+    fake_discord.post_message("Is the tide high?", author=author, mention_bot=True)
+    answered(fake_discord, gateway, discord.CHANNEL_ID, author)
+    turns = gateway.conversation(CONVERSATION, f"discord:{author}")
+    assert turns and turns[0]["content"] == "Is the tide high?"
+
+
+def test_slash_commands_are_registered_again_only_when_they_changed(
+    tmp_path: Path,
+    fake_discord: discord.FakeDiscord,
+    discord_bot: ManagedProcess,
+    gateway: Gateway,
+) -> None:
+    route = f"PUT applications/{discord.APPLICATION_ID}/commands"
+    assert len(fake_discord.called(route)) == 1
+    settings = gateway.bot_settings() | settings_for(fake_discord)
+
+    def restart(name: str) -> None:
+        identified = fake_discord.identified
+        process, _ = start_bot("discord", tmp_path, settings, {"token": discord.TOKEN}, name=name)
+        try:
+            eventually(lambda: fake_discord.identified > identified, timeout=60)
+        finally:
+            process.stop()
+
+    restart("same-commands")
+    assert len(fake_discord.called(route)) == 1
+    # What an older release registered: a description since changed.
+    fake_discord.commands[0] = {**fake_discord.commands[0], "description": "An old text."}
+    restart("changed-commands")
+    assert len(fake_discord.called(route)) == 2
+    assert "An old text." not in {command["description"] for command in fake_discord.commands}
 
 
 def test_rate_limited_send_is_waited_out_and_retried(
