@@ -29,6 +29,10 @@ TEAM = "T0FAKE"
 BOT_USER = "U0TERTULIA"
 BOT_ID = "B0TERTULIA"
 MESSAGE_LIMIT = 40_000
+# What one markdown_text of the streaming methods may hold.
+MARKDOWN_TEXT_LIMIT = 12_000
+# Tier 3 methods (chat.update): calls per minute per workspace before Slack answers 429.
+TIER_3_PER_MINUTE = 50
 
 
 class FakeSlack(FakePlatform):
@@ -38,6 +42,7 @@ class FakeSlack(FakePlatform):
         self.statuses: list[dict[str, Any]] = []
         self.streaming_enabled = True
         self._ts = itertools.count(1)
+        self._updates: list[float] = []
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -61,6 +66,8 @@ class FakeSlack(FakePlatform):
         if token != expected:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         retry_after = self.take_rate_limit(method)
+        if retry_after is None and method == "chat.update":
+            retry_after = self._tier_3(method)
         if retry_after is not None:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"},
@@ -72,6 +79,18 @@ class FakeSlack(FakePlatform):
             return web.json_response({"ok": False, "error": "unknown_method"})
         result: dict[str, Any] = await handler(body)
         return web.json_response(result)
+
+    def _tier_3(self, method: str) -> float | None:
+        """Seconds until chat.update has a call left in its rolling minute; None if it has
+        one now (the call is counted), as Slack rate-limits the method per workspace."""
+        now = time.monotonic()
+        self._updates = [at for at in self._updates if at > now - 60]
+        if len(self._updates) >= TIER_3_PER_MINUTE:
+            with self._lock:
+                self.rate_limited.append((method, now))
+            return max(1.0, self._updates[0] + 60 - now)
+        self._updates.append(now)
+        return None
 
     async def api_auth_test(self, _: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -121,7 +140,11 @@ class FakeSlack(FakePlatform):
         if isinstance(chunks, str):
             chunks = json.loads(chunks)
         text = str(body.get("markdown_text") or "")
-        return text + "".join(c.get("text", "") for c in chunks if c.get("type") == "markdown_text")
+        text += "".join(c.get("text", "") for c in chunks if c.get("type") == "markdown_text")
+        # The markdown_text field, or markdown_text chunks (as slack_sdk's ChatStream sends).
+        if len(text) > MARKDOWN_TEXT_LIMIT:
+            raise ValueError("msg_too_long")
+        return text
 
     async def api_chat_startStream(self, body: dict[str, Any]) -> dict[str, Any]:
         if not self.streaming_enabled:
@@ -130,10 +153,12 @@ class FakeSlack(FakePlatform):
             return {"ok": False, "error": "invalid_arguments"}
         if body.get("channel", "").startswith("C") and not body.get("recipient_user_id"):
             return {"ok": False, "error": "missing_recipient_user_id"}
+        try:
+            text = self._stream_text(body)
+        except ValueError as error:
+            return {"ok": False, "error": str(error)}
         ts = self.next_ts()
-        message = SentMessage(
-            str(body["channel"]), ts, self._stream_text(body), thread=str(body["thread_ts"])
-        )
+        message = SentMessage(str(body["channel"]), ts, text, thread=str(body["thread_ts"]))
         message.extra["streaming"] = True
         self.add_message(message)
         return {"ok": True, "channel": body["channel"], "ts": ts}
@@ -142,7 +167,10 @@ class FakeSlack(FakePlatform):
         message = next((m for m in self.sent() if m.id == body.get("ts")), None)
         if message is None or not message.extra.get("streaming"):
             return {"ok": False, "error": "message_not_in_streaming_state"}
-        text = message.text + self._stream_text(body)
+        try:
+            text = message.text + self._stream_text(body)
+        except ValueError as error:
+            return {"ok": False, "error": str(error)}
         if len(text) > MESSAGE_LIMIT:
             return {"ok": False, "error": "msg_too_long"}
         self.edit_message(message.id, text)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -29,15 +32,51 @@ MESSAGE_LIMIT = 40_000
 SLACK_API = "https://slack.com/api/"
 # Retries of a 429, each after the Retry-After Slack sends.
 RATE_LIMIT_RETRIES = 5
+# One markdown_text of chat.startStream, appendStream or stopStream holds at most this much.
+MARKDOWN_TEXT_LIMIT = 12_000
+# chat.update is a Tier 3 method: about 50 calls a minute per workspace, whatever the number
+# of answers streaming at once. A little under, for the calls in flight.
+UPDATES_PER_MINUTE = 45
+
+
+class MethodBudget:
+    """The calls of one Web API method this process may make, evenly spaced so that no
+    minute holds more than `per_minute` of them."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 60.0 / per_minute
+        self.clock = clock
+        self.next_at = -math.inf
+
+    def try_take(self) -> bool:
+        """A call now, if the budget has one; a preview that finds none is skipped."""
+        now = self.clock()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.interval
+        return True
+
+    async def take(self) -> None:
+        """Wait for the next call the budget allows: for what must be sent."""
+        now = self.clock()
+        start = max(now, self.next_at)
+        self.next_at = start + self.interval
+        await asyncio.sleep(start - now)
 
 
 class SlackReply(Reply):
     append_only = True
 
     def __init__(
-        self, client: AsyncWebClient, event: dict[str, Any], team: str | None, limit: int
+        self,
+        client: AsyncWebClient,
+        event: dict[str, Any],
+        team: str | None,
+        limit: int,
+        updates: MethodBudget,
     ) -> None:
         self.client = client
+        self.updates = updates
         self.channel = str(event["channel"])
         self.thread_ts = str(event.get("thread_ts") or event["ts"])
         self.team = team
@@ -67,14 +106,15 @@ class SlackReply(Reply):
                     extra={"error": error.response.get("error")},
                 )
                 self.native = False
-        await self._post_or_update(index, text)
+        await self._post_or_update(index, text, preview=True)
 
     async def finish(self, index: int, text: str) -> None:
         if index in self.streams:
             stream = self.streams.pop(index)
-            await stream.stop(markdown_text=text[len(self.streamed.pop(index)) :] or None)
+            await _append(stream, text[len(self.streamed.pop(index)) :])
+            await stream.stop()
         else:
-            await self._post_or_update(index, text)
+            await self._post_or_update(index, text, preview=False)
 
     async def _stream(self, index: int, text: str) -> None:
         stream = self.streams.get(index)
@@ -87,22 +127,38 @@ class SlackReply(Reply):
                 recipient_team_id=self.team,
                 recipient_user_id=self.user,
             )
-            await stream.append(markdown_text=text)  # chat.startStream
-            self.streams[index], self.streamed[index] = stream, text
+            # The first call is chat.startStream (which a workspace may refuse), the others
+            # chat.appendStream.
+            await stream.append(markdown_text=text[:MARKDOWN_TEXT_LIMIT])
+            self.streams[index] = stream
+            await _append(stream, text[MARKDOWN_TEXT_LIMIT:])
+            self.streamed[index] = text
             return
         delta = text[len(self.streamed[index]) :]
         if delta:
-            await stream.append(markdown_text=delta)
+            await _append(stream, delta)
             self.streamed[index] = text
 
-    async def _post_or_update(self, index: int, text: str) -> None:
+    async def _post_or_update(self, index: int, text: str, *, preview: bool) -> None:
         if index in self.posted:
+            # chat.update's budget is the workspace's: a preview without one is skipped,
+            # the final text waits for one.
+            if preview and not self.updates.try_take():
+                return
+            if not preview:
+                await self.updates.take()
             await self.client.chat_update(channel=self.channel, ts=self.posted[index], text=text)
         else:
             response = await self.client.chat_postMessage(
                 channel=self.channel, thread_ts=self.thread_ts, text=text
             )
             self.posted[index] = str(response["ts"])
+
+
+async def _append(stream: AsyncChatStream, text: str) -> None:
+    """Text into a stream, in calls of at most MARKDOWN_TEXT_LIMIT characters."""
+    for start in range(0, len(text), MARKDOWN_TEXT_LIMIT):
+        await stream.append(markdown_text=text[start : start + MARKDOWN_TEXT_LIMIT])
 
 
 def incoming(event: dict[str, Any], body: dict[str, Any], bot_user_id: str) -> IncomingMessage:
@@ -142,6 +198,7 @@ def build_app(runtime: BotRuntime) -> tuple[AsyncApp, AsyncWebClient]:
         process_before_response=False,
     )
     limit = settings.limit(MESSAGE_LIMIT)
+    updates = MethodBudget(UPDATES_PER_MINUTE)
 
     async def on_event(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
         message = incoming(event, body, context.bot_user_id or "")
@@ -150,7 +207,7 @@ def build_app(runtime: BotRuntime) -> tuple[AsyncApp, AsyncWebClient]:
             return
         if event.get("subtype") not in (None, "thread_broadcast", "bot_message"):
             return  # edits, joins and deletions are not questions
-        reply = SlackReply(context.client or client, event, body.get("team_id"), limit)
+        reply = SlackReply(context.client or client, event, body.get("team_id"), limit, updates)
         await runtime.adapter.handle(message, reply)
 
     app.event("app_mention")(on_event)

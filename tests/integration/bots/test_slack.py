@@ -3,6 +3,7 @@ API, Socket Mode and signed Events API requests; behind it the real gateway and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -11,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, UNAVAILABLE
+from tertulia.bots.slack import MESSAGE_LIMIT, UPDATES_PER_MINUTE, MethodBudget, SlackReply
 from tests.fakes import slack
 from tests.fakes.platform import SentMessage
 from tests.integration.bots.conftest import Gateway
@@ -294,3 +297,67 @@ def received_count(health_url: str) -> float:
 def _words(text: str) -> list[str]:
     """The words of `text`, less the fence markers a split adds around cut code blocks."""
     return [word for word in text.split() if not word.startswith("```")]
+
+
+def reply_to(fake: slack.FakeSlack, client: Any, budget: MethodBudget, user: str) -> SlackReply:
+    """The bot's reply to a fresh mention, driven directly: the Web API calls are the real
+    slack_sdk's, against the fake."""
+    event = slack.mention(new_channel(), user, "Tell me everything.", new_ts())
+    return SlackReply(client, event, slack.TEAM, MESSAGE_LIMIT, budget)
+
+
+def test_a_streamed_answer_longer_than_one_markdown_text_arrives_whole(
+    fake_slack: slack.FakeSlack,
+) -> None:
+    # Three times what one call of the streaming methods may carry, in one message.
+    answer = " ".join(f"word{index}" for index in range(5_000))[: 3 * slack.MARKDOWN_TEXT_LIMIT]
+
+    async def stream() -> SlackReply:
+        client = AsyncWebClient(token=slack.BOT_TOKEN, base_url=f"{fake_slack.base_url}/api/")
+        reply = reply_to(fake_slack, client, MethodBudget(UPDATES_PER_MINUTE), "U0JOE")
+        await reply.show(0, answer[:15_000])
+        await reply.finish(0, answer)
+        return reply
+
+    reply = asyncio.run(stream())
+    [message] = fake_slack.sent(reply.channel)
+    assert message.text == answer
+    # Streamed natively to its end, not posted again after a refusal.
+    assert message.extra.get("streaming") is False
+
+
+def test_several_answers_updating_at_once_stay_within_chat_update_s_tier(
+    fake_slack: slack.FakeSlack,
+) -> None:
+    fake_slack.streaming_enabled = False  # the post-and-update path
+    answers = 6
+    rate_limited_before = len(fake_slack.rate_limited)
+
+    async def stream_all() -> list[SlackReply]:
+        client = AsyncWebClient(token=slack.BOT_TOKEN, base_url=f"{fake_slack.base_url}/api/")
+        budget = MethodBudget(UPDATES_PER_MINUTE)
+        replies = [reply_to(fake_slack, client, budget, f"U0K{index}") for index in range(answers)]
+
+        async def stream(reply: SlackReply) -> None:
+            text = ""
+            # Each answer previews every 0.3 seconds for 15 seconds: 300 updates wanted,
+            # six times what Slack allows in a minute.
+            for word in range(50):
+                text += f" word{word}"
+                await reply.show(0, text.strip())
+                await asyncio.sleep(0.3)
+            await reply.finish(0, text.strip() + " The end.")
+
+        await asyncio.gather(*(stream(reply) for reply in replies))
+        return replies
+
+    try:
+        replies = asyncio.run(stream_all())
+    finally:
+        fake_slack.streaming_enabled = True
+    assert fake_slack.rate_limited[rate_limited_before:] == []
+    for reply in replies:
+        [message] = fake_slack.sent(reply.channel)
+        assert message.text.endswith("word49 The end.")
+        # The previews that fitted the budget were shown on the way.
+        assert len(message.versions) >= 2
