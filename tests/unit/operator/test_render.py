@@ -305,3 +305,38 @@ def test_an_unreadable_document_fails_the_ingest_job_at_once_and_says_why() -> N
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"  # a failure policy needs it
     assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_the_ingress_sends_each_platforms_webhook_path_to_its_bot() -> None:
+    bot = example("all-platforms")
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    (rule,) = manifests["Ingress", "tertulia-gateway"]["spec"]["rules"]
+    routes = {
+        path["path"]: (path["pathType"], path["backend"]["service"]["name"])
+        for path in rule["http"]["paths"]
+    }
+    assert routes == {
+        "/slack/events": ("Exact", "tertulia-slack"),
+        "/telegram": ("Exact", "tertulia-telegram"),
+        "/": ("Prefix", "tertulia-gateway"),
+    }
+    # Each route ends at a Service the render makes, on a port it has.
+    for _, service in routes.values():
+        ports = manifests["Service", service]["spec"]["ports"]
+        assert [port["name"] for port in ports] == ["http"]
+
+
+def test_a_webhook_on_another_host_gets_a_rule_of_its_own() -> None:
+    bot = example("all-platforms")
+    assert bot.spec.platforms.telegram is not None
+    telegram = bot.spec.platforms.telegram.model_copy(
+        update={"webhook_url": "https://hooks.example.com/tg/updates"}
+    )
+    platforms = bot.spec.platforms.model_copy(update={"telegram": telegram})
+    moved = bot.model_copy(update={"spec": bot.spec.model_copy(update={"platforms": platforms})})
+    rules = by_ref(render_all(moved, image=IMAGE))["Ingress", "tertulia-gateway"]["spec"]["rules"]
+    paths = {rule["host"]: [path["path"] for path in rule["http"]["paths"]] for rule in rules}
+    assert paths == {
+        "chat.example.com": ["/slack/events", "/"],
+        "hooks.example.com": ["/tg/updates"],
+    }

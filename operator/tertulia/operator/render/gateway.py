@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -152,26 +153,43 @@ def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
     return manifests
 
 
+# Where slack_bolt serves the Events API.
+SLACK_EVENTS_PATH = "/slack/events"
+
+
+def webhook_routes(bot: ChatBot) -> list[tuple[str, str, str]]:
+    """The platforms' webhook endpoints the Ingress sends to the bots: (host, path, Service).
+    An empty host is the Ingress's own."""
+    platforms = bot.spec.platforms
+    routes = []
+    if platforms.slack is not None and platforms.slack.mode == "events":
+        routes.append(("", SLACK_EVENTS_PATH, bot.child("slack")))
+    telegram = platforms.telegram
+    if telegram is not None and telegram.mode == "webhook" and telegram.webhook_url:
+        url = urlsplit(telegram.webhook_url)
+        routes.append((url.hostname or "", url.path or "/", bot.child("telegram")))
+    return routes
+
+
+def _path(path: str, path_type: str, service: str, port: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "pathType": path_type,
+        "backend": {"service": {"name": service, "port": {"name": port}}},
+    }
+
+
 def _ingress(bot: ChatBot) -> Manifest:
+    """The gateway at /, and each webhook path at its bot: the Slack app's Request URL and
+    Telegram's webhookUrl reach the bots through it."""
     ingress = bot.spec.gateway.ingress
     assert ingress is not None  # noqa: S101 - callers check
+    paths: dict[str, list[dict[str, Any]]] = {ingress.host: []}
+    for host, path, service in webhook_routes(bot):
+        paths.setdefault(host or ingress.host, []).append(_path(path, "Exact", service, "http"))
+    paths[ingress.host].append(_path("/", "Prefix", bot.child(COMPONENT), "http"))
     spec: dict[str, Any] = {
-        "rules": [
-            {
-                "host": ingress.host,
-                "http": {
-                    "paths": [
-                        {
-                            "path": "/",
-                            "pathType": "Prefix",
-                            "backend": {
-                                "service": {"name": bot.child(COMPONENT), "port": {"name": "http"}}
-                            },
-                        }
-                    ]
-                },
-            }
-        ]
+        "rules": [{"host": host, "http": {"paths": found}} for host, found in paths.items()]
     }
     if ingress.class_name:
         spec["ingressClassName"] = ingress.class_name
