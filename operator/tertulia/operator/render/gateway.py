@@ -185,8 +185,9 @@ def _ingress(bot: ChatBot) -> Manifest:
     ingress = bot.spec.gateway.ingress
     assert ingress is not None  # noqa: S101 - callers check
     paths: dict[str, list[dict[str, Any]]] = {ingress.host: []}
-    for host, path, service in webhook_routes(bot):
-        paths.setdefault(host or ingress.host, []).append(_path(path, "Exact", service, "http"))
+    for host, path, bot_service in webhook_routes(bot):
+        route = _path(path, "Exact", bot_service, "http")
+        paths.setdefault(host or ingress.host, []).append(route)
     paths[ingress.host].append(_path("/", "Prefix", bot.child(COMPONENT), "http"))
     spec: dict[str, Any] = {
         "rules": [{"host": host, "http": {"paths": found}} for host, found in paths.items()]
