@@ -184,8 +184,10 @@ def stack(
                 "source": f"hf://{CHAT_MODEL}",
                 # The stand-in hub, as a mirror or an air-gapped hub is named.
                 "env": [{"name": "HF_ENDPOINT", "value": hub}],
-                "args": ["--ctx-size", "2048"],
+                "maxModelLen": 2048,
                 "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+                # A claim per replica (ReadWriteOnce, the local class), each filled once.
+                "cache": {"size": "1Gi"},
             },
             "gateway": {
                 "systemPrompt": "You answer questions about the harbour, briefly, from the "
@@ -414,6 +416,20 @@ def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(
         interval=1,
     )
     assert {pod.spec.node_name for pod in models} == {NODE_NAME}
+    # Each replica holds its weights in a claim of its own, downloaded into it once.
+    claims = {
+        pod.metadata.name: next(
+            volume.persistent_volume_claim.claim_name
+            for volume in pod.spec.volumes
+            if volume.name == "cache"
+        )
+        for pod in models
+    }
+    assert len(set(claims.values())) == 2, claims
+    for claim in claims.values():
+        found = core(cluster).read_namespaced_persistent_volume_claim(claim, NAMESPACE)
+        assert found.status.phase == "Bound"
+        assert found.spec.access_modes == ["ReadWriteOnce"]
     eventually(
         lambda: chatbot(cluster)["status"]["model"]["readyReplicas"] == 2, 60, "readyReplicas 2"
     )
@@ -469,6 +485,45 @@ def test_a_model_pod_deleted_mid_conversation_does_not_cost_the_next_answer(
     turns = remembered(cluster, second)
     assert [turn["role"] for turn in turns] == ["user", "assistant"] * 2
     assert turns[-1]["content"].strip() == second.answer
+
+
+def condition(cluster: ControlPlane, kind: str) -> dict[str, Any]:
+    conditions = chatbot(cluster).get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == kind), {})
+
+
+def test_a_document_that_cannot_be_read_fails_the_ingest_and_says_so_in_the_status(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    broken = base64.b64encode(b"%PDF-1.7 this is not a PDF at all").decode()
+    api = core(cluster)
+    api.patch_namespaced_config_map(
+        "harbour-docs", NAMESPACE, {"binaryData": {"broken.pdf": broken}}
+    )
+    failed = eventually(
+        lambda: (
+            (found := condition(cluster, "KnowledgeBaseReady")).get("reason") == "IngestFailed"
+            and found
+        ),
+        READY_TIMEOUT,
+        "KnowledgeBaseReady to say the ingest failed",
+        interval=1,
+    )
+    assert failed["status"] == "False"
+    # What the Job's Pod said: the file it could not read.
+    assert "broken.pdf" in failed["message"], failed["message"]
+    assert chatbot(cluster)["status"]["phase"] == "Degraded"
+    jobs = client.BatchV1Api(cluster.api_client()).list_namespaced_job(
+        NAMESPACE, label_selector=f"{INSTANCE},app.kubernetes.io/component=ingest"
+    )
+    (job,) = [job for job in jobs.items if job.metadata.name in failed["message"]]
+    # Failed at once: a document no retry reads better.
+    assert job.status.failed == 1
+    api.patch_namespaced_config_map(
+        "harbour-docs", NAMESPACE, [{"op": "remove", "path": "/binaryData"}]
+    )
+    wait_ready(cluster)
+    assert condition(cluster, "KnowledgeBaseReady")["status"] == "True"
 
 
 def gateway_ready_pods(cluster: ControlPlane) -> int:
@@ -532,3 +587,14 @@ def test_deleting_the_chatbot_removes_every_pod(
     apps = client.AppsV1Api(cluster.api_client())
     assert not apps.list_namespaced_deployment(NAMESPACE, label_selector=INSTANCE).items
     assert not apps.list_namespaced_stateful_set(NAMESPACE, label_selector=INSTANCE).items
+    # The model's claims went with it; Weaviate's data is kept, as its StatefulSet's are.
+    model_claims = f"{INSTANCE},app.kubernetes.io/component=model"
+    eventually(
+        lambda: (
+            not core(cluster)
+            .list_namespaced_persistent_volume_claim(NAMESPACE, label_selector=model_claims)
+            .items
+        ),
+        60,
+        "the model's cache claims to go",
+    )

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 
 from tertulia.operator.crd import chatbot_crd
-from tests.examples import chatbot_document
+from tests.examples import chatbot_document, companions
 from tests.testbed.kube import GPU_RESOURCE, ControlPlane
 from tests.testbed.process import ManagedProcess, eventually
 from tests.testbed.servers import start_operator
@@ -169,11 +169,9 @@ def test_each_example_becomes_ready_with_owned_children(
     control_plane: ControlPlane, operator: Operator, namespace: str, example: str
 ) -> None:
     create_secrets(control_plane, namespace, EXAMPLE_SECRETS[example])
-    if example == "vllm-gpu-slack-kb":
-        client.CoreV1Api(control_plane.api_client()).create_namespaced_config_map(
-            namespace,
-            {"metadata": {"name": "team-docs"}, "data": {"harbour.md": "# Harbour\nOpen at nine."}},
-        )
+    # What the file holds beside its ChatBot (a ConfigMap of documents), applied with it.
+    for companion in companions(EXAMPLES / f"{example}.yaml"):
+        assert apply(control_plane, namespace, companion).returncode == 0
     body = load_example(example)
     assert apply(control_plane, namespace, body).returncode == 0
 

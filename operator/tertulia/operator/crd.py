@@ -48,6 +48,12 @@ def structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str,
             node["default"] = outer["default"]
         return node
     node = {key: value for key, value in schema.items() if key in _KEPT_KEYWORDS}
+    # JSON Schema's exclusive bounds are numbers; OpenAPI v3.0's, which Kubernetes speaks,
+    # are flags on minimum and maximum.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(exclusive), int | float) and not isinstance(node[exclusive], bool):
+            node[bound] = node.pop(exclusive)
+            node[exclusive] = True
     if "const" in schema:
         node["enum"] = [schema["const"]]
     kind = schema.get("type")

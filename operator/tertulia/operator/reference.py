@@ -32,9 +32,12 @@ def _constraints(prop: dict[str, Any]) -> str:
     parts = []
     if "enum" in prop:
         parts.append("one of " + ", ".join(f"`{value}`" for value in prop["enum"]))
-    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("minLength", "length ≥")):
-        if key in prop:
-            parts.append(f"{label} {prop[key]}")
+    if "minimum" in prop:
+        parts.append(f"{'>' if prop.get('exclusiveMinimum') else '≥'} {prop['minimum']}")
+    if "maximum" in prop:
+        parts.append(f"{'<' if prop.get('exclusiveMaximum') else '≤'} {prop['maximum']}")
+    if "minLength" in prop:
+        parts.append(f"length ≥ {prop['minLength']}")
     if "maxLength" in prop:
         parts.append(f"length ≤ {prop['maxLength']}")
     if "pattern" in prop:

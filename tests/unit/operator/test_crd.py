@@ -77,3 +77,14 @@ def test_scale_subresource_points_at_the_model_server() -> None:
     assert columns[:3] == ["Engine", "Model", "Ready"]
     assert {"Platforms", "Phase", "Age"} <= set(columns)
     assert chatbot_crd()["spec"]["names"]["shortNames"] == ["cb"]
+
+
+def test_bounds_are_in_openapi_v3_0s_form_which_the_api_server_reads() -> None:
+    # JSON Schema's numeric exclusiveMinimum makes the API server refuse the whole CRD.
+    nodes = [node for _, node in walk(schema(), "")]
+    exclusive = [node for node in nodes if "exclusiveMinimum" in node or "exclusiveMaximum" in node]
+    assert exclusive, "gpuMemoryUtilization has an exclusive bound"
+    for node in exclusive:
+        for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if key in node:
+                assert node[key] is True and bound in node
