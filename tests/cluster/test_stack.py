@@ -334,6 +334,13 @@ def test_the_conversation_is_in_the_in_cluster_redis(
     turns = remembered(cluster, first_exchange)
     assert [turn["role"] for turn in turns] == ["user", "assistant"]
     assert turns[0]["content"] == QUESTION
+    # Only with the generated password, which the gateway alone mounts besides Redis.
+    memory = pods(cluster, "memory")[0].metadata.name
+    refused = run(
+        cluster, "kubectl", "exec", "-n", NAMESPACE, memory, "--",
+        "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping",
+    )  # fmt: skip
+    assert "NOAUTH" in refused, refused
 
 
 def test_a_slack_mention_is_answered_too(

@@ -16,7 +16,12 @@ import httpx
 import pytest
 
 from tests.testbed.process import ManagedProcess
-from tests.testbed.servers import start_fake_backend, start_gateway, start_llama_server
+from tests.testbed.servers import (
+    start_fake_backend,
+    start_gateway,
+    start_llama_server,
+    start_redis,
+)
 
 # Short answers keep the CPU model quick; temperature 0 makes prompts comparable.
 SETTINGS = {"MAX_TOKENS": "12", "TEMPERATURE": "0", "RATE_LIMIT__ENABLED": "false"}
@@ -203,3 +208,33 @@ def test_a_client_that_goes_away_cancels_the_upstream_request(tmp_path: Path) ->
 def kill(process: ManagedProcess) -> None:
     process.popen.send_signal(signal.SIGKILL)
     process.popen.wait()
+
+
+def test_a_redis_with_a_password_holds_memory_for_the_gateway_that_has_it(
+    tmp_path: Path, llama_url: str
+) -> None:
+    password = "redis-password-" + uuid.uuid4().hex
+    redis_process, redis_url = start_redis(tmp_path / "redis", password=password)
+    (tmp_path / "password").write_text(password + "\n")
+    try:
+        settings = {**SETTINGS, "BACKEND__URL": llama_url, "REDIS_URL": redis_url}
+        with_password, url = start_gateway(
+            tmp_path, {**settings, "REDIS_PASSWORD_FILE": str(tmp_path / "password")}, name="kept"
+        )
+        try:
+            body = {"message": "Hello", "conversation_id": "locked", "user": "ana"}
+            assert httpx.post(f"{url}/chat", json=body, timeout=120).status_code == 200
+            turns = httpx.get(f"{url}/conversations/locked", params={"user": "ana"}, timeout=10)
+            assert [turn["role"] for turn in turns.json()["turns"]] == ["user", "assistant"]
+        finally:
+            with_password.stop()
+        # Without it, the gateway is not ready: its store refuses it.
+        without, url = start_gateway(tmp_path, settings, name="refused")
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["store"]["status"] != "up"
+        finally:
+            without.stop()
+    finally:
+        redis_process.stop()

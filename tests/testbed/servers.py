@@ -21,8 +21,11 @@ from tests.testbed.process import ManagedProcess, free_port, port_open
 LLAMA_MODEL_ALIAS = "gemma3-270m"
 
 
-def start_redis(workdir: Path, timeout: float = 30.0) -> tuple[ManagedProcess, str]:
-    """A throwaway redis-server on a free port; returns it and its redis:// URL."""
+def start_redis(
+    workdir: Path, timeout: float = 30.0, *, password: str | None = None
+) -> tuple[ManagedProcess, str]:
+    """A throwaway redis-server on a free port, with `password` required when given; returns
+    it and its redis:// URL (without the password)."""
     executable = shutil.which("redis-server")
     if executable is None:
         raise FileNotFoundError("redis-server is not installed; `make test` installs it")
@@ -44,6 +47,7 @@ def start_redis(workdir: Path, timeout: float = 30.0) -> tuple[ManagedProcess, s
             "no",
             "--protected-mode",
             "yes",
+            *(["--requirepass", password] if password else []),
         ],
         workdir,
     ).start()

@@ -80,11 +80,13 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Platform tokens: only whether a key exists is read. The generated API key Secrets (the
-# gateway's, Weaviate's) are created once and never updated.
+# Secrets: those a ChatBot names (platform tokens) and those the operator generates (the
+# gateway's and Weaviate's API keys, created once, never updated) are watched, so a rotated
+# or deleted one shows in status within seconds and rolls the pods that read it; of each,
+# only its version and whether a key exists are used, never a value.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 # Children watched for drift: server-side applied, listed to prune, deleted when dropped.
 # ConfigMaps are also read: a knowledge base's source documents, to re-ingest on a change.
 - apiGroups: [""]
@@ -104,16 +106,16 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# Children applied on every reconcile.
+# Children applied on every reconcile, and watched so one deleted by hand is put back.
 - apiGroups: [""]
   resources: [serviceaccounts, persistentvolumeclaims]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 {{- if include "tertulia.peering" . }}
 # kopf's peering between replicas, when watching namespaces.
 - apiGroups: [kopf.dev]

@@ -9,7 +9,14 @@ fi
 # build has it on, so it is turned off here first, where later arguments can still turn it on.
 if [ "$1" = redis-server ]; then
 	shift
-	set -- redis-server --protected-mode no "$@"
+	# A config file must stay redis-server's first argument.
+	if [ "${1%.conf}" != "$1" ]; then
+		conf="$1"
+		shift
+		set -- redis-server "$conf" --protected-mode no "$@"
+	else
+		set -- redis-server --protected-mode no "$@"
+	fi
 fi
 if [ "$(umask)" = '0022' ]; then
 	umask 0077

@@ -77,6 +77,32 @@ class CacheSpec(Spec):
     """Volumes for model weights, kept across restarts: one claim per replica
     (ReadWriteOnce), or one claim all replicas share (ReadWriteMany)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule("isQuantity(self.size)", "size must be a quantity, such as 50Gi", ".size"),
+            # Per-replica claims come from a StatefulSet's claim templates, which cannot
+            # change; a shared claim can grow where its class allows, never shrink. A new
+            # access mode makes new claims, so anything goes with it.
+            rule(
+                "self.accessMode != oldSelf.accessMode || "
+                "(self.accessMode == 'ReadWriteMany' ? "
+                "quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0 : "
+                "self.size == oldSelf.size)",
+                "size cannot change in place: a ReadWriteOnce cache's claims come from claim "
+                "templates (expand the claims themselves), a ReadWriteMany claim can only grow",
+                ".size",
+            ),
+            rule(
+                "self.accessMode != oldSelf.accessMode || "
+                "(has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                "(!has(self.storageClassName) || "
+                "self.storageClassName == oldSelf.storageClassName))",
+                "storageClassName cannot change in place: a claim keeps its class",
+                ".storageClassName",
+            ),
+        )
+    )
+
     size: str = Field("50Gi", description="Requested storage, as a Kubernetes quantity.")
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
         "ReadWriteOnce",
@@ -412,6 +438,29 @@ class EmbeddingSpec(Spec):
 
 class KnowledgeBaseSpec(Spec):
     """A Weaviate knowledge base the gateway retrieves from."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "isQuantity(self.storage)", "storage must be a quantity, such as 10Gi", ".storage"
+            ),
+            # Weaviate's claim comes from its StatefulSet's claim template, which cannot change.
+            rule(
+                "!oldSelf.enabled || !self.enabled || self.storage == oldSelf.storage",
+                "storage cannot change once the knowledge base exists: expand its claim "
+                "(data-NAME-knowledge-base-0) where its class allows",
+                ".storage",
+            ),
+            rule(
+                "!oldSelf.enabled || !self.enabled || "
+                "(has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                "(!has(self.storageClassName) || "
+                "self.storageClassName == oldSelf.storageClassName))",
+                "storageClassName cannot change once the knowledge base exists",
+                ".storageClassName",
+            ),
+        )
+    )
 
     enabled: bool = Field(False, description="Deploy Weaviate and retrieve from it.")
     storage: str = Field("10Gi", description="Weaviate's volume size.")

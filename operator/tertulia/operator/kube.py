@@ -132,14 +132,28 @@ class Cluster:
                     found.append(ObjectRef(api_version, kind, item["metadata"]["name"]))
         return found
 
-    def secret_has_key(self, namespace: str, name: str, key: str) -> bool:
+    def secret_keys(self, namespace: str, name: str) -> tuple[str, frozenset[str]] | None:
+        """A Secret's resourceVersion and the names of its keys; None when it does not
+        exist. Its values are never kept or returned."""
         try:
             secret = self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
         except ApiException as error:
             if error.status == 404:
-                return False
+                return None
             raise
-        return key in (secret.get("data") or {})
+        keys = frozenset((secret.get("data") or {}).keys())
+        return str(secret["metadata"]["resourceVersion"]), keys
+
+    def chatbot(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ChatBot as the API server holds it now; None when it is gone."""
+        try:
+            return self.request(
+                "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     def config_map_digest(self, namespace: str, name: str) -> str:
         """A hash of a ConfigMap's content, so a Job over it can be named by its version."""
@@ -184,10 +198,27 @@ class Cluster:
             raise
         return True
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.request(
-            "PATCH",
-            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
-            body={"status": status},
-            content_type="application/merge-patch+json",
-        )
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> bool:
+        """Write a ChatBot's status; with `resource_version`, only over the version it was
+        computed from: False, and nothing written, when the ChatBot has changed since."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.request(
+                "PATCH",
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+                body=body,
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            if error.status == 409 and resource_version:
+                return False
+            raise
+        return True

@@ -41,6 +41,33 @@ class IngestRun:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A child the API server refused to apply: its kind, name, component, and why."""
+
+    kind: str
+    name: str
+    component: str
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name} was refused: {self.message}"
+
+
+# The condition a child's refusal shows on, by its component; others show on Ready.
+_CONDITION_OF = {
+    "model": "ModelReady",
+    "gateway": "GatewayReady",
+    "memory": "MemoryReady",
+    "knowledge-base": "KnowledgeBaseReady",
+    "embeddings": "KnowledgeBaseReady",
+    "ingest": "KnowledgeBaseReady",
+    "slack": "PlatformsReady",
+    "discord": "PlatformsReady",
+    "telegram": "PlatformsReady",
+}
+
+
+@dataclass(frozen=True)
 class MissingSecret:
     platform: str
     secret: str
@@ -87,6 +114,7 @@ def compute_status(
     missing: list[MissingSecret],
     previous: ChatBotStatus,
     ingest: IngestRun | None = None,
+    refused: list[Refusal] | None = None,
 ) -> ChatBotStatus:
     """Conditions, phase and replica counts; transition times move only when a status flips."""
     spec = bot.spec
@@ -129,17 +157,26 @@ def compute_status(
             results["PlatformsReady"] = (False, "NotReady", f"waiting for: {', '.join(waiting)}")
         else:
             results["PlatformsReady"] = (True, "Ready", f"serving {', '.join(platforms)}")
-    all_ready = all(ok for ok, _, _ in results.values())
+    unplaced = []
+    for kind, found in _by_condition(refused or []).items():
+        message = "; ".join(refusal.describe() for refusal in found)
+        if kind in results:
+            results[kind] = (False, "ApplyFailed", message)
+        else:
+            unplaced.append(message)
+    all_ready = all(ok for ok, _, _ in results.values()) and not unplaced
     unready = [kind for kind, (ok, _, _) in results.items() if not ok]
     results["Ready"] = (
         all_ready,
-        "Ready" if all_ready else "Waiting",
-        "every component is Ready" if all_ready else f"not Ready yet: {', '.join(unready)}",
+        "Ready" if all_ready else ("ApplyFailed" if unplaced else "Waiting"),
+        "every component is Ready"
+        if all_ready
+        else "; ".join([*unplaced, *([f"not Ready yet: {', '.join(unready)}"] if unready else [])]),
     )
     conditions = [
         _condition(previous, kind, *results[kind], bot.generation) for kind in CONDITION_TYPES
     ]
-    degraded = bool(missing) or (ingest is not None and ingest.failed)
+    degraded = bool(missing or refused) or (ingest is not None and ingest.failed)
     phase: Phase = "Ready" if all_ready else ("Degraded" if degraded else "Progressing")
     model = workloads.get("model")
     return ChatBotStatus(
@@ -155,6 +192,13 @@ def compute_status(
         endpoints=EndpointsStatus(gateway=gateway_url(bot)),
         platforms=",".join(platforms),
     )
+
+
+def _by_condition(refused: list[Refusal]) -> dict[str, list[Refusal]]:
+    found: dict[str, list[Refusal]] = {}
+    for refusal in refused:
+        found.setdefault(_CONDITION_OF.get(refusal.component, "Ready"), []).append(refusal)
+    return found
 
 
 def failed_status(

@@ -116,6 +116,9 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Memory and rate limits; without it they live in this process only."
     )
+    redis_password_file: Path | None = Field(
+        None, description="A file holding Redis's password (a mounted Secret), if it has one."
+    )
     api_keys_dir: Path | None = Field(
         None,
         description="A mounted Secret: one file per identity, holding its API key. "

@@ -10,6 +10,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import redis.asyncio as redis
@@ -88,8 +89,10 @@ return {1, '0', 0}
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    def __init__(self, url: str, password: str | None = None) -> None:
+        self._redis = redis.Redis.from_url(
+            url, password=password, decode_responses=True, health_check_interval=30
+        )
         self._take = self._redis.register_script(_TAKE_SCRIPT)
 
     async def history(self, key: str) -> list[Turn]:
@@ -187,8 +190,12 @@ class InProcessStore:
         return None
 
 
-def open_store(redis_url: str | None) -> Store:
-    return RedisStore(redis_url) if redis_url else InProcessStore()
+def open_store(redis_url: str | None, password_file: Path | None = None) -> Store:
+    """Redis at `redis_url` (with the password in `password_file`), else this process."""
+    if not redis_url:
+        return InProcessStore()
+    password = password_file.read_text().strip() if password_file else None
+    return RedisStore(redis_url, password)
 
 
 def hashed_key(prefix: str, *parts: str) -> str:

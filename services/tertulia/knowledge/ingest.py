@@ -28,6 +28,9 @@ from tertulia.knowledge.store import NewChunk, Store, StoredDocument, chunk_id
 logger = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# What one run reads at most, held in memory while it embeds: files, and bytes in all.
+MAX_FILES = 20_000
+MAX_TOTAL_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,12 @@ class _Silent:
 def collect(paths: Sequence[Path], report: Report) -> list[Input]:
     """Every readable document under `paths`. Sources are relative to the path given, so a
     folder mounted anywhere keeps its names; hidden files and folders are skipped (a mounted
-    ConfigMap's `..data` links among them)."""
+    ConfigMap's `..data` links among them). Links are followed only while they stay inside
+    the folder given (a ConfigMap's files are links into it): one that leads out, to a
+    mounted Secret say, is refused, and a loop is walked once. At most MAX_FILES documents
+    and MAX_TOTAL_BYTES in all are read; the rest are reported, not read."""
     inputs: dict[str, Input] = {}
+    total = 0
     for root in paths:
         if not root.exists():
             report.failures[str(root)] = "no such file or folder"
@@ -91,37 +98,66 @@ def collect(paths: Sequence[Path], report: Report) -> list[Input]:
             report.prune_blocked = f"{root} is missing"
             continue
         base = root.parent if root.is_file() else root
-        for path in _walk(root):
+        for path in _walk(root, report, base):
             kind = kind_of(path)
             if kind is None:
                 continue
             source = path.relative_to(base).as_posix()
+            if len(inputs) >= MAX_FILES:
+                _refuse(report, source, f"over {MAX_FILES} documents in one run")
+                continue
             try:
                 size = path.stat().st_size
                 if size > MAX_FILE_BYTES:
                     raise UnreadableDocument(f"larger than {MAX_FILE_BYTES // 2**20} MiB")
+                if total + size > MAX_TOTAL_BYTES:
+                    raise UnreadableDocument(
+                        f"over {MAX_TOTAL_BYTES // 2**20} MiB of documents in one run"
+                    )
                 data = path.read_bytes()
             except (OSError, UnreadableDocument) as error:
-                report.failures[source] = str(error)
-                report.documents["failed"] += 1
+                _refuse(report, source, str(error))
                 continue
             if source in inputs:
-                report.failures[source] = f"the same name is also under another path ({root})"
-                report.documents["failed"] += 1
+                _refuse(report, source, f"the same name is also under another path ({root})")
                 continue
+            total += len(data)
             inputs[source] = Input(source, data, kind)
     return list(inputs.values())
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _refuse(report: Report, source: str, reason: str) -> None:
+    report.failures[source] = reason
+    report.documents["failed"] += 1
+
+
+def _walk(root: Path, report: Report, base: Path) -> Iterator[Path]:
     if root.is_file():
         yield root
         return
+    inside = root.resolve()
+    seen: set[Path] = set()
     for directory, folders, files in os.walk(root, followlinks=True):
+        here = Path(directory).resolve()
+        if here in seen or not here.is_relative_to(inside):
+            # A loop back to a folder already walked, or a link out of the root.
+            if not here.is_relative_to(inside):
+                _refuse(report, Path(directory).relative_to(base).as_posix(), _OUTSIDE)
+            folders[:] = []
+            continue
+        seen.add(here)
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(directory) / name
+            if name.startswith("."):
+                continue
+            path = Path(directory) / name
+            if not path.resolve().is_relative_to(inside):
+                _refuse(report, path.relative_to(base).as_posix(), _OUTSIDE)
+                continue
+            yield path
+
+
+_OUTSIDE = "a link out of the source folder, not followed"
 
 
 class Ingestor:

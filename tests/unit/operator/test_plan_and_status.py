@@ -11,6 +11,7 @@ from tertulia.operator.plan import ObjectRef, plan
 from tertulia.operator.status import (
     IngestRun,
     MissingSecret,
+    Refusal,
     Workload,
     compute_status,
     failed_status,
@@ -145,3 +146,26 @@ def test_endpoint_engine_is_ready_without_a_model_server(tmp_path: Path) -> None
     )
     assert conditions(status)["ModelReady"] == ("True", "External")
     assert status.phase == "Ready"
+
+
+def test_a_refused_child_shows_on_its_components_condition_with_the_servers_message() -> None:
+    refused = [
+        Refusal(
+            "Deployment",
+            "harbour-model",
+            "model",
+            'Deployment.apps "harbour-model" is invalid: spec.template.spec.containers[0]'
+            '.env[0].name: Invalid value: "1BAD"',
+        ),
+        Refusal("ServiceAccount", "harbour-workload", "workload", "forbidden"),
+    ]
+    status = compute_status(example("vllm-gpu-slack-kb"), READY, [], ChatBotStatus(), None, refused)
+    found = conditions(status)
+    assert found["ModelReady"] == ("False", "ApplyFailed")
+    assert found["GatewayReady"] == ("True", "Ready")
+    message = next(c.message for c in status.conditions if c.type == "ModelReady")
+    assert "Deployment harbour-model was refused" in message and "env[0].name" in message
+    # A child of no component's condition shows on Ready itself.
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert ready.reason == "ApplyFailed" and "ServiceAccount harbour-workload" in ready.message
+    assert status.phase == "Degraded"

@@ -340,3 +340,31 @@ def test_a_webhook_on_another_host_gets_a_rule_of_its_own() -> None:
         "chat.example.com": ["/slack/events", "/"],
         "hooks.example.com": ["/tg/updates"],
     }
+
+
+def test_redis_requires_the_generated_password_which_only_the_gateway_mounts() -> None:
+    manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    redis = manifests["Deployment", "tertulia-memory"]["spec"]["template"]["spec"]
+    (container,) = redis["containers"]
+    # The config file holding `requirepass` comes first, as redis-server reads it.
+    assert container["args"][0] == "/etc/tertulia/memory/redis.conf"
+    config = next(v for v in redis["volumes"] if v["name"] == "config")["secret"]
+    assert config == {
+        "secretName": "tertulia-memory",
+        "items": [{"key": "redis.conf", "path": "redis.conf"}],
+    }
+    # The probe's redis-cli authenticates from the Secret; no value is in the spec.
+    (auth,) = container["env"]
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": "tertulia-memory", "key": "password"}
+    config_file = yaml.safe_load(manifests["ConfigMap", "tertulia-gateway"]["data"]["gateway.yaml"])
+    assert config_file["redis_password_file"] == "/etc/tertulia/memory/password"
+    mounting = [
+        name
+        for (kind, name), manifest in manifests.items()
+        if kind in ("Deployment", "StatefulSet")
+        and any(
+            (volume.get("secret") or {}).get("secretName") == "tertulia-memory"
+            for volume in manifest["spec"]["template"]["spec"].get("volumes", [])
+        )
+    ]
+    assert sorted(mounting) == ["tertulia-gateway", "tertulia-memory"]

@@ -22,21 +22,29 @@ def render_all(
     installation: Installation | None = None,
     ready_platforms: set[str] | None = None,
     source_digests: dict[str, str] | None = None,
+    secret_versions: dict[str, str] | None = None,
 ) -> list[Manifest]:
     """Every object the ChatBot needs; platforms whose Secrets are missing are left out.
     `image` is Tertulia's; `installation` says where third-party images are mirrored and who
     scrapes metrics; `source_digests` are the knowledge sources' ConfigMap contents, hashed
-    by name."""
+    by name; `secret_versions` the resourceVersions of the Secrets its pods read, by name, so
+    a changed Secret rolls them."""
     installation = installation or Installation()
     registry = installation.registry
     return [
         *render_service_account(bot),
         *render_model_server(bot, image=image, registry=registry),
-        *render_memory(bot, registry=registry),
-        *render_gateway(bot, image=image),
+        *render_memory(bot, registry=registry, secret_versions=secret_versions),
+        *render_gateway(bot, image=image, secret_versions=secret_versions),
         *render_embeddings(bot, image=image, registry=registry),
-        *render_knowledge_base(bot, image=image, registry=registry, source_digests=source_digests),
-        *render_platforms(bot, image=image, only=ready_platforms),
+        *render_knowledge_base(
+            bot,
+            image=image,
+            registry=registry,
+            source_digests=source_digests,
+            secret_versions=secret_versions,
+        ),
+        *render_platforms(bot, image=image, only=ready_platforms, secret_versions=secret_versions),
         *render_network_policies(bot, scrapers=installation.scrapers),
     ]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +16,8 @@ MANAGED_BY = "tertulia-operator"
 PART_OF = "tertulia"
 # On Services that serve Prometheus metrics at /metrics on their `http` port.
 METRICS_LABEL = "tertulia.dev/metrics"
+# On pod templates: a digest of the versions of the Secrets the pods read at start.
+SECRETS_ANNOTATION = "tertulia.dev/secrets-version"
 
 
 def selector_labels(bot: ChatBot, component: str) -> dict[str, str]:
@@ -70,6 +75,16 @@ def pod_spec(bot: ChatBot, containers: list[dict[str, Any]], **extra: Any) -> di
     if bot.spec.priority_class_name:
         spec["priorityClassName"] = bot.spec.priority_class_name
     return {**spec, **extra}
+
+
+def secrets_version(versions: dict[str, str] | None, names: Iterable[str]) -> dict[str, str]:
+    """A pod annotation that changes with any Secret of `names` (a rotated token, a deleted
+    and regenerated key), so the pods that read them at start roll; none without versions."""
+    if versions is None:
+        return {}
+    seen = {name: versions.get(name, "") for name in sorted(set(names))}
+    digest = hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:16]
+    return {SECRETS_ANNOTATION: digest}
 
 
 def resources(override: dict[str, Any] | None, default: dict[str, Any]) -> dict[str, Any]:

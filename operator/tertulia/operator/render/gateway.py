@@ -17,10 +17,15 @@ from tertulia.operator.render.common import (
     pod_spec,
     resources,
     restricted_container_security,
+    secrets_version,
     service,
 )
-from tertulia.operator.render.knowledge import key_volume, knowledge_base_settings
-from tertulia.operator.render.memory import redis_url
+from tertulia.operator.render.knowledge import (
+    key_volume,
+    knowledge_base_secret,
+    knowledge_base_settings,
+)
+from tertulia.operator.render.memory import memory_secret, password_volume, redis_url
 from tertulia.operator.render.model import backend_key_volume, model_base_url, served_model_name
 
 COMPONENT = "gateway"
@@ -66,6 +71,7 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
         "temperature": gateway.temperature,
         "max_tokens": gateway.max_tokens,
         "redis_url": redis_url(bot),
+        "redis_password_file": password_volume(bot)[2],
         "api_keys_dir": KEYS_PATH,
         "backend": backend,
         "memory": {
@@ -82,7 +88,19 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
     }
 
 
-def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
+def gateway_secrets(bot: ChatBot) -> list[str]:
+    """The Secrets the gateway reads: API keys, Weaviate's key, the endpoint's key."""
+    names = [api_keys_secret(bot), memory_secret(bot)]
+    if bot.spec.knowledge_base.enabled:
+        names.append(knowledge_base_secret(bot))
+    if bot.spec.model.api_key_secret_ref is not None:
+        names.append(bot.spec.model.api_key_secret_ref.name)
+    return names
+
+
+def render_gateway(
+    bot: ChatBot, *, image: str, secret_versions: dict[str, str] | None = None
+) -> list[Manifest]:
     gateway = bot.spec.gateway
     config_text = yaml.safe_dump(gateway_config(bot), sort_keys=True)
     config_map = {
@@ -111,6 +129,9 @@ def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
     if backend_key is not None:
         volumes.append(backend_key[0])
         mounts.append(backend_key[1])
+    password, password_mount, _ = password_volume(bot)
+    volumes.append(password)
+    mounts.append(password_mount)
     if bot.spec.knowledge_base.enabled:
         volume, mount = key_volume(bot)
         volumes.append(volume)
@@ -142,7 +163,14 @@ def render_gateway(bot: ChatBot, *, image: str) -> list[Manifest]:
     manifests = [
         config_map,
         deployment(
-            bot, COMPONENT, replicas, pod, annotations={"tertulia.dev/config-checksum": checksum}
+            bot,
+            COMPONENT,
+            replicas,
+            pod,
+            annotations={
+                "tertulia.dev/config-checksum": checksum,
+                **secrets_version(secret_versions, gateway_secrets(bot)),
+            },
         ),
         service(bot, COMPONENT, PORT, "http", metrics=True),
     ]

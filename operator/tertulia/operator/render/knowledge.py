@@ -18,6 +18,7 @@ from tertulia.operator.render.common import (
     pod_spec,
     resources,
     restricted_container_security,
+    secrets_version,
     selector_labels,
 )
 from tertulia.operator.render.embeddings import embeddings_url
@@ -91,6 +92,7 @@ def render_knowledge_base(
     image: str,
     registry: str = "",
     source_digests: dict[str, str] | None = None,
+    secret_versions: dict[str, str] | None = None,
 ) -> list[Manifest]:
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
@@ -147,7 +149,11 @@ def render_knowledge_base(
             "replicas": 1,
             "selector": {"matchLabels": selector_labels(bot, COMPONENT)},
             "template": {
-                "metadata": {"labels": labels(bot, COMPONENT)},
+                "metadata": {
+                    "labels": labels(bot, COMPONENT),
+                    # Weaviate reads its key from the environment: a new key restarts it.
+                    **_annotations(secrets_version(secret_versions, [knowledge_base_secret(bot)])),
+                },
                 "spec": pod_spec(
                     bot,
                     [container],
@@ -252,6 +258,10 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
             },
         },
     }
+
+
+def _annotations(annotations: dict[str, str]) -> dict[str, Any]:
+    return {"annotations": annotations} if annotations else {}
 
 
 def _settings_env(prefix: str, settings: dict[str, Any]) -> list[dict[str, str]]:

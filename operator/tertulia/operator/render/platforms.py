@@ -11,6 +11,7 @@ from tertulia.operator.render.common import (
     pod_spec,
     resources,
     restricted_container_security,
+    secrets_version,
     service,
 )
 from tertulia.operator.render.gateway import api_keys_secret, gateway_url
@@ -39,17 +40,29 @@ def secret_refs(bot: ChatBot) -> dict[str, dict[str, SecretKeyRef]]:
     return needed
 
 
-def render_platforms(bot: ChatBot, *, image: str, only: set[str] | None = None) -> list[Manifest]:
+def render_platforms(
+    bot: ChatBot,
+    *,
+    image: str,
+    only: set[str] | None = None,
+    secret_versions: dict[str, str] | None = None,
+) -> list[Manifest]:
+    """A bot per platform; `only` leaves out those whose Secrets are missing, and a change of
+    `secret_versions` (a rotated token) rolls the bots that read the changed Secret."""
     manifests: list[Manifest] = []
     for platform, refs in secret_refs(bot).items():
         if only is not None and platform not in only:
             continue
-        manifests.extend(_platform(bot, platform, refs, image))
+        manifests.extend(_platform(bot, platform, refs, image, secret_versions))
     return manifests
 
 
 def _platform(
-    bot: ChatBot, platform: str, refs: dict[str, SecretKeyRef], image: str
+    bot: ChatBot,
+    platform: str,
+    refs: dict[str, SecretKeyRef],
+    image: str,
+    secret_versions: dict[str, str] | None,
 ) -> list[Manifest]:
     spec = bot.spec.platforms.configured()[platform]
     volumes: list[dict[str, Any]] = [
@@ -126,7 +139,17 @@ def _platform(
         securityContext={"runAsNonRoot": True, "runAsUser": 10001},
     )
     # Two replicas of a polling or socket bot would answer every message twice.
-    manifests = [deployment(bot, platform, 1, pod, strategy={"type": "Recreate"})]
+    read = [ref.name for ref in refs.values()] + [api_keys_secret(bot)]
+    manifests = [
+        deployment(
+            bot,
+            platform,
+            1,
+            pod,
+            strategy={"type": "Recreate"},
+            annotations=secrets_version(secret_versions, read),
+        )
+    ]
     if receives_http:
         manifests.append(service(bot, platform, WEBHOOK_PORT, "webhook"))
     return manifests

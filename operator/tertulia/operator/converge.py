@@ -1,0 +1,321 @@
+"""Converging one ChatBot, the steps every trigger takes (its own change, a child's, a Secret's
+or a source ConfigMap's, the periodic resync), one ChatBot at a time.
+
+Each step is small: make the generated keys, check the Secrets the spec names, render, apply
+each child on its own (a refused one is reported, the rest still applied), delete what the
+spec dropped, write the status. What a converge learnt is kept in `Known`, so the events
+between two converges render exactly what the last one did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from tertulia.operator.api import GROUP, VERSION, ChatBot, ChatBotStatus
+from tertulia.operator.kube import Cluster
+from tertulia.operator.plan import Manifest, ObjectRef, plan
+from tertulia.operator.render import Installation, render_all
+from tertulia.operator.render.gateway import api_keys_secret, generated_api_keys
+from tertulia.operator.render.knowledge import (
+    generated_knowledge_base_key,
+    knowledge_base_secret,
+)
+from tertulia.operator.render.memory import generated_memory_password, memory_secret
+from tertulia.operator.render.platforms import secret_refs
+from tertulia.operator.status import (
+    IngestRun,
+    MissingSecret,
+    Refusal,
+    Workload,
+    compute_status,
+)
+
+IMAGE = os.environ.get("TERTULIA_IMAGE", f"ghcr.io/tertulia/tertulia:{version('tertulia')}")
+# Set by the chart: the registry third-party images are mirrored in, and who scrapes metrics.
+INSTALLATION = Installation(
+    registry=os.environ.get("TERTULIA_IMAGE_REGISTRY", ""),
+    scrapers=json.loads(os.environ.get("TERTULIA_METRICS_SCRAPERS") or "null"),
+)
+
+_cluster: Cluster | None = None
+
+
+def cluster() -> Cluster:
+    global _cluster  # one client for the process, made after kopf has logged in
+    if _cluster is None:
+        _cluster = Cluster()
+    return _cluster
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a render depends on besides the spec, as the last converge found it."""
+
+    ready_platforms: frozenset[str] = frozenset()
+    source_digests: dict[str, str] = field(default_factory=dict)
+    secret_versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Known:
+    """What the operator learnt of one ChatBot, kept between events; `lock` lets one worker
+    at a time converge it (kopf runs handlers in a thread pool)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    inputs: Inputs | None = None
+    missing: list[MissingSecret] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    failed_ingest: tuple[str, str] | None = None  # a failed Job's name, and what it said
+
+
+_known: dict[tuple[str, str], Known] = {}
+_known_lock = threading.Lock()
+
+
+def known(namespace: str, name: str) -> Known:
+    with _known_lock:
+        return _known.setdefault((namespace, name), Known())
+
+
+def forget(namespace: str, name: str) -> None:
+    """A deleted ChatBot: nothing of it is kept."""
+    with _known_lock:
+        _known.pop((namespace, name), None)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the indexes hold of the ChatBots' children: their workloads and ingest Jobs."""
+
+    deployments: kopf.Index[Any, Any]
+    statefulsets: kopf.Index[Any, Any]
+    ingest_jobs: kopf.Index[Any, Any]
+
+    @classmethod
+    def of(cls, kwargs: dict[str, Any]) -> Observed:
+        """From a handler's keyword arguments, where kopf passes every index by its name."""
+        return cls(kwargs["deployments"], kwargs["statefulsets"], kwargs["ingest_jobs"])
+
+    def workloads(self, bot: ChatBot) -> dict[str, Workload]:
+        key = (bot.namespace, bot.name)
+        return dict(self.deployments.get(key, [])) | dict(self.statefulsets.get(key, []))
+
+
+def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: kopf.Body) -> Known:
+    """Apply what the spec asks for, delete what it no longer asks for, write the status.
+    The caller holds the ChatBot's lock."""
+    state = known(bot.namespace, bot.name)
+    kube = cluster()
+    generate_keys(kube, bot, body)
+    missing, versions = check_secrets(kube, bot)
+    announce(body, "SecretNotFound", missing, state.missing)
+    state.inputs = Inputs(
+        ready_platforms=frozenset(secret_refs(bot)) - {item.platform for item in missing},
+        source_digests=source_digests(kube, bot),
+        secret_versions=versions,
+    )
+    desired = render(bot, state.inputs)
+    refused = apply_each(kube, desired)
+    announce(body, "ApplyFailed", refused, state.refused)
+    prune(kube, bot, desired, body)
+    if bot.generation != previous.observed_generation:
+        kopf.info(
+            body,
+            reason="Applied",
+            message=f"generation {bot.generation}: applied {len(desired) - len(refused)} of "
+            f"{len(desired)} objects",
+        )
+    state.missing, state.refused = missing, refused
+    write_status(bot, previous, observed, body)
+    return state
+
+
+def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> None:
+    """The API keys of the gateway and of Weaviate, made once when the spec names none."""
+    if bot.spec.gateway.api_keys_secret_ref is None and kube.create(
+        generated_api_keys(
+            bot, {"bots": secrets.token_urlsafe(32), "admin": secrets.token_urlsafe(32)}
+        )
+    ):
+        kopf.info(
+            body, reason="Created", message=f"generated API keys in Secret {api_keys_secret(bot)}"
+        )
+    if kube.create(generated_memory_password(bot, secrets.token_urlsafe(32))):
+        kopf.info(
+            body,
+            reason="Created",
+            message=f"generated Redis's password in Secret {memory_secret(bot)}",
+        )
+    if bot.spec.knowledge_base.enabled and kube.create(
+        generated_knowledge_base_key(bot, secrets.token_urlsafe(32))
+    ):
+        kopf.info(
+            body,
+            reason="Created",
+            message=f"generated Weaviate's API key in Secret {knowledge_base_secret(bot)}",
+        )
+
+
+def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
+    """Every Secret the ChatBot's pods read at start, with the key a platform needs; the
+    operator watches these."""
+    found: list[tuple[str, str | None]] = [
+        (ref.name, ref.key) for refs in secret_refs(bot).values() for ref in refs.values()
+    ]
+    found.append((api_keys_secret(bot), None))
+    found.append((memory_secret(bot), None))
+    if bot.spec.knowledge_base.enabled:
+        found.append((knowledge_base_secret(bot), None))
+    if bot.spec.model.api_key_secret_ref is not None:
+        found.append((bot.spec.model.api_key_secret_ref.name, None))
+    return found
+
+
+def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dict[str, str]]:
+    """The platform keys that are missing, and the versions of the Secrets that exist (each
+    read once)."""
+    names = dict.fromkeys(name for name, _ in read_secrets(bot))
+    found = {name: kube.secret_keys(bot.namespace, name) for name in names}
+    versions = {name: state[0] for name, state in found.items() if state is not None}
+    missing = [
+        MissingSecret(platform, ref.name, ref.key)
+        for platform, refs in secret_refs(bot).items()
+        for ref in refs.values()
+        if (state := found[ref.name]) is None or ref.key not in state[1]
+    ]
+    return missing, versions
+
+
+def source_digests(kube: Cluster, bot: ChatBot) -> dict[str, str]:
+    """The content version of each ConfigMap the knowledge base ingests."""
+    knowledge = bot.spec.knowledge_base
+    if not knowledge.enabled:
+        return {}
+    return {
+        source.config_map.name: kube.config_map_digest(bot.namespace, source.config_map.name)
+        for source in knowledge.sources
+        if source.config_map is not None
+    }
+
+
+def render(bot: ChatBot, inputs: Inputs) -> list[Manifest]:
+    return render_all(
+        bot,
+        image=IMAGE,
+        installation=INSTALLATION,
+        ready_platforms=set(inputs.ready_platforms),
+        source_digests=inputs.source_digests,
+        secret_versions=inputs.secret_versions,
+    )
+
+
+def apply_each(kube: Cluster, manifests: Iterable[Manifest]) -> list[Refusal]:
+    """Apply every object on its own: one the API server refuses (an invalid pass-through
+    field, an immutable field changed) is reported and the others are still applied. Any
+    status counts: an invalid field inside a pass-through object fails server-side apply's
+    conversion with a 500, and a passing server error is as well reported and retried. Only
+    a lost connection stops the converge."""
+    refused = []
+    for manifest in manifests:
+        try:
+            kube.apply(manifest)
+        except ApiException as error:
+            refused.append(
+                Refusal(
+                    manifest["kind"],
+                    manifest["metadata"]["name"],
+                    manifest["metadata"]["labels"].get("app.kubernetes.io/component", ""),
+                    str(error.reason),
+                )
+            )
+    return refused
+
+
+def prune(kube: Cluster, bot: ChatBot, desired: list[Manifest], body: kopf.Body) -> None:
+    for ref in plan(kube.owned(bot), desired).delete:
+        kube.delete(bot.namespace, ref)
+        kopf.info(body, reason="Deleted", message=f"{ref.kind} {ref.name} is no longer in the spec")
+
+
+def announce(body: kopf.Body, reason: str, found: list[Any], before: list[Any]) -> None:
+    """A Warning Event for each new problem, not again on every retry while it lasts."""
+    for item in found:
+        if item not in before:
+            kopf.warn(body, reason=reason, message=item.describe())
+
+
+def put_back(bot: ChatBot, ref: ObjectRef) -> None:
+    """A child changed or deleted by hand, applied again as the last converge rendered it.
+    The caller holds the ChatBot's lock."""
+    state = known(bot.namespace, bot.name)
+    if state.inputs is None:
+        return  # not converged by this process yet: its reconcile will apply everything
+    for manifest in render(bot, state.inputs):
+        if ObjectRef.of(manifest) == ref:
+            refused = apply_each(cluster(), [manifest])
+            state.refused = [r for r in state.refused if (r.kind, r.name) != (ref.kind, ref.name)]
+            state.refused.extend(refused)
+            return
+
+
+def ingest_run(bot: ChatBot, jobs: kopf.Index[Any, Any]) -> IngestRun | None:
+    """The newest ingest Job of the ChatBot, with what its Pod said when it failed (read
+    once per failed Job)."""
+    found = sorted(jobs.get((bot.namespace, bot.name), []))
+    if not found:
+        return None
+    _, name, failed = found[-1]
+    if not failed:
+        return IngestRun(name)
+    state = known(bot.namespace, bot.name)
+    if state.failed_ingest is None or state.failed_ingest[0] != name:
+        state.failed_ingest = (name, cluster().job_failure(bot.namespace, name))
+    said = state.failed_ingest[1]
+    return IngestRun(name, failed=True, reason=f"{failed}: {said}" if said else failed)
+
+
+def write_status(
+    bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: kopf.Body
+) -> None:
+    """Compute the status from the children and write it where it changed, only over the
+    ChatBot version it was computed from. When the ChatBot has changed since, it is read
+    again and the status computed anew from it, unless its spec has moved on, whose own
+    reconcile writes it."""
+    state = known(bot.namespace, bot.name)
+    ingest = ingest_run(bot, observed.ingest_jobs) if bot.spec.knowledge_base.enabled else None
+    resource_version = str(body.get("metadata", {}).get("resourceVersion") or "")
+    for _ in range(3):
+        status = compute_status(
+            bot, observed.workloads(bot), state.missing, previous, ingest, state.refused
+        )
+        if status == previous:
+            return
+        kube = cluster()
+        if kube.patch_status(
+            bot.namespace, bot.name, status.model_dump(by_alias=True), resource_version
+        ):
+            if status.phase != previous.phase:
+                message = next(c.message for c in status.conditions if c.type == "Ready")
+                kopf.info(body, reason=status.phase, message=message)
+            return
+        fresh = kube.chatbot(bot.namespace, bot.name)
+        if fresh is None or fresh["metadata"].get("generation", 0) != bot.generation:
+            return
+        previous = ChatBotStatus.model_validate(fresh.get("status") or {})
+        resource_version = str(fresh["metadata"]["resourceVersion"])
+
+
+def body_of(parent: dict[str, Any]) -> kopf.Body:
+    """A body kopf can post Events to, from a ChatBot as the index holds it."""
+    raw = cast(kopf.RawBody, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ChatBot", **parent})
+    return kopf.Body(raw)
