@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from fastapi.sse import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from tertulia.gateway.errors import (
     BackendFailed,
@@ -102,6 +104,22 @@ class BackendStream:
         # Closing (not releasing) drops the connection, which tells the server to stop.
         if not self._response.closed:
             self._response.close()
+
+
+class UpstreamEventSource(EventSourceResponse):
+    """Server-sent events from an upstream stream, which is closed however the response
+    ends: finished, failed, or never started because the client left before its first byte
+    (a generator that never ran runs no `finally`)."""
+
+    def __init__(self, content: AsyncIterable[bytes], stream: BackendStream) -> None:
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.aclose()
 
 
 class Backend:

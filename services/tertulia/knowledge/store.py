@@ -104,6 +104,8 @@ class Store:
         self._client = self._new_client()
         self._collection = self._client.collections.use(settings.collection)
         self._stale = False
+        # Requests that fail together would otherwise each build a client, leaking channels.
+        self._connecting = asyncio.Lock()
 
     def _new_client(self) -> WeaviateAsyncClient:
         settings = self.settings
@@ -130,15 +132,17 @@ class Store:
 
     async def _connect(self) -> None:
         """Connect on first use, so a Weaviate that is down at start-up delays nothing; after
-        a failure, with a new client, as a gRPC channel that failed backs off for minutes."""
-        if self._stale:
-            with contextlib.suppress(Exception):
-                await self._client.close()
-            self._client = self._new_client()
-            self._collection = self._client.collections.use(self.settings.collection)
-            self._stale = False
-        if not self._client.is_connected():
-            await self._client.connect()
+        a failure, with a new client, as a gRPC channel that failed backs off for minutes.
+        One caller at a time: the others find the new client connected."""
+        async with self._connecting:
+            if self._stale:
+                with contextlib.suppress(Exception):
+                    await self._client.close()
+                self._client = self._new_client()
+                self._collection = self._client.collections.use(self.settings.collection)
+                self._stale = False
+            if not self._client.is_connected():
+                await self._client.connect()
 
     async def ready(self) -> None:
         """Raises StoreError unless Weaviate answers ready."""

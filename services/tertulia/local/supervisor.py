@@ -11,7 +11,7 @@ import signal
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,26 @@ from rich.console import Console
 from rich.markup import escape
 
 COLORS = ["cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan"]
+
+
+# A line longer than this is passed on in pieces of this size.
+LINE_PIECE_BYTES = 1024 * 1024
+
+
+async def lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Each line of `stream`, however long: `readline` (and `async for` over the stream)
+    raises past its 64 KiB limit, and a server that logs a long line would stop the pump."""
+    pending = b""
+    while chunk := await stream.read(64 * 1024):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line
+        while len(pending) >= LINE_PIECE_BYTES:
+            yield pending[:LINE_PIECE_BYTES]
+            pending = pending[LINE_PIECE_BYTES:]
+    if pending:
+        yield pending
 
 
 class ComponentFailed(RuntimeError):
@@ -86,7 +106,7 @@ class Supervisor:
         assert child.process is not None and child.process.stdout is not None  # noqa: S101
         log = (self.log_dir / f"{child.name}.log").open("a", encoding="utf-8")
         with log:
-            async for raw in child.process.stdout:
+            async for raw in lines(child.process.stdout):
                 line = raw.decode(errors="replace").rstrip()
                 child.tail.append(line)
                 log.write(line + "\n")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.sse import EventSourceResponse
 
+from tertulia.gateway.backend import UpstreamEventSource
 from tertulia.gateway.deps import IdentityDep, ServicesDep
 from tertulia.gateway.pipeline import chat
 from tertulia.gateway.schemas import ERROR_RESPONSES, ChatRequest, ChatResponse
@@ -28,11 +28,8 @@ async def post_chat(
 )
 async def post_chat_stream(
     request: ChatRequest, identity: IdentityDep, services: ServicesDep
-) -> EventSourceResponse:
+) -> UpstreamEventSource:
     """The same as server-sent events: `meta`, then `token`s, then `done` (or `error`)."""
     prepared = await chat.prepare(services, identity, request)
     stream = await services.backend.open_stream(prepared.backend_body(services.settings.max_tokens))
-    return EventSourceResponse(
-        chat.stream_events(services, prepared, stream),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return UpstreamEventSource(chat.stream_events(services, prepared, stream), stream)

@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from fastapi.sse import EventSourceResponse
 
+from tertulia.gateway.backend import UpstreamEventSource
 from tertulia.gateway.deps import IdentityDep, ServicesDep
 from tertulia.gateway.pipeline import completions
 from tertulia.gateway.schemas import ERROR_RESPONSES, OpenAIChatRequest
@@ -35,7 +35,7 @@ async def list_models(_: IdentityDep, services: ServicesDep) -> dict[str, Any]:
 )
 async def create_chat_completion(
     request: OpenAIChatRequest, identity: IdentityDep, services: ServicesDep
-) -> JSONResponse | EventSourceResponse:
+) -> JSONResponse | UpstreamEventSource:
     started = time.monotonic()
     body = await completions.prepare_completion(services, identity, request)
     if not request.stream:
@@ -45,7 +45,6 @@ async def create_chat_completion(
         return JSONResponse(await completions.moderated_completion(services, result))
     stream = await services.backend.open_stream(body)
     wants_usage = request.stream_options is not None and request.stream_options.include_usage
-    return EventSourceResponse(
-        completions.passthrough(services, stream, started, client_wants_usage=wants_usage),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return UpstreamEventSource(
+        completions.passthrough(services, stream, started, client_wants_usage=wants_usage), stream
     )
