@@ -4,7 +4,7 @@ it broken at the same moment."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -13,7 +13,7 @@ from tertulia.knowledge.settings import KnowledgeSettings
 
 
 class FakeClient:
-    made: list[FakeClient] = []
+    made: ClassVar[list[FakeClient]] = []
 
     def __init__(self) -> None:
         self.connected = False
