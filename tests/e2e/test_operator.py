@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,13 +324,15 @@ def test_children_edited_or_deleted_by_hand_are_put_back(
     apps = client.AppsV1Api(control_plane.api_client())
     old_uid = core.read_namespaced_service("helpdesk-gateway", namespace).metadata.uid
 
-    kubectl(control_plane, "scale", "-n", namespace, "deployment", "helpdesk-model", "--replicas=4")
+    kubectl(
+        control_plane, "scale", "-n", namespace, "statefulset", "helpdesk-model", "--replicas=4"
+    )
     core.delete_namespaced_service("helpdesk-gateway", namespace)
 
     eventually(
-        lambda: apps.read_namespaced_deployment("helpdesk-model", namespace).spec.replicas == 1,
+        lambda: apps.read_namespaced_stateful_set("helpdesk-model", namespace).spec.replicas == 1,
         timeout=30,
-        what="the model Deployment back at 1 replica",
+        what="the model StatefulSet back at 1 replica",
     )
     eventually(
         lambda: _uid_of(core, "helpdesk-gateway", namespace) not in (None, old_uid),
@@ -382,18 +383,56 @@ def test_an_operator_killed_mid_reconcile_converges_after_restart(
         body["metadata"]["name"] = name
         body["spec"]["model"]["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
         apply(control_plane, namespace, body)
-    time.sleep(0.5)
+    # Killed as soon as the first child exists: the moment of the kill is recorded, to prove
+    # it landed mid-way, with some children applied and others not.
+    eventually(
+        lambda: children(control_plane, namespace), timeout=30, what="a first child", interval=0.02
+    )
     operator.kill()
-    try:
-        time.sleep(1)
-    finally:
-        operator.start()
+    at_kill = len(children(control_plane, namespace))
+    operator.start()
 
     for name in names:
         wait_phase(control_plane, namespace, name)
-    apps = client.AppsV1Api(control_plane.api_client())
-    deployments = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
-    assert len(deployments) == len(set(deployments)) == 3 * len(names)
+    converged = children(control_plane, namespace)
+    assert 0 < at_kill < len(converged), (at_kill, len(converged))
+    # One workload of each component per ChatBot, owned by that ChatBot: none twice, none
+    # missing, none adopted by another.
+    custom = client.CustomObjectsApi(control_plane.api_client())
+    uids = {
+        bot["metadata"]["uid"]: bot["metadata"]["name"]
+        for bot in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    }
+    workloads = [
+        (uids[owner.uid], item.metadata.labels["app.kubernetes.io/component"])
+        for item in converged
+        if item.kind in ("Deployment", "StatefulSet")
+        for owner in item.metadata.owner_references
+    ]
+    expected = [(name, component) for name in names for component in ("gateway", "memory", "model")]
+    assert sorted(workloads) == sorted(expected)
+
+
+def children(control_plane: ControlPlane, namespace: str) -> list[Any]:
+    """Every object the operator made in the namespace (by its label), with its kind."""
+    api = control_plane.api_client()
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    networking = client.NetworkingV1Api(api)
+    selector = "app.kubernetes.io/managed-by=tertulia-operator"
+    found = []
+    for kind, listing in (
+        ("Deployment", apps.list_namespaced_deployment),
+        ("StatefulSet", apps.list_namespaced_stateful_set),
+        ("Service", core.list_namespaced_service),
+        ("ConfigMap", core.list_namespaced_config_map),
+        ("Secret", core.list_namespaced_secret),
+        ("ServiceAccount", core.list_namespaced_service_account),
+        ("NetworkPolicy", networking.list_namespaced_network_policy),
+    ):
+        for item in listing(namespace, label_selector=selector).items:
+            item.kind = kind
+            found.append(item)
+    return found
 
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
