@@ -44,6 +44,10 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
+# Namespaces this module made, deleted when it ends.
+_MADE: set[str] = set()
+
+
 def ensure_namespace(control_plane: ControlPlane, name: str) -> None:
     core = client.CoreV1Api(control_plane.api_client())
     try:
@@ -51,6 +55,17 @@ def ensure_namespace(control_plane: ControlPlane, name: str) -> None:
     except client.ApiException as error:
         if error.status != 409:
             raise
+    else:
+        _MADE.add(name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def namespaces_cleaned_up(control_plane: ControlPlane) -> Iterator[None]:
+    yield
+    core = client.CoreV1Api(control_plane.api_client())
+    for name in sorted(_MADE):
+        core.delete_namespace(name)
+    _MADE.clear()
 
 
 @pytest.fixture(scope="module")

@@ -96,11 +96,17 @@ def test_no_history_crosses_between_users(replicas: tuple[str, str]) -> None:
     shared_id = uuid.uuid4().hex
     private = "Ana's locker code is 4471 and her boat is the Gaviota."
 
-    httpx.post(
+    stored = httpx.post(
         f"{gateway}/chat",
         json={"message": private, "conversation_id": shared_id, "user": "ana"},
         timeout=120,
     )
+    assert stored.status_code == 200
+    # Ana's turn is there, and she reads it back: what Bob must not see exists.
+    ana_history = httpx.get(
+        f"{gateway}/conversations/{shared_id}", params={"user": "ana"}, timeout=10
+    ).json()
+    assert ana_history["turns"][0]["content"] == private
     bob = httpx.post(
         f"{gateway}/chat",
         json={"message": "Hi there", "conversation_id": shared_id, "user": "bob"},
@@ -117,6 +123,7 @@ def test_no_history_crosses_between_users(replicas: tuple[str, str]) -> None:
 
     # Bob's prompt is exactly as long as a stranger's first prompt: none of Ana's turns in it.
     assert bob["usage"]["prompt_tokens"] == fresh["usage"]["prompt_tokens"]
+    assert [turn["content"] for turn in bob_history["turns"]][:1] == ["Hi there"]
     assert private not in json.dumps(bob_history)
 
 
