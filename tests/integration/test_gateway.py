@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.testbed.process import ManagedProcess
+from tests.testbed.process import ManagedProcess, free_port
 from tests.testbed.servers import (
     start_fake_backend,
     start_gateway,
@@ -245,3 +245,26 @@ def test_a_redis_with_a_password_holds_memory_for_the_gateway_that_has_it(
             without.stop()
     finally:
         redis_process.stop()
+
+
+def test_metrics_on_their_own_port_and_sigterm_stops_both_servers(tmp_path: Path) -> None:
+    backend, backend_url = start_fake_backend(tmp_path, "--reply", "Fine.")
+    metrics_port = free_port()
+    gateway, gateway_url = start_gateway(
+        tmp_path, {"BACKEND__URL": backend_url, "METRICS_PORT": str(metrics_port)}
+    )
+    try:
+        assert httpx.post(f"{gateway_url}/chat", json={"message": "hi"}, timeout=30).is_success
+        assert httpx.get(f"{gateway_url}/metrics", timeout=5).status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert 'tertulia_gateway_requests_total{route="/chat",status="200"} 1.0' in metrics.text
+        gateway.popen.send_signal(signal.SIGTERM)
+        # One SIGTERM ends the process (uvicorn re-raises it once shut down, so the exit
+        # says so): the metrics server does not keep it alive.
+        assert gateway.popen.wait(timeout=20) in (0, -signal.SIGTERM)
+        for port in (metrics_port, int(gateway_url.rsplit(":", 1)[1])):
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        gateway.stop()
+        backend.stop()

@@ -386,6 +386,11 @@ class GatewaySpec(Spec):
     )
     autoscaling: AutoscalingSpec | None = Field(None, description="Scale the gateway on CPU.")
     resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
+    api_docs: bool = Field(
+        False,
+        description="Serve the API's documentation (/docs, /redoc, /openapi.json) on the "
+        "public port; /metrics and /stats are always on the `metrics` port (9090) only.",
+    )
 
 
 class SourceSpec(Spec):

@@ -6,6 +6,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -46,7 +47,11 @@ def create_app(
             gc.freeze()
             yield
 
+    docs: dict[str, Any] = {}
+    if not settings.api_docs:
+        docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(
+        **docs,
         title="Tertulia gateway",
         version=version("tertulia"),
         description="Chat with this cluster's private assistant: an OpenAI-compatible API and "
@@ -62,15 +67,26 @@ def create_app(
         max_upload_bytes=settings.knowledge_base.max_upload_bytes,
     )
     install_error_handlers(app)
-    for router in (
+    routers = [
         chat.router,
         completions.router,
         conversations.router,
         events.router,
         health.router,
         knowledge.router,
-        observability.router,
         web.router,
-    ):
+    ]
+    if settings.metrics_port is None:
+        routers.append(observability.router)
+    for router in routers:
         app.include_router(router)
     return app
+
+
+def create_metrics_app(app: FastAPI) -> FastAPI:
+    """/metrics and /stats of `app`, for its metrics port: the same figures, on a port no
+    Ingress exposes. It shares the app's state, and so its services, once they are open."""
+    metrics_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    metrics_app.state = app.state
+    metrics_app.include_router(observability.router)
+    return metrics_app

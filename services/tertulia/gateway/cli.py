@@ -15,20 +15,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on [settings: port].")] = None,
 ) -> None:
     """Serve the chat API; settings come from TERTULIA_GATEWAY_* and the config file."""
-    import uvicorn
-
     from tertulia.common.logging import configure_logging
-    from tertulia.gateway.app import create_app
+    from tertulia.gateway.serving import serve as run
     from tertulia.gateway.settings import get_settings
 
     settings = get_settings()
     configure_logging(settings.log_level, log_content=settings.log_content)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_config=None,
-        access_log=False,
-        # Streams end on their own; this bounds how long a shutdown waits for them.
-        timeout_graceful_shutdown=30,
-    )
+    run(settings, host or settings.host, port or settings.port)

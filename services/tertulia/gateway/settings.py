@@ -129,6 +129,16 @@ class GatewaySettings(BaseSettings):
         description="API key identities allowed the /admin API (knowledge base ingestion).",
     )
     web_chat: bool = Field(True, description="Serve the web chat page at /.")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics and /stats on this port alone, not on the public one "
+        "(which an Ingress exposes); on the public port when unset.",
+    )
+    api_docs: bool = Field(
+        True, description="Serve the API's documentation at /docs, /redoc and /openapi.json."
+    )
     log_level: str = "info"
     log_content: bool = Field(False, description="Log message text; for debugging only.")
     backend: BackendSettings = Field(default_factory=BackendSettings)

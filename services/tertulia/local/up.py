@@ -210,6 +210,10 @@ def _gateway_config(bot: Any, local: Plan, redis_url: str | None, key_file: Path
         host="127.0.0.1",
         port=local.gateway_port,
         redis_url=redis_url,
+        # A local Redis of its own, without a password; metrics and docs on the one port.
+        redis_password_file=None,
+        metrics_port=None,
+        api_docs=True,
         api_keys_dir=None,
         backend={"url": f"http://127.0.0.1:{local.model_port}/v1", "model": ""},
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tertulia.gateway.app import create_app, create_metrics_app
+from tertulia.gateway.settings import GatewaySettings
 from tests.fakes.openai_backend import FakeBackend
 from tests.unit.gateway.conftest import GatewayFactory, parse_sse, write_keys
 
@@ -323,3 +326,25 @@ async def test_message_text_stays_out_of_the_logs(
     logged = " ".join(f"{record.getMessage()} {vars(record)}" for record in caplog.records)
     assert "secret diagnosis" not in logged
     assert "<19 chars>" in logged
+
+
+async def test_with_a_metrics_port_the_public_app_serves_no_metrics_stats_or_docs(
+    fake_url: str,
+) -> None:
+    settings = GatewaySettings(
+        backend={"url": fake_url, "retries": 0}, metrics_port=9090, api_docs=False
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as public:
+            assert (await public.post("/chat", json={"message": "Hi"})).status_code == 200
+            for path in ("/metrics", "/stats", "/docs", "/redoc", "/openapi.json"):
+                assert (await public.get(path)).status_code == 404, path
+        metrics_transport = httpx.ASGITransport(app=create_metrics_app(app))
+        async with httpx.AsyncClient(transport=metrics_transport, base_url="http://m") as private:
+            metrics = (await private.get("/metrics")).text
+            stats = (await private.get("/stats")).json()
+    # The metrics port counts what the public one served.
+    assert 'tertulia_gateway_requests_total{route="/chat",status="200"} 1.0' in metrics
+    assert stats["requests"] >= 1

@@ -320,10 +320,12 @@ def test_the_ingress_sends_each_platforms_webhook_path_to_its_bot() -> None:
         "/telegram": ("Exact", "tertulia-telegram"),
         "/": ("Prefix", "tertulia-gateway"),
     }
-    # Each route ends at a Service the render makes, on a port it has.
+    # Each route ends at a Service the render makes, on a port it has; never at metrics.
     for _, service in routes.values():
         ports = manifests["Service", service]["spec"]["ports"]
-        assert [port["name"] for port in ports] == ["http"]
+        assert "http" in [port["name"] for port in ports]
+    for path in rule["http"]["paths"]:
+        assert path["backend"]["service"]["port"] == {"name": "http"}
 
 
 def test_a_webhook_on_another_host_gets_a_rule_of_its_own() -> None:
@@ -368,3 +370,20 @@ def test_redis_requires_the_generated_password_which_only_the_gateway_mounts() -
         )
     ]
     assert sorted(mounting) == ["tertulia-gateway", "tertulia-memory"]
+
+
+def test_metrics_are_on_a_port_of_their_own_that_no_ingress_reaches() -> None:
+    manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    gateway = manifests["Service", "tertulia-gateway"]
+    ports = {port["name"]: port for port in gateway["spec"]["ports"]}
+    assert ports["metrics"]["port"] == 9090 and ports["metrics"]["targetPort"] == "metrics"
+    assert gateway["metadata"]["labels"]["tertulia.dev/metrics"] == "prometheus"
+    config = yaml.safe_load(manifests["ConfigMap", "tertulia-gateway"]["data"]["gateway.yaml"])
+    assert config["metrics_port"] == 9090 and config["api_docs"] is False
+    container = manifests["Deployment", "tertulia-gateway"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+    # llama.cpp serves /metrics beside its API: the Service's metrics port leads there.
+    model = {port["name"]: port for port in manifests["Service", "tertulia-model"]["spec"]["ports"]}
+    assert model["metrics"]["targetPort"] == "http"

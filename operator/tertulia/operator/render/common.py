@@ -14,8 +14,10 @@ Manifest = dict[str, Any]
 
 MANAGED_BY = "tertulia-operator"
 PART_OF = "tertulia"
-# On Services that serve Prometheus metrics at /metrics on their `http` port.
+# On Services that serve Prometheus metrics at /metrics on their `metrics` port.
 METRICS_LABEL = "tertulia.dev/metrics"
+# The Service port Prometheus scrapes, whichever container port serves /metrics.
+METRICS_PORT = 9090
 # On pod templates: a digest of the versions of the Secrets the pods read at start.
 SECRETS_ANNOTATION = "tertulia.dev/secrets-version"
 
@@ -125,23 +127,22 @@ def service(
     port: int,
     target_port: int | str | None = None,
     *,
-    metrics: bool = False,
+    metrics: int | str | None = None,
 ) -> Manifest:
-    """A ClusterIP Service; `metrics` labels it for the chart's ServiceMonitor, which scrapes
-    /metrics on its `http` port."""
+    """A ClusterIP Service. `metrics`, the container port that serves /metrics, adds the
+    port `metrics` (METRICS_PORT) and the label the chart's ServiceMonitor selects by."""
     meta = metadata(bot, component)
-    if metrics:
+    ports = [{"name": "http", "port": port, "targetPort": target_port or port, "protocol": "TCP"}]
+    if metrics is not None:
         meta["labels"][METRICS_LABEL] = "prometheus"
+        ports.append(
+            {"name": "metrics", "port": METRICS_PORT, "targetPort": metrics, "protocol": "TCP"}
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta,
-        "spec": {
-            "selector": selector_labels(bot, component),
-            "ports": [
-                {"name": "http", "port": port, "targetPort": target_port or port, "protocol": "TCP"}
-            ],
-        },
+        "spec": {"selector": selector_labels(bot, component), "ports": ports},
     }
 
 

@@ -90,4 +90,4 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     )
-    return [deployment(bot, COMPONENT, 1, pod), service(bot, COMPONENT, PORT, metrics=True)]
+    return [deployment(bot, COMPONENT, 1, pod), service(bot, COMPONENT, PORT, metrics="http")]

@@ -10,6 +10,7 @@ import yaml
 
 from tertulia.operator.api import ChatBot
 from tertulia.operator.render.common import (
+    METRICS_PORT,
     Manifest,
     deployment,
     http_probe,
@@ -67,6 +68,8 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
         "host": "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "port": PORT,
         "model_name": bot.name,
+        "metrics_port": METRICS_PORT,
+        "api_docs": gateway.api_docs,
         "system_prompt": gateway.system_prompt,
         "temperature": gateway.temperature,
         "max_tokens": gateway.max_tokens,
@@ -141,7 +144,11 @@ def render_gateway(
         "image": gateway.image or image,
         "args": ["gateway", "serve"],
         "env": [{"name": "TERTULIA_GATEWAY_CONFIG_FILE", "value": f"{CONFIG_PATH}/gateway.yaml"}],
-        "ports": [{"name": "http", "containerPort": PORT}],
+        "ports": [
+            {"name": "http", "containerPort": PORT},
+            # /metrics and /stats, apart from the public port the Ingress exposes.
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
         "readinessProbe": http_probe("/readyz", "http", periodSeconds=5, timeoutSeconds=3),
         "livenessProbe": http_probe("/healthz", "http", periodSeconds=10, failureThreshold=3),
         "resources": resources(
@@ -172,7 +179,7 @@ def render_gateway(
                 **secrets_version(secret_versions, gateway_secrets(bot)),
             },
         ),
-        service(bot, COMPONENT, PORT, "http", metrics=True),
+        service(bot, COMPONENT, PORT, "http", metrics="metrics"),
     ]
     if gateway.ingress is not None:
         manifests.append(_ingress(bot))

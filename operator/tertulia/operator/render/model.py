@@ -180,7 +180,9 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     )
     pod = {key: value for key, value in pod.items() if value is not None}
     # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do.
-    manifests = [service(bot, COMPONENT, port, metrics=model.engine != "ollama")]
+    manifests = [
+        service(bot, COMPONENT, port, metrics="http" if model.engine != "ollama" else None)
+    ]
     if per_replica:
         manifests.insert(0, _stateful_set(bot, pod))
     else:
