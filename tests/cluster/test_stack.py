@@ -258,7 +258,7 @@ def remembered(cluster: ControlPlane, exchange: Exchange) -> list[dict[str, Any]
     """The conversation's turns as the in-cluster Redis holds them (`redis-cli` in its pod)."""
     key = hashed_key(
         "tertulia:conversation",
-        "bots",
+        "telegram",  # the Telegram bot's own API key identity
         f"telegram:{exchange.user}",
         f"telegram:{exchange.chat}:main",
     )

@@ -5,6 +5,7 @@ Secret shows within seconds and rolls the pods that read it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -277,3 +278,29 @@ def test_a_rotated_token_rolls_its_bot_and_a_deleted_one_shows_at_once(
         e.message for e in events(control_plane, namespace, "helpdesk")
     )
     assert "first-token-0001" not in said and "second-0002" not in said
+
+
+def test_an_older_generated_key_secret_gets_the_keys_it_lacks_and_keeps_its_own(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    # As an older release left it: one key shared by every bot.
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "helpdesk-api-keys"},
+            "stringData": {"bots": "old-shared-key", "admin": "old-admin-key"},
+        },
+    )
+    create_secrets(control_plane, namespace, {"discord": {"token": "t"}})
+    body = load_example("cpu-ollama")
+    body["spec"]["platforms"] = {"discord": {"tokenSecretRef": {"name": "discord", "key": "token"}}}
+    assert apply(control_plane, namespace, body).returncode == 0
+    wait_phase(control_plane, namespace, "helpdesk")
+    data = core.read_namespaced_secret("helpdesk-api-keys", namespace).data
+    assert set(data) == {"bots", "admin", "slack", "discord", "telegram"}
+    assert base64.b64decode(data["admin"]).decode() == "old-admin-key"
+    assert len({data[key] for key in ("slack", "discord", "telegram")}) == 3
+    updated = [e for e in events(control_plane, namespace, "helpdesk") if e.reason == "Updated"]
+    assert len(updated) == 1 and "discord" in updated[0].message
+    assert "old-" not in updated[0].message

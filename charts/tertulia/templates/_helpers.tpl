@@ -83,10 +83,11 @@ the operator with exactly these rules and show each removed verb breaks a check.
 # Secrets: those a ChatBot names (platform tokens) and those the operator generates (the
 # gateway's and Weaviate's API keys, created once, never updated) are watched, so a rotated
 # or deleted one shows in status within seconds and rolls the pods that read it; of each,
-# only its version and whether a key exists are used, never a value.
+# only its version and whether a key exists are used, never a value. A generated Secret
+# made by an older release gets the keys it lacks (patch), its existing keys untouched.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, patch]
 # Children watched for drift: server-side applied, listed to prune, deleted when dropped.
 # ConfigMaps are also read: a knowledge base's source documents, to re-ingest on a change.
 - apiGroups: [""]

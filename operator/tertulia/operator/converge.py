@@ -25,7 +25,11 @@ from tertulia.operator.api import GROUP, VERSION, ChatBot, ChatBotStatus
 from tertulia.operator.kube import Cluster
 from tertulia.operator.plan import Manifest, ObjectRef, plan
 from tertulia.operator.render import Installation, render_all
-from tertulia.operator.render.gateway import api_keys_secret, generated_api_keys
+from tertulia.operator.render.gateway import (
+    GENERATED_KEYS,
+    api_keys_secret,
+    generated_api_keys,
+)
 from tertulia.operator.render.knowledge import (
     generated_knowledge_base_key,
     knowledge_base_secret,
@@ -141,15 +145,23 @@ def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: ko
 
 
 def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> None:
-    """The API keys of the gateway and of Weaviate, made once when the spec names none."""
-    if bot.spec.gateway.api_keys_secret_ref is None and kube.create(
-        generated_api_keys(
-            bot, {"bots": secrets.token_urlsafe(32), "admin": secrets.token_urlsafe(32)}
-        )
-    ):
-        kopf.info(
-            body, reason="Created", message=f"generated API keys in Secret {api_keys_secret(bot)}"
-        )
+    """The API keys of the gateway (one per bot, and the admin's), Redis's password and
+    Weaviate's key, made once when the spec names none; a key an older Secret lacks is added,
+    and none that exists is ever changed."""
+    if bot.spec.gateway.api_keys_secret_ref is None:
+        name = api_keys_secret(bot)
+        found = kube.secret_keys(bot.namespace, name)
+        if found is None and kube.create(
+            generated_api_keys(bot, {key: secrets.token_urlsafe(32) for key in GENERATED_KEYS})
+        ):
+            kopf.info(body, reason="Created", message=f"generated API keys in Secret {name}")
+        elif found is not None and (lacking := [k for k in GENERATED_KEYS if k not in found[1]]):
+            kube.add_keys(bot.namespace, name, {key: secrets.token_urlsafe(32) for key in lacking})
+            kopf.info(
+                body,
+                reason="Updated",
+                message=f"added the API keys {', '.join(lacking)} to Secret {name}",
+            )
     if kube.create(generated_memory_password(bot, secrets.token_urlsafe(32))):
         kopf.info(
             body,
@@ -172,7 +184,7 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = [
         (ref.name, ref.key) for refs in secret_refs(bot).values() for ref in refs.values()
     ]
-    found.append((api_keys_secret(bot), None))
+    found.append((api_keys_secret(bot), None))  # the bots' keys are among the refs above
     found.append((memory_secret(bot), None))
     if bot.spec.knowledge_base.enabled:
         found.append((knowledge_base_secret(bot), None))

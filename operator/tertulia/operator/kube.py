@@ -198,6 +198,15 @@ class Cluster:
             raise
         return True
 
+    def add_keys(self, namespace: str, name: str, values: dict[str, str]) -> None:
+        """Add keys to a Secret, leaving those it has as they are."""
+        self.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/secrets/{name}",
+            body={"stringData": values},
+            content_type="application/merge-patch+json",
+        )
+
     def patch_status(
         self,
         namespace: str,

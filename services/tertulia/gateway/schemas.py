@@ -72,7 +72,7 @@ class ErrorBody(BaseModel):
 
 # The error statuses of the chat routes, for the OpenAPI document.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 413, 422, 429, 502, 503, 504)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 413, 422, 429, 502, 503, 504)
 }
 
 

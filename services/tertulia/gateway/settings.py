@@ -124,6 +124,12 @@ class GatewaySettings(BaseSettings):
         description="A mounted Secret: one file per identity, holding its API key. "
         "Without it the gateway needs no key (local use only).",
     )
+    user_prefixes: dict[str, str] = Field(
+        default_factory=dict,
+        description="API key identities bound to the users they may act for: each may only "
+        "name a `user` that starts with its prefix ({'slack': 'slack:'}: the Slack bot's key "
+        "cannot read a Telegram user's history).",
+    )
     admin_identities: list[str] = Field(
         default_factory=lambda: ["admin"],
         description="API key identities allowed the /admin API (knowledge base ingestion).",

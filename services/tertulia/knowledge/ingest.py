@@ -9,6 +9,7 @@ that cannot be read is reported and skipped; the batch goes on.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -166,6 +167,10 @@ class Ingestor:
         self.store = store
         self.embedder = embedder
 
+    def _chunks(self, item: Input) -> list[Chunk]:
+        document = parse(item.source, item.data, item.kind)
+        return chunk_document(document, self.settings.chunk_tokens, self.settings.chunk_overlap)
+
     async def prepare(self) -> str:
         """Create the collection on first use with the model's dimensions; the model's id."""
         model = await self.embedder.model_id()
@@ -226,10 +231,9 @@ class Ingestor:
             report.chunks["kept"] += len(stored.chunks)
             return "unchanged"
         try:
-            document = parse(item.source, item.data, item.kind)
-            chunks = chunk_document(
-                document, self.settings.chunk_tokens, self.settings.chunk_overlap
-            )
+            # Parsing a large PDF takes seconds of CPU: off the event loop, which in the
+            # gateway streams every other answer meanwhile.
+            chunks = await asyncio.to_thread(self._chunks, item)
         except UnreadableDocument as error:
             report.failures[item.source] = str(error)
             return "failed"

@@ -128,11 +128,16 @@ def plan(bot: Any, spec_file: Path, options: dict[str, Any]) -> Plan:
                     result.warnings.append(f"source {ref.name}: no folder {folder}, skipped")
             result.documents.extend(options["docs"])
     secrets_dir: Path = options["secrets"] or spec_file.parent / "secrets"
-    from tertulia.operator.render.platforms import secret_refs
+    from tertulia.operator.render.platforms import GATEWAY_KEY_FILE, secret_refs
 
     for platform, refs in secret_refs(bot).items():
         # By the file name the bot reads (bot-token, token, ...): SECRETS/SECRET-NAME/KEY.
-        files = {file: secrets_dir / ref.name / ref.key for file, ref in refs.items()}
+        # The gateway key is local mode's own.
+        files = {
+            file: secrets_dir / ref.name / ref.key
+            for file, ref in refs.items()
+            if file != GATEWAY_KEY_FILE
+        }
         missing = [str(path) for path in files.values() if not path.is_file()]
         if missing:
             result.warnings.append(f"{platform} is off: no token file {', '.join(missing)}")

@@ -348,3 +348,41 @@ async def test_with_a_metrics_port_the_public_app_serves_no_metrics_stats_or_doc
     # The metrics port counts what the public one served.
     assert 'tertulia_gateway_requests_total{route="/chat",status="200"} 1.0' in metrics
     assert stats["requests"] >= 1
+
+
+async def test_a_bots_key_acts_only_for_its_platforms_users(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    keys = write_keys(tmp_path / "keys", {"slack": "key-slack", "telegram": "key-telegram"})
+    client = await gateway(
+        api_keys_dir=keys, user_prefixes={"slack": "slack:", "telegram": "telegram:"}
+    )
+    slack = {"Authorization": "Bearer key-slack"}
+    telegram = {"Authorization": "Bearer key-telegram"}
+    said = await client.post(
+        "/chat",
+        json={"message": "My boat is the Gaviota.", "conversation_id": "c1", "user": "telegram:7"},
+        headers=telegram,
+    )
+    assert said.status_code == 200
+    # The Slack bot's key cannot act for a Telegram user: not chat, not read, not delete.
+    for request in (
+        client.post("/chat", json={"message": "Hi", "user": "telegram:7"}, headers=slack),
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "Hi"}], "user": "t"},
+            headers=slack,
+        ),
+        client.get("/conversations/c1", params={"user": "telegram:7"}, headers=slack),
+        client.delete("/conversations/c1", params={"user": "telegram:7"}, headers=slack),
+    ):
+        refused = await request
+        assert refused.status_code == 403
+        assert "'slack:...'" in refused.json()["error"]["message"]
+    # Nor with no user at all, which would act as the key itself.
+    assert (await client.post("/chat", json={"message": "Hi"}, headers=slack)).status_code == 403
+    mine = await client.get("/conversations/c1", params={"user": "telegram:7"}, headers=telegram)
+    assert mine.json()["turns"][0]["content"] == "My boat is the Gaviota."
+    assert (
+        await client.post("/chat", json={"message": "Hi", "user": "slack:U1"}, headers=slack)
+    ).status_code == 200

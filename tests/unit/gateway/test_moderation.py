@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from tertulia.gateway.backend import Backend
 from tertulia.gateway.errors import ContentBlocked
@@ -125,3 +130,59 @@ async def test_failing_guard_model_lets_the_message_through_and_counts_the_error
         )
         == 1
     )
+
+
+_WORDS = [
+    "ok",
+    "Pass",
+    "WORD",
+    "café",
+    fullwidth("full"),
+    "secret",
+    "se",
+    "cret",
+    " ",
+    "  ",
+    "\n",
+    "-",
+    "!",
+]
+
+
+@examples(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pieces=st.lists(st.sampled_from(_WORDS), max_size=40), cuts=st.randoms())
+def test_streaming_scan_finds_exactly_what_a_scan_of_the_whole_text_finds(
+    pieces: list[str], cuts: Any
+) -> None:
+    scanning = moderator("secret", "pass word", "cafe")
+    text = "".join(pieces)
+    # The same text cut into deltas anywhere, words and spaces split across them.
+    points = sorted(cuts.sample(range(len(text) + 1), min(len(text), 8)))
+    deltas = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    scanner = scanning.scanner()
+    seen = ""
+    for delta in deltas:
+        seen += delta
+        # True at the first delta that completes a term, as the whole text says; the
+        # stream stops there.
+        found = scanner.feed(delta)
+        assert found == (scanning.blocked_term(seen) is not None), (deltas, seen)
+        if found:
+            break
+
+
+def test_streaming_scan_normalises_each_delta_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tertulia.gateway.pipeline import moderation
+
+    normalised: list[int] = []
+
+    def counting(text: str) -> str:
+        normalised.append(len(text))
+        return normalise(text)
+
+    scanner = moderator("forbidden").scanner()
+    monkeypatch.setattr(moderation, "normalise", counting)
+    answer = ["word "] * 5000
+    assert not any(scanner.feed(delta) for delta in answer)
+    # Linear: each character once, not the whole answer again on every token.
+    assert sum(normalised) == len("".join(answer))

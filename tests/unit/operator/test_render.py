@@ -387,3 +387,23 @@ def test_metrics_are_on_a_port_of_their_own_that_no_ingress_reaches() -> None:
     # llama.cpp serves /metrics beside its API: the Service's metrics port leads there.
     model = {port["name"]: port for port in manifests["Service", "tertulia-model"]["spec"]["ports"]}
     assert model["metrics"]["targetPort"] == "http"
+
+
+def test_each_bot_presents_a_key_of_its_own_bound_to_its_platforms_users() -> None:
+    manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    for platform in ("slack", "discord", "telegram"):
+        pod = manifests["Deployment", f"tertulia-{platform}"]["spec"]["template"]["spec"]
+        keys = [
+            volume["secret"]
+            for volume in pod["volumes"]
+            if volume["secret"]["secretName"] == "tertulia-api-keys"
+        ]
+        assert keys == [
+            {"secretName": "tertulia-api-keys", "items": [{"key": platform, "path": "gateway-key"}]}
+        ]
+    config = yaml.safe_load(manifests["ConfigMap", "tertulia-gateway"]["data"]["gateway.yaml"])
+    assert config["user_prefixes"] == {
+        "slack": "slack:",
+        "discord": "discord:",
+        "telegram": "telegram:",
+    }

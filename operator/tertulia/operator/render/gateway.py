@@ -30,6 +30,9 @@ from tertulia.operator.render.memory import memory_secret, password_volume, redi
 from tertulia.operator.render.model import backend_key_volume, model_base_url, served_model_name
 
 COMPONENT = "gateway"
+# The API key identities of the bots, one per platform (render/platforms.py mounts them).
+BOT_IDENTITIES = ("slack", "discord", "telegram")
+GENERATED_KEYS = ("admin", *BOT_IDENTITIES)
 PORT = 8080
 CONFIG_PATH = "/etc/tertulia"
 KEYS_PATH = "/etc/tertulia/api-keys"
@@ -42,8 +45,8 @@ def api_keys_secret(bot: ChatBot) -> str:
 
 
 def generated_api_keys(bot: ChatBot, keys: dict[str, str]) -> Manifest:
-    """The Secret of API keys the operator makes when the spec names none: `bots`, the key
-    the platform bots present, and `admin`, for the knowledge base's admin API."""
+    """The Secret of API keys the operator makes when the spec names none: one per platform,
+    the key its bot presents, and `admin`, for the knowledge base's admin API."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -76,6 +79,8 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
         "redis_url": redis_url(bot),
         "redis_password_file": password_volume(bot)[2],
         "api_keys_dir": KEYS_PATH,
+        # A bot's key acts only for its platform's users.
+        "user_prefixes": {platform: f"{platform}:" for platform in BOT_IDENTITIES},
         "backend": backend,
         "memory": {
             "max_turns": gateway.memory.max_turns,

@@ -17,12 +17,15 @@ from tertulia.operator.render.common import (
 from tertulia.operator.render.gateway import api_keys_secret, gateway_url
 
 SECRETS_PATH = "/etc/tertulia/secrets"
+# The file of the bot's own API key for the gateway, beside its platform tokens.
+GATEWAY_KEY_FILE = "gateway-key"
 HEALTH_PORT = 8081
 WEBHOOK_PORT = 8443
 
 
 def secret_refs(bot: ChatBot) -> dict[str, dict[str, SecretKeyRef]]:
-    """The Secret keys each configured platform needs, by platform and by file name."""
+    """The Secret keys each configured platform needs, by platform and by file name: its
+    tokens, and its own API key for the gateway, named after the platform."""
     needed: dict[str, dict[str, SecretKeyRef]] = {}
     for name, spec in bot.spec.platforms.configured().items():
         refs: dict[str, SecretKeyRef | None] = {}
@@ -36,6 +39,7 @@ def secret_refs(bot: ChatBot) -> dict[str, dict[str, SecretKeyRef]]:
             refs = {"token": spec.token_secret_ref, "webhook-secret": spec.webhook_secret_ref}
         else:
             refs = {"token": spec.token_secret_ref}
+        refs[GATEWAY_KEY_FILE] = SecretKeyRef(name=api_keys_secret(bot), key=name)
         needed[name] = {file: ref for file, ref in refs.items() if ref is not None}
     return needed
 
@@ -81,26 +85,9 @@ def _platform(
         }
         for file in refs
     ]
-    volumes.append(
-        {
-            "name": "gateway-key",
-            "secret": {
-                "secretName": api_keys_secret(bot),
-                "items": [{"key": "bots", "path": "key"}],
-            },
-        }
-    )
-    mounts.append(
-        {
-            "name": "gateway-key",
-            "mountPath": f"{SECRETS_PATH}/gateway-key",
-            "subPath": "key",
-            "readOnly": True,
-        }
-    )
     env = [
         {"name": "TERTULIA_BOT_GATEWAY_URL", "value": gateway_url(bot)},
-        {"name": "TERTULIA_BOT_GATEWAY_KEY_FILE", "value": f"{SECRETS_PATH}/gateway-key"},
+        {"name": "TERTULIA_BOT_GATEWAY_KEY_FILE", "value": f"{SECRETS_PATH}/{GATEWAY_KEY_FILE}"},
         {"name": "TERTULIA_BOT_SECRETS_DIR", "value": SECRETS_PATH},
         {"name": "TERTULIA_BOT_HEALTH_PORT", "value": str(HEALTH_PORT)},
     ]
@@ -139,7 +126,7 @@ def _platform(
         securityContext={"runAsNonRoot": True, "runAsUser": 10001},
     )
     # Two replicas of a polling or socket bot would answer every message twice.
-    read = [ref.name for ref in refs.values()] + [api_keys_secret(bot)]
+    read = [ref.name for ref in refs.values()]
     manifests = [
         deployment(
             bot,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from starlette.datastructures import Headers
 
-from tertulia.gateway.errors import Unauthorized
+from tertulia.gateway.errors import Forbidden, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,16 @@ class Identity:
 
 
 ANONYMOUS = Identity("anonymous")
+
+
+def acting_user(identity: Identity, requested: str | None, prefixes: dict[str, str]) -> str:
+    """The user a request acts for: the one it names, else the key's identity. A key bound
+    to a prefix (a bot's, to its platform's users) may name no other user."""
+    user = requested or identity.name
+    prefix = prefixes.get(identity.name)
+    if prefix is not None and not user.startswith(prefix):
+        raise Forbidden(f"the API key {identity.name!r} may act only for users '{prefix}...'")
+    return user
 
 
 def presented_key(headers: Headers) -> str | None:

@@ -20,7 +20,7 @@ from fastapi.sse import format_sse_event
 from tertulia.common.logging import content
 from tertulia.gateway.backend import BackendStream
 from tertulia.gateway.errors import GatewayError
-from tertulia.gateway.pipeline.auth import Identity
+from tertulia.gateway.pipeline.auth import Identity, acting_user
 from tertulia.gateway.pipeline.checks import check_text
 from tertulia.gateway.pipeline.memory import conversation_key, recall, remember
 from tertulia.gateway.pipeline.prompt import assemble
@@ -62,7 +62,7 @@ class PreparedChat:
 async def prepare(services: Services, identity: Identity, request: ChatRequest) -> PreparedChat:
     started = time.monotonic()
     settings = services.settings
-    user = request.user or identity.name
+    user = acting_user(identity, request.user, settings.user_prefixes)
     await enforce_rate_limit(services.store, settings.rate_limit, services.metrics, identity, user)
     check_text("message", request.message, settings.limits.max_message_chars, required=True)
     if request.context is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tertulia.gateway.backend import BackendStream
 from tertulia.gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
-from tertulia.gateway.pipeline.auth import Identity
+from tertulia.gateway.pipeline.auth import Identity, acting_user
 from tertulia.gateway.pipeline.chat import CONTENT_FILTER, count_tokens
 from tertulia.gateway.pipeline.checks import check_text
 from tertulia.gateway.pipeline.prompt import system_message
@@ -33,7 +33,7 @@ async def prepare_completion(
         settings.rate_limit,
         services.metrics,
         identity,
-        request.user or identity.name,
+        acting_user(identity, request.user, settings.user_prefixes),
     )
     limit = settings.limits.max_messages
     if len(request.messages) > limit:

@@ -28,17 +28,32 @@ def normalise(text: str) -> str:
 
 
 class OutputScanner:
-    """Watches a streamed answer; `feed` says whether the text so far holds a blocked term."""
+    """Watches a streamed answer; `feed` says whether the text so far holds a blocked term.
+
+    Each delta is normalised once and appended, and only the stretch where a term ending in
+    it could start is searched: the work per token stays constant however long the answer
+    grows (searching the whole text again on every token is quadratic)."""
 
     def __init__(self, moderator: Moderator) -> None:
         self._moderator = moderator
-        self._text: list[str] = []
+        self._text = ""  # the answer so far, normalised
+        self._space = False  # the last delta ended in whitespace, not yet written
 
     def feed(self, delta: str) -> bool:
         if not self._moderator.has_terms or not delta:
             return False
-        self._text.append(delta)
-        return self._moderator.blocked_term("".join(self._text)) is not None
+        piece = normalise(delta)
+        starts_spaced = delta[:1].isspace()
+        if piece:
+            if self._text and (self._space or starts_spaced):
+                piece = " " + piece
+            self._space = delta[-1:].isspace()
+        else:
+            self._space = self._space or bool(delta.strip() == "" and delta)
+            return False
+        start = max(0, len(self._text) - self._moderator.longest_term)
+        self._text += piece
+        return self._moderator.blocked_term_from(self._text, start) is not None
 
 
 class Moderator:
@@ -54,6 +69,7 @@ class Moderator:
         terms = sorted(
             {normalise(term) for term in settings.blocked_terms if term.strip()}, key=len
         )
+        self._longest = max((len(term) for term in terms), default=0)
         self._pattern = (
             re.compile(
                 r"(?<!\w)(" + "|".join(re.escape(term) for term in reversed(terms)) + r")(?!\w)"
@@ -70,10 +86,19 @@ class Moderator:
     def refusal(self) -> str:
         return self.settings.refusal
 
+    @property
+    def longest_term(self) -> int:
+        return self._longest
+
     def blocked_term(self, text: str) -> str | None:
+        return self.blocked_term_from(normalise(text), 0)
+
+    def blocked_term_from(self, normalised: str, start: int) -> str | None:
+        """A blocked term in already normalised text that starts at `start` or later (the
+        look-behind still sees what comes before it)."""
         if self._pattern is None:
             return None
-        found = self._pattern.search(normalise(text))
+        found = self._pattern.search(normalised, start)
         return found.group(1) if found else None
 
     async def check_input(self, text: str) -> None:

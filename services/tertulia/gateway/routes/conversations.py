@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from tertulia.gateway.deps import IdentityDep, ServicesDep
 from tertulia.gateway.errors import ConversationNotFound
+from tertulia.gateway.pipeline.auth import acting_user
 from tertulia.gateway.pipeline.memory import conversation_key
 from tertulia.gateway.schemas import CONVERSATION_ID_PATTERN, Conversation, ErrorBody
 
@@ -21,6 +22,7 @@ User = Annotated[
 _NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorBody},
     401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
 }
 
 
@@ -28,7 +30,8 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {
 async def get_conversation(
     conversation_id: ConversationId, identity: IdentityDep, services: ServicesDep, user: User = None
 ) -> Conversation:
-    key = conversation_key(identity, user or identity.name, conversation_id)
+    acting = acting_user(identity, user, services.settings.user_prefixes)
+    key = conversation_key(identity, acting, conversation_id)
     turns = await services.store.history(key)
     if not turns:
         # The same answer for someone else's conversation: its existence is not disclosed.
@@ -41,7 +44,8 @@ async def delete_conversation(
     conversation_id: ConversationId, identity: IdentityDep, services: ServicesDep, user: User = None
 ) -> Response:
     """Forget the conversation: the next message starts afresh."""
-    key = conversation_key(identity, user or identity.name, conversation_id)
+    acting = acting_user(identity, user, services.settings.user_prefixes)
+    key = conversation_key(identity, acting, conversation_id)
     if not await services.store.clear(key):
         raise ConversationNotFound(f"no conversation {conversation_id!r} for this user")
     return Response(status_code=204)
