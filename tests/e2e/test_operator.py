@@ -199,6 +199,10 @@ def test_each_example_becomes_ready_with_owned_children(
     for secret in EXAMPLE_SECRETS[example].values():
         for value in secret.values():
             assert value not in said
+    # The operator logs JSON, one object a line, as the services do.
+    log = operator.process.log_path.read_text() if operator.process else ""
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     for child in children:
         (owner,) = child.metadata.owner_references
         assert (owner.kind, owner.uid, owner.controller) == (

@@ -22,13 +22,14 @@ def run(
 ) -> None:
     """Reconcile ChatBots until stopped."""
     import asyncio
-    import logging
 
     import kopf
 
     import tertulia.operator.handlers  # noqa: F401 - registers the handlers
+    from tertulia.common.logging import configure_logging
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    # JSON lines, as the services log: kopf's records carry the object they are about.
+    configure_logging("debug" if verbose else "info")
     asyncio.run(
         kopf.operator(
             clusterwide=not namespace,

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tertulia.common import sse
+
 
 class GatewayError(Exception):
     """Base of the client's errors; `message` is the gateway's reason, safe to show a user."""
@@ -181,15 +183,5 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 async def _server_sent_events(response: httpx.Response) -> AsyncIterator[StreamEvent]:
-    kind, data_lines = "message", list[str]()
-    async for line in response.aiter_lines():
-        if not line:
-            if data_lines:
-                yield StreamEvent(kind, json.loads("\n".join(data_lines)))
-            kind, data_lines = "message", []
-        elif line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data_lines.append(line[5:].removeprefix(" "))
-    if data_lines:
-        yield StreamEvent(kind, json.loads("\n".join(data_lines)))
+    async for event in sse.events(response.aiter_lines()):
+        yield StreamEvent(event.event, json.loads(event.data))

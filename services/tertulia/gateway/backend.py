@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import aiohttp
 from fastapi.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from tertulia.common import sse
 from tertulia.gateway.errors import (
     BackendFailed,
     BackendRejected,
@@ -80,11 +81,8 @@ class BackendStream:
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         try:
-            async for raw_line in self._response.content:
-                line = raw_line.strip()
-                if not line.startswith(b"data:"):
-                    continue  # comments, keep-alives and blank separators
-                payload = line[5:].strip()
+            async for event in sse.events(self._lines()):
+                payload = event.data.strip().encode()
                 if payload == b"[DONE]":
                     yield StreamEvent(b"data: [DONE]\n\n", None)
                     return
@@ -99,6 +97,10 @@ class BackendStream:
         # A stream that ends without [DONE] is cut too: vLLM, Ollama and llama.cpp all send it.
         self._metrics.backend_errors.labels("stream_interrupted").inc()
         raise StreamBroken("the model server's stream ended early")
+
+    async def _lines(self) -> AsyncIterator[str]:
+        async for raw in self._response.content:
+            yield raw.decode()
 
     async def aclose(self) -> None:
         # Closing (not releasing) drops the connection, which tells the server to stop.
