@@ -443,7 +443,8 @@ def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(
     before = {
         pod.metadata.name: model_metric(cluster, pod, "prompt_tokens_total") for pod in models
     }
-    key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["bots"]
+    # A client of its own: the admin key, bound to no platform's users.
+    key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["admin"]
     headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
     url = service_url(cluster, "gateway", 8080) + "/v1/chat/completions"
 
