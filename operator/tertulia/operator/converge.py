@@ -22,7 +22,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from tertulia.operator.api import GROUP, VERSION, ChatBot, ChatBotStatus
-from tertulia.operator.kube import Cluster
+from tertulia.operator.kube import MISSING, Cluster
 from tertulia.operator.plan import Manifest, ObjectRef, plan
 from tertulia.operator.render import Installation, render_all
 from tertulia.operator.render.gateway import (
@@ -78,6 +78,7 @@ class Known:
     lock: threading.Lock = field(default_factory=threading.Lock)
     inputs: Inputs | None = None
     missing: list[MissingSecret] = field(default_factory=list)
+    missing_sources: list[str] = field(default_factory=list)  # ConfigMaps not there yet
     refused: list[Refusal] = field(default_factory=list)
     failed_ingest: tuple[str, str] | None = None  # a failed Job's name, and what it said
 
@@ -140,6 +141,10 @@ def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: ko
             f"{len(desired)} objects",
         )
     state.missing, state.refused = missing, refused
+    # An absent ConfigMap is not labelled for the watch: converge looks again until it is.
+    state.missing_sources = sorted(
+        name for name, digest in state.inputs.source_digests.items() if digest == MISSING
+    )
     write_status(bot, previous, observed, body)
     return state
 
@@ -308,7 +313,13 @@ def write_status(
     resource_version = str(body.get("metadata", {}).get("resourceVersion") or "")
     for _ in range(3):
         status = compute_status(
-            bot, observed.workloads(bot), state.missing, previous, ingest, state.refused
+            bot,
+            observed.workloads(bot),
+            state.missing,
+            previous,
+            ingest,
+            state.refused,
+            state.missing_sources,
         )
         if status == previous:
             return

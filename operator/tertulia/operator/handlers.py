@@ -30,10 +30,23 @@ from tertulia.operator.converge import (
     write_status,
 )
 from tertulia.operator.plan import ObjectRef
-from tertulia.operator.render.common import MANAGED_BY
+from tertulia.operator.render.common import MANAGED_BY, WATCH_LABEL
 from tertulia.operator.status import Workload, failed_status
 
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+MANAGED_LABEL = "app.kubernetes.io/managed-by"
+MANAGED = {MANAGED_LABEL: MANAGED_BY}
+# The kinds the operator owns, by API group, but Secrets and ConfigMaps (watched by label).
+_OWNED = (
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("", "services"),
+    ("", "serviceaccounts"),
+    ("", "persistentvolumeclaims"),
+    ("batch", "jobs"),
+    ("networking.k8s.io", "ingresses"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("autoscaling", "horizontalpodautoscalers"),
+)
 # How often a ChatBot waiting for a Secret looks again.
 SECRET_RETRY_SECONDS = 10.0
 # How often a ChatBot with a child the API server refused tries again.
@@ -54,6 +67,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Kubernetes Events for what kopf.info/warn report, not for kopf's own debug chatter.
     settings.posting.level = logging.INFO
+    # Server-side selectors: the API server sends only the operator's own children, and the
+    # Secrets and ConfigMaps labelled for it (its own, and those a ChatBot names), never the
+    # rest of a large cluster's objects.
+    for group, plural in _OWNED:
+        settings.watching.label_selectors[group, plural] = f"{MANAGED_LABEL}={MANAGED_BY}"
+    for plural in ("secrets", "configmaps"):
+        settings.watching.label_selectors["", plural] = WATCH_LABEL
     # Re-open watches every 5 minutes so a silently dropped connection cannot go unnoticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -137,9 +157,10 @@ def reconcile(body: kopf.Body, **kwargs: Any) -> None:
 
     with known(bot.namespace, bot.name).lock:
         state = converge(bot, previous, Observed.of(kwargs), body)
-    if state.missing:
+    if state.missing or state.missing_sources:
         raise kopf.TemporaryError(
-            f"waiting for {len(state.missing)} Secret key(s); other components are applied",
+            f"waiting for {len(state.missing)} Secret key(s) and "
+            f"{len(state.missing_sources)} ConfigMap(s); other components are applied",
             delay=SECRET_RETRY_SECONDS,
         )
     if state.refused:

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot
 from tertulia.operator.plan import Manifest, ObjectRef
-from tertulia.operator.render.common import MANAGED_BY
+from tertulia.operator.render.common import MANAGED_BY, WATCH_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ OWNED_KINDS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
 }
+# The digest of a ConfigMap that does not exist.
+MISSING = "missing"
 # Lines of a failed Pod's message carried into a condition.
 MESSAGE_LINES = 4
 # The generated API key Secret is created once and never pruned: it goes with its ChatBot.
@@ -134,15 +136,31 @@ class Cluster:
 
     def secret_keys(self, namespace: str, name: str) -> tuple[str, frozenset[str]] | None:
         """A Secret's resourceVersion and the names of its keys; None when it does not
-        exist. Its values are never kept or returned."""
+        exist. Its values are never kept or returned. A Secret read here is labelled for the
+        operator's watch (WATCH_LABEL), which sees only labelled Secrets."""
         try:
             secret = self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+        self._watch(namespace, "secrets", secret)
         keys = frozenset((secret.get("data") or {}).keys())
         return str(secret["metadata"]["resourceVersion"]), keys
+
+    def _watch(self, namespace: str, collection: str, found: dict[str, Any]) -> None:
+        """Label an object the operator must hear about (a Secret or ConfigMap a ChatBot
+        names) for its watch: the API server then sends it that object's changes and no
+        other's. Its own labels are merged, nothing else is touched."""
+        metadata = found["metadata"]
+        if WATCH_LABEL in (metadata.get("labels") or {}):
+            return
+        self.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/{collection}/{metadata['name']}",
+            body={"metadata": {"labels": {WATCH_LABEL: "true"}}},
+            content_type="application/merge-patch+json",
+        )
 
     def chatbot(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ChatBot as the API server holds it now; None when it is gone."""
@@ -161,8 +179,9 @@ class Cluster:
             config_map = self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         except ApiException as error:
             if error.status == 404:
-                return "missing"
+                return MISSING
             raise
+        self._watch(namespace, "configmaps", config_map)
         content = [config_map.get("data") or {}, config_map.get("binaryData") or {}]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -115,6 +115,7 @@ def compute_status(
     previous: ChatBotStatus,
     ingest: IngestRun | None = None,
     refused: list[Refusal] | None = None,
+    missing_sources: list[str] | None = None,
 ) -> ChatBotStatus:
     """Conditions, phase and replica counts; transition times move only when a status flips."""
     spec = bot.spec
@@ -131,7 +132,14 @@ def compute_status(
         results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate")
         if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):
             results["KnowledgeBaseReady"] = _workload(workloads, "embeddings", "embeddings server")
-        if ingest is not None and ingest.failed:
+        if missing_sources:
+            results["KnowledgeBaseReady"] = (
+                False,
+                "SourceNotFound",
+                f"ConfigMap {', '.join(missing_sources)} of the knowledge base's sources does "
+                "not exist; the documents are ingested once it does",
+            )
+        elif ingest is not None and ingest.failed:
             results["KnowledgeBaseReady"] = (
                 False,
                 "IngestFailed",
@@ -176,7 +184,7 @@ def compute_status(
     conditions = [
         _condition(previous, kind, *results[kind], bot.generation) for kind in CONDITION_TYPES
     ]
-    degraded = bool(missing or refused) or (ingest is not None and ingest.failed)
+    degraded = bool(missing or refused or missing_sources) or (ingest is not None and ingest.failed)
     phase: Phase = "Ready" if all_ready else ("Degraded" if degraded else "Progressing")
     model = workloads.get("model")
     return ChatBotStatus(

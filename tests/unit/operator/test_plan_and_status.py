@@ -169,3 +169,13 @@ def test_a_refused_child_shows_on_its_components_condition_with_the_servers_mess
     ready = next(c for c in status.conditions if c.type == "Ready")
     assert ready.reason == "ApplyFailed" and "ServiceAccount harbour-workload" in ready.message
     assert status.phase == "Degraded"
+
+
+def test_a_source_configmap_not_there_yet_shows_on_the_knowledge_base() -> None:
+    status = compute_status(
+        example("vllm-gpu-slack-kb"), READY, [], ChatBotStatus(), None, [], ["team-docs"]
+    )
+    assert conditions(status)["KnowledgeBaseReady"] == ("False", "SourceNotFound")
+    message = next(c.message for c in status.conditions if c.type == "KnowledgeBaseReady")
+    assert "team-docs" in message
+    assert status.phase == "Degraded"

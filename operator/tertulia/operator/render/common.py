@@ -18,6 +18,9 @@ PART_OF = "tertulia"
 METRICS_LABEL = "tertulia.dev/metrics"
 # The Service port Prometheus scrapes, whichever container port serves /metrics.
 METRICS_PORT = 9090
+# On the Secrets and ConfigMaps the operator must hear about: those it makes, and those a
+# ChatBot names (labelled when first read). Its watches of those kinds select by it.
+WATCH_LABEL = "tertulia.dev/watched"
 # On pod templates: a digest of the versions of the Secrets the pods read at start.
 SECRETS_ANNOTATION = "tertulia.dev/secrets-version"
 
@@ -35,11 +38,18 @@ def labels(bot: ChatBot, component: str) -> dict[str, str]:
     return {**selector_labels(bot, component), "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-def metadata(bot: ChatBot, component: str, name: str | None = None) -> dict[str, Any]:
+def metadata(
+    bot: ChatBot, component: str, name: str | None = None, *, watched: bool = False
+) -> dict[str, Any]:
+    """A child's name, labels and owner; `watched` for a Secret or ConfigMap, which the
+    operator's watches of those kinds select by WATCH_LABEL."""
+    found = labels(bot, component)
+    if watched:
+        found[WATCH_LABEL] = "true"
     return {
         "name": name or bot.child(component),
         "namespace": bot.namespace,
-        "labels": labels(bot, component),
+        "labels": found,
         "ownerReferences": [
             {
                 "apiVersion": f"{GROUP}/{VERSION}",

@@ -50,7 +50,7 @@ def generated_api_keys(bot: ChatBot, keys: dict[str, str]) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(bot, COMPONENT, api_keys_secret(bot)),
+        "metadata": metadata(bot, COMPONENT, api_keys_secret(bot), watched=True),
         "type": "Opaque",
         "stringData": keys,
     }
@@ -114,7 +114,7 @@ def render_gateway(
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(bot, COMPONENT),
+        "metadata": metadata(bot, COMPONENT, watched=True),
         "data": {"gateway.yaml": config_text},
     }
     mounts = [

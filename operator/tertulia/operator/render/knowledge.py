@@ -49,7 +49,7 @@ def generated_knowledge_base_key(bot: ChatBot, key: str) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(bot, COMPONENT, knowledge_base_secret(bot)),
+        "metadata": metadata(bot, COMPONENT, knowledge_base_secret(bot), watched=True),
         "type": "Opaque",
         "stringData": {KEY: key},
     }

@@ -41,7 +41,7 @@ def generated_memory_password(bot: ChatBot, password: str) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(bot, COMPONENT, memory_secret(bot)),
+        "metadata": metadata(bot, COMPONENT, memory_secret(bot), watched=True),
         "type": "Opaque",
         "stringData": {PASSWORD_KEY: password, CONFIG_KEY: f"requirepass {password}\n"},
     }
