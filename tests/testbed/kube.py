@@ -41,9 +41,10 @@ class FakeNode:
     gpus: int = 0
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
     labels: dict[str, str] = field(default_factory=dict)
+    pods: int = 110
 
     def manifest(self) -> dict[str, Any]:
-        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": "110"}
+        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": str(self.pods)}
         labels = {
             "kubernetes.io/hostname": self.name,
             "kubernetes.io/os": "linux",

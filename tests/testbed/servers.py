@@ -22,14 +22,19 @@ LLAMA_MODEL_ALIAS = "gemma3-270m"
 
 
 def start_redis(
-    workdir: Path, timeout: float = 30.0, *, password: str | None = None
+    workdir: Path,
+    timeout: float = 30.0,
+    *,
+    password: str | None = None,
+    port: int | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """A throwaway redis-server on a free port, with `password` required when given; returns
-    it and its redis:// URL (without the password)."""
+    """A throwaway redis-server on a free port (or `port`, to start one again where another
+    was), with `password` required when given; returns it and its redis:// URL (without the
+    password)."""
     executable = shutil.which("redis-server")
     if executable is None:
         raise FileNotFoundError("redis-server is not installed; `make test` installs it")
-    port = free_port()
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     process = ManagedProcess(
         "redis",
@@ -97,10 +102,17 @@ def smollm2_model_path() -> Path:
 
 
 def _start_llama_cpp(
-    name: str, workdir: Path, model: Path, alias: str, options: list[str], timeout: float
+    name: str,
+    workdir: Path,
+    model: Path,
+    alias: str,
+    options: list[str],
+    timeout: float,
+    port: int | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """llama-cpp-python's OpenAI-compatible server on a free port; returns its /v1 URL."""
-    port = free_port()
+    """llama-cpp-python's OpenAI-compatible server on a free port (or `port`); returns its
+    /v1 URL."""
+    port = port or free_port()
     process = ManagedProcess(
         name,
         [
@@ -130,11 +142,14 @@ def _start_llama_cpp(
     return process, base_url
 
 
-def start_llama_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
-    """The chat model server: Gemma 3 270M with its chat format."""
+def start_llama_server(
+    workdir: Path, timeout: float = 180.0, *, port: int | None = None
+) -> tuple[ManagedProcess, str]:
+    """The chat model server: Gemma 3 270M with its chat format; on `port` to start one again
+    where another was."""
     options = ["--chat_format", "gemma", "--n_ctx", "4096"]
     return _start_llama_cpp(
-        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, options, timeout
+        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, options, timeout, port
     )
 
 

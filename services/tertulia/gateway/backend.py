@@ -221,6 +221,14 @@ class Backend:
             except TimeoutError as error:
                 self._metrics.backend_errors.labels("timeout").inc()
                 raise BackendTimeout("the model server did not answer in time") from error
+            except aiohttp.ClientConnectionError as error:
+                # The server went away mid-request (a restart, a pod deleted): it will be
+                # back, so the client is told when to try again.
+                self._metrics.backend_errors.labels("interrupted").inc()
+                raise BackendUnavailable(
+                    "the connection to the model server was lost; try again shortly",
+                    retry_after=RETRY_AFTER_SECONDS,
+                ) from error
             except aiohttp.ClientError as error:
                 self._metrics.backend_errors.labels("interrupted").inc()
                 raise BackendFailed("the connection to the model server failed") from error
@@ -233,6 +241,12 @@ class Backend:
         except TimeoutError as error:
             self._metrics.backend_errors.labels("timeout").inc()
             raise BackendTimeout("the model server did not answer in time") from error
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+            self._metrics.backend_errors.labels("interrupted").inc()
+            raise BackendUnavailable(
+                "the model server's answer was cut off; try again shortly",
+                retry_after=RETRY_AFTER_SECONDS,
+            ) from error
         except aiohttp.ClientError as error:
             self._metrics.backend_errors.labels("interrupted").inc()
             raise BackendFailed("the model server's answer was interrupted") from error

@@ -105,6 +105,11 @@ class BackendUnavailable(GatewayError):
     code = "backend_unavailable"
 
 
+class MemoryUnavailable(GatewayError):
+    status_code = 503
+    code = "memory_unavailable"
+
+
 class BackendTimeout(GatewayError):
     status_code = 504
     code = "backend_timeout"

@@ -5,16 +5,21 @@ replica, or this process alone when no Redis is configured (local use, with a wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import redis.asyncio as redis
 from pydantic import BaseModel
+from redis import exceptions as redis_errors
+
+from tertulia.gateway.errors import MemoryUnavailable
 
 Role = Literal["user", "assistant"]
 
@@ -89,38 +94,53 @@ return {1, '0', 0}
 
 
 class RedisStore:
+    """Memory, limits and event claims in Redis. An outage is a 503 with Retry-After, never
+    a 500, and a turn is answered only once it is stored."""
+
     def __init__(self, url: str, password: str | None = None) -> None:
         self._redis = redis.Redis.from_url(
-            url, password=password, decode_responses=True, health_check_interval=30
+            url,
+            password=password,
+            decode_responses=True,
+            health_check_interval=30,
+            # A Redis that is gone fails at once; one that hangs, within seconds.
+            socket_connect_timeout=2,
+            socket_timeout=5,
         )
         self._take = self._redis.register_script(_TAKE_SCRIPT)
 
     async def history(self, key: str) -> list[Turn]:
-        return [Turn.model_validate_json(item) for item in await self._redis.lrange(key, 0, -1)]
+        with _unavailable():
+            items = await self._redis.lrange(key, 0, -1)
+        return [Turn.model_validate_json(item) for item in items]
 
     async def append(
         self, key: str, turns: list[Turn], max_messages: int, ttl_seconds: int
     ) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(turn.model_dump_json() for turn in turns))
-            pipe.ltrim(key, -max_messages, -1)
-            pipe.expire(key, ttl_seconds)
-            await pipe.execute()
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *(turn.model_dump_json() for turn in turns))
+                pipe.ltrim(key, -max_messages, -1)
+                pipe.expire(key, ttl_seconds)
+                await pipe.execute()
 
     async def clear(self, key: str) -> bool:
-        return bool(await self._redis.delete(key))
+        with _unavailable():
+            return bool(await self._redis.delete(key))
 
     async def claim(self, key: str, ttl_seconds: int) -> bool:
         """True for the first claim of `key` within `ttl_seconds`, False for the others."""
-        return bool(await self._redis.set(key, "1", nx=True, ex=ttl_seconds))
+        with _unavailable():
+            return bool(await self._redis.set(key, "1", nx=True, ex=ttl_seconds))
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         arguments: list[float] = []
         for bucket in buckets:
             arguments += [bucket.rate_per_second, bucket.capacity]
-        allowed, retry_after, refused = await self._take(
-            keys=[bucket.key for bucket in buckets], args=arguments
-        )
+        with _unavailable():
+            allowed, retry_after, refused = await self._take(
+                keys=[bucket.key for bucket in buckets], args=arguments
+            )
         scope = buckets[int(refused) - 1].scope if int(refused) else ""
         return BucketVerdict(bool(allowed), float(retry_after), scope)
 
@@ -188,6 +208,22 @@ class InProcessStore:
 
     async def aclose(self) -> None:
         return None
+
+
+# How long a client is told to wait while Redis is away: a restart takes about this long.
+MEMORY_RETRY_AFTER_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis's errors as the gateway's: memory is unavailable, try again shortly."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+        raise MemoryUnavailable(
+            f"conversation memory cannot be reached ({type(error).__name__}); try again shortly",
+            retry_after=MEMORY_RETRY_AFTER_SECONDS,
+        ) from None
 
 
 def open_store(redis_url: str | None, password_file: Path | None = None) -> Store:
