@@ -1,0 +1,103 @@
+"""The operator killed with SIGKILL at random moments while it builds 50 ChatBots, and started
+again each time: once every ChatBot is Ready, each has exactly one workload of each component,
+owned by it (no duplicate, none missing), and each kill is shown to have landed mid-way
+(some children applied, not all).
+
+Figures: kills, the children present at each kill, duplicates, missing, seconds to Ready.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.operator import IMAGE, NODES, all_ready, chatbot_bodies, fresh_namespace, timed
+from tertulia.operator.api import GROUP, PLURAL, VERSION
+from tertulia.operator.crd import chatbot_crd
+from tertulia.operator.kube import Cluster, collection_path
+from tests.testbed.kube import ControlPlane
+from tests.testbed.servers import start_operator
+
+CHATBOTS = 50
+KILLS = 5
+SEED = 20261201
+COMPONENTS = ("gateway", "memory", "model")
+
+
+def children(cluster: Cluster, namespace: str) -> int:
+    selector = [("labelSelector", "app.kubernetes.io/managed-by=tertulia-operator")]
+    return sum(
+        len(cluster.request("GET", collection_path(api, kind, namespace), query=selector)["items"])
+        for api, kind in (
+            ("apps/v1", "Deployment"),
+            ("apps/v1", "StatefulSet"),
+            ("v1", "Service"),
+            ("v1", "ConfigMap"),
+            ("v1", "ServiceAccount"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+        )
+    )
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+        workdir = Path(tmp)
+        with ControlPlane(workdir / "cluster", nodes=NODES) as control_plane:
+            control_plane.install_crd(chatbot_crd())
+            cluster = Cluster(control_plane.api_client())
+            with fresh_namespace(cluster, "faults") as namespace:
+                operator = start_operator(control_plane.kubeconfig, workdir / "op0", image=IMAGE)
+                started = time.monotonic()
+                for body in chatbot_bodies(namespace, CHATBOTS):
+                    cluster.request(
+                        "POST",
+                        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+                        body=body,
+                    )
+                at_kills = []
+                for kill in range(KILLS):
+                    time.sleep(rng.uniform(0.5, 3.0))
+                    operator.popen.kill()  # SIGKILL: no cleanup, no finishing the handler
+                    operator.popen.wait()
+                    at_kills.append(children(cluster, namespace))
+                    operator = start_operator(
+                        control_plane.kubeconfig, workdir / f"op{kill + 1}", image=IMAGE
+                    )
+                try:
+                    seconds = timed(
+                        lambda: all_ready(cluster, namespace, CHATBOTS), "every ChatBot", started
+                    )
+                    total = children(cluster, namespace)
+                    bots = cluster.request(
+                        "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+                    )["items"]
+                    uids = {bot["metadata"]["uid"]: bot["metadata"]["name"] for bot in bots}
+                    owned: Counter[tuple[str, str]] = Counter()
+                    for kind in ("Deployment", "StatefulSet"):
+                        path = collection_path("apps/v1", kind, namespace)
+                        for item in cluster.request("GET", path)["items"]:
+                            for owner in item["metadata"].get("ownerReferences") or []:
+                                component = item["metadata"]["labels"][
+                                    "app.kubernetes.io/component"
+                                ]
+                                owned[uids[owner["uid"]], component] += 1
+                finally:
+                    operator.stop()
+    expected = {(name, component) for name in uids.values() for component in COMPONENTS}
+    duplicates = sum(count - 1 for count in owned.values() if count > 1)
+    missing = len(expected - set(owned))
+    mid_way = sum(0 < count < total for count in at_kills)
+    print(f"{CHATBOTS} ChatBots, {KILLS} SIGKILLs of the operator at random moments")
+    print(f"children at each kill: {at_kills} of {total} ({mid_way} kills landed mid-way)")
+    print(f"Ready after {seconds:.1f} s; duplicate workloads: {duplicates}; missing: {missing}")
+    print(
+        f"target: 0 duplicates, 0 missing ({'met' if not duplicates and not missing else 'MISSED'})"
+    )
+
+
+if __name__ == "__main__":
+    main()
