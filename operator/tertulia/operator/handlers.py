@@ -74,6 +74,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.watching.label_selectors[group, plural] = f"{MANAGED_LABEL}={MANAGED_BY}"
     for plural in ("secrets", "configmaps"):
         settings.watching.label_selectors["", plural] = WATCH_LABEL
+    # kopf runs a worker, and queues raw events, per object that has events: a burst of new
+    # ChatBots brings thousands of children at once. Bounding the workers, and letting idle
+    # ones go sooner, bounds the memory a burst takes (the handlers run on a few threads
+    # anyway); the watch streams wait meanwhile.
+    settings.batching.worker_limit = 64
+    settings.batching.idle_timeout = 1.0
     # Re-open watches every 5 minutes so a silently dropped connection cannot go unnoticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -226,9 +232,9 @@ def _on_child_event(
         bot, previous, body = parsed
         child = event["object"]
         ref = ObjectRef(child["apiVersion"], child["kind"], child["metadata"]["name"])
-        # An ingest Job is never put back (a new one is named by its sources): its events
-        # only refresh the status.
-        if ref.kind != "Job":
+        # An ingest Job is never put back (a new one is named by its sources), and a child
+        # just created is as rendered: their events only refresh the status.
+        if ref.kind != "Job" and event.get("type") in ("MODIFIED", "DELETED"):
             put_back(bot, ref)
         write_status(bot, previous, Observed.of(kwargs), body)
 
