@@ -23,6 +23,11 @@ _STANDARD_ATTRIBUTES = frozenset(
 )
 
 
+# Extras that libraries attach and no reader needs: uvicorn's coloured copy of the message,
+# and the whole of kopf's settings on every record of an object (its `k8s_ref` is kept).
+_LEFT_OUT = frozenset({"color_message", "settings", "k8s_skip"})
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -36,11 +41,7 @@ class JsonFormatter(logging.Formatter):
         if current:
             entry["request_id"] = current
         for key, value in vars(record).items():
-            if (
-                key not in _STANDARD_ATTRIBUTES
-                and key != "color_message"
-                and not key.startswith("_")
-            ):
+            if key not in _STANDARD_ATTRIBUTES and key not in _LEFT_OUT and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
