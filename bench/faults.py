@@ -67,26 +67,23 @@ def main() -> None:
                     operator = start_operator(
                         control_plane.kubeconfig, workdir / f"op{kill + 1}", image=IMAGE
                     )
-                try:
-                    seconds = timed(
-                        lambda: all_ready(cluster, namespace, CHATBOTS), "every ChatBot", started
-                    )
-                    total = children(cluster, namespace)
-                    bots = cluster.request(
-                        "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-                    )["items"]
-                    uids = {bot["metadata"]["uid"]: bot["metadata"]["name"] for bot in bots}
-                    owned: Counter[tuple[str, str]] = Counter()
-                    for kind in ("Deployment", "StatefulSet"):
-                        path = collection_path("apps/v1", kind, namespace)
-                        for item in cluster.request("GET", path)["items"]:
-                            for owner in item["metadata"].get("ownerReferences") or []:
-                                component = item["metadata"]["labels"][
-                                    "app.kubernetes.io/component"
-                                ]
-                                owned[uids[owner["uid"]], component] += 1
-                finally:
-                    operator.stop()
+                seconds = timed(
+                    lambda: all_ready(cluster, namespace, CHATBOTS), "every ChatBot", started
+                )
+                total = children(cluster, namespace)
+                bots = cluster.request(
+                    "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+                )["items"]
+                uids = {bot["metadata"]["uid"]: bot["metadata"]["name"] for bot in bots}
+                owned: Counter[tuple[str, str]] = Counter()
+                for kind in ("Deployment", "StatefulSet"):
+                    path = collection_path("apps/v1", kind, namespace)
+                    for item in cluster.request("GET", path)["items"]:
+                        for owner in item["metadata"].get("ownerReferences") or []:
+                            component = item["metadata"]["labels"]["app.kubernetes.io/component"]
+                            owned[uids[owner["uid"]], component] += 1
+            # Stopped once the namespace is gone, as a running operator would see it go.
+            operator.stop()
     expected = {(name, component) for name in uids.values() for component in COMPONENTS}
     duplicates = sum(count - 1 for count in owned.values() if count > 1)
     missing = len(expected - set(owned))

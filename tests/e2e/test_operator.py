@@ -178,6 +178,8 @@ def test_each_example_becomes_ready_with_owned_children(
 
     assert all(c["status"] == "True" for c in ready["status"]["conditions"])
     assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
+    # No finalizer: a ChatBot can be deleted even with the operator uninstalled.
+    assert not ready["metadata"].get("finalizers")
     children = owned_objects(control_plane, namespace, body["metadata"]["name"])
     assert children
     reported = eventually(

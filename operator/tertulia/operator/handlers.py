@@ -9,6 +9,7 @@ minutes, as a safety net for a missed event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -176,18 +177,43 @@ def reconcile(body: kopf.Body, **kwargs: Any) -> None:
         )
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def resync(body: kopf.Body, **kwargs: Any) -> None:
-    """Converge again: what no event reported (a watch that missed one) is repaired too."""
-    parsed = _parse(dict(body))
-    if parsed is not None:
-        _converge_locked(*parsed, kwargs)
+# The indexes, as kopf passes them to every handler: the resync loop works from them.
+_indexes: dict[str, Any] = {}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **kwargs: Any) -> None:
+    _indexes.update(
+        (key, kwargs[key]) for key in ("chatbots", "deployments", "statefulsets", "ingest_jobs")
+    )
     if event.get("type") == "DELETED":
         forget(namespace, name)
+
+
+@kopf.on.startup()
+async def start_resync(**_: Any) -> None:
+    """Every ChatBot converged again every RESYNC_SECONDS: what no event reported (a watch
+    that missed one) is repaired too. A loop of the operator's own rather than a kopf timer,
+    which would put a finalizer on every ChatBot: one that nothing removes once the operator
+    is uninstalled, and the ChatBot could never be deleted."""
+    _resync_task.add(asyncio.get_running_loop().create_task(_resync_forever()))
+
+
+_resync_task: set[asyncio.Task[None]] = set()
+
+
+async def _resync_forever() -> None:
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        chatbots = _indexes.get("chatbots")
+        if chatbots is None:
+            continue
+        # A snapshot taken on the event loop, where kopf updates the index.
+        parents = [parent for _, found in list(chatbots.items()) for parent in found]
+        for parent in parents:
+            parsed = _parse(parent)
+            if parsed is not None:
+                await asyncio.to_thread(_converge_locked, *parsed, dict(_indexes))
 
 
 def _parse(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] | None:
