@@ -76,10 +76,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for plural in ("secrets", "configmaps"):
         settings.watching.label_selectors["", plural] = WATCH_LABEL
     # kopf runs a worker, and queues raw events, per object that has events: a burst of new
-    # ChatBots brings thousands of children at once. Bounding the workers, and letting idle
-    # ones go sooner, bounds the memory a burst takes (the handlers run on a few threads
-    # anyway); the watch streams wait meanwhile.
-    settings.batching.worker_limit = 64
+    # ChatBots brings thousands of children at once. Idle workers go after a second, not
+    # five, which bounds the memory a burst takes. (A limit on the workers would deadlock a
+    # restart: workers wait for the indexes to fill, which needs workers of their own.)
     settings.batching.idle_timeout = 1.0
     # Re-open watches every 5 minutes so a silently dropped connection cannot go unnoticed.
     settings.watching.server_timeout = 300
