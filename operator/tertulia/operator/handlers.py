@@ -290,8 +290,12 @@ def _on_secret_event(
 ) -> None:
     """A Secret a ChatBot's pods read was created, rotated or deleted: the ChatBot is
     converged, so its status says so within seconds and the pods that read it roll."""
-    if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+    kind = event.get("type")
+    if kind not in ("ADDED", "MODIFIED", "DELETED"):
         return  # the initial listing: resume converges every ChatBot anyway
+    labels = (event["object"].get("metadata") or {}).get("labels") or {}
+    if kind == "ADDED" and labels.get(MANAGED_LABEL) == MANAGED_BY:
+        return  # a key Secret the operator has just generated: nothing to converge
     for parent in _parents_in(chatbots, namespace):
         parsed = _parse(parent)
         if parsed is not None and name in {secret for secret, _ in read_secrets(parsed[0])}:
