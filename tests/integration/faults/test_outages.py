@@ -93,30 +93,30 @@ def test_outages_under_load_give_503s_with_retry_after_and_lose_no_answered_turn
     clients = [threading.Thread(target=chat, args=(index,)) for index in range(CLIENTS)]
     for thread in clients:
         thread.start()
-    outages: dict[str, float] = {}
+    running = {"redis": redis, "model": model, "weaviate": weaviate}
+    # Each is killed (Weaviate stopped), and started again where it was: Redis empty on the
+    # same port, the model server on its port, Weaviate on its address with its data.
+    restart = {
+        "redis": lambda: start_redis(tmp_path / "redis", port=redis_port)[0],
+        "model": lambda: start_llama_server(tmp_path / "model", port=model_port)[0],
+        "weaviate": lambda: start_weaviate(tmp_path / "weaviate", address=address)[0],
+    }
+    back: dict[str, float] = {}
     try:
         eventually(lambda: answered_after(0), 120, "answers before any fault")
-        # Redis: killed, then started again, empty, on the same port.
-        kill(redis)
-        outages["redis"] = time.monotonic()
-        time.sleep(2)
-        redis, _ = start_redis(tmp_path / "redis", port=redis_port)
-        redis_back = time.monotonic()
-        eventually(lambda: answered_after(redis_back), 120, "answers with Redis back")
-        # The model server.
-        kill(model)
-        outages["model"] = time.monotonic()
-        time.sleep(2)
-        model, _ = start_llama_server(tmp_path / "model", port=model_port)
-        model_back = time.monotonic()
-        eventually(lambda: answered_after(model_back), 120, "answers with the model back")
-        # Weaviate: answers go on without context meanwhile.
-        weaviate.stop()
-        outages["weaviate"] = time.monotonic()
-        time.sleep(2)
-        weaviate, _ = start_weaviate(tmp_path / "weaviate", address=address)
-        weaviate_back = time.monotonic()
-        eventually(lambda: answered_after(weaviate_back), 120, "answers with Weaviate back")
+        for name in ("redis", "model", "weaviate"):
+            if name == "weaviate":
+                running[name].stop()  # answers go on without context meanwhile
+            else:
+                kill(running[name])
+            time.sleep(2)
+            running[name] = restart[name]()
+            back[name] = time.monotonic()
+            eventually(
+                lambda name=name: answered_after(back[name]),  # type: ignore[misc]
+                120,
+                f"answers with {name} back",
+            )
     finally:
         stop.set()
         for thread in clients:
@@ -138,10 +138,10 @@ def test_outages_under_load_give_503s_with_retry_after_and_lose_no_answered_turn
             answered = {
                 e.message
                 for e in exchanges
-                if e.client == client and e.status == 200 and e.at > redis_back
+                if e.client == client and e.status == 200 and e.at > back["redis"]
             }
             assert answered <= remembered, json.dumps(sorted(answered - remembered))
     finally:
         gateway.stop()
-        for process in (redis, model, weaviate):
+        for process in running.values():
             process.stop()
