@@ -49,13 +49,16 @@ EXAMPLE_SECRETS: dict[str, dict[str, dict[str, str]]] = {
 class Operator:
     """`tertulia operator run` as its own process, restartable."""
 
-    def __init__(self, control_plane: ControlPlane, logs: Path) -> None:
+    def __init__(
+        self, control_plane: ControlPlane, logs: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.control_plane = control_plane
         self.logs = logs
+        self.env = env
         self.process: ManagedProcess | None = None
 
     def start(self) -> None:
-        self.process = start_operator(self.control_plane.kubeconfig, self.logs)
+        self.process = start_operator(self.control_plane.kubeconfig, self.logs, env=self.env)
 
     def kill(self) -> None:
         assert self.process is not None

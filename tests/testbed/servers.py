@@ -285,16 +285,21 @@ def start_gateway(
 
 
 def start_operator(
-    kubeconfig: Path, workdir: Path, *, image: str = "tertulia:e2e", timeout: float = 60.0
+    kubeconfig: Path,
+    workdir: Path,
+    *,
+    image: str = "tertulia:e2e",
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
 ) -> ManagedProcess:
     """`tertulia operator run` against `kubeconfig`, waited for until its liveness probe
-    answers; children it renders use `image`."""
+    answers; children it renders use `image`, `env` adds to its environment."""
     probe = f"http://127.0.0.1:{free_port()}/healthz"
     process = ManagedProcess(
         "operator",
         [str(Path(sys.executable).with_name("tertulia")), "operator", "run", "--liveness", probe],
         workdir,
-        env={"KUBECONFIG": str(kubeconfig), "TERTULIA_IMAGE": image},
+        env={"KUBECONFIG": str(kubeconfig), "TERTULIA_IMAGE": image, **(env or {})},
     ).start()
     process.wait_until(
         lambda: urllib.request.urlopen(probe, timeout=2).status == 200, timeout, "live"

@@ -36,11 +36,11 @@ from tertulia.operator.render.knowledge import (
 )
 from tertulia.operator.render.memory import generated_memory_password, memory_secret
 from tertulia.operator.render.platforms import secret_refs
+from tertulia.operator.seen import IngestJob, Observed
 from tertulia.operator.status import (
     IngestRun,
     MissingSecret,
     Refusal,
-    Workload,
     compute_status,
 )
 
@@ -96,24 +96,6 @@ def forget(namespace: str, name: str) -> None:
     """A deleted ChatBot: nothing of it is kept."""
     with _known_lock:
         _known.pop((namespace, name), None)
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the indexes hold of the ChatBots' children: their workloads and ingest Jobs."""
-
-    deployments: kopf.Index[Any, Any]
-    statefulsets: kopf.Index[Any, Any]
-    ingest_jobs: kopf.Index[Any, Any]
-
-    @classmethod
-    def of(cls, kwargs: dict[str, Any]) -> Observed:
-        """From a handler's keyword arguments, where kopf passes every index by its name."""
-        return cls(kwargs["deployments"], kwargs["statefulsets"], kwargs["ingest_jobs"])
-
-    def workloads(self, bot: ChatBot) -> dict[str, Workload]:
-        key = (bot.namespace, bot.name)
-        return dict(self.deployments.get(key, [])) | dict(self.statefulsets.get(key, []))
 
 
 def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: kopf.Body) -> Known:
@@ -285,13 +267,13 @@ def put_back(bot: ChatBot, ref: ObjectRef) -> None:
             return
 
 
-def ingest_run(bot: ChatBot, jobs: kopf.Index[Any, Any]) -> IngestRun | None:
+def ingest_run(jobs: tuple[IngestJob, ...], bot: ChatBot) -> IngestRun | None:
     """The newest ingest Job of the ChatBot, with what its Pod said when it failed (read
     once per failed Job)."""
-    found = sorted(jobs.get((bot.namespace, bot.name), []))
-    if not found:
+    if not jobs:
         return None
-    _, name, failed = found[-1]
+    newest = max(jobs, key=lambda job: (job.created, job.name))
+    name, failed = newest.name, newest.failed
     if not failed:
         return IngestRun(name)
     state = known(bot.namespace, bot.name)
@@ -309,12 +291,12 @@ def write_status(
     again and the status computed anew from it, unless its spec has moved on, whose own
     reconcile writes it."""
     state = known(bot.namespace, bot.name)
-    ingest = ingest_run(bot, observed.ingest_jobs) if bot.spec.knowledge_base.enabled else None
+    ingest = ingest_run(observed.ingest_jobs, bot) if bot.spec.knowledge_base.enabled else None
     resource_version = str(body.get("metadata", {}).get("resourceVersion") or "")
     for _ in range(3):
         status = compute_status(
             bot,
-            observed.workloads(bot),
+            observed.workloads,
             state.missing,
             previous,
             ingest,

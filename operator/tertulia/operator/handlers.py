@@ -3,8 +3,8 @@
 
 Level-based: `reconcile` runs on resume, create and update; every owned child's event puts
 that child back as rendered and refreshes the status; a change to a Secret or a source
-ConfigMap the ChatBot names converges it again; and a timer resyncs each ChatBot every few
-minutes, as a safety net for a missed event.
+ConfigMap the ChatBot names converges it again; and a loop resyncs each ChatBot every few
+minutes, as a safety net for a missed event. What the watches report is kept in `seen.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pydantic import ValidationError
 
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot, ChatBotStatus
 from tertulia.operator.converge import (
-    Observed,
     body_of,
     cluster,
     converge,
@@ -32,7 +31,8 @@ from tertulia.operator.converge import (
 )
 from tertulia.operator.plan import ObjectRef
 from tertulia.operator.render.common import MANAGED_BY, WATCH_LABEL
-from tertulia.operator.status import Workload, failed_status
+from tertulia.operator.seen import COLLECTIONS, Seen
+from tertulia.operator.status import failed_status
 
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED = {MANAGED_LABEL: MANAGED_BY}
@@ -54,6 +54,10 @@ SECRET_RETRY_SECONDS = 10.0
 REFUSED_RETRY_SECONDS = 60.0
 # The safety net: every ChatBot is converged again this often.
 RESYNC_SECONDS = float(os.environ.get("TERTULIA_OPERATOR_RESYNC_SECONDS", "300"))
+# How many objects' events kopf handles at once.
+WORKER_LIMIT = 64
+# Every ChatBot and the children its status reads, as the watches last reported them.
+SEEN = Seen()
 
 
 @kopf.on.startup()
@@ -76,9 +80,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for plural in ("secrets", "configmaps"):
         settings.watching.label_selectors["", plural] = WATCH_LABEL
     # kopf runs a worker, and queues raw events, per object that has events: a burst of new
-    # ChatBots brings thousands of children at once. Idle workers go after a second, not
-    # five, which bounds the memory a burst takes. (A limit on the workers would deadlock a
-    # restart: workers wait for the indexes to fill, which needs workers of their own.)
+    # ChatBots brings thousands of children at once. A bound on the workers keeps the memory
+    # and the contention of a burst in check (the events of the others wait in their
+    # queues), and idle workers go after a second, not five. (Safe because the operator
+    # keeps its own cache, `seen.py`: kopf's indexes would hold every worker until they are
+    # filled, which takes workers of their own, and a restart deadlocked.)
+    settings.batching.worker_limit = WORKER_LIMIT
     settings.batching.idle_timeout = 1.0
     # Re-open watches every 5 minutes so a silently dropped connection cannot go unnoticed.
     settings.watching.server_timeout = 300
@@ -93,58 +100,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-def chatbots(
-    namespace: str, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (namespace, name): {
-            "metadata": dict(body.metadata),
-            "spec": dict(body.spec),
-            "status": dict(body.status),
-        }
-    }
-
-
-def _workload(spec: kopf.Spec, status: kopf.Status) -> Workload:
-    return Workload(
-        replicas=int(spec.get("replicas", 1)), ready=int(status.get("readyReplicas") or 0)
-    )
-
-
-def _workloads(
-    namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], tuple[str, Workload]]:
-    key = (namespace, labels["app.kubernetes.io/instance"])
-    return {key: (labels["app.kubernetes.io/component"], _workload(spec, status))}
-
-
-# Two indexes, `deployments` and `statefulsets`, named by their id: replicas by component.
-for _plural in ("deployments", "statefulsets"):
-    kopf.index("apps", "v1", _plural, labels=MANAGED, id=_plural)(_workloads)
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def ingest_jobs(
-    namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], tuple[str, str, str]]:
-    """Each ChatBot's ingest Jobs: when made, the name, and why it failed ('' unless it did)."""
-    failed = next(
-        (
-            f"{condition.get('reason', 'Failed')}"
-            for condition in status.get("conditions") or []
-            if condition.get("type") == "Failed" and condition.get("status") == "True"
-        ),
-        "",
-    )
-    created = str(meta.get("creationTimestamp") or "")
-    return {(namespace, labels["app.kubernetes.io/instance"]): (created, name, failed)}
+@kopf.on.startup()
+def fill_cache(**_: Any) -> None:
+    """Every ChatBot and the children its status reads, listed before any handler runs."""
+    kube = cluster()
+    for kind, path, selector in COLLECTIONS:
+        SEEN.fill(kind, kube.list_all(path, selector))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, **kwargs: Any) -> None:
+def reconcile(body: kopf.Body, **_: Any) -> None:
     previous = ChatBotStatus.model_validate(dict(body.status))
     try:
         bot = ChatBot.from_body(dict(body))
@@ -162,7 +129,7 @@ def reconcile(body: kopf.Body, **kwargs: Any) -> None:
         raise kopf.PermanentError(message) from error
 
     with known(bot.namespace, bot.name).lock:
-        state = converge(bot, previous, Observed.of(kwargs), body)
+        state = converge(bot, previous, SEEN.observed(bot), body)
     if state.missing or state.missing_sources:
         raise kopf.TemporaryError(
             f"waiting for {len(state.missing)} Secret key(s) and "
@@ -176,16 +143,11 @@ def reconcile(body: kopf.Body, **kwargs: Any) -> None:
         )
 
 
-# The indexes, as kopf passes them to every handler: the resync loop works from them.
-_indexes: dict[str, Any] = {}
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **kwargs: Any) -> None:
-    _indexes.update(
-        (key, kwargs[key]) for key in ("chatbots", "deployments", "statefulsets", "ingest_jobs")
-    )
-    if event.get("type") == "DELETED":
+def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    SEEN.saw(event["object"], deleted)
+    if deleted:
         forget(namespace, name)
 
 
@@ -204,15 +166,10 @@ _resync_task: set[asyncio.Task[None]] = set()
 async def _resync_forever() -> None:
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        chatbots = _indexes.get("chatbots")
-        if chatbots is None:
-            continue
-        # A snapshot taken on the event loop, where kopf updates the index.
-        parents = [parent for _, found in list(chatbots.items()) for parent in found]
-        for parent in parents:
+        for parent in SEEN.chatbots():
             parsed = _parse(parent)
             if parsed is not None:
-                await asyncio.to_thread(_converge_locked, *parsed, dict(_indexes))
+                await asyncio.to_thread(_converge_locked, *parsed)
 
 
 def _parse(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] | None:
@@ -226,31 +183,20 @@ def _parse(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] |
     return bot, previous, body_of(parent)
 
 
-def _converge_locked(
-    bot: ChatBot, previous: ChatBotStatus, body: kopf.Body, kwargs: dict[str, Any]
-) -> None:
+def _converge_locked(bot: ChatBot, previous: ChatBotStatus, body: kopf.Body) -> None:
     with known(bot.namespace, bot.name).lock:
-        converge(bot, previous, Observed.of(kwargs), body)
+        converge(bot, previous, SEEN.observed(bot), body)
 
 
-def _parent(chatbots: kopf.Index[Any, Any], namespace: str, name: str) -> dict[str, Any] | None:
-    return next(iter(chatbots.get((namespace, name), [])), None)
-
-
-def _on_child_event(
-    event: kopf.RawEvent,
-    namespace: str,
-    labels: kopf.Labels,
-    chatbots: kopf.Index[Any, Any],
-    **kwargs: Any,
-) -> None:
+def _on_child_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """A child changed or went: put it back as rendered, and refresh the parent's status."""
+    SEEN.saw(event["object"], deleted=event.get("type") == "DELETED")
     instance = labels.get("app.kubernetes.io/instance")
     if not instance:
         return
     with known(namespace, instance).lock:
-        # Read under the lock: a reconcile that just finished has updated the index.
-        parent = _parent(chatbots, namespace, instance)
+        # Read under the lock: a reconcile that just finished has been seen.
+        parent = SEEN.chatbot(namespace, instance)
         parsed = _parse(parent) if parent is not None else None
         if parsed is None:
             return
@@ -261,7 +207,7 @@ def _on_child_event(
         # just created is as rendered: their events only refresh the status.
         if ref.kind != "Job" and event.get("type") in ("MODIFIED", "DELETED"):
             put_back(bot, ref)
-        write_status(bot, previous, Observed.of(kwargs), body)
+        write_status(bot, previous, SEEN.observed(bot), body)
 
 
 # Every kind the operator owns, so any child deleted or edited by hand is put back.
@@ -281,13 +227,7 @@ for _group, _version, _plural in (
 
 
 @kopf.on.event("", "v1", "secrets")
-def _on_secret_event(
-    event: kopf.RawEvent,
-    namespace: str,
-    name: str,
-    chatbots: kopf.Index[Any, Any],
-    **kwargs: Any,
-) -> None:
+def _on_secret_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
     """A Secret a ChatBot's pods read was created, rotated or deleted: the ChatBot is
     converged, so its status says so within seconds and the pods that read it roll."""
     kind = event.get("type")
@@ -296,36 +236,21 @@ def _on_secret_event(
     labels = (event["object"].get("metadata") or {}).get("labels") or {}
     if kind == "ADDED" and labels.get(MANAGED_LABEL) == MANAGED_BY:
         return  # a key Secret the operator has just generated: nothing to converge
-    for parent in _parents_in(chatbots, namespace):
+    for parent in SEEN.chatbots(namespace):
         parsed = _parse(parent)
         if parsed is not None and name in {secret for secret, _ in read_secrets(parsed[0])}:
-            _converge_locked(*parsed, kwargs)
+            _converge_locked(*parsed)
 
 
 @kopf.on.event("", "v1", "configmaps", labels={"app.kubernetes.io/managed-by": kopf.ABSENT})
-def _on_source_event(
-    event: kopf.RawEvent,
-    namespace: str,
-    name: str,
-    chatbots: kopf.Index[Any, Any],
-    **kwargs: Any,
-) -> None:
+def _on_source_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
     """A ConfigMap of documents changed: its ChatBots run a new ingest Job over it."""
     if event.get("type") not in ("MODIFIED", "ADDED"):
         return  # the initial listing (resume reconciles) or a deletion (the Job keeps its run)
-    for parent in _parents_in(chatbots, namespace):
+    for parent in SEEN.chatbots(namespace):
         parsed = _parse(parent)
         if parsed is None:
             continue
         sources = parsed[0].spec.knowledge_base.sources
         if any(source.config_map and source.config_map.name == name for source in sources):
-            _converge_locked(*parsed, kwargs)
-
-
-def _parents_in(chatbots: kopf.Index[Any, Any], namespace: str) -> list[dict[str, Any]]:
-    return [
-        parent
-        for (bot_namespace, _), parents in chatbots.items()
-        if bot_namespace == namespace
-        for parent in parents
-    ]
+            _converge_locked(*parsed)

@@ -38,6 +38,8 @@ OWNED_KINDS: dict[tuple[str, str], str] = {
 MISSING = "missing"
 # Lines of a failed Pod's message carried into a condition.
 MESSAGE_LINES = 4
+# Objects per page when a whole collection is listed.
+PAGE_SIZE = 500
 # The generated API key Secret is created once and never pruned: it goes with its ChatBot.
 COLLECTIONS = {**OWNED_KINDS, ("v1", "Secret"): "secrets"}
 
@@ -161,6 +163,20 @@ class Cluster:
             body={"metadata": {"labels": {WATCH_LABEL: "true"}}},
             content_type="application/merge-patch+json",
         )
+
+    def list_all(self, path: str, selector: str = "") -> list[dict[str, Any]]:
+        """Every object of a collection, read in pages."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = [("limit", str(PAGE_SIZE))]
+            query += [("labelSelector", selector)] if selector else []
+            query += [("continue", token)] if token else []
+            page = self.request("GET", path, query=query)
+            items.extend(page.get("items") or [])
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return items
 
     def chatbot(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ChatBot as the API server holds it now; None when it is gone."""
