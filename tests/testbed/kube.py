@@ -84,6 +84,18 @@ DEFAULT_STORAGE_CLASS = {
     "volumeBindingMode": "Immediate",
 }
 
+# The API server records every request a ServiceAccount makes (who, verb, resource, answer;
+# no bodies), so a test can compare what an account did with what it is granted.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+
 DEFAULT_NODES = (
     FakeNode("cpu-node-0", cpu="16", memory="64Gi"),
     FakeNode("cpu-node-1", cpu="16", memory="64Gi"),
@@ -109,6 +121,7 @@ class ControlPlane:
         self.survive_parent = survive_parent
         self.kubeconfig = workdir / "kubeconfig"
         self.logs = workdir / "logs"
+        self.audit_log = workdir / "audit.log"
         self.processes: list[ManagedProcess] = []
         self.apiserver_port = 0
         self._pki: Pki | None = None
@@ -161,6 +174,14 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
         return path
+
+    def audited(self, username: str) -> list[dict[str, Any]]:
+        """The requests a ServiceAccount has made so far, as the audit log holds them (its
+        username is `system:serviceaccount:NAMESPACE:NAME`)."""
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line)
+        return [event for event in events if event["user"].get("username") == username]
 
     @property
     def server(self) -> str:
@@ -296,6 +317,8 @@ class ControlPlane:
                 "--enable-admission-plugins=ExtendedResourceToleration",
             ]
         self.apiserver_port = self.reachable("127.0.0.1", port)[1]
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(json.dumps(AUDIT_POLICY))
         apiserver = self._start(
             "kube-apiserver",
             [
@@ -314,6 +337,9 @@ class ControlPlane:
                 *node_access,
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
             ],
         )
         context = self._ssl_context()

@@ -83,18 +83,24 @@ the operator with exactly these rules and show each removed verb breaks a check.
 # Secrets: those a ChatBot names (platform tokens) and those the operator generates (the
 # gateway's and Weaviate's API keys, created once, never updated) are watched, so a rotated
 # or deleted one shows in status within seconds and rolls the pods that read it; of each,
-# only its version and whether a key exists are used, never a value. A generated Secret
-# made by an older release gets the keys it lacks (patch), its existing keys untouched.
+# only its version and whether a key exists are used, never a value. Patch: a Secret a
+# ChatBot names is labelled for the watch, and a generated Secret made by an older release
+# gets the keys it lacks, its existing keys untouched.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, patch]
 # Children watched for drift: server-side applied, listed to prune, deleted when dropped.
-# ConfigMaps are also read: a knowledge base's source documents, to re-ingest on a change.
+# ConfigMaps are also read (a knowledge base's source documents, to re-ingest on a change)
+# and labelled so the watch sees their changes; a ChatBot's own ConfigMap and
+# ServiceAccount are never dropped, so never deleted.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
-  resources: [services]
+  resources: [serviceaccounts]
+  verbs: [list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services, persistentvolumeclaims]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
@@ -107,10 +113,6 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# Children applied on every reconcile, and watched so one deleted by hand is put back.
-- apiGroups: [""]
-  resources: [serviceaccounts, persistentvolumeclaims]
-  verbs: [list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]
   verbs: [list, watch, create, patch, delete]

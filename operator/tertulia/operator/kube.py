@@ -34,6 +34,10 @@ OWNED_KINDS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
 }
+# The kinds looked through for objects the spec dropped. Every ChatBot has exactly one
+# ServiceAccount and one ConfigMap, whatever its spec, so neither is ever dropped (and the
+# operator is not granted their deletion).
+PRUNED_KINDS = [key for key in OWNED_KINDS if key[1] not in ("ServiceAccount", "ConfigMap")]
 # The digest of a ConfigMap that does not exist.
 MISSING = "missing"
 # Lines of a failed Pod's message carried into a condition.
@@ -119,12 +123,13 @@ class Cluster:
                 raise
 
     def owned(self, bot: ChatBot) -> list[ObjectRef]:
-        """The objects this ChatBot's controller owns, found by label and owner uid."""
+        """The objects of PRUNED_KINDS this ChatBot's controller owns, found by label and
+        owner uid."""
         selector = (
             f"app.kubernetes.io/instance={bot.name},app.kubernetes.io/managed-by={MANAGED_BY}"
         )
         found = []
-        for api_version, kind in OWNED_KINDS:
+        for api_version, kind in PRUNED_KINDS:
             listing = self.request(
                 "GET",
                 collection_path(api_version, kind, bot.namespace),

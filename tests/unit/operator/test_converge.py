@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import kopf
+import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tertulia.operator.converge import apply_each, check_secrets
+import tertulia.operator.converge as converge_module
+from tertulia.operator.api import ChatBotStatus
+from tertulia.operator.converge import apply_each, check_secrets, forget, write_status
 from tertulia.operator.render import render_all
-from tests.unit.operator.test_render import IMAGE, example
+from tertulia.operator.seen import Observed
+from tertulia.operator.status import Workload, compute_status
+from tests.unit.operator.test_render import IMAGE, REPO, example, load
 
 
 class Refusing:
@@ -78,3 +84,83 @@ def test_secrets_are_read_once_each_and_a_missing_key_is_named() -> None:
         ("telegram", "telegram", "webhook-secret"),
     ]
     assert versions == {"slack": "11", "telegram": "12", "tertulia-api-keys": "13"}
+
+
+class StatusStore:
+    """The ChatBot's status as the API server holds it, written only over the version it
+    was computed from (the resourceVersion precondition), as `Cluster.patch_status` does."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.writes: list[dict[str, Any]] = []
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str = ""
+    ) -> bool:
+        if resource_version and resource_version != self.body["metadata"]["resourceVersion"]:
+            return False
+        self.writes.append(status)
+        self.body = {
+            **self.body,
+            "status": status,
+            "metadata": {**self.body["metadata"], "resourceVersion": str(len(self.writes) + 10)},
+        }
+        return True
+
+    def chatbot(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.body
+
+
+def _ready_workloads(bot: Any) -> Observed:
+    components = ("model", "gateway", "memory")
+    return Observed({c: Workload(replicas=1, ready=1) for c in components}, ())
+
+
+def test_a_status_from_a_stale_copy_is_computed_again_from_the_newer_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bot = load(REPO / "manifests" / "examples" / "cpu-ollama.yaml")
+    forget(bot.namespace, bot.name)
+    observed = _ready_workloads(bot)
+    # What another worker wrote meanwhile: every component Ready since a known moment.
+    newer = compute_status(bot, observed.workloads, [], ChatBotStatus(), None, [], [])
+    newer = newer.model_copy(
+        update={
+            "conditions": [
+                c.model_copy(update={"last_transition_time": "2026-12-01T09:00:00Z"})
+                for c in newer.conditions
+            ]
+        }
+    )
+    meta = {"namespace": bot.namespace, "name": bot.name, "generation": bot.generation}
+    store = StatusStore(
+        {"metadata": {**meta, "resourceVersion": "7"}, "status": newer.model_dump(by_alias=True)}
+    )
+    monkeypatch.setattr(converge_module, "_cluster", store)
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
+    # This worker's copy is older (version 5, nothing Ready yet).
+    stale = kopf.Body(cast(kopf.RawBody, {"metadata": {**meta, "resourceVersion": "5"}}))
+
+    write_status(bot, ChatBotStatus(), observed, stale)
+
+    # Nothing written over version 7 from version 5, and nothing needed: the newer status
+    # already says it, with its own transition times.
+    assert store.writes == []
+    assert store.body["status"] == newer.model_dump(by_alias=True)
+
+
+def test_a_status_write_over_the_version_it_came_from_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bot = load(REPO / "manifests" / "examples" / "cpu-ollama.yaml")
+    forget(bot.namespace, bot.name)
+    meta = {"namespace": bot.namespace, "name": bot.name, "generation": bot.generation}
+    store = StatusStore({"metadata": {**meta, "resourceVersion": "5"}, "status": {}})
+    monkeypatch.setattr(converge_module, "_cluster", store)
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
+    body = kopf.Body(cast(kopf.RawBody, {"metadata": {**meta, "resourceVersion": "5"}}))
+
+    write_status(bot, ChatBotStatus(), _ready_workloads(bot), body)
+
+    assert len(store.writes) == 1
+    assert store.writes[0]["phase"] == "Ready"

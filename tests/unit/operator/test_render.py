@@ -51,6 +51,22 @@ def test_rendered_example_matches_its_golden_file(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+def test_the_kinds_never_pruned_are_the_same_whatever_the_spec(path: Path) -> None:
+    # The operator prunes every owned kind but these, and is not granted their deletion:
+    # each ChatBot has exactly this one ServiceAccount and this one ConfigMap.
+    bot = load(path)
+    never_pruned = {
+        (m["kind"], m["metadata"]["name"])
+        for m in render_all(bot, image=IMAGE)
+        if m["kind"] in ("ServiceAccount", "ConfigMap")
+    }
+    assert never_pruned == {
+        ("ServiceAccount", f"{bot.name}-workload"),
+        ("ConfigMap", f"{bot.name}-gateway"),
+    }
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_every_child_is_owned_labelled_and_uniquely_named(path: Path) -> None:
     bot = load(path)
     manifests = render_all(bot, image=IMAGE)
