@@ -61,9 +61,9 @@ testenv: install testbed ## Start the control plane by hand (NODE=real adds the 
 testenv-down: ## Stop the control plane started by `make testenv`
 	@bash hack/testenv.sh down
 
-bench: testbed ## Run the benchmarks in bench/ (BENCH=gateway for one), each with its baseline
-	@bash hack/bootstrap.sh bench
-	$(VENV_BIN)/python -m bench $(BENCH)
+bench: testbed ## Run the benchmarks in bench/ (BENCH=gateway for one, QUICK=1 for tiny sizes), then a summary
+	@bash hack/bootstrap.sh
+	$(VENV_BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH)
 
 clean: testenv-down ## Remove the environment and local caches (not the versioned test-bed cache)
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

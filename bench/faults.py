@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench._report import figure, sized
 from bench.operator import IMAGE, NODES, all_ready, chatbot_bodies, fresh_namespace, timed
 from tertulia.operator.api import GROUP, PLURAL, VERSION
 from tertulia.operator.crd import chatbot_crd
@@ -21,8 +22,8 @@ from tertulia.operator.kube import Cluster, collection_path
 from tests.testbed.kube import ControlPlane
 from tests.testbed.servers import start_operator
 
-CHATBOTS = 50
-KILLS = 5
+CHATBOTS = sized(50, 3)
+KILLS = sized(5, 1)
 SEED = 20261201
 COMPONENTS = ("gateway", "memory", "model")
 
@@ -94,6 +95,10 @@ def main() -> None:
     print(
         f"target: 0 duplicates, 0 missing ({'met' if not duplicates and not missing else 'MISSED'})"
     )
+    figure("faults", f"kills that landed mid-way, of {KILLS}", mid_way, "")
+    figure("faults", "duplicate workloads after kills", duplicates, "", "0", duplicates == 0)
+    figure("faults", "missing workloads after kills", missing, "", "0", missing == 0)
+    figure("faults", f"{CHATBOTS} ChatBots Ready through the kills", seconds, "s")
 
 
 if __name__ == "__main__":

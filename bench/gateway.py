@@ -6,7 +6,7 @@ generator (wrk) share CPU 0, so the targets compete for nothing but their own co
 Baselines from the same run: the backend called directly (latency) and LiteLLM (throughput).
 
 Targets: p50 added latency at most 2 ms at concurrency 1; at concurrency 256 at least 2x
-LiteLLM's throughput, and no errors over 256 concurrent streams.
+LiteLLM's throughput, and no errors over 256 concurrent streams. (Quick mode stops at 32.)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._report import figure, sized
 from tests.testbed.paths import cache_dir
 from tests.testbed.process import ManagedProcess, free_port
 
@@ -30,8 +31,10 @@ LITELLM_REQUIREMENTS = REPO / "bench" / "requirements-litellm.txt"
 REPLY = " ".join(["token"] * 20)
 # Both proxies check an API key, as they would in production; the backend ignores it.
 API_KEY = "sk-bench-0123456789abcdef0123456789"
-DURATION_SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-CONCURRENCIES = (1, 32, 256)
+DURATION_SECONDS = int(os.environ.get("BENCH_SECONDS", sized("10", "2")))
+# Quick mode stops at 32: LiteLLM completes nothing within two seconds at 256.
+CONCURRENCIES = sized((1, 32, 256), (1, 8, 32))
+TOP = CONCURRENCIES[-1]
 
 _WRK_SCRIPT = """
 wrk.method = "POST"
@@ -113,6 +116,11 @@ def wrk(url: str, body: dict[str, object], concurrency: int, workdir: Path) -> R
     if socket_errors:
         errors += sum(int(group) for group in socket_errors.groups())
     assert rate is not None, out
+    if float(rate.group(1)) == 0:
+        raise RuntimeError(
+            f"{url} completed no request in {DURATION_SECONDS} s at concurrency {concurrency}: "
+            "raise BENCH_SECONDS"
+        )
     return Run(float(rate.group(1)), latency("50"), latency("99"), errors)
 
 
@@ -236,9 +244,9 @@ def report(targets: dict[str, str], workdir: Path) -> None:
                 f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
                 flush=True,
             )
-    stream = wrk(targets["tertulia gateway"], {**body, "stream": True}, 256, workdir)
+    stream = wrk(targets["tertulia gateway"], {**body, "stream": True}, TOP, workdir)
     print(
-        f"{'gateway streams':<18} {256:>5} {stream.requests_per_second:>9.0f} "
+        f"{'gateway streams':<18} {TOP:>5} {stream.requests_per_second:>9.0f} "
         f"{stream.p50_ms:>8.2f} {stream.p99_ms:>8.2f} {stream.errors:>7}"
     )
 
@@ -246,8 +254,8 @@ def report(targets: dict[str, str], workdir: Path) -> None:
     added_p50 = gateway.p50_ms - direct.p50_ms
     added_p99 = gateway.p99_ms - direct.p99_ms
     ratio = (
-        results["tertulia gateway", 256].requests_per_second
-        / results["litellm proxy", 256].requests_per_second
+        results["tertulia gateway", TOP].requests_per_second
+        / results["litellm proxy", TOP].requests_per_second
     )
     print()
     print(f"added latency at concurrency 1: p50 {added_p50:.2f} ms (target <= 2), ", end="")
@@ -256,8 +264,19 @@ def report(targets: dict[str, str], workdir: Path) -> None:
         mine = results["tertulia gateway", concurrency].requests_per_second
         theirs = results["litellm proxy", concurrency].requests_per_second
         print(f"throughput vs LiteLLM at concurrency {concurrency}: {mine / theirs:.1f}x")
-    print(f"throughput vs LiteLLM at 256: {ratio:.1f}x (target >= 2)")
-    print(f"errors over 256 concurrent streams: {stream.errors} (target 0)")
+    print(f"throughput vs LiteLLM at {TOP}: {ratio:.1f}x (target >= 2 at 256)")
+    print(f"errors over {TOP} concurrent streams: {stream.errors} (target 0)")
+    at_target = TOP == 256
+    figure("gateway", "added p50 latency at concurrency 1", added_p50, "ms", "<= 2", added_p50 <= 2)
+    figure(
+        "gateway",
+        f"throughput against LiteLLM at {TOP}",
+        ratio,
+        "x",
+        ">= 2" if at_target else "",
+        ratio >= 2 if at_target else None,
+    )
+    figure("gateway", f"errors over {TOP} streams", stream.errors, "", "0", stream.errors == 0)
 
 
 if __name__ == "__main__":

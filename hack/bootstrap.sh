@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Installs what Tertulia's development needs on a fresh machine: system packages, uv (hash
 # checked), and the locked Python environment in .venv. Safe to run again: it only fills gaps.
-#   hack/bootstrap.sh          what `make test` and `make run` need
-#   hack/bootstrap.sh bench    that, and the load generator of the benchmarks (wrk)
+#   hack/bootstrap.sh          what `make test`, `make run` and `make bench` need
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_system_packages() {
   # Each program the tests run or the llama.cpp build needs, and the Debian package with it;
   # the real node's runtime (containerd, runc, the CNI plugins, iptables, conntrack) and its
-  # image tools (podman, mmdebstrap) among them.
+  # image tools (podman, mmdebstrap) and the benchmarks' load generator (wrk, which
+  # `make test` runs too, in the benchmarks' quick mode) among them.
   local -A package_of=([redis-server]=redis-server [cmake]=cmake [g++]=g++ [git]=git [npm]=npm
     [chromium]=chromium [chromedriver]=chromium-driver [containerd]=containerd [runc]=runc
     [/usr/lib/cni/bridge]=containernetworking-plugins [iptables]=iptables
-    [conntrack]=conntrack [ipset]=ipset [podman]=podman [mmdebstrap]=mmdebstrap)
-  [[ "${1:-}" == bench ]] && package_of[wrk]=wrk
+    [conntrack]=conntrack [ipset]=ipset [podman]=podman [mmdebstrap]=mmdebstrap [wrk]=wrk)
   local program missing=()
   for program in "${!package_of[@]}"; do
     command -v "${program}" >/dev/null || [[ -x "${program}" ]] || missing+=("${package_of[${program}]}")
@@ -60,7 +59,7 @@ ensure_dockerfilelint() {
   (cd "${dir}" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
 }
 
-ensure_system_packages "$@"
+ensure_system_packages
 ensure_uv
 sync_environment
 ensure_dockerfilelint
