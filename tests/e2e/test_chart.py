@@ -295,9 +295,6 @@ UNREACHED = {
     # A status write that lost a race (409) re-reads the ChatBot; the race cannot be forced
     # from outside the operator (tests/unit/operator/test_converge.py plays it).
     ("tertulia.dev", "chatbots", "get"),
-    # A failed ingest Job's Pods are read for their message; kwok never fails a Pod (the
-    # cluster tier's IngestFailed test needs it: the condition names the broken document).
-    ("", "pods", "list"),
 }
 
 

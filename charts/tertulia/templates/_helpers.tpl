@@ -105,14 +105,16 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: [list, watch, create, patch, delete]
-# Ingest Jobs: watched for their outcome; a failed one's Pods are listed once to read what
-# they said, for the KnowledgeBaseReady condition.
+# Ingest Jobs: watched for their outcome.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [list, watch, create, patch, delete]
+# The ChatBots' own Pods (by label), watched so status says why one cannot run: the
+# scheduler's message, a failed image pull, a crash loop's last log line (its termination
+# message; no log is read); a failed ingest Job's Pods are listed for what they said.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]
   verbs: [list, watch, create, patch, delete]

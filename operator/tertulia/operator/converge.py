@@ -302,6 +302,7 @@ def write_status(
             ingest,
             state.refused,
             state.missing_sources,
+            observed.troubles,
         )
         if status == previous:
             return

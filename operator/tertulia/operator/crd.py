@@ -91,6 +91,12 @@ PRINTER_COLUMNS = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.model.replicas", "priority": 1},
     {"name": "Platforms", "type": "string", "jsonPath": ".status.platforms"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {
+        "name": "Reason",
+        "type": "string",
+        "description": "Why it is not Ready: the first component's reason.",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

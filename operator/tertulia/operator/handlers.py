@@ -75,7 +75,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Server-side selectors: the API server sends only the operator's own children, and the
     # Secrets and ConfigMaps labelled for it (its own, and those a ChatBot names), never the
     # rest of a large cluster's objects.
-    for group, plural in _OWNED:
+    for group, plural in (*_OWNED, ("", "pods")):
         settings.watching.label_selectors[group, plural] = f"{MANAGED_LABEL}={MANAGED_BY}"
     for plural in ("secrets", "configmaps"):
         settings.watching.label_selectors["", plural] = WATCH_LABEL
@@ -224,6 +224,29 @@ for _group, _version, _plural in (
     ("autoscaling", "v2", "horizontalpodautoscalers"),
 ):
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_on_child_event)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def _on_pod_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A pod of a ChatBot's changed: when what keeps it from running changed (it cannot be
+    scheduled or pull its image, it crash-loops, or it no longer does), the status says so,
+    and a new trouble is a Warning Event on the ChatBot."""
+    pod, deleted = event["object"], event.get("type") == "DELETED"
+    if not SEEN.saw(pod, deleted):
+        return
+    instance = labels.get("app.kubernetes.io/instance")
+    if not instance:
+        return
+    with known(namespace, instance).lock:
+        parent = SEEN.chatbot(namespace, instance)
+        parsed = _parse(parent) if parent is not None else None
+        if parsed is None:
+            return
+        bot, previous, body = parsed
+        trouble = SEEN.to_announce(pod, deleted)
+        if trouble is not None:
+            kopf.warn(body, reason=trouble.reason, message=trouble.message)
+        write_status(bot, previous, SEEN.observed(bot), body)
 
 
 @kopf.on.event("", "v1", "secrets")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from typing import Any
 
 from tertulia.operator.api import (
     CONDITION_TYPES,
@@ -29,6 +30,81 @@ class Workload:
     @property
     def is_ready(self) -> bool:
         return self.ready >= self.replicas
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why a component's pods are not Ready, in words a user can act on, as the cluster
+    says it: the scheduler's message, the image pull's, a crash loop's last words."""
+
+    reason: str
+    message: str
+
+
+# How much of a container's last words (its termination message: its last log lines) a
+# condition carries: the last line, cut to this many characters.
+LAST_WORDS = 200
+_PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+def pod_trouble(pod: dict[str, Any]) -> Trouble | None:
+    """What keeps a pod from running, if anything the user must act on; None for a pod
+    that is running, starting normally, or gone."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            said = condition.get("message") or "no node fits it"
+            return Trouble("Unschedulable", f"pod {name} cannot be scheduled: {said}")
+    containers = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for container in containers:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason") or ""
+        if reason in _PULL_FAILURES:
+            said = waiting.get("message") or reason
+            return Trouble(
+                "ImagePullFailed",
+                f"pod {name} cannot pull {container.get('image')}: {_last_line(said)}",
+            )
+        if reason == "CrashLoopBackOff":
+            ended = (container.get("lastState") or {}).get("terminated") or {}
+            words = _last_line(ended.get("message") or "")
+            return Trouble(
+                "CrashLoopBackOff",
+                f"container {container['name']} of pod {name} keeps exiting "
+                f"(exit code {ended.get('exitCode', '?')}, {ended.get('reason') or 'Error'})"
+                + (f": {words}" if words else ""),
+            )
+        if reason in ("CreateContainerConfigError", "CreateContainerError"):
+            return Trouble(
+                reason,
+                f"container {container['name']} of pod {name} cannot start: "
+                f"{_last_line(waiting.get('message') or reason)}",
+            )
+    return None
+
+
+def claim_trouble(name: str, storage_class: str | None) -> Trouble:
+    """A claim a pod waits for that is not bound."""
+    where = f"storage class {storage_class!r}" if storage_class else "the default storage class"
+    return Trouble(
+        "ClaimNotBound",
+        f"PersistentVolumeClaim {name} ({where}) is not bound, so its pod cannot be scheduled; "
+        f"`kubectl describe pvc {name}` says why",
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= LAST_WORDS else f"{last[:LAST_WORDS]}…"
 
 
 @dataclass(frozen=True)
@@ -99,13 +175,22 @@ def _condition(
     )
 
 
-def _workload(workloads: dict[str, Workload], component: str, what: str) -> tuple[bool, str, str]:
+def _workload(
+    workloads: dict[str, Workload],
+    component: str,
+    what: str,
+    troubles: dict[str, list[Trouble]] | None = None,
+) -> tuple[bool, str, str]:
     found = workloads.get(component)
     if found is None:
         return False, "Creating", f"the {what} is being created"
+    counted = f"{found.ready}/{found.replicas} {what} replicas Ready"
     if found.is_ready:
-        return True, "Ready", f"{found.ready}/{found.replicas} {what} replicas Ready"
-    return False, "NotReady", f"{found.ready}/{found.replicas} {what} replicas Ready"
+        return True, "Ready", counted
+    known = (troubles or {}).get(component) or []
+    if known:
+        return False, known[0].reason, f"{counted}: {'; '.join(t.message for t in known)}"
+    return False, "NotReady", counted
 
 
 def compute_status(
@@ -116,8 +201,10 @@ def compute_status(
     ingest: IngestRun | None = None,
     refused: list[Refusal] | None = None,
     missing_sources: list[str] | None = None,
+    troubles: dict[str, list[Trouble]] | None = None,
 ) -> ChatBotStatus:
-    """Conditions, phase and replica counts; transition times move only when a status flips."""
+    """Conditions, phase and replica counts; transition times move only when a status flips.
+    `troubles` say, by component, why pods are not Ready."""
     spec = bot.spec
     results: dict[str, tuple[bool, str, str]] = {}
     if spec.model.engine == "endpoint":
@@ -125,13 +212,15 @@ def compute_status(
     elif spec.model.replicas == 0:
         results["ModelReady"] = (False, "ScaledToZero", "the model server has 0 replicas")
     else:
-        results["ModelReady"] = _workload(workloads, "model", "model server")
-    results["GatewayReady"] = _workload(workloads, "gateway", "gateway")
-    results["MemoryReady"] = _workload(workloads, "memory", "Redis")
+        results["ModelReady"] = _workload(workloads, "model", "model server", troubles)
+    results["GatewayReady"] = _workload(workloads, "gateway", "gateway", troubles)
+    results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
     if spec.knowledge_base.enabled:
-        results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate")
+        results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate", troubles)
         if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):
-            results["KnowledgeBaseReady"] = _workload(workloads, "embeddings", "embeddings server")
+            results["KnowledgeBaseReady"] = _workload(
+                workloads, "embeddings", "embeddings server", troubles
+            )
         if missing_sources:
             results["KnowledgeBaseReady"] = (
                 False,
@@ -161,7 +250,14 @@ def compute_status(
         waiting = [
             name for name in platforms if not (workloads.get(name) and workloads[name].is_ready)
         ]
-        if waiting:
+        known = [t for name in waiting for t in (troubles or {}).get(name) or []]
+        if known:
+            results["PlatformsReady"] = (
+                False,
+                known[0].reason,
+                f"waiting for: {', '.join(waiting)}: {'; '.join(t.message for t in known)}",
+            )
+        elif waiting:
             results["PlatformsReady"] = (False, "NotReady", f"waiting for: {', '.join(waiting)}")
         else:
             results["PlatformsReady"] = (True, "Ready", f"serving {', '.join(platforms)}")
@@ -174,9 +270,11 @@ def compute_status(
             unplaced.append(message)
     all_ready = all(ok for ok, _, _ in results.values()) and not unplaced
     unready = [kind for kind, (ok, _, _) in results.items() if not ok]
+    # Ready's reason is the first unready component's, so `kubectl get` shows it.
+    first = results[unready[0]][1] if unready else "Waiting"
     results["Ready"] = (
         all_ready,
-        "Ready" if all_ready else ("ApplyFailed" if unplaced else "Waiting"),
+        "Ready" if all_ready else ("ApplyFailed" if unplaced else first),
         "every component is Ready"
         if all_ready
         else "; ".join([*unplaced, *([f"not Ready yet: {', '.join(unready)}"] if unready else [])]),

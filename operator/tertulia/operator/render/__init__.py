@@ -31,7 +31,7 @@ def render_all(
     a changed Secret rolls them."""
     installation = installation or Installation()
     registry = installation.registry
-    return [
+    manifests = [
         *render_service_account(bot),
         *render_model_server(bot, image=image, registry=registry),
         *render_memory(bot, registry=registry, secret_versions=secret_versions),
@@ -47,6 +47,30 @@ def render_all(
         *render_platforms(bot, image=image, only=ready_platforms, secret_versions=secret_versions),
         *render_network_policies(bot, scrapers=installation.scrapers),
     ]
+    for manifest in manifests:
+        _say_why_on_failure(manifest)
+    return manifests
+
+
+# Kinds whose pods the operator renders, and where their pod template sits.
+_POD_TEMPLATES = {
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+}
+
+
+def _say_why_on_failure(manifest: Manifest) -> None:
+    """Every container ends with its last log lines as its termination message when it
+    wrote none (FallbackToLogsOnError): a crash loop's cause then reaches the ChatBot's
+    status without the operator reading any log."""
+    path = _POD_TEMPLATES.get(manifest["kind"])
+    if path is None:
+        return
+    template = manifest[path[0]][path[1]]
+    for key in ("initContainers", "containers"):
+        for container in template["spec"].get(key) or []:
+            container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
 
 
 __all__ = ["Installation", "Manifest", "render_all"]

@@ -1,0 +1,107 @@
+"""A status that explains, against the real control plane and scheduler: a pod that cannot
+be scheduled, and a claim that cannot be bound, show in the component's condition with the
+cluster's own words, in `kubectl get`'s REASON column and as a Warning Event; fixing the
+spec clears them."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.test_operator import (
+    EXAMPLE_SECRETS,
+    READY_TIMEOUT,
+    Operator,
+    apply,
+    chatbot,
+    condition,
+    create_secrets,
+    events,
+    kubectl,
+    load_example,
+    operator,  # noqa: F401 - the module's operator, a fixture
+    wait_phase,
+)
+from tests.testbed.kube import ControlPlane
+from tests.testbed.process import eventually
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, operator: Operator) -> Iterator[str]:  # noqa: F811
+    core = client.CoreV1Api(control_plane.api_client())
+    name = f"why-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+def condition_turns(
+    control_plane: ControlPlane, namespace: str, name: str, kind: str, reason: str
+) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        body = chatbot(control_plane, namespace, name)
+        if not (body.get("status") or {}).get("conditions"):
+            return None
+        now = condition(body, kind)
+        return now if now["reason"] == reason else None
+
+    said: dict[str, Any] = eventually(found, timeout=READY_TIMEOUT, what=f"{kind} to say {reason}")
+    return said
+
+
+def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    create_secrets(control_plane, namespace, EXAMPLE_SECRETS["vllm-gpu-slack-kb"])
+    body = load_example("vllm-gpu-slack-kb")
+    body["spec"]["knowledgeBase"]["sources"] = []
+    # Three replicas of 8 GPUs: the test bed has two GPU nodes of 8.
+    body["spec"]["model"].update(gpus=8, replicas=3)
+    assert apply(control_plane, namespace, body).returncode == 0
+
+    said = condition_turns(control_plane, namespace, "harbour", "ModelReady", "Unschedulable")
+
+    assert re.match(
+        r"\d/3 model server replicas Ready: pod harbour-model-\d cannot be scheduled: ",
+        said["message"],
+    )
+    assert "Insufficient nvidia.com/gpu" in said["message"]
+    row = kubectl(control_plane, "get", "chatbot", "harbour", "-n", namespace, "--no-headers")
+    assert row.stdout.split()[6] == "Unschedulable", "the REASON column"
+    warned = eventually(
+        lambda: [e for e in events(control_plane, namespace, "harbour") if e.type == "Warning"],
+        what="a Warning Event",
+    )
+    assert any(
+        e.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in e.message for e in warned
+    )
+
+    body["spec"]["model"]["replicas"] = 2
+    assert apply(control_plane, namespace, body).returncode == 0
+    ready = wait_phase(control_plane, namespace, "harbour")
+    assert condition(ready, "ModelReady")["reason"] == "Ready"
+
+
+def test_a_knowledge_base_whose_claim_cannot_be_bound_names_the_claim_and_its_class(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = load_example("cpu-ollama")
+    body["spec"]["knowledgeBase"] = {
+        "enabled": True,
+        "storage": "1Gi",
+        "storageClassName": "no-such-class",
+    }
+    assert apply(control_plane, namespace, body).returncode == 0
+
+    said = condition_turns(
+        control_plane, namespace, "helpdesk", "KnowledgeBaseReady", "ClaimNotBound"
+    )
+
+    assert "PersistentVolumeClaim data-helpdesk-knowledge-base-0" in said["message"]
+    assert "storage class 'no-such-class'" in said["message"]
+    assert chatbot(control_plane, namespace, "helpdesk")["status"]["phase"] == "Progressing"
