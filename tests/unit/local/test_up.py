@@ -9,7 +9,8 @@ import pytest
 import typer
 import yaml
 
-from tertulia.local.up import GEMMA, _gateway_config, _load, bot_environment, plan
+from tertulia.local.models import SMOLLM2
+from tertulia.local.up import _gateway_config, _load, bot_environment, plan
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[3]
@@ -35,14 +36,21 @@ def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-def test_a_spec_for_another_engine_runs_gemma_with_a_warning(tmp_path: Path) -> None:
+def test_a_spec_for_another_engine_runs_smollm2_with_a_warning(tmp_path: Path) -> None:
     file = EXAMPLES / "cpu-ollama.yaml"
     local = plan(_load(file), file, _options())
-    assert local.model == GEMMA
+    assert local.model == SMOLLM2
     assert any("local mode runs llama.cpp" in warning for warning in local.warnings)
     chosen = plan(_load(file), file, _options(model="/models/qwen.gguf"))
     assert chosen.model == "/models/qwen.gguf"
     assert not any("llama.cpp" in warning for warning in chosen.warnings)
+
+
+def test_the_local_example_runs_the_packaged_instruct_model_without_a_warning() -> None:
+    file = EXAMPLES / "local.yaml"
+    local = plan(_load(file), file, _options())
+    assert local.model == SMOLLM2
+    assert not any("local mode runs llama.cpp" in warning for warning in local.warnings)
 
 
 def test_the_knowledge_base_is_off_with_a_reason_without_weaviate(
