@@ -4,8 +4,9 @@ in-cluster model through the in-cluster gateway, citing the ConfigMap the ingest
 the knowledge base; the conversation is in the in-cluster Redis; the NetworkPolicies keep the
 bots to the gateway; `kubectl scale` gives two
 model pods that both serve; a model pod deleted mid-conversation does not cost the next
-answer; `helm upgrade` to a new operator image keeps a gateway Ready throughout; and
-`kubectl delete chatbot` removes every pod.
+answer; a document that cannot be read, a model server that crash-loops and an image that
+cannot be pulled each say why in the status; `helm upgrade` to a new operator image keeps a
+gateway Ready throughout; and `kubectl delete chatbot` removes every pod.
 
 The tests run in this order and build on each other's state, as a user's first day does.
 """
@@ -532,6 +533,69 @@ def test_a_document_that_cannot_be_read_fails_the_ingest_and_says_so_in_the_stat
     )
     wait_ready(cluster)
     assert condition(cluster, "KnowledgeBaseReady")["status"] == "True"
+
+
+def patch_model(cluster: ControlPlane, model: dict[str, Any]) -> None:
+    client.CustomObjectsApi(cluster.api_client()).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, BOT, {"spec": {"model": model}}
+    )
+
+
+def model_says(cluster: ControlPlane, reason: str) -> dict[str, Any]:
+    found: dict[str, Any] = eventually(
+        lambda: (found := condition(cluster, "ModelReady")).get("reason") == reason and found,
+        READY_TIMEOUT,
+        f"ModelReady to say {reason}",
+        interval=1,
+    )
+    return found
+
+
+def roll_back_model(cluster: ControlPlane, model: dict[str, Any]) -> None:
+    """The spec put back, and the pods the StatefulSet made from the broken one deleted: a
+    StatefulSet waits for a broken pod forever (Kubernetes' "forced rollback")."""
+    patch_model(cluster, model)
+    eventually(
+        lambda: (
+            chatbot(cluster)["status"].get("observedGeneration")
+            == chatbot(cluster)["metadata"]["generation"]
+        ),
+        60,
+        "the operator to apply the rollback",
+    )
+    for pod in pods(cluster, "model"):
+        if not is_ready(pod):
+            core(cluster).delete_namespaced_pod(pod.metadata.name, NAMESPACE)
+    wait_ready(cluster)
+
+
+def test_a_model_server_that_crashes_or_cannot_be_pulled_says_why_in_the_status(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    # An argument llama-server does not know: it prints why, and exits 1, on every start.
+    patch_model(cluster, {"args": ["--no-such-flag"]})
+    crashing = model_says(cluster, "CrashLoopBackOff")
+    assert crashing["status"] == "False"
+    # Its last words, as its termination message: llama-server's own.
+    assert crashing["message"].endswith("error: invalid argument: --no-such-flag")
+    assert "exit code 1" in crashing["message"]
+    assert condition(cluster, "Ready")["reason"] == "CrashLoopBackOff"
+    warned = [
+        event
+        for event in core(cluster)
+        .list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={BOT}")
+        .items
+        if event.reason == "CrashLoopBackOff"
+    ]
+    assert warned and warned[0].type == "Warning"
+    roll_back_model(cluster, {"args": None})
+
+    # An image no registry serves: the node cannot reach one at all.
+    missing = "ghcr.io/ggml-org/llama.cpp:server-no-such-tag"
+    patch_model(cluster, {"image": missing})
+    pulling = model_says(cluster, "ImagePullFailed")
+    assert f"cannot pull {missing}" in pulling["message"]
+    roll_back_model(cluster, {"image": None})
 
 
 def gateway_ready_pods(cluster: ControlPlane) -> int:
