@@ -183,6 +183,12 @@ def _parse(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] |
     return bot, previous, body_of(parent)
 
 
+def _seen_parent(namespace: str, instance: str) -> tuple[ChatBot, ChatBotStatus, kopf.Body] | None:
+    """The ChatBot a child belongs to, as last seen; None when unseen or its spec invalid."""
+    parent = SEEN.chatbot(namespace, instance)
+    return _parse(parent) if parent is not None else None
+
+
 def _converge_locked(bot: ChatBot, previous: ChatBotStatus, body: kopf.Body) -> None:
     with known(bot.namespace, bot.name).lock:
         converge(bot, previous, SEEN.observed(bot), body)
@@ -196,8 +202,7 @@ def _on_child_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, *
         return
     with known(namespace, instance).lock:
         # Read under the lock: a reconcile that just finished has been seen.
-        parent = SEEN.chatbot(namespace, instance)
-        parsed = _parse(parent) if parent is not None else None
+        parsed = _seen_parent(namespace, instance)
         if parsed is None:
             return
         bot, previous, body = parsed
@@ -238,8 +243,7 @@ def _on_pod_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, **_
     if not instance:
         return
     with known(namespace, instance).lock:
-        parent = SEEN.chatbot(namespace, instance)
-        parsed = _parse(parent) if parent is not None else None
+        parsed = _seen_parent(namespace, instance)
         if parsed is None:
             return
         bot, previous, body = parsed
