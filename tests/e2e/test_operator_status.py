@@ -81,10 +81,18 @@ def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
         e.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in e.message for e in warned
     )
 
-    body["spec"]["model"]["replicas"] = 2
+    body["spec"]["model"].update(gpus=2, replicas=1)
     assert apply(control_plane, namespace, body).returncode == 0
     ready = wait_phase(control_plane, namespace, "harbour")
     assert condition(ready, "ModelReady")["reason"] == "Ready"
+    # The GPUs go back before the next test: a namespace is deleted in the background.
+    kubectl(control_plane, "delete", "chatbot", "harbour", "-n", namespace, "--wait=true")
+    core = client.CoreV1Api(control_plane.api_client())
+    eventually(
+        lambda: not core.list_namespaced_pod(namespace).items,
+        timeout=READY_TIMEOUT,
+        what="the model pods to be gone",
+    )
 
 
 def test_a_knowledge_base_whose_claim_cannot_be_bound_names_the_claim_and_its_class(
