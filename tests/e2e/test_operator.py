@@ -10,6 +10,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,11 +84,20 @@ def operator(
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, operator: Operator) -> Iterator[str]:
+    with fresh_namespace(control_plane, "bots") as name:
+        yield name
+
+
+@contextmanager
+def fresh_namespace(control_plane: ControlPlane, prefix: str) -> Iterator[str]:
+    """A namespace of its own for one test, named PREFIX-RANDOM, deleted after it."""
     core = client.CoreV1Api(control_plane.api_client())
-    name = f"bots-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
 
 
 def kubectl(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.e2e.test_operator import (
     condition,
     create_secrets,
     events,
+    fresh_namespace,
     load_example,
     operator,  # noqa: F401 - the module's operator, a fixture
     wait_phase,
@@ -33,11 +33,8 @@ from tests.testbed.process import eventually
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, operator: Operator) -> Iterator[str]:  # noqa: F811
-    core = client.CoreV1Api(control_plane.api_client())
-    name = f"hard-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(control_plane, "hard") as name:
+        yield name
 
 
 def helpdesk(**model: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ the default five minutes, and only one operator may run against the control plan
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +20,7 @@ from tests.e2e.test_operator import (
     Operator,
     apply,
     create_secrets,
+    fresh_namespace,
     load_example,
     wait_phase,
 )
@@ -47,11 +47,8 @@ def resyncing_operator(
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, resyncing_operator: Operator) -> Iterator[str]:
-    core = client.CoreV1Api(control_plane.api_client())
-    name = f"resync-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(control_plane, "resync") as name:
+        yield name
 
 
 def test_a_change_no_watch_reported_is_carried_out_by_the_resync(

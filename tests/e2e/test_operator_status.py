@@ -6,7 +6,6 @@ spec clears them."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.e2e.test_operator import (
     condition,
     create_secrets,
     events,
+    fresh_namespace,
     kubectl,
     load_example,
     operator,  # noqa: F401 - the module's operator, a fixture
@@ -33,11 +33,8 @@ from tests.testbed.process import eventually
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, operator: Operator) -> Iterator[str]:  # noqa: F811
-    core = client.CoreV1Api(control_plane.api_client())
-    name = f"why-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(control_plane, "why") as name:
+        yield name
 
 
 def condition_turns(
