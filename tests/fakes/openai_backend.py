@@ -51,6 +51,8 @@ class FakeBackendConfig:
     cut_after_tokens: int = -1
     # End streams without the final `data: [DONE]`, as a broken engine would.
     omit_done: bool = False
+    # Honour `stream_options.include_usage` (False: ignore it, as llama-cpp-python does).
+    stream_usage: bool = True
     embedding_dimensions: int = 16
     model: str = MODEL_ID
 
@@ -202,7 +204,7 @@ class FakeBackend:
         finally:
             watcher.cancel()
         await _event(send, chunk({}, finish_reason))
-        if (request.get("stream_options") or {}).get("include_usage"):
+        if self.config.stream_usage and (request.get("stream_options") or {}).get("include_usage"):
             # As OpenAI and vLLM send it: a last chunk with no choices and the usage.
             await _event(send, {**chunk({}), "choices": [], "usage": usage})
         closing = b"" if self.config.omit_done else b"data: [DONE]\n\n"

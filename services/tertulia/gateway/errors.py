@@ -1,11 +1,31 @@
-"""Typed errors of the gateway, each mapped to one HTTP status and a reason a user can act on."""
+"""Typed errors of the gateway, each mapped to one HTTP status and a reason a user can act on.
+
+Every error body has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so the
+OpenAI SDKs and the UIs built on them show the gateway's reason rather than a generic one.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+# OpenAI's error `type` for each status the gateway answers with.
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 class GatewayError(Exception):
@@ -14,10 +34,13 @@ class GatewayError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.param = param
 
     @property
     def headers(self) -> dict[str, str]:
@@ -25,8 +48,15 @@ class GatewayError(Exception):
             return {}
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
-    def body(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return error_body(self.status_code, self.code, self.message, self.param)
+
+
+def error_body(
+    status_code: int, code: str, message: str, param: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    kind = _TYPE_BY_STATUS.get(status_code, "server_error" if status_code >= 500 else "error")
+    return {"error": {"code": code, "message": message, "type": kind, "param": param}}
 
 
 class Unauthorized(GatewayError):
@@ -83,6 +113,11 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
+class ModelNotFound(GatewayError):
+    status_code = 404
+    code = "model_not_found"
+
+
 class ConversationNotFound(GatewayError):
     status_code = 404
     code = "conversation_not_found"
@@ -120,4 +155,56 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, GatewayError)  # noqa: S101 - registered for GatewayError only
         return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
+    async def handle_invalid(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)  # noqa: S101 - registered for it only
+        problems = error.errors()
+        body = error_body(
+            422, "invalid_request", "; ".join(_describe(p) for p in problems), _param(problems)
+        )
+        return JSONResponse(body, status_code=422)
+
+    async def handle_http(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, HTTPException)  # noqa: S101 - registered for it only
+        code = "not_found" if error.status_code == 404 else "http_error"
+        body = error_body(error.status_code, code, str(error.detail))
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
     app.add_exception_handler(GatewayError, handle)
+    app.add_exception_handler(RequestValidationError, handle_invalid)
+    app.add_exception_handler(HTTPException, handle_http)
+
+
+# Parameters of OpenAI's API that the gateway refuses rather than ignores, with the reason.
+_UNSUPPORTED = {
+    "tools": "tool calling is not offered by this gateway",
+    "tool_choice": "tool calling is not offered by this gateway",
+    "parallel_tool_calls": "tool calling is not offered by this gateway",
+    "functions": "function calling is not offered by this gateway",
+    "function_call": "function calling is not offered by this gateway",
+}
+
+
+def _field(location: Sequence[Any]) -> str:
+    """`body.messages.0.content` -> `messages[0].content`."""
+    parts = [part for part in location if part != "body"]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
+
+
+def _describe(problem: dict[str, Any]) -> str:
+    field = _field(problem.get("loc", ()))
+    if problem.get("type") == "extra_forbidden":
+        reason = _UNSUPPORTED.get(field, "not a parameter this API accepts")
+        return f"{field}: {reason}"
+    if problem.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({problem.get('ctx', {}).get('error', 'malformed')})"
+    return f"{field}: {problem.get('msg', 'invalid')}"
+
+
+def _param(problems: Sequence[dict[str, Any]]) -> str | None:
+    if not problems:
+        return None
+    field = _field(problems[0].get("loc", ()))
+    return None if field == "body" else field

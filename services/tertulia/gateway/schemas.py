@@ -62,8 +62,10 @@ class Conversation(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="A stable identifier of the error, for programs.")
+    message: str = Field(description="What went wrong and what to do, for people.")
+    type: str = Field(description="OpenAI's error class: invalid_request_error, rate_limit_error…")
+    param: str | None = Field(None, description="The request field at fault, when one is.")
 
 
 class ErrorBody(BaseModel):
@@ -120,4 +122,5 @@ class OpenAIChatRequest(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    n: int | None = Field(None, ge=1, le=1, description="One choice per request.")
     user: str | None = Field(None, min_length=1, max_length=256)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -246,6 +247,62 @@ async def test_openai_stream_is_passed_through_with_usage_only_when_asked(
     assert '"usage"' not in plain
     assert '"usage"' in with_usage
     assert "You" in plain
+
+
+async def test_openai_refusals_have_openais_error_shape_naming_the_parameter(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway(model_name="harbour-bot")
+    hello = [{"role": "user", "content": "hi"}]
+
+    tools = await client.post(
+        "/v1/chat/completions", json={"messages": hello, "tools": [], "tool_choice": "auto"}
+    )
+    nested = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": [{"type": "x"}]}]}
+    )
+    model = await client.get("/v1/models/harbour-bot")
+    other = await client.get("/v1/models/gpt-4o")
+    no_route = await client.post("/v1/embeddings", json={"input": "hi"})
+
+    assert tools.status_code == 422
+    assert tools.json()["error"] == {
+        "code": "invalid_request",
+        "message": "tools: tool calling is not offered by this gateway; "
+        "tool_choice: tool calling is not offered by this gateway",
+        "type": "invalid_request_error",
+        "param": "tools",
+    }
+    assert nested.json()["error"]["param"].startswith("messages[0].content")
+    assert model.json()["id"] == "harbour-bot"
+    assert other.status_code == 404
+    assert other.json()["error"]["code"] == "model_not_found"
+    assert no_route.status_code == 404
+    assert no_route.json()["error"]["type"] == "not_found_error"
+
+
+async def test_a_stream_gets_the_usage_chunk_it_asked_for_when_the_engine_sends_none(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    fake.config.stream_usage = False
+    client = await gateway()
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    events = [
+        line.removeprefix("data: ")
+        for line in (await client.post("/v1/chat/completions", json=body)).text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+    chunks = [json.loads(event) for event in events[:-1]]
+    contents = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert events[-1] == "[DONE]"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == len(contents)
 
 
 @pytest.mark.parametrize(

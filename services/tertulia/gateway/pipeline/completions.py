@@ -86,12 +86,18 @@ async def passthrough(
     scanner = services.moderator.scanner()
     deltas = 0
     usage: Usage | None = None
+    last: dict[str, Any] = {}
     try:
         async with aclosing(stream.events()) as events:
             async for event in events:
                 if event.done:
+                    if client_wants_usage and usage is None:
+                        # The engine ignored stream_options (llama-cpp-python does): the client
+                        # still gets the usage chunk it asked for, counted as the gateway can.
+                        yield _usage_chunk(last, Usage(completion_tokens=deltas))
                     yield event.raw
                     break
+                last = event.data or last
                 delta = event.text()
                 if delta:
                     if not deltas:
@@ -116,6 +122,22 @@ async def passthrough(
         await stream.aclose()
         # llama.cpp does not report usage in streams; there each chunk carries one token.
         count_tokens(services, usage or Usage(completion_tokens=deltas))
+
+
+def _usage_chunk(template: dict[str, Any], usage: Usage) -> bytes:
+    """OpenAI's last chunk under `include_usage`: no choices, the usage. An engine that does not
+    count usage in streams sends one token per chunk, so its chunks are its completion tokens;
+    the prompt's tokens are not known to the gateway and are reported as 0."""
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+    chunk = {
+        "id": template.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": template.get("created", int(time.time())),
+        "model": template.get("model", ""),
+        "choices": [],
+        "usage": usage.model_dump(),
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 def _filtered_chunk(template: dict[str, Any], refusal: str) -> bytes:

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse
 
 from tertulia.gateway.backend import UpstreamEventSource
 from tertulia.gateway.deps import IdentityDep, ServicesDep
+from tertulia.gateway.errors import ModelNotFound
 from tertulia.gateway.pipeline import completions
-from tertulia.gateway.schemas import ERROR_RESPONSES, OpenAIChatRequest
+from tertulia.gateway.schemas import ERROR_RESPONSES, ErrorBody, OpenAIChatRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -19,10 +20,23 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 @router.get("/models")
 async def list_models(_: IdentityDep, services: ServicesDep) -> dict[str, Any]:
     """The one model this gateway serves, under the name its clients use."""
-    return {
-        "object": "list",
-        "data": [{"id": services.settings.model_name, "object": "model", "owned_by": "tertulia"}],
-    }
+    return {"object": "list", "data": [_model(services.settings.model_name)]}
+
+
+@router.get("/models/{model}", responses={404: {"model": ErrorBody}})
+async def retrieve_model(model: str, _: IdentityDep, services: ServicesDep) -> dict[str, Any]:
+    """The served model by its id; any other id is not found."""
+    if model != services.settings.model_name:
+        raise ModelNotFound(
+            f"no model {model!r} here; this gateway serves {services.settings.model_name!r}",
+            param="model",
+        )
+    return _model(model)
+
+
+def _model(name: str) -> dict[str, Any]:
+    # `created` is required by OpenAI's Model object; the gateway has no date for it.
+    return {"id": name, "object": "model", "created": 0, "owned_by": "tertulia"}
 
 
 @router.post(
