@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.kube import ControlPlane
-from tests.testbed.servers import start_embedding_server, start_llama_server, start_redis
+from tests.testbed.servers import (
+    start_embedding_server,
+    start_instruct_server,
+    start_llama_server,
+    start_redis,
+)
 
 TESTS_ROOT = Path(__file__).parent
 _MARKER_BY_FOLDER = {
@@ -47,6 +52,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The /v1 URL of a real llama.cpp server running Gemma 3 270M."""
     process, url = start_llama_server(tmp_path_factory.mktemp("llama"))
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def instruct_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The /v1 URL of a real llama.cpp server running SmolLM2-135M-Instruct, the model local
+    mode answers with: for tests that look at what a person would read."""
+    process, url = start_instruct_server(tmp_path_factory.mktemp("instruct"))
     try:
         yield url
     finally:

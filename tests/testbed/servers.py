@@ -122,6 +122,22 @@ def start_llama_server(
     )
 
 
+INSTRUCT_MODEL_ALIAS = "smollm2-135m-instruct"
+
+
+def start_instruct_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
+    """Local mode's default chat model, SmolLM2-135M-Instruct, with the chat template its
+    GGUF carries: it answers in sentences, where Gemma 3 270M (a base model) rambles."""
+    return _start_llama_cpp(
+        "instruct-server",
+        workdir,
+        smollm2_model_path(),
+        INSTRUCT_MODEL_ALIAS,
+        ["--n_ctx", "4096"],
+        timeout,
+    )
+
+
 EMBEDDING_MODEL_ALIAS = "all-minilm-l6-v2"
 
 

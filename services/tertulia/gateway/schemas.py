@@ -40,6 +40,20 @@ class Source(BaseModel):
     title: str = ""
     section: str = ""
     score: float = 0.0
+    text: str = Field("", description="The passage the model was given, numbered as cited.")
+
+
+class KnowledgeBaseInfo(BaseModel):
+    name: str = Field(description="The Weaviate collection.")
+    passages: int | None = Field(description="Passages stored; null while it cannot be read.")
+
+
+class Welcome(BaseModel):
+    """What the web chat shows before the first question."""
+
+    model: str
+    knowledge_base: KnowledgeBaseInfo | None = Field(description="Null when it is off.")
+    examples: list[str] = Field(description="Questions to start with, from the documents.")
 
 
 class Usage(BaseModel):

@@ -267,6 +267,24 @@ class Store:
             raise self._error("count chunks in", error) from None
         return int(result.total_count or 0)
 
+    async def headings(self, limit: int = 200) -> list[tuple[str, str]]:
+        """The (title, section) of up to `limit` stored chunks, in the store's order, each
+        once: what the knowledge base is about, for the web chat's example questions."""
+        try:
+            await self._connect()
+            if not await self._client.collections.exists(self.name):
+                return []
+            result = await self._collection.query.fetch_objects(
+                limit=limit, return_properties=["title", "section"]
+            )
+        except WeaviateBaseError as error:
+            raise self._error("list the headings in", error) from None
+        found = (
+            (str(item.properties.get("title") or ""), str(item.properties.get("section") or ""))
+            for item in result.objects
+        )
+        return list(dict.fromkeys(found))
+
     async def search(
         self,
         query: str,

@@ -47,7 +47,7 @@ class PreparedChat:
     @property
     def sources(self) -> list[Source]:
         return [
-            Source(source=p.source, title=p.title, section=p.section, score=p.score)
+            Source(source=p.source, title=p.title, section=p.section, score=p.score, text=p.text)
             for p in self.passages
         ]
 

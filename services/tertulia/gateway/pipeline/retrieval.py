@@ -38,7 +38,17 @@ class Retriever(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def describe(self) -> KnowledgeBaseSummary: ...
+
     async def aclose(self) -> None: ...
+
+
+class KnowledgeBaseSummary(BaseModel):
+    """What the web chat says of the knowledge base it talks to."""
+
+    name: str
+    passages: int
+    headings: list[tuple[str, str]]
 
 
 async def retrieve(
@@ -110,6 +120,13 @@ class WeaviateRetriever:
     async def ping(self) -> None:
         await self.store.ready()
         self._paused_until = 0.0
+
+    async def describe(self) -> KnowledgeBaseSummary:
+        return KnowledgeBaseSummary(
+            name=self.store.name,
+            passages=await self.store.count(),
+            headings=await self.store.headings(),
+        )
 
     async def aclose(self) -> None:
         await self.embedder.aclose()

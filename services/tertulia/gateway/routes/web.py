@@ -1,16 +1,22 @@
 """The web chat at `/`: one self-contained page that streams answers from `/chat/stream`,
-shows each answer's sources, and resets the conversation. Off with `web_chat: false`."""
+renders them as Markdown, cites their sources, and keeps the conversation across reloads;
+`/web/welcome` tells it which model and knowledge base it talks to. Off with
+`web_chat: false`."""
 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from tertulia.gateway.deps import SettingsDep
+from tertulia.gateway.deps import IdentityDep, ServicesDep, SettingsDep
 from tertulia.gateway.errors import NotFound
+from tertulia.gateway.schemas import KnowledgeBaseInfo, Welcome
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
 
@@ -20,11 +26,14 @@ _HEADERS = {
     "Cache-Control": "no-cache",
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+# Without a knowledge base, or while it cannot be read.
+GENERAL_EXAMPLES = ["What can you help me with?", "Explain a topic you know well, briefly."]
 
 
 @functools.cache
@@ -37,3 +46,50 @@ async def web_chat(settings: SettingsDep) -> HTMLResponse:
     if not settings.web_chat:
         raise NotFound("the web chat is turned off (web_chat: false)")
     return HTMLResponse(_page(), headers=_HEADERS)
+
+
+@router.get("/web/welcome")
+async def welcome(_: IdentityDep, services: ServicesDep) -> Welcome:
+    settings = services.settings
+    if not settings.web_chat:
+        raise NotFound("the web chat is turned off (web_chat: false)")
+    if services.retriever is None:
+        return Welcome(model=settings.model_name, knowledge_base=None, examples=GENERAL_EXAMPLES)
+    try:
+        summary = await services.retriever.describe()
+    except Exception as error:  # the page still opens; the chat works without the KB
+        logger.warning("cannot describe the knowledge base", extra={"error": str(error)})
+        info = KnowledgeBaseInfo(name=settings.knowledge_base.collection, passages=None)
+        return Welcome(model=settings.model_name, knowledge_base=info, examples=GENERAL_EXAMPLES)
+    return Welcome(
+        model=settings.model_name,
+        knowledge_base=KnowledgeBaseInfo(name=summary.name, passages=summary.passages),
+        examples=example_questions(summary.headings) or GENERAL_EXAMPLES,
+    )
+
+
+def example_questions(headings: list[tuple[str, str]], count: int = 3) -> list[str]:
+    """Questions about the sections of the stored documents, one document after another so
+    the examples are spread over them: `Setup > Scaling the model server` becomes
+    "Tell me about scaling the model server."."""
+    by_title: dict[str, list[str]] = {}
+    for title, section in headings:
+        topic = (section.rsplit(" > ", 1)[-1] or title).strip()
+        if 1 <= len(topic.split()) <= 8 and topic not in by_title.setdefault(title, []):
+            by_title[title].append(topic)
+    questions: list[str] = []
+    rounds = max((len(topics) for topics in by_title.values()), default=0)
+    for depth in range(rounds):
+        for topics in by_title.values():
+            if depth < len(topics) and len(questions) < count:
+                questions.append(f"Tell me about {_lower_first(topics[depth])}.")
+    return questions
+
+
+def _lower_first(topic: str) -> str:
+    """`Scaling the model` -> `scaling the model`; an acronym or a name in capitals
+    (`GPU nodes`, `WebUI`) is left as it is."""
+    first = topic.split()[0]
+    if len(first) > 1 and (first[1:].lower() != first[1:] or first.isupper()):
+        return topic
+    return topic[0].lower() + topic[1:]
