@@ -206,6 +206,8 @@ def test_the_web_chat_welcomes_answers_cites_and_keeps_the_conversation(
     reply = remembered["turns"][-1]["content"]
     # The model's own words, as the gateway remembered them, are what the page shows.
     assert len(reply.split()) >= 3, f"the model said {reply!r}"
+    # The fact, from the passage (tests/integration/knowledge/test_answers.py asks more ways).
+    assert "ten crowns" in reply, reply
     shown = answer.find_element(By.CSS_SELECTOR, ".body").text
     _assert_shows(shown, reply)
     assert remembered["turns"][0]["content"] == QUESTION

@@ -54,12 +54,22 @@ def test_prompt_is_system_then_history_then_message() -> None:
     assert messages[-1]["content"] == "now?"
 
 
-def test_passages_and_context_are_delimited_inside_the_system_message() -> None:
-    passages = [Passage(text="Ports open at nine.", source="docs/harbour.md", score=0.9)]
+def test_passages_lead_the_question_and_context_is_delimited_in_the_system_message() -> None:
+    passages = [
+        Passage(text="Ports open at nine.\n", source="docs/harbour.md", score=0.9),
+        Passage(text="Tugs wait at the mole.", source="docs/tugs.md", score=0.5),
+    ]
     messages = assemble("Be brief.", [], "When?", passages=passages, context="channel: #port")
 
     system = messages[0]["content"]
     assert system.startswith("Be brief.")
-    assert '<passage id="1" source="docs/harbour.md">\nPorts open at nine.\n</passage>' in system
     assert "<context>\nchannel: #port\n</context>" in system
+    assert "Ports open" not in system
+    assert messages[1] == {
+        "role": "user",
+        "content": "Passages:\n[1] Ports open at nine.\n[2] Tugs wait at the mole.\n\n"
+        "Answer from the passages where they help, citing them as [1], [2].\n"
+        "Question: When?",
+    }
     assert len(messages) == 2
+    assert assemble("Be brief.", [], "When?")[1]["content"] == "When?"

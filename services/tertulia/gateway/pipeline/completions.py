@@ -16,7 +16,7 @@ from tertulia.gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
 from tertulia.gateway.pipeline.auth import Identity, acting_user
 from tertulia.gateway.pipeline.chat import CONTENT_FILTER, count_tokens
 from tertulia.gateway.pipeline.checks import check_text
-from tertulia.gateway.pipeline.prompt import system_message
+from tertulia.gateway.pipeline.prompt import system_message, with_passages
 from tertulia.gateway.pipeline.ratelimit import enforce_rate_limit
 from tertulia.gateway.pipeline.retrieval import retrieve
 from tertulia.gateway.schemas import OpenAIChatRequest, Usage
@@ -58,10 +58,12 @@ async def prepare_completion(
         exclude_none=True, exclude={"model", "stream", "stream_options", "max_completion_tokens"}
     )
     messages = body["messages"]
+    # The passages lead the last user message, as on the simple API.
+    if passages:
+        last = max(i for i, message in enumerate(request.messages) if message.role == "user")
+        messages[last]["content"] = with_passages(request.messages[last].text(), passages)
     # The assistant's own system prompt leads; a client's system messages follow it as context.
-    messages.insert(
-        0, {"role": "system", "content": system_message(settings.system_prompt, passages, None)}
-    )
+    messages.insert(0, {"role": "system", "content": system_message(settings.system_prompt, None)})
     body.setdefault("temperature", settings.temperature)
     asked = request.max_completion_tokens or request.max_tokens or settings.max_tokens
     body["max_tokens"] = min(asked, settings.max_tokens)
