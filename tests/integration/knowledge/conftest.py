@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.testbed.documents import minimal_pdf
-from tests.testbed.servers import WeaviateAddress, start_weaviate
+from tests.testbed.process import ManagedProcess
+from tests.testbed.servers import WeaviateAddress, start_gateway, start_weaviate
 
 TERTULIA = str(Path(sys.executable).with_name("tertulia"))
 
@@ -90,6 +91,33 @@ def write_documents(folder: Path) -> Path:
     (folder / "manuals").mkdir(exist_ok=True)
     (folder / "manuals" / "cranes.pdf").write_bytes(minimal_pdf(PDF_TEXT, "Crane manual"))
     return folder
+
+
+def start_harbour_gateway(
+    workdir: Path,
+    weaviate: WeaviateAddress,
+    embeddings_url: str,
+    collection: str,
+    settings: dict[str, str],
+    *,
+    name: str,
+) -> tuple[ManagedProcess, str]:
+    """A gateway without API keys (local use) whose knowledge base, the collection
+    `collection`, holds DOCUMENTS, uploaded through its admin API."""
+    key_file = workdir / "weaviate-key"
+    key_file.write_text(weaviate.api_key)
+    knowledge_base = KnowledgeBase(weaviate, key_file, embeddings_url, collection)
+    process, url = start_gateway(
+        workdir,
+        {"RATE_LIMIT__ENABLED": "false", **settings, **knowledge_base.gateway_settings()},
+        name=name,
+    )
+    documents = [{"source": source, "content": text} for source, text in DOCUMENTS.items()]
+    uploaded = httpx.post(
+        f"{url}/admin/knowledge/documents", json={"documents": documents}, timeout=120
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    return process, url
 
 
 @pytest.fixture(scope="package")

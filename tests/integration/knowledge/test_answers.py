@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.knowledge.conftest import DOCUMENTS, KnowledgeBase
-from tests.testbed.servers import WeaviateAddress, start_gateway
+from tests.integration.knowledge.conftest import start_harbour_gateway
+from tests.testbed.servers import WeaviateAddress
 
 # A fact a small model can copy from its passage, and ways a person might ask for it.
 QUESTIONS = {
@@ -48,27 +48,19 @@ def gateway(
     embeddings_url: str,
     instruct_url: str,
 ) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("answers")
-    key_file = workdir / "weaviate-key"
-    key_file.write_text(weaviate.api_key)
-    knowledge_base = KnowledgeBase(weaviate, key_file, embeddings_url, "Answers")
-    process, url = start_gateway(
-        workdir,
+    process, url = start_harbour_gateway(
+        tmp_path_factory.mktemp("answers"),
+        weaviate,
+        embeddings_url,
+        "Answers",
         {
             "BACKEND__URL": instruct_url,
             "MAX_TOKENS": "48",
             "TEMPERATURE": "0",
-            "RATE_LIMIT__ENABLED": "false",
             "KNOWLEDGE_BASE__TOP_K": "2",
-            **knowledge_base.gateway_settings(),
         },
         name="answers-gateway",
     )
-    documents = [{"source": name, "content": text} for name, text in DOCUMENTS.items()]
-    uploaded = httpx.post(
-        f"{url}/admin/knowledge/documents", json={"documents": documents}, timeout=120
-    )
-    assert uploaded.status_code == 200, uploaded.text
     yield url
     process.stop()
 

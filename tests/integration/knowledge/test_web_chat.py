@@ -21,7 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
-from tests.integration.knowledge.conftest import DOCUMENTS, KnowledgeBase
+from tests.integration.knowledge.conftest import start_harbour_gateway
 from tests.testbed.process import eventually
 from tests.testbed.servers import WeaviateAddress, start_fake_backend, start_gateway
 
@@ -62,28 +62,21 @@ def gateway(
     redis_url: str,
 ) -> Iterator[str]:
     """A gateway without API keys (local use), its knowledge base holding the harbour docs."""
-    key_file = tmp_path / "weaviate-key"
-    key_file.write_text(weaviate.api_key)
-    knowledge_base = KnowledgeBase(weaviate, key_file, embeddings_url, "WebChat")
-    process, url = start_gateway(
+    process, url = start_harbour_gateway(
         tmp_path,
+        weaviate,
+        embeddings_url,
+        "WebChat",
         {
             "BACKEND__URL": instruct_url,
             "REDIS_URL": redis_url,
             "MODEL_NAME": MODEL,
             "MAX_TOKENS": "60",
             "TEMPERATURE": "0",
-            "RATE_LIMIT__ENABLED": "false",
             "KNOWLEDGE_BASE__TOP_K": "2",
-            **knowledge_base.gateway_settings(),
         },
         name="web-gateway",
     )
-    documents = [{"source": name, "content": text} for name, text in DOCUMENTS.items()]
-    uploaded = httpx.post(
-        f"{url}/admin/knowledge/documents", json={"documents": documents}, timeout=120
-    )
-    assert uploaded.status_code == 200, uploaded.text
     yield url
     process.stop()
 
