@@ -1,7 +1,7 @@
 """A status that explains, against the real control plane and scheduler: a pod that cannot
-be scheduled, and a claim that cannot be bound, show in the component's condition with the
-cluster's own words, in `kubectl get`'s REASON column and as a Warning Event; fixing the
-spec clears them."""
+be scheduled (too few GPUs, or a taint it does not tolerate), and a claim that cannot be
+bound, show in the component's condition with the cluster's own words, in `kubectl get`'s
+REASON column and as a Warning Event; fixing the spec clears them."""
 
 from __future__ import annotations
 
@@ -51,14 +51,34 @@ def condition_turns(
     return said
 
 
-def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def gpu_chatbot(
+    control_plane: ControlPlane, namespace: str, *, gpus: int, replicas: int
+) -> dict[str, Any]:
+    """The vLLM example without documents, its Secrets created, its model sized as asked."""
     create_secrets(control_plane, namespace, EXAMPLE_SECRETS["vllm-gpu-slack-kb"])
     body = load_example("vllm-gpu-slack-kb")
     body["spec"]["knowledgeBase"]["sources"] = []
+    body["spec"]["model"].update(gpus=gpus, replicas=replicas)
+    return body
+
+
+def give_back_gpus(control_plane: ControlPlane, namespace: str) -> None:
+    """Delete the ChatBot and wait for its pods: a namespace is deleted in the background,
+    and the next test may want the GPUs."""
+    kubectl(control_plane, "delete", "chatbot", "harbour", "-n", namespace, "--wait=true")
+    core = client.CoreV1Api(control_plane.api_client())
+    eventually(
+        lambda: not core.list_namespaced_pod(namespace).items,
+        timeout=READY_TIMEOUT,
+        what="the model pods to be gone",
+    )
+
+
+def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
+    control_plane: ControlPlane, namespace: str
+) -> None:
     # Three replicas of 8 GPUs: the test bed has two GPU nodes of 8.
-    body["spec"]["model"].update(gpus=8, replicas=3)
+    body = gpu_chatbot(control_plane, namespace, gpus=8, replicas=3)
     assert apply(control_plane, namespace, body).returncode == 0
 
     said = condition_turns(control_plane, namespace, "harbour", "ModelReady", "Unschedulable")
@@ -82,14 +102,35 @@ def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
     assert apply(control_plane, namespace, body).returncode == 0
     ready = wait_phase(control_plane, namespace, "harbour")
     assert condition(ready, "ModelReady")["reason"] == "Ready"
-    # The GPUs go back before the next test: a namespace is deleted in the background.
-    kubectl(control_plane, "delete", "chatbot", "harbour", "-n", namespace, "--wait=true")
-    core = client.CoreV1Api(control_plane.api_client())
-    eventually(
-        lambda: not core.list_namespaced_pod(namespace).items,
-        timeout=READY_TIMEOUT,
-        what="the model pods to be gone",
-    )
+    give_back_gpus(control_plane, namespace)
+
+
+def test_a_model_whose_nodes_are_tainted_names_the_taint_until_it_tolerates_it(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = gpu_chatbot(control_plane, namespace, gpus=1, replicas=1)
+    gpu_nodes = ["gpu-node-0", "gpu-node-1"]
+    taint = "tertulia.dev/reserved=training:NoSchedule"
+    for node in gpu_nodes:
+        assert kubectl(control_plane, "taint", "node", node, taint).returncode == 0
+    try:
+        assert apply(control_plane, namespace, body).returncode == 0
+
+        said = condition_turns(control_plane, namespace, "harbour", "ModelReady", "Unschedulable")
+
+        assert "pod harbour-model-0 cannot be scheduled: " in said["message"]
+        assert "2 node(s) had untolerated taint(s)" in said["message"]
+        tolerations = body["spec"]["model"].setdefault("tolerations", [])
+        tolerations.append(
+            {"key": "tertulia.dev/reserved", "value": "training", "effect": "NoSchedule"}
+        )
+        assert apply(control_plane, namespace, body).returncode == 0
+        ready = wait_phase(control_plane, namespace, "harbour")
+        assert condition(ready, "ModelReady")["reason"] == "Ready"
+    finally:
+        for node in gpu_nodes:
+            kubectl(control_plane, "taint", "node", node, "tertulia.dev/reserved-")
+    give_back_gpus(control_plane, namespace)
 
 
 def test_a_knowledge_base_whose_claim_cannot_be_bound_names_the_claim_and_its_class(
