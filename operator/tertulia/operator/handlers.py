@@ -58,6 +58,7 @@ RESYNC_SECONDS = float(os.environ.get("TERTULIA_OPERATOR_RESYNC_SECONDS", "300")
 WORKER_LIMIT = 64
 # Every ChatBot and the children its status reads, as the watches last reported them.
 SEEN = Seen()
+_log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -166,10 +167,30 @@ _resync_task: set[asyncio.Task[None]] = set()
 async def _resync_forever() -> None:
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for parent in SEEN.chatbots():
-            parsed = _parse(parent)
-            if parsed is not None:
-                await asyncio.to_thread(_converge_locked, *parsed)
+        await resync_once()
+
+
+async def resync_once() -> None:
+    """Converge every ChatBot seen. One that fails (its namespace being deleted, the API
+    server refusing or away) is logged and tried again at the next round: it must not end the
+    loop, or no later change that a watch missed would ever be carried out."""
+    for parent in SEEN.chatbots():
+        parsed = _parse(parent)
+        if parsed is None:
+            continue
+        try:
+            await asyncio.to_thread(_converge_locked, *parsed)
+        except Exception as error:  # any failure: the next round tries again
+            bot = parsed[0]
+            # The type and status only: an API error's body may quote the objects sent.
+            _log.warning(
+                "resync of ChatBot %s/%s failed (%s %s); next try in %g s",
+                bot.namespace,
+                bot.name,
+                type(error).__name__,
+                getattr(error, "status", ""),
+                RESYNC_SECONDS,
+            )
 
 
 def _parse(parent: dict[str, Any]) -> tuple[ChatBot, ChatBotStatus, kopf.Body] | None:
