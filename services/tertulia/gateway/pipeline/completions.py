@@ -131,25 +131,21 @@ def _usage_chunk(template: dict[str, Any], usage: Usage) -> bytes:
     count usage in streams sends one token per chunk, so its chunks are its completion tokens;
     the prompt's tokens are not known to the gateway and are reported as 0."""
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-    chunk = {
-        "id": template.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": template.get("created", int(time.time())),
-        "model": template.get("model", ""),
-        "choices": [],
-        "usage": usage.model_dump(),
-    }
-    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    return _chunk(template, choices=[], usage=usage.model_dump())
 
 
 def _filtered_chunk(template: dict[str, Any], refusal: str) -> bytes:
+    choice = {"index": 0, "delta": {"content": "\n" + refusal}, "finish_reason": CONTENT_FILTER}
+    return _chunk(template, choices=[choice])
+
+
+def _chunk(template: dict[str, Any], **fields: Any) -> bytes:
+    """A chunk of the stream as an event, with the id, time and model of `template`."""
     chunk = {
         "id": template.get("id", ""),
         "object": "chat.completion.chunk",
         "created": template.get("created", int(time.time())),
         "model": template.get("model", ""),
-        "choices": [
-            {"index": 0, "delta": {"content": "\n" + refusal}, "finish_reason": CONTENT_FILTER}
-        ],
+        **fields,
     }
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
