@@ -9,7 +9,7 @@ import functools
 import logging
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from tertulia.gateway.deps import IdentityDep, ServicesDep, SettingsDep
@@ -18,7 +18,13 @@ from tertulia.gateway.schemas import KnowledgeBaseInfo, Welcome
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(include_in_schema=False)
+
+async def _web_chat_on(settings: SettingsDep) -> None:
+    if not settings.web_chat:
+        raise NotFound("the web chat is turned off (web_chat: false)")
+
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(_web_chat_on)])
 
 PAGE = Path(__file__).resolve().parents[1] / "static" / "chat.html"
 # The page's script and style are inline; it talks only to this gateway.
@@ -42,17 +48,13 @@ def _page() -> str:
 
 
 @router.get("/")
-async def web_chat(settings: SettingsDep) -> HTMLResponse:
-    if not settings.web_chat:
-        raise NotFound("the web chat is turned off (web_chat: false)")
+async def web_chat() -> HTMLResponse:
     return HTMLResponse(_page(), headers=_HEADERS)
 
 
 @router.get("/web/welcome")
 async def welcome(_: IdentityDep, services: ServicesDep) -> Welcome:
     settings = services.settings
-    if not settings.web_chat:
-        raise NotFound("the web chat is turned off (web_chat: false)")
     if services.retriever is None:
         return Welcome(model=settings.model_name, knowledge_base=None, examples=GENERAL_EXAMPLES)
     try:
