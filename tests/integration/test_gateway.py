@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.testbed.process import ManagedProcess, free_port
 from tests.testbed.servers import (
@@ -244,6 +245,42 @@ def test_a_redis_with_a_password_holds_memory_for_the_gateway_that_has_it(
         finally:
             without.stop()
     finally:
+        redis_process.stop()
+
+
+def test_a_chat_turn_costs_two_redis_round_trips(tmp_path: Path) -> None:
+    """With memory and the rate limit on, a turn of a known conversation is one round trip
+    before the answer (the buckets and the history) and one after (the new turns), on /chat
+    and /chat/stream alike; counted by Redis's MONITOR, which tells a client's commands from
+    the ones its scripts run."""
+    redis_process, redis_url = start_redis(tmp_path / "redis")
+    backend, backend_url = start_fake_backend(tmp_path, "--reply", "Noted.")
+    gateway, url = start_gateway(
+        tmp_path, {"BACKEND__URL": backend_url, "REDIS_URL": redis_url}, name="counted"
+    )
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    marker = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        body = {"message": "Hello", "conversation_id": "counted", "user": "ana"}
+        assert httpx.post(f"{url}/chat", json=body, timeout=30).status_code == 200
+        marker.ping()  # connected before the count starts
+        with client.monitor() as monitor:
+            assert httpx.post(f"{url}/chat", json=body, timeout=30).status_code == 200
+            with httpx.stream("POST", f"{url}/chat/stream", json=body, timeout=30) as response:
+                assert [kind for kind, _ in read_events(response)][-1] == "done"
+            marker.echo("end of the turns")
+            sent = []
+            while (command := monitor.next_command())["command"] != "ECHO end of the turns":
+                if command["client_type"] != "lua":
+                    sent.append(command["command"].split()[0])
+        assert sent == ["EVALSHA"] * 4, sent
+        turns = httpx.get(f"{url}/conversations/counted", params={"user": "ana"}, timeout=10)
+        assert len(turns.json()["turns"]) == 6
+    finally:
+        client.close()
+        marker.close()
+        gateway.stop()
+        backend.stop()
         redis_process.stop()
 
 

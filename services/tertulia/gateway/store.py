@@ -13,13 +13,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import redis.asyncio as redis
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from redis import exceptions as redis_errors
 
 from tertulia.gateway.errors import MemoryUnavailable
+from tertulia.gateway.pipeline.prompt import estimate_tokens
 
 Role = Literal["user", "assistant"]
 
@@ -27,6 +28,14 @@ Role = Literal["user", "assistant"]
 class Turn(BaseModel):
     role: Role
     content: str
+
+
+_TURNS = TypeAdapter(list[Turn])
+
+
+def parse_turns(items: list[str]) -> list[Turn]:
+    """Stored turns, validated in one pass rather than one call per turn."""
+    return _TURNS.validate_json("[" + ",".join(items) + "]") if items else []
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,21 @@ class Bucket:
     capacity: int
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What a chat request learns from the store before it is answered, in one round trip:
+    whether its buckets let it through, and the conversation's newest turns within a budget."""
+
+    verdict: BucketVerdict
+    history: list[Turn]
+
+
 class Store(Protocol):
     async def history(self, key: str) -> list[Turn]: ...
+
+    async def admit(
+        self, buckets: list[Bucket], key: str | None, budget_tokens: int
+    ) -> Admission: ...
 
     async def append(
         self, key: str, turns: list[Turn], max_messages: int, ttl_seconds: int
@@ -64,17 +86,28 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
 
-# Takes one token from every bucket, or from none: a request refused by the per-key bucket
-# must not drain the user's. Redis runs the script atomically, with its own clock, so every
-# gateway replica sees one bucket. KEYS: the buckets; ARGV: rate and capacity per bucket.
-_TAKE_SCRIPT = """
+# One chat request's reads and takes, in one round trip.
+#
+# The buckets: one token from every bucket, or from none (a request refused by the per-key
+# bucket must not drain the user's). Redis runs the script atomically, with its own clock, so
+# every gateway replica sees one bucket.
+#
+# The history: the newest turns whose estimated tokens (prompt.estimate_tokens: a quarter of
+# the characters, rounded up, plus one) fit the budget, walking back from the newest, so a long
+# conversation costs a request what its prompt can hold, not what it has stored. A refused
+# request reads nothing.
+#
+# KEYS: the buckets, then the conversation when there is one; ARGV: the number of buckets,
+# rate and capacity per bucket, then the budget in tokens.
+_ADMIT_SCRIPT = r"""
+local buckets = tonumber(ARGV[1])
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local levels = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local capacity = tonumber(ARGV[2 * i])
-  local state = redis.call('HMGET', key, 'tokens', 'at')
+for i = 1, buckets do
+  local rate = tonumber(ARGV[2 * i])
+  local capacity = tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'at')
   local tokens = tonumber(state[1]) or capacity
   local at = tonumber(state[2]) or now
   tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
@@ -83,14 +116,50 @@ for i, key in ipairs(KEYS) do
   end
   levels[i] = tokens
 end
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local capacity = tonumber(ARGV[2 * i])
-  redis.call('HSET', key, 'tokens', levels[i] - 1, 'at', now)
-  redis.call('EXPIRE', key, math.ceil(capacity / rate) + 1)
+for i = 1, buckets do
+  local rate = tonumber(ARGV[2 * i])
+  local capacity = tonumber(ARGV[2 * i + 1])
+  redis.call('HSET', KEYS[i], 'tokens', levels[i] - 1, 'at', now)
+  redis.call('EXPIRE', KEYS[i], math.ceil(capacity / rate) + 1)
 end
-return {1, '0', 0}
+local reply = {1, '0', 0}
+local conversation = KEYS[buckets + 1]
+if conversation then
+  local budget = tonumber(ARGV[2 * buckets + 2])
+  local used = 0
+  local items = redis.call('LRANGE', conversation, 0, -1)
+  local kept = {}
+  for index = #items, 1, -1 do
+    local item = items[index]
+    local text = cjson.decode(item)['content']
+    -- Characters, as Python counts them: UTF-8 bytes less continuation bytes.
+    local characters = #text - select(2, string.gsub(text, '[\128-\191]', ''))
+    used = used + math.ceil(characters / 4) + 1
+    if used > budget then
+      break
+    end
+    kept[#kept + 1] = item
+  end
+  for i = #kept, 1, -1 do
+    reply[#reply + 1] = kept[i]
+  end
+end
+return reply
 """
+
+# A conversation's new turns, its length bounded and its time to live renewed, atomically.
+# KEYS: the conversation; ARGV: the most messages kept, the TTL, then the turns.
+_APPEND_SCRIPT = """
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+# Connections to Redis per gateway process. A chat request holds one for its one round trip
+# before the model and one after, so a few dozen serve hundreds of streams at once.
+REDIS_CONNECTIONS = 64
 
 
 class RedisStore:
@@ -98,8 +167,12 @@ class RedisStore:
     a 500, and a turn is answered only once it is stored."""
 
     def __init__(self, url: str, password: str | None = None) -> None:
-        self._redis = redis.Redis.from_url(
+        # A burst larger than the pool waits for a connection (one round trip each, so not
+        # for long) rather than failing as if Redis were down.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=5,
             password=password,
             decode_responses=True,
             health_check_interval=30,
@@ -107,22 +180,39 @@ class RedisStore:
             socket_connect_timeout=2,
             socket_timeout=5,
         )
-        self._take = self._redis.register_script(_TAKE_SCRIPT)
+        self._redis = redis.Redis.from_pool(pool)  # closing the client closes its pool
+        self._admit = self._redis.register_script(_ADMIT_SCRIPT)
+        self._append = self._redis.register_script(_APPEND_SCRIPT)
 
     async def history(self, key: str) -> list[Turn]:
         with _unavailable():
             items = await self._redis.lrange(key, 0, -1)
-        return [Turn.model_validate_json(item) for item in items]
+        return parse_turns(cast(list[str], items))  # decode_responses: str
+
+    async def admit(self, buckets: list[Bucket], key: str | None, budget_tokens: int) -> Admission:
+        arguments: list[float] = [len(buckets)]
+        for bucket in buckets:
+            arguments += [bucket.rate_per_second, bucket.capacity]
+        keys = [bucket.key for bucket in buckets]
+        if key is not None:
+            keys.append(key)
+            arguments.append(budget_tokens)
+        with _unavailable():
+            allowed, retry_after, refused, *items = await self._admit(keys=keys, args=arguments)
+        scope = buckets[int(refused) - 1].scope if int(refused) else ""
+        return Admission(
+            BucketVerdict(bool(allowed), float(retry_after), scope),
+            parse_turns(items),
+        )
 
     async def append(
         self, key: str, turns: list[Turn], max_messages: int, ttl_seconds: int
     ) -> None:
         with _unavailable():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *(turn.model_dump_json() for turn in turns))
-                pipe.ltrim(key, -max_messages, -1)
-                pipe.expire(key, ttl_seconds)
-                await pipe.execute()
+            await self._append(
+                keys=[key],
+                args=[max_messages, ttl_seconds, *(turn.model_dump_json() for turn in turns)],
+            )
 
     async def clear(self, key: str) -> bool:
         with _unavailable():
@@ -134,15 +224,7 @@ class RedisStore:
             return bool(await self._redis.set(key, "1", nx=True, ex=ttl_seconds))
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
-        arguments: list[float] = []
-        for bucket in buckets:
-            arguments += [bucket.rate_per_second, bucket.capacity]
-        with _unavailable():
-            allowed, retry_after, refused = await self._take(
-                keys=[bucket.key for bucket in buckets], args=arguments
-            )
-        scope = buckets[int(refused) - 1].scope if int(refused) else ""
-        return BucketVerdict(bool(allowed), float(retry_after), scope)
+        return (await self.admit(buckets, None, 0)).verdict
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -165,7 +247,7 @@ class InProcessStore:
         if expires < time.monotonic():
             self._conversations.pop(key, None)
             return []
-        return [Turn.model_validate_json(item) for item in items]
+        return parse_turns(items)
 
     async def append(
         self, key: str, turns: list[Turn], max_messages: int, ttl_seconds: int
@@ -188,6 +270,19 @@ class InProcessStore:
             return False
         self._claims[key] = now + ttl_seconds
         return True
+
+    async def admit(self, buckets: list[Bucket], key: str | None, budget_tokens: int) -> Admission:
+        verdict = await self.take(buckets)
+        if not verdict.allowed or key is None:
+            return Admission(verdict, [])
+        kept: list[Turn] = []
+        used = 0
+        for turn in reversed(await self.history(key)):
+            used += estimate_tokens(turn.content)
+            if used > budget_tokens:
+                break
+            kept.append(turn)
+        return Admission(verdict, kept[::-1])
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         async with self._lock:

@@ -22,9 +22,14 @@ from tertulia.gateway.backend import BackendStream
 from tertulia.gateway.errors import GatewayError
 from tertulia.gateway.pipeline.auth import Identity, acting_user
 from tertulia.gateway.pipeline.checks import check_text
-from tertulia.gateway.pipeline.memory import conversation_key, recall, remember
+from tertulia.gateway.pipeline.memory import (
+    conversation_key,
+    fit_history,
+    remember,
+    remembered,
+)
 from tertulia.gateway.pipeline.prompt import assemble
-from tertulia.gateway.pipeline.ratelimit import enforce_rate_limit
+from tertulia.gateway.pipeline.ratelimit import limited_buckets, refuse_over_limit
 from tertulia.gateway.pipeline.retrieval import Passage, retrieve
 from tertulia.gateway.schemas import ChatRequest, ChatResponse, Source, Usage
 from tertulia.gateway.services import Services
@@ -63,14 +68,25 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
     started = time.monotonic()
     settings = services.settings
     user = acting_user(identity, request.user, settings.user_prefixes)
-    await enforce_rate_limit(services.store, settings.rate_limit, services.metrics, identity, user)
+    known = (
+        conversation_key(identity, user, request.conversation_id)
+        if request.conversation_id
+        else None
+    )
+    # The rate limit and the conversation's history in one round trip to the store.
+    admission = await services.store.admit(
+        limited_buckets(settings.rate_limit, identity, user),
+        remembered(settings.memory, known),
+        settings.memory.max_tokens,
+    )
+    refuse_over_limit(admission.verdict, services.metrics)
     check_text("message", request.message, settings.limits.max_message_chars, required=True)
     if request.context is not None:
         check_text("context", request.context, settings.limits.max_context_chars)
     await services.moderator.check_input(request.message)
     conversation_id = request.conversation_id or uuid.uuid4().hex
-    key = conversation_key(identity, user, conversation_id)
-    history = await recall(services.store, settings.memory, key)
+    key = known or conversation_key(identity, user, conversation_id)
+    history = fit_history(admission.history, settings.memory.max_tokens)
     passages = await retrieve(
         services.retriever,
         services.metrics,

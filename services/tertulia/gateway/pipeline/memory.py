@@ -32,10 +32,9 @@ def fit_history(history: list[Turn], budget_tokens: int) -> list[Turn]:
     return kept
 
 
-async def recall(store: Store, settings: MemorySettings, key: str) -> list[Turn]:
-    if settings.max_turns == 0:
-        return []
-    return fit_history(await store.history(key), settings.max_tokens)
+def remembered(settings: MemorySettings, key: str | None) -> str | None:
+    """The conversation to read before answering: none when memory is off or it is new."""
+    return key if settings.max_turns and key is not None else None
 
 
 async def remember(

@@ -6,7 +6,7 @@ from tertulia.gateway.errors import RateLimited
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline.auth import Identity
 from tertulia.gateway.settings import RateLimitSettings
-from tertulia.gateway.store import Bucket, Store, hashed_key
+from tertulia.gateway.store import Bucket, BucketVerdict, Store, hashed_key
 
 
 def buckets_for(settings: RateLimitSettings, identity: Identity, user: str) -> list[Bucket]:
@@ -36,7 +36,16 @@ async def enforce_rate_limit(
     """Take one request from the user's and the key's buckets, or raise 429 with Retry-After."""
     if not settings.enabled:
         return
-    verdict = await store.take(buckets_for(settings, identity, user))
+    refuse_over_limit(await store.take(buckets_for(settings, identity, user)), metrics)
+
+
+def limited_buckets(settings: RateLimitSettings, identity: Identity, user: str) -> list[Bucket]:
+    """The buckets a request takes from: none when rate limiting is off."""
+    return buckets_for(settings, identity, user) if settings.enabled else []
+
+
+def refuse_over_limit(verdict: BucketVerdict, metrics: GatewayMetrics) -> None:
+    """Raise 429 with Retry-After when the buckets refused the request."""
     if verdict.allowed:
         return
     metrics.rate_limited.labels(verdict.scope).inc()
