@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tertulia.gateway.backend import Backend
 from tertulia.gateway.errors import ContentBlocked
 from tertulia.gateway.metrics import GatewayMetrics
-from tertulia.gateway.pipeline.moderation import Moderator, normalise
+from tertulia.gateway.pipeline.moderation import Moderator, fold, normalise
 from tertulia.gateway.settings import BackendSettings, ModerationSettings
 from tests.fakes.openai_backend import FakeBackend
 
@@ -39,6 +39,11 @@ def fullwidth(text: str) -> str:
 
 def test_normalise_folds_case_width_accents_and_spacing() -> None:
     assert normalise(f"  {fullwidth('C')}afé\u00a0 CRÈME ") == "cafe creme"
+
+
+@given(text=st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_text_normalises_as_any_text_does(text: str) -> None:
+    assert normalise(text) == fold(text)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,14 @@ logger = logging.getLogger(__name__)
 def normalise(text: str) -> str:
     """Fold case, compatibility forms (full-width letters, ligatures) and accents; one space
     between words."""
+    if text.isascii():
+        # Nothing to fold but case, and ASCII's casefold is lower(): the common case, fast.
+        return " ".join(text.lower().split())
+    return fold(text)
+
+
+def fold(text: str) -> str:
+    """`normalise` for any text."""
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     without_marks = "".join(ch for ch in folded if not unicodedata.combining(ch))
     return " ".join(without_marks.split())
@@ -30,13 +38,14 @@ def normalise(text: str) -> str:
 class OutputScanner:
     """Watches a streamed answer; `feed` says whether the text so far holds a blocked term.
 
-    Each delta is normalised once and appended, and only the stretch where a term ending in
-    it could start is searched: the work per token stays constant however long the answer
-    grows (searching the whole text again on every token is quadratic)."""
+    Each delta is normalised once, and only the stretch where a term ending in it could start
+    is searched and kept (the longest term, and one character before it for the whole-word
+    check): the work and memory per token stay constant however long the answer grows, where
+    keeping and searching the whole text again on every token is quadratic."""
 
     def __init__(self, moderator: Moderator) -> None:
         self._moderator = moderator
-        self._text = ""  # the answer so far, normalised
+        self._text = ""  # the answer's last characters, normalised
         self._space = False  # the last delta ended in whitespace, not yet written
 
     def feed(self, delta: str) -> bool:
@@ -51,9 +60,11 @@ class OutputScanner:
         else:
             self._space = self._space or bool(delta.strip() == "" and delta)
             return False
-        start = max(0, len(self._text) - self._moderator.longest_term)
-        self._text += piece
-        return self._moderator.blocked_term_from(self._text, start) is not None
+        longest = self._moderator.longest_term
+        start = max(0, len(self._text) - longest)
+        text = self._text + piece
+        self._text = text[-(longest + 1) :]
+        return self._moderator.blocked_term_from(text, start) is not None
 
 
 class Moderator:
