@@ -11,13 +11,13 @@ waiting request, which measured as a throughput collapse at 256 concurrent strea
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from fastapi.sse import EventSourceResponse
+from pydantic_core import from_json, to_json
 from starlette.types import Receive, Scope, Send
 
 from tertulia.common import sse
@@ -86,7 +86,7 @@ class BackendStream:
                 if payload == b"[DONE]":
                     yield StreamEvent(b"data: [DONE]\n\n", None)
                     return
-                data = json.loads(payload)
+                data = from_json(payload)
                 if "error" in data:
                     self._metrics.backend_errors.labels("stream_error").inc()
                     raise StreamBroken(_error_message(data, "the model server reported an error"))
@@ -206,7 +206,7 @@ class Backend:
     async def _send(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> aiohttp.ClientResponse:
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else to_json(body)
         for attempt in range(self._settings.retries + 1):
             try:
                 return await self.session.request(method, self._base_url + path, data=data)
@@ -251,7 +251,7 @@ class Backend:
             self._metrics.backend_errors.labels("interrupted").inc()
             raise BackendFailed("the model server's answer was interrupted") from error
         try:
-            body = json.loads(raw) if raw else {}
+            body = from_json(raw) if raw else {}
         except ValueError:
             body = {}
         if response.status >= 400:
