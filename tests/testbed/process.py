@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,8 +17,31 @@ from typing import IO, Any
 _PR_SET_PDEATHSIG = 1
 
 
+def _ephemeral_ports_start() -> int:
+    """Where the kernel's range for outgoing connections' local ports begins."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Chosen below the ephemeral range (and the NodePort one): a port the kernel hands out
+    (bind to 0) may be taken by any outgoing connection before the server binds it, which
+    failed runs with 'address already in use' while other tests held many connections
+    open."""
+    # Kubernetes NodePorts start at 30000; stay under them too.
+    end = min(30000, _ephemeral_ports_start())
+    for _ in range(200):
+        port = random.randrange(end // 2, end)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
