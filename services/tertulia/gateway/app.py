@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from tertulia.gateway.errors import install_error_handlers
+from tertulia.gateway.fastlane import FastLane, post_route
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.middleware import RequestContextMiddleware
 from tertulia.gateway.pipeline.retrieval import Retriever, WeaviateRetriever
@@ -32,8 +33,10 @@ def create_app(
     settings: GatewaySettings | None = None,
     *,
     retriever: Retriever | None = None,
+    fast_lane: bool = True,
 ) -> FastAPI:
-    """The app; `retriever` plugs in the knowledge base."""
+    """The app; `retriever` plugs in the knowledge base. Without `fast_lane` every request
+    goes through FastAPI's own dispatch (the same answers, slower: see fastlane.py)."""
     settings = settings or get_settings()
     if retriever is None and settings.knowledge_base.enabled:
         retriever = WeaviateRetriever(settings.knowledge_base)
@@ -60,6 +63,15 @@ def create_app(
     )
     # Metrics exist before the lifespan so the middleware, built at start-up, can hold them.
     app.state.metrics = GatewayMetrics.create()
+    if fast_lane:  # added first, so it runs inside the request-context middleware
+        app.add_middleware(
+            FastLane,
+            routes=[
+                post_route(chat.router, "/chat"),
+                post_route(chat.router, "/chat/stream"),
+                post_route(completions.router, "/v1/chat/completions"),
+            ],
+        )
     app.add_middleware(
         RequestContextMiddleware,
         metrics=app.state.metrics,

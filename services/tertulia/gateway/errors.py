@@ -150,10 +150,14 @@ class BackendTimeout(GatewayError):
     code = "backend_timeout"
 
 
+def error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, GatewayError)  # noqa: S101 - registered for GatewayError only
-        return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+        return error_response(error)
 
     async def handle_invalid(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)  # noqa: S101 - registered for it only
