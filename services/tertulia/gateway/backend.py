@@ -146,7 +146,10 @@ class Backend:
                     sock_read=self._settings.read_timeout,
                 ),
                 connector=aiohttp.TCPConnector(
-                    limit=self._settings.max_connections, limit_per_host=0, ttl_dns_cache=60
+                    limit=self._settings.max_connections,
+                    limit_per_host=0,
+                    ttl_dns_cache=60,
+                    keepalive_timeout=self._settings.keepalive_seconds,
                 ),
                 headers=self._headers,
                 auto_decompress=True,

@@ -43,6 +43,13 @@ class BackendSettings(_Section):
     )
     retries: int = Field(2, ge=0, le=10, description="Retries when a connection cannot be opened.")
     max_connections: int = Field(1024, ge=1, description="Pooled connections to the backend.")
+    keepalive_seconds: float = Field(
+        4.0,
+        gt=0,
+        description="Seconds a pooled connection may idle before the gateway closes it: less "
+        "than the model server waits (5 s in vLLM's and llama.cpp's servers), so no request "
+        "goes out on a connection the server is closing.",
+    )
 
 
 class MemorySettings(_Section):

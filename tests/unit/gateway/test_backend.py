@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -121,3 +122,33 @@ async def test_without_a_configured_model_the_first_listed_is_used(
     await client.aclose()
 
     assert fake.requests[-1]["model"] == "gemma"
+
+
+async def test_a_connection_idle_past_the_keepalive_is_not_reused() -> None:
+    """A model server closes idle connections (vLLM's and llama.cpp's after 5 s); a request
+    sent on one as it closes fails. The gateway closes its own first."""
+    accepted = 0
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # GET /models: headers only
+                writer.write(answer)
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = backend(f"http://127.0.0.1:{port}/v1", model="m", keepalive_seconds=0.3)
+    try:
+        await client.list_models()
+        await client.list_models()
+        assert accepted == 1, "a connection in use within the keep-alive is reused"
+        await asyncio.sleep(0.6)
+        await client.list_models()
+        assert accepted == 2
+    finally:
+        await client.aclose()
+        server.close()
