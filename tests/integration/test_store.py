@@ -6,12 +6,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
 from tertulia.gateway.pipeline.prompt import estimate_tokens
-from tertulia.gateway.store import Bucket, InProcessStore, RedisStore, Store, Turn
+from tertulia.gateway.store import (
+    CLAIMS_KEY,
+    RATE_INDEX_KEY,
+    RATE_KEY,
+    Bucket,
+    InProcessStore,
+    RedisStore,
+    Store,
+    Turn,
+)
+from tertulia.operator.render.memory import EVICTION_POLICY
+from tests.testbed.servers import start_redis
 
 
 @pytest.fixture(params=["redis", "in-process"])
@@ -121,3 +133,89 @@ async def test_more_concurrent_requests_than_connections_wait_for_one(redis_url:
         )
     finally:
         await store.aclose()
+
+
+async def test_a_full_memory_evicts_old_conversations_never_limits_or_claims(
+    tmp_path: Path,
+) -> None:
+    """Redis capped and evicting as the operator runs it: filled three times over with
+    conversations, it drops many of them (least recently used first), while a user's empty
+    bucket still refuses and a claimed event is still claimed (a limit reset or an event
+    answered twice otherwise)."""
+    cap = 8 * 2**20
+    process, url = start_redis(
+        tmp_path / "redis",
+        options=["--maxmemory", str(cap), "--maxmemory-policy", EVICTION_POLICY],
+    )
+    store = RedisStore(url)
+    client = redis.Redis.from_url(url)
+    try:
+        bucket = Bucket(key(), "user", rate_per_second=1 / 3600, capacity=1)
+        assert (await store.admit([bucket], None, 0)).verdict.allowed
+        assert not (await store.admit([bucket], None, 0)).verdict.allowed
+        assert await store.claim("event-1", 900)
+        reply = "r" * 10_000
+        conversations = [key() for _ in range(3 * cap // len(reply))]
+        for conversation in conversations:
+            turns = [Turn(role="user", content="q"), Turn(role="assistant", content=reply)]
+            await store.append(conversation, turns, 40, 3600)
+
+        info = await client.info("stats")
+        assert info["evicted_keys"] > len(conversations) // 2
+        assert len(await store.history(conversations[-1])) == 2
+        assert not (await store.admit([bucket], None, 0)).verdict.allowed
+        assert not await store.claim("event-1", 900)
+    finally:
+        await store.aclose()
+        await client.aclose()
+        process.stop()
+
+
+async def test_buckets_full_again_and_expired_claims_are_cleared(redis_url: str) -> None:
+    """Kept without a TTL, they are removed by the requests that follow once they no longer
+    matter: a bucket full again is the same as none, an expired claim the same as none."""
+    store = RedisStore(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        await client.delete(RATE_KEY, RATE_INDEX_KEY, CLAIMS_KEY)
+        # Full again half a second after their one request.
+        buckets = [Bucket(key(), "user", rate_per_second=2.0, capacity=1) for _ in range(40)]
+        for bucket in buckets:
+            assert (await store.admit([bucket], None, 0)).verdict.allowed
+        assert await store.claim("event-old", 1)
+        assert await client.hlen(RATE_KEY) == 40
+        # Neither has a TTL: a volatile-* policy never evicts them.
+        assert await client.ttl(RATE_KEY) == await client.ttl(CLAIMS_KEY) == -1
+        await asyncio.sleep(1.1)
+
+        for _ in range(3):
+            await store.admit([], None, 0)
+        assert await store.claim("event-new", 60)
+
+        assert await client.hlen(RATE_KEY) == 0
+        assert await client.zcard(RATE_INDEX_KEY) == 0
+        assert await client.zrange(CLAIMS_KEY, 0, -1) == [b"event-new"]
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+async def test_a_restarted_redis_is_used_again_without_a_failed_request(tmp_path: Path) -> None:
+    """A Redis pod replaced closes the gateway's pooled connections: the next request opens
+    new ones rather than failing with 503."""
+    process, url = start_redis(tmp_path / "redis")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    store = RedisStore(url)
+    try:
+        conversation = key()
+        await fill(store, conversation, ["hello"])
+        process.stop()
+        process, _ = start_redis(tmp_path / "redis", port=port)
+
+        admission = await store.admit([], conversation, budget_tokens=100)
+
+        assert admission.verdict.allowed
+        assert admission.history == []  # this Redis keeps nothing: a new one
+    finally:
+        await store.aclose()
+        process.stop()

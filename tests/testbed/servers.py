@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,11 @@ def start_redis(
     *,
     password: str | None = None,
     port: int | None = None,
+    options: Sequence[str] = (),
 ) -> tuple[ManagedProcess, str]:
     """A throwaway redis-server on a free port (or `port`, to start one again where another
-    was), with `password` required when given; returns it and its redis:// URL (without the
-    password)."""
+    was), with `password` required when given and further `options` (`--maxmemory`, `10mb`);
+    returns it and its redis:// URL (without the password)."""
     executable = shutil.which("redis-server")
     if executable is None:
         raise FileNotFoundError("redis-server is not installed; `make test` installs it")
@@ -48,6 +50,7 @@ def start_redis(
             "--protected-mode",
             "yes",
             *(["--requirepass", password] if password else []),
+            *options,
         ],
         workdir,
     ).start()

@@ -18,6 +18,8 @@ from typing import Literal, Protocol, cast
 import redis.asyncio as redis
 from pydantic import BaseModel, TypeAdapter
 from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from tertulia.gateway.errors import MemoryUnavailable
 from tertulia.gateway.pipeline.prompt import estimate_tokens
@@ -86,6 +88,21 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
 
+# What Redis may evict, and what it must not. Conversations are a cache: each key carries its
+# TTL, and under memory pressure Redis (maxmemory-policy volatile-lru, as the operator runs it)
+# drops the least recently used. Rate-limit buckets and event claims are promises: a bucket
+# evicted is a limit reset, a claim evicted is an event answered twice. So they live in keys
+# without a TTL, which volatile-* policies never evict, and expire by the scripts' own clean-up:
+# all buckets in one hash (field: the bucket, value: "tokens at"), indexed by the moment each
+# is full again, after which it is the same as absent; all claims in one sorted set scored by
+# their expiry.
+RATE_KEY = "tertulia:rate"
+RATE_INDEX_KEY = "tertulia:rate:full"
+CLAIMS_KEY = "tertulia:events"
+# Buckets removed per request at most, once full again: more than requests add, so the hash
+# holds only the buckets in use.
+_RATE_CLEANUP = 16
+
 # One chat request's reads and takes, in one round trip.
 #
 # The buckets: one token from every bucket, or from none (a request refused by the per-key
@@ -97,19 +114,28 @@ class Store(Protocol):
 # conversation costs a request what its prompt can hold, not what it has stored. A refused
 # request reads nothing.
 #
-# KEYS: the buckets, then the conversation when there is one; ARGV: the number of buckets,
-# rate and capacity per bucket, then the budget in tokens.
+# KEYS: the buckets' hash and index, then the conversation when there is one; ARGV: the
+# number of buckets, each bucket's field, rate and capacity, then the budget in tokens.
 _ADMIT_SCRIPT = r"""
 local buckets = tonumber(ARGV[1])
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local full = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, @CLEANUP@)
+if #full > 0 then
+  redis.call('HDEL', KEYS[1], unpack(full))
+  redis.call('ZREM', KEYS[2], unpack(full))
+end
 local levels = {}
 for i = 1, buckets do
-  local rate = tonumber(ARGV[2 * i])
-  local capacity = tonumber(ARGV[2 * i + 1])
-  local state = redis.call('HMGET', KEYS[i], 'tokens', 'at')
-  local tokens = tonumber(state[1]) or capacity
-  local at = tonumber(state[2]) or now
+  local rate = tonumber(ARGV[3 * i])
+  local capacity = tonumber(ARGV[3 * i + 1])
+  local tokens, at = capacity, now
+  local state = redis.call('HGET', KEYS[1], ARGV[3 * i - 1])
+  if state then
+    local space = string.find(state, ' ', 1, true)
+    tokens = tonumber(string.sub(state, 1, space - 1))
+    at = tonumber(string.sub(state, space + 1))
+  end
   tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
   if tokens < 1 then
     return {0, tostring((1 - tokens) / rate), i}
@@ -117,15 +143,17 @@ for i = 1, buckets do
   levels[i] = tokens
 end
 for i = 1, buckets do
-  local rate = tonumber(ARGV[2 * i])
-  local capacity = tonumber(ARGV[2 * i + 1])
-  redis.call('HSET', KEYS[i], 'tokens', levels[i] - 1, 'at', now)
-  redis.call('EXPIRE', KEYS[i], math.ceil(capacity / rate) + 1)
+  local field = ARGV[3 * i - 1]
+  local rate = tonumber(ARGV[3 * i])
+  local capacity = tonumber(ARGV[3 * i + 1])
+  local left = levels[i] - 1
+  redis.call('HSET', KEYS[1], field, string.format('%.17g %.17g', left, now))
+  redis.call('ZADD', KEYS[2], now + (capacity - left) / rate, field)
 end
 local reply = {1, '0', 0}
-local conversation = KEYS[buckets + 1]
+local conversation = KEYS[3]
 if conversation then
-  local budget = tonumber(ARGV[2 * buckets + 2])
+  local budget = tonumber(ARGV[3 * buckets + 2])
   local used = 0
   local items = redis.call('LRANGE', conversation, 0, -1)
   local kept = {}
@@ -145,6 +173,20 @@ if conversation then
   end
 end
 return reply
+""".replace("@CLEANUP@", str(_RATE_CLEANUP))
+
+# The first claim of an event within its window: expired claims go first, all at once (a
+# sorted set removes a range in one step).
+# KEYS: the claims; ARGV: the event's key, the window in seconds.
+_CLAIM_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
 """
 
 # A conversation's new turns, its length bounded and its time to live renewed, atomically.
@@ -179,10 +221,15 @@ class RedisStore:
             # A Redis that is gone fails at once; one that hangs, within seconds.
             socket_connect_timeout=2,
             socket_timeout=5,
+            # A connection that broke (Redis restarted, its pod replaced) is opened again and
+            # the command sent again, with redis-py's own defaults, which a pool built by hand
+            # does not get: without them the first request after a restart fails.
+            retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), retries=10),
         )
         self._redis = redis.Redis.from_pool(pool)  # closing the client closes its pool
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._append = self._redis.register_script(_APPEND_SCRIPT)
+        self._claim = self._redis.register_script(_CLAIM_SCRIPT)
 
     async def history(self, key: str) -> list[Turn]:
         with _unavailable():
@@ -190,10 +237,10 @@ class RedisStore:
         return parse_turns(cast(list[str], items))  # decode_responses: str
 
     async def admit(self, buckets: list[Bucket], key: str | None, budget_tokens: int) -> Admission:
-        arguments: list[float] = [len(buckets)]
+        arguments: list[float | str] = [len(buckets)]
         for bucket in buckets:
-            arguments += [bucket.rate_per_second, bucket.capacity]
-        keys = [bucket.key for bucket in buckets]
+            arguments += [bucket.key, bucket.rate_per_second, bucket.capacity]
+        keys = [RATE_KEY, RATE_INDEX_KEY]
         if key is not None:
             keys.append(key)
             arguments.append(budget_tokens)
@@ -221,7 +268,7 @@ class RedisStore:
     async def claim(self, key: str, ttl_seconds: int) -> bool:
         """True for the first claim of `key` within `ttl_seconds`, False for the others."""
         with _unavailable():
-            return bool(await self._redis.set(key, "1", nx=True, ex=ttl_seconds))
+            return bool(await self._claim(keys=[CLAIMS_KEY], args=[key, ttl_seconds]))
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         return (await self.admit(buckets, None, 0)).verdict
