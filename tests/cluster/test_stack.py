@@ -496,6 +496,42 @@ def test_a_model_pod_deleted_mid_conversation_does_not_cost_the_next_answer(
     assert turns[-1]["content"].strip() == second.answer
 
 
+def test_a_conversation_outlives_its_redis_pod(
+    cluster: ControlPlane, stack: dict[str, Any], fake_telegram: telegram.FakeTelegram
+) -> None:
+    chat = random.randint(10_000_000, 99_999_999)
+    questions = [
+        QUESTION,
+        "How much is a ticket?",
+        "Where are tickets sold?",
+        "Where do cars park?",
+        "When does the car park close?",
+    ]
+    for question in questions:
+        assert ask_on_telegram(fake_telegram, chat, chat, question).answer
+    (victim,) = pods(cluster, "memory")
+    core(cluster).delete_namespaced_pod(victim.metadata.name, NAMESPACE)
+    # A new Redis, Ready, in place of the deleted one.
+    eventually(
+        lambda: (
+            [
+                pod.metadata.uid != victim.metadata.uid and is_ready(pod)
+                for pod in pods(cluster, "memory")
+            ]
+            == [True]
+        ),
+        240,
+        "a new Redis pod to be Ready",
+    )
+
+    sixth = ask_on_telegram(fake_telegram, chat, chat, "Thank you. What did I ask first?")
+
+    assert sixth.answer
+    turns = remembered(cluster, sixth)
+    assert [turn["content"] for turn in turns[0::2]] == [*questions, sixth.question]
+    assert turns[-1]["content"].strip() == sixth.answer
+
+
 def condition(cluster: ControlPlane, kind: str) -> dict[str, Any]:
     conditions = chatbot(cluster).get("status", {}).get("conditions") or []
     return next((c for c in conditions if c["type"] == kind), {})

@@ -107,6 +107,18 @@ IMMUTABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda spec: spec["model"]["cache"].update(storageClassName="fast"),
         "spec.model.cache.storageClassName",
     ),
+    (
+        "memory storage",
+        lambda spec: spec.setdefault("gateway", {}).setdefault("memory", {}).update(storage="5Gi"),
+        "spec.gateway.memory.storage",
+    ),
+    (
+        "memory on an emptyDir",
+        lambda spec: (
+            spec.setdefault("gateway", {}).setdefault("memory", {}).update(persistent=False)
+        ),
+        "spec.gateway.memory.persistent",
+    ),
 ]
 
 

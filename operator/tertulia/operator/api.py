@@ -297,6 +297,31 @@ class ModelSpec(Spec):
 class MemorySpec(Spec):
     """Conversation memory, per user and conversation, in the ChatBot's Redis."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule("isQuantity(self.storage)", "storage must be a quantity, such as 1Gi", ".storage"),
+            # Redis's claim comes from its StatefulSet's claim template, which cannot change.
+            rule(
+                "self.storage == oldSelf.storage",
+                "storage cannot change once Redis has its claim: expand the claim "
+                "(data-NAME-memory-0) where its class allows",
+                ".storage",
+            ),
+            rule(
+                "self.persistent == oldSelf.persistent",
+                "persistent cannot change in place: delete and recreate the ChatBot",
+                ".persistent",
+            ),
+            rule(
+                "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                "(!has(self.storageClassName) || "
+                "self.storageClassName == oldSelf.storageClassName)",
+                "storageClassName cannot change once Redis has its claim",
+                ".storageClassName",
+            ),
+        )
+    )
+
     max_turns: int = Field(
         20, ge=0, le=1000, description="Turns kept per conversation; 0 turns memory off."
     )
@@ -306,8 +331,23 @@ class MemorySpec(Spec):
     ttl_seconds: int = Field(
         604800, ge=60, description="A conversation idle this long is forgotten."
     )
+    persistent: bool = Field(
+        True,
+        description="Keep Redis's data (conversations, rate limits, event claims) in an "
+        "append-only file on a claim of its own, so a restarted pod has it all; false: an "
+        "emptyDir, lost with the pod.",
+    )
+    storage: str = Field("1Gi", description="The claim's size, as a Kubernetes quantity.")
+    storage_class_name: str | None = Field(
+        None, description="StorageClass of the claim; the cluster's default when unset."
+    )
     image: str | None = Field(None, description="Redis's image; the pinned default when unset.")
-    resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
+    resources: KubernetesObject | None = Field(
+        None,
+        description=RESOURCES_DESCRIPTION + " Redis holds up to three quarters of the memory "
+        "limit (or request), then evicts the least recently used conversations; rate limits "
+        "and event claims are never evicted.",
+    )
 
 
 class RateLimitSpec(Spec):
@@ -371,7 +411,12 @@ class GatewaySpec(Spec):
     )
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=1, le=32768, description="Longest answer, in tokens.")
-    memory: MemorySpec = Field(default_factory=MemorySpec, description="Conversation memory.")
+    # Defaulted by the API server too, so that its rules always see the storage it has.
+    memory: MemorySpec = Field(
+        default_factory=MemorySpec,
+        description="Conversation memory.",
+        json_schema_extra={"default": MemorySpec().model_dump(by_alias=True, exclude_none=True)},
+    )
     rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Rate limits.")
     moderation: ModerationSpec = Field(default_factory=ModerationSpec, description="Moderation.")
     api_keys_secret_ref: SecretRef | None = Field(
@@ -578,7 +623,11 @@ class ChatBotSpec(Spec):
     """A private LLM chatbot: its model server, gateway, knowledge base and platforms."""
 
     model: ModelSpec = Field(description="The model server.")
-    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="The chat gateway.")
+    gateway: GatewaySpec = Field(
+        default_factory=GatewaySpec,
+        description="The chat gateway.",
+        json_schema_extra={"default": {}},
+    )
     knowledge_base: KnowledgeBaseSpec = Field(
         default_factory=KnowledgeBaseSpec, description="The knowledge base."
     )

@@ -362,7 +362,7 @@ def test_a_webhook_on_another_host_gets_a_rule_of_its_own() -> None:
 
 def test_redis_requires_the_generated_password_which_only_the_gateway_mounts() -> None:
     manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
-    redis = manifests["Deployment", "tertulia-memory"]["spec"]["template"]["spec"]
+    redis = manifests["StatefulSet", "tertulia-memory"]["spec"]["template"]["spec"]
     (container,) = redis["containers"]
     # The config file holding `requirepass` comes first, as redis-server reads it.
     assert container["args"][0] == "/etc/tertulia/memory/redis.conf"
@@ -386,6 +386,43 @@ def test_redis_requires_the_generated_password_which_only_the_gateway_mounts() -
         )
     ]
     assert sorted(mounting) == ["tertulia-gateway", "tertulia-memory"]
+
+
+def test_redis_keeps_its_data_on_a_claim_and_evicts_only_what_has_a_ttl() -> None:
+    manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    redis = manifests["StatefulSet", "tertulia-memory"]["spec"]
+    (container,) = redis["template"]["spec"]["containers"]
+    arguments = container["args"]
+    option = {arguments[i]: arguments[i + 1] for i in range(1, len(arguments), 2)}
+    assert option["--appendonly"] == "yes"
+    assert option["--dir"] == "/data"
+    assert option["--maxmemory-policy"] == "volatile-lru"
+    # Three quarters of the default 512Mi limit.
+    assert option["--maxmemory"] == str(384 * 2**20)
+    (claim,) = redis["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert all(v["name"] != "data" for v in redis["template"]["spec"]["volumes"])
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+
+
+def test_redis_memory_follows_its_limit_and_can_run_without_a_claim() -> None:
+    bot = example("local")
+    memory = {
+        "persistent": False,
+        "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+    }
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    spec["gateway"]["memory"] = memory
+    bot = bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    redis = manifests["StatefulSet", f"{bot.name}-memory"]["spec"]
+    (container,) = redis["template"]["spec"]["containers"]
+    arguments = container["args"]
+    assert arguments[arguments.index("--maxmemory") + 1] == str(3 * 2**29)
+    assert arguments[arguments.index("--appendonly") + 1] == "no"
+    assert "volumeClaimTemplates" not in redis
+    assert {"name": "data", "emptyDir": {}} in redis["template"]["spec"]["volumes"]
 
 
 def test_metrics_are_on_a_port_of_their_own_that_no_ingress_reaches() -> None:

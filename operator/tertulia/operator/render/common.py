@@ -113,19 +113,50 @@ def deployment(
     annotations: dict[str, str] | None = None,
     strategy: dict[str, Any] | None = None,
 ) -> Manifest:
-    template_metadata: dict[str, Any] = {"labels": labels(bot, component)}
-    if annotations:
-        template_metadata["annotations"] = annotations
     spec: dict[str, Any] = {
         "replicas": replicas,
         "selector": {"matchLabels": selector_labels(bot, component)},
-        "template": {"metadata": template_metadata, "spec": pod},
+        "template": _pod_template(bot, component, pod, annotations),
     }
     if strategy:
         spec["strategy"] = strategy
+    return _workload(bot, "Deployment", component, spec)
+
+
+def stateful_set(
+    bot: ChatBot,
+    component: str,
+    pod: dict[str, Any],
+    *,
+    annotations: dict[str, str] | None = None,
+    claims: list[dict[str, Any]] | None = None,
+) -> Manifest:
+    """One replica that keeps its identity and, with `claims` (claim templates), volumes of
+    its own."""
+    spec: dict[str, Any] = {
+        "serviceName": bot.child(component),
+        "replicas": 1,
+        "selector": {"matchLabels": selector_labels(bot, component)},
+        "template": _pod_template(bot, component, pod, annotations),
+    }
+    if claims:
+        spec["volumeClaimTemplates"] = claims
+    return _workload(bot, "StatefulSet", component, spec)
+
+
+def _pod_template(
+    bot: ChatBot, component: str, pod: dict[str, Any], annotations: dict[str, str] | None
+) -> dict[str, Any]:
+    template_metadata: dict[str, Any] = {"labels": labels(bot, component)}
+    if annotations:
+        template_metadata["annotations"] = annotations
+    return {"metadata": template_metadata, "spec": pod}
+
+
+def _workload(bot: ChatBot, kind: str, component: str, spec: dict[str, Any]) -> Manifest:
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": kind,
         "metadata": metadata(bot, component),
         "spec": spec,
     }

@@ -20,6 +20,7 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     secrets_version,
     selector_labels,
+    stateful_set,
 )
 from tertulia.operator.render.embeddings import embeddings_url
 
@@ -140,29 +141,18 @@ def render_knowledge_base(
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/weaviate"}],
     }
-    statefulset = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(bot, COMPONENT),
-        "spec": {
-            "serviceName": bot.child(COMPONENT),
-            "replicas": 1,
-            "selector": {"matchLabels": selector_labels(bot, COMPONENT)},
-            "template": {
-                "metadata": {
-                    "labels": labels(bot, COMPONENT),
-                    # Weaviate reads its key from the environment: a new key restarts it.
-                    **_annotations(secrets_version(secret_versions, [knowledge_base_secret(bot)])),
-                },
-                "spec": pod_spec(
-                    bot,
-                    [container],
-                    securityContext={"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-                ),
-            },
-            "volumeClaimTemplates": [claim],
-        },
-    }
+    statefulset = stateful_set(
+        bot,
+        COMPONENT,
+        pod_spec(
+            bot,
+            [container],
+            securityContext={"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        ),
+        # Weaviate reads its key from the environment: a new key restarts it.
+        annotations=secrets_version(secret_versions, [knowledge_base_secret(bot)]),
+        claims=[claim],
+    )
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -258,10 +248,6 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
             },
         },
     }
-
-
-def _annotations(annotations: dict[str, str]) -> dict[str, Any]:
-    return {"annotations": annotations} if annotations else {}
 
 
 def _settings_env(prefix: str, settings: dict[str, Any]) -> list[dict[str, str]]:

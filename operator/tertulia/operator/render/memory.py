@@ -1,20 +1,25 @@
-"""Memory: one Redis for the ChatBot's conversations, rate-limit buckets and event de-dup."""
+"""Memory: one Redis for the ChatBot's conversations, rate-limit buckets and event de-dup,
+its append-only file on a volume of its own."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 from tertulia.operator.api import ChatBot
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
-    deployment,
+    labels,
     metadata,
     pod_spec,
     resources,
     restricted_container_security,
     secrets_version,
     service,
+    stateful_set,
 )
 
 COMPONENT = "memory"
@@ -60,26 +65,52 @@ def password_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], str]:
     return volume, mount, f"{SECRET_PATH}/{PASSWORD_KEY}"
 
 
+# Only keys with a TTL may be evicted: conversations (each carries its own), never the
+# rate-limit buckets or event claims, which the gateway keeps without one (see its store).
+EVICTION_POLICY = "volatile-lru"
+# The share of the container's memory limit Redis may fill: the rest is for its own overhead
+# and for rewriting the append-only file, which forks the server.
+MAXMEMORY_SHARE = 0.75
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+DATA_PATH = "/data"
+
+
+def maxmemory_bytes(resources: dict[str, Any]) -> int:
+    """What Redis may hold: a share of the container's memory limit (or, without one, of its
+    request)."""
+    amounts = resources.get("limits", {}).get("memory") or resources.get("requests", {}).get(
+        "memory"
+    )
+    if amounts is None:
+        return 0  # no bound given: Redis's own default, none
+    limit: Decimal = parse_quantity(amounts)  # type: ignore[no-untyped-call]
+    return int(limit * Decimal(str(MAXMEMORY_SHARE)))
+
+
+def redis_arguments(maxmemory: int, *, persistent: bool) -> list[str]:
+    """redis-server's arguments after its config file: the cap, what it evicts, and the
+    append-only file (written every second) when its data is on a volume."""
+    arguments = ["--maxmemory", str(maxmemory), "--maxmemory-policy", EVICTION_POLICY]
+    arguments += ["--save", "", "--dir", DATA_PATH]
+    if persistent:
+        return [*arguments, "--appendonly", "yes", "--appendfsync", "everysec"]
+    return [*arguments, "--appendonly", "no"]
+
+
 def render_memory(
     bot: ChatBot, *, registry: str = "", secret_versions: dict[str, str] | None = None
 ) -> list[Manifest]:
-    """Redis behind a generated password, reached by the gateway alone."""
+    """Redis behind a generated password, reached by the gateway alone, its data on a claim
+    of its own: conversations, rate limits and event claims outlive the pod."""
     memory = bot.spec.gateway.memory
+    limits = resources(memory.resources, DEFAULT_RESOURCES)
     container = {
         "name": "redis",
         "image": memory.image or images.mirrored(images.REDIS, registry),
-        # Memory is a cache of conversations: bounded, least-recently-used entries go first.
         # The config file (first, as redis-server wants it) holds only the password.
         "args": [
             f"{SECRET_PATH}/{CONFIG_KEY}",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory",
-            "400mb",
-            "--maxmemory-policy",
-            "allkeys-lru",
+            *redis_arguments(maxmemory_bytes(limits), persistent=memory.persistent),
         ],
         "ports": [{"name": "redis", "containerPort": PORT}],
         # redis-cli reads the password from REDISCLI_AUTH.
@@ -89,35 +120,54 @@ def render_memory(
                 "valueFrom": {"secretKeyRef": {"name": memory_secret(bot), "key": PASSWORD_KEY}},
             }
         ],
+        # Ready once the append-only file is loaded: Redis answers LOADING (not PONG) until then.
         "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 10},
-        "resources": resources(
-            memory.resources,
-            {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        ),
+        "resources": limits,
         "securityContext": restricted_container_security(),
         "volumeMounts": [
-            {"name": "data", "mountPath": "/data"},
+            {"name": "data", "mountPath": DATA_PATH},
             {"name": "config", "mountPath": SECRET_PATH, "readOnly": True},
         ],
     }
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "secret": {
+                "secretName": memory_secret(bot),
+                "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+            },
+        }
+    ]
+    if not memory.persistent:
+        volumes.insert(0, {"name": "data", "emptyDir": {}})
     pod = pod_spec(
         bot,
         [container],
-        volumes=[
-            {"name": "data", "emptyDir": {}},
-            {
-                "name": "config",
-                "secret": {
-                    "secretName": memory_secret(bot),
-                    "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
-                },
-            },
-        ],
+        volumes=volumes,
         securityContext={"runAsNonRoot": True, "runAsUser": 999, "fsGroup": 999},
     )
-    annotations = secrets_version(secret_versions, [memory_secret(bot)])
-    return [
-        deployment(bot, COMPONENT, 1, pod, annotations=annotations),
-        service(bot, COMPONENT, PORT, "redis"),
-    ]
+    claims = []
+    if memory.persistent:
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": memory.storage}},
+        }
+        if memory.storage_class_name:
+            claim["storageClassName"] = memory.storage_class_name
+        claims.append(
+            {"metadata": {"name": "data", "labels": labels(bot, COMPONENT)}, "spec": claim}
+        )
+    statefulset = stateful_set(
+        bot,
+        COMPONENT,
+        pod,
+        annotations=secrets_version(secret_versions, [memory_secret(bot)]),
+        claims=claims,
+    )
+    if claims:
+        statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": "Delete",
+            "whenScaled": "Retain",
+        }
+    return [statefulset, service(bot, COMPONENT, PORT, "redis")]
