@@ -128,15 +128,19 @@ def chatbot(control_plane: ControlPlane, namespace: str, name: str) -> dict[str,
 def wait_phase(
     control_plane: ControlPlane, namespace: str, name: str, phase: str = "Ready"
 ) -> dict[str, Any]:
-    found: dict[str, Any] = eventually(
-        lambda: (
-            (body := chatbot(control_plane, namespace, name)).get("status", {}).get("phase")
-            == phase
-            and body
-        ),
-        timeout=READY_TIMEOUT,
-        what=f"ChatBot {name} to be {phase}",
-    )
+    try:
+        found: dict[str, Any] = eventually(
+            lambda: (
+                (body := chatbot(control_plane, namespace, name)).get("status", {}).get("phase")
+                == phase
+                and body
+            ),
+            timeout=READY_TIMEOUT,
+            what=f"ChatBot {name} to be {phase}",
+        )
+    except TimeoutError as error:
+        status = json.dumps(chatbot(control_plane, namespace, name).get("status"), indent=1)
+        raise AssertionError(f"{error}; its status:\n{status}") from None
     return found
 
 
