@@ -16,12 +16,18 @@ LiteLLM runs with its equivalents: a master key, a per-deployment rpm limit coun
 has no memory, so its side of the `/chat` comparison sends the conversation the gateway
 would have remembered in every request, as a client of it has to.
 
-Every target runs one worker process pinned to CPU 1; the fake backend, Redis and the load
-generator (wrk) share CPU 0, so the targets compete for nothing but their own core. Weaviate
+Every target runs one worker process pinned to CPU 1, and LiteLLM is stopped (SIGSTOP) while
+another target is measured; the fake backend, Redis and the load generator (wrk)
+share CPU 0, so each target competes for nothing but its own core. Failed requests are
+counted by kind (HTTP status, or wrk's socket error) and listed after the table. Weaviate
 and the embeddings server are not pinned: llama.cpp's threads pinned to one core wait on each
 other (an embedding takes 1.2 s instead of 50 ms), so with the knowledge base on the figures
 include the embedding's own time on either core.
-Baselines from the same run: the backend called directly (latency) and LiteLLM (throughput).
+Baselines from the same run: the backend called directly (latency: with one message for the
+OpenAI path, and with the prompt the gateway sends for `/chat`, since reading a longer prompt
+is the model server's time, which a client sending the conversation pays too) and LiteLLM
+(throughput). At concurrency 1 the targets take turns, three short runs each, and each row
+is their median: latency alone moves with the machine's moment.
 Before timing, each target is shown to enforce what it claims: a blocked term is refused, and
 its rate limit is counted in Redis.
 
@@ -32,16 +38,20 @@ path at least 2x; no errors over 256 concurrent streams. (Quick mode stops at 32
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import redis
@@ -83,6 +93,8 @@ CONVERSATIONS = 32
 DURATION_SECONDS = int(os.environ.get("BENCH_SECONDS", sized("10", "2")))
 # Quick mode stops at 32: LiteLLM completes nothing within two seconds at 256.
 CONCURRENCIES = sized((1, 32, 256), (1, 8, 32))
+# Turns each target takes at concurrency 1, sharing the run's duration.
+LATENCY_ROUNDS = 3
 TOP = CONCURRENCIES[-1]
 # Embedding every question on the CPU dominates with the knowledge base on: measured up to this.
 KNOWLEDGE_CONCURRENCIES = CONCURRENCIES[:2]
@@ -97,6 +109,24 @@ request = function()
   sent = sent + 1
   return wrk.format(nil, nil, nil, bodies[sent %% #bodies + 1])
 end
+-- Failed responses by status, printed at the end as "status <code> <count>" lines.
+failed = {}
+response = function(status, headers, body)
+  if status > 299 then
+    failed[status] = (failed[status] or 0) + 1
+  end
+end
+local threads = {}
+setup = function(thread)
+  table.insert(threads, thread)
+end
+done = function(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("failed")) do
+      io.write(string.format("status %%d %%d\\n", status, count))
+    end
+  end
+end
 """
 
 
@@ -105,7 +135,15 @@ class Run:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    # By kind: an HTTP status ("503"), or wrk's socket errors ("connect", "read", "timeout").
+    failures: dict[str, int]
+
+    @property
+    def errors(self) -> int:
+        return sum(self.failures.values())
+
+    def describe_errors(self) -> str:
+        return ", ".join(f"{kind}: {count}" for kind, count in sorted(self.failures.items()))
 
 
 Body = dict[str, object]
@@ -119,6 +157,10 @@ class Target:
     url: str
     bodies: list[Body]
     concurrencies: tuple[int, ...] = CONCURRENCIES
+    # The proxy behind `url` (none for the backend).
+    proxy: ManagedProcess | None = None
+    # Whether the proxy works while idle, and is stopped while another target is measured.
+    busy_when_idle: bool = False
 
 
 def litellm_environment() -> Path:
@@ -158,7 +200,7 @@ def post(url: str, body: dict[str, object], key: str = API_KEY) -> tuple[int, st
         return error.code, error.read().decode()
 
 
-def wrk(target: Target, concurrency: int, workdir: Path) -> Run:
+def wrk(target: Target, concurrency: int, workdir: Path, seconds: int = DURATION_SECONDS) -> Run:
     script = workdir / "post.lua"
     bodies = ", ".join(f"[==[{json.dumps(body)}]==]" for body in target.bodies)
     script.write_text(_WRK_SCRIPT % (API_KEY, bodies))
@@ -170,7 +212,7 @@ def wrk(target: Target, concurrency: int, workdir: Path) -> Run:
             "wrk",
             "-t1",
             f"-c{concurrency}",
-            f"-d{DURATION_SECONDS}s",
+            f"-d{seconds}s",
             "--timeout",
             "30s",
             "--latency",
@@ -191,20 +233,29 @@ def wrk(target: Target, concurrency: int, workdir: Path) -> Run:
         return float(found.group(1)) * scale
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    failures = {
+        status: int(count) for status, count in re.findall(r"^status (\d+) (\d+)$", out, re.M)
+    }
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if (int(non_2xx.group(1)) if non_2xx else 0) != sum(failures.values()):
+        raise RuntimeError(f"wrk's script did not count the failed responses:\n{out}")
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
     )
-    errors = int(non_2xx.group(1)) if non_2xx else 0
     if socket_errors:
-        errors += sum(int(group) for group in socket_errors.groups())
+        kinds = ("connect", "read", "write", "timeout")
+        failures |= {
+            kind: int(count)
+            for kind, count in zip(kinds, socket_errors.groups(), strict=True)
+            if int(count)
+        }
     assert rate is not None, out
     if float(rate.group(1)) == 0:
         raise RuntimeError(
-            f"{target.url} completed no request in {DURATION_SECONDS} s at concurrency "
+            f"{target.url} completed no request in {seconds} s at concurrency "
             f"{concurrency}: raise BENCH_SECONDS"
         )
-    return Run(float(rate.group(1)), latency("50"), latency("99"), errors)
+    return Run(float(rate.group(1)), latency("50"), latency("99"), failures)
 
 
 def main() -> None:
@@ -217,6 +268,40 @@ def main() -> None:
         finally:
             for process in reversed(processes):
                 process.stop()
+
+
+@contextlib.contextmanager
+def alone(target: Target, targets: list[Target]) -> Iterator[None]:
+    """LiteLLM stopped (SIGSTOP) while another target is measured: it shares their core, and
+    idle it is not idle (its background loops, health checks and spend updates). The
+    gateways, idle, wait on their sockets; stopping them would cut the knowledge gateway's
+    connection to Weaviate, which then skips the knowledge base for a while."""
+    others = {
+        other.proxy.pid
+        for other in targets
+        if other.proxy is not None and other.busy_when_idle and other.proxy is not target.proxy
+    }
+    for pid in others:
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.killpg(pid, signal.SIGCONT)
+
+
+def median_run(runs: list[Run]) -> Run:
+    """Several runs of one target as one: median latencies, mean rate, every failure."""
+    failures: dict[str, int] = {}
+    for run in runs:
+        for kind, count in run.failures.items():
+            failures[kind] = failures.get(kind, 0) + count
+    return Run(
+        statistics.fmean(run.requests_per_second for run in runs),
+        statistics.median(run.p50_ms for run in runs),
+        statistics.median(run.p99_ms for run in runs),
+        failures,
+    )
 
 
 def pinned(cpu: int, command: list[str]) -> list[str]:
@@ -245,7 +330,7 @@ def start_gateway(
     port: int,
     settings: dict[str, str],
     processes: list[ManagedProcess],
-) -> str:
+) -> tuple[str, ManagedProcess]:
     tertulia = str(Path(sys.executable).with_name("tertulia"))
     gateway = ManagedProcess(
         name,
@@ -260,7 +345,7 @@ def start_gateway(
     processes.append(gateway)
     url = f"http://127.0.0.1:{port}"
     wait_ready(gateway, f"{url}/healthz")
-    return url
+    return url, gateway
 
 
 def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target]:
@@ -308,10 +393,9 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target
         "RATE_LIMIT__KEY_BURST": unlimited,
         "MODERATION__BLOCKED_TERMS": json.dumps(BLOCKED_TERMS),
     }
-    gateway = start_gateway(workdir, "gateway", free_port(), features, processes)
-    knowledge = start_knowledge_gateway(workdir, features, processes)
-
-    litellm = start_litellm(workdir, backend_url, redis_url, processes)
+    gateway, gateway_process = start_gateway(workdir, "gateway", free_port(), features, processes)
+    knowledge, knowledge_process = start_knowledge_gateway(workdir, features, processes)
+    litellm, litellm_process = start_litellm(workdir, backend_url, redis_url, processes)
     conversation = remembered_conversation()
     single: list[Body] = [
         {"model": "fake-model", "messages": [{"role": "user", "content": MESSAGE}]}
@@ -322,19 +406,36 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target
     ]
     targets = [
         Target("backend (direct)", f"{backend_url}/chat/completions", single),
-        Target("tertulia /v1", f"{gateway}/v1/chat/completions", single),
-        Target("litellm /v1", f"{litellm}/v1/chat/completions", single),
-        Target("tertulia /chat", f"{gateway}/chat", chats),
+        # The prompt the gateway sends on /chat: the baseline of its added latency (reading a
+        # longer prompt is the model server's time, which a client sending it pays too).
+        Target(
+            "backend history",
+            f"{backend_url}/chat/completions",
+            [{"model": "fake-model", "messages": conversation}],
+            (1,),
+        ),
+        Target("tertulia /v1", f"{gateway}/v1/chat/completions", single, proxy=gateway_process),
+        Target(
+            "litellm /v1",
+            f"{litellm}/v1/chat/completions",
+            single,
+            proxy=litellm_process,
+            busy_when_idle=True,
+        ),
+        Target("tertulia /chat", f"{gateway}/chat", chats, proxy=gateway_process),
         Target(
             "tertulia /chat+kb",
             f"{knowledge}/chat",
             [{**chat, "conversation_id": f"kb-{chat['conversation_id']}"} for chat in chats],
             KNOWLEDGE_CONCURRENCIES,
+            proxy=knowledge_process,
         ),
         Target(
             "litellm history",
             f"{litellm}/v1/chat/completions",
             [{"model": "fake-model", "messages": conversation}],
+            proxy=litellm_process,
+            busy_when_idle=True,
         ),
     ]
     check_features(targets, redis_url)
@@ -343,7 +444,7 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target
 
 def start_knowledge_gateway(
     workdir: Path, features: dict[str, str], processes: list[ManagedProcess]
-) -> str:
+) -> tuple[str, ManagedProcess]:
     """The same gateway with the knowledge base on, holding the frozen documentation corpus."""
     weaviate_process, weaviate = start_weaviate(workdir / "weaviate")
     processes.append(weaviate_process)
@@ -351,7 +452,7 @@ def start_knowledge_gateway(
     processes.append(embeddings_process)
     weaviate_key = workdir / "weaviate-key"
     weaviate_key.write_text(weaviate.api_key)
-    url = start_gateway(
+    url, gateway = start_gateway(
         workdir,
         "gateway-knowledge",
         free_port(),
@@ -374,12 +475,12 @@ def start_knowledge_gateway(
     status, text = post(f"{url}/admin/knowledge/documents", {"documents": documents}, ADMIN_KEY)
     if status != 200:
         raise RuntimeError(f"ingesting the corpus failed: {status} {text}")
-    return url
+    return url, gateway
 
 
 def start_litellm(
     workdir: Path, backend_url: str, redis_url: str, processes: list[ManagedProcess]
-) -> str:
+) -> tuple[str, ManagedProcess]:
     port = free_port()
     redis_port = redis_url.rsplit(":", 1)[1].split("/")[0]
     config = workdir / "litellm.yaml"
@@ -444,14 +545,16 @@ def start_litellm(
     ).start()
     processes.append(litellm)
     wait_ready(litellm, f"http://127.0.0.1:{port}/health/liveliness")
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", litellm
 
 
 def check_features(targets: list[Target], redis_url: str) -> None:
     """Each proxy answers, refuses a blocked term, refuses a wrong key, and counts its rate
     limit in Redis: the figures are for the features on, not for a bare proxy."""
     blocked = f"Where is the {BLOCKED_TERMS[1]} this week?"
-    for target in targets[1:]:
+    for target in targets:
+        if target.proxy is None:  # the backend itself
+            continue
         body = target.bodies[0]
         status, text = post(target.url, body)
         if status != 200:
@@ -483,42 +586,82 @@ def check_features(targets: list[Target], redis_url: str) -> None:
 def report(targets: list[Target], workdir: Path) -> None:
     by_name = {target.name: target for target in targets}
     results: dict[tuple[str, int], Run] = {}
-    print(f"{'target':<18} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for concurrency in CONCURRENCIES:
-        for target in targets:
-            if concurrency not in target.concurrencies:
-                continue
+    failed: list[str] = []
+
+    def show(target: Target, concurrency: int, run: Run) -> None:
+        print(
+            f"{target.name:<18} {concurrency:>5} {run.requests_per_second:>9.0f} "
+            f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
+            flush=True,
+        )
+        if run.errors:
+            failed.append(f"{target.name} at {concurrency}: {run.describe_errors()}")
+
+    def measure(target: Target, concurrency: int) -> Run:
+        with alone(target, targets):
             run = wrk(target, concurrency, workdir)
-            results[target.name, concurrency] = run
-            print(
-                f"{target.name:<18} {concurrency:>5} {run.requests_per_second:>9.0f} "
-                f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
-                flush=True,
-            )
+        show(target, concurrency, run)
+        return run
+
+    print(f"{'target':<18} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    # Latency alone at concurrency 1 moves with the machine's moment: the targets take turns,
+    # a few short runs each, and each row is their median.
+    rounds: dict[str, list[Run]] = {}
+    for _ in range(LATENCY_ROUNDS):
+        for target in targets:
+            with alone(target, targets):
+                run = wrk(target, 1, workdir, max(1, DURATION_SECONDS // LATENCY_ROUNDS))
+            rounds.setdefault(target.name, []).append(run)
+    for target in targets:
+        run = results[target.name, 1] = median_run(rounds[target.name])
+        show(target, 1, run)
+    for concurrency in CONCURRENCIES[1:]:
+        for target in targets:
+            if concurrency in target.concurrencies:
+                results[target.name, concurrency] = measure(target, concurrency)
+    # The knowledge base answered throughout: its rows are of searches, not of their skipping.
+    knowledge = by_name["tertulia /chat+kb"]
+    status, text = post(knowledge.url, knowledge.bodies[0])
+    if status != 200 or not json.loads(text)["sources"]:
+        raise RuntimeError(f"the knowledge gateway answered without sources: {status} {text}")
     streams = {
         "tertulia /v1": {**by_name["tertulia /v1"].bodies[0], "stream": True},
         "tertulia /chat": by_name["tertulia /chat"].bodies[0],
     }
     stream_errors = 0
     for name, body in streams.items():
-        url = by_name[name].url + ("/stream" if name.endswith("/chat") else "")
-        stream = wrk(Target(f"{name} stream", url, [body]), TOP, workdir)
+        target = by_name[name]
+        url = target.url + ("/stream" if name.endswith("/chat") else "")
+        stream = measure(replace(target, name=f"{name} stream", url=url, bodies=[body]), TOP)
         stream_errors += stream.errors
-        print(
-            f"{name + ' stream':<18} {TOP:>5} {stream.requests_per_second:>9.0f} "
-            f"{stream.p50_ms:>8.2f} {stream.p99_ms:>8.2f} {stream.errors:>7}"
-        )
+    for line in failed:
+        print(f"errors of {line}")
+    if failed:
+        # What the gateways counted as failures upstream, by kind, to tell them apart.
+        gateways = {
+            target.url.split("/", 3)[2] for target in targets if target.name.startswith("tertulia")
+        }
+        for gateway in sorted(gateways):
+            with urllib.request.urlopen(f"http://{gateway}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            counted = re.findall(
+                r'^tertulia_gateway_backend_errors_total\{kind="(\w+)"\} (\S+)$', text, re.M
+            )
+            print(f"upstream failures counted by the gateway at {gateway}: {counted or 'none'}")
 
-    direct = results["backend (direct)", 1]
     print()
     added: dict[str, float] = {}
-    for name, limit in (("tertulia /v1", 1.5), ("tertulia /chat", 2.0), ("tertulia /chat+kb", 0)):
-        run = results[name, 1]
+    for name, baseline, limit in (
+        ("tertulia /v1", "backend (direct)", 1.5),
+        ("tertulia /chat", "backend history", 2.0),
+        ("tertulia /chat+kb", "backend history", 0),
+    ):
+        run, direct = results[name, 1], results[baseline, 1]
         added[name] = run.p50_ms - direct.p50_ms
         wanted = f" (target <= {limit})" if limit else ""
         print(
-            f"{name}: added latency at concurrency 1: p50 {added[name]:.2f} ms{wanted}, "
-            f"p99 {run.p99_ms - direct.p99_ms:.2f} ms"
+            f"{name}: added latency at concurrency 1 over {baseline}: p50 {added[name]:.2f} ms"
+            f"{wanted}, p99 {run.p99_ms - direct.p99_ms:.2f} ms"
         )
     pairs = {"tertulia /v1": "litellm /v1", "tertulia /chat": "litellm history"}
     ratios: dict[tuple[str, int], float] = {}
