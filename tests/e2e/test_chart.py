@@ -216,7 +216,8 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
     cache = f"{name}-model-cache"
     eventually(
         lambda: (
-            not names(apps.list_namespaced_stateful_set)
+            # Redis's StatefulSet stays: it is the only one left.
+            names(apps.list_namespaced_stateful_set) == {f"{name}-memory"}
             and not names(autoscaling.list_namespaced_horizontal_pod_autoscaler)
             and not names(networking.list_namespaced_ingress)
             and not any(
