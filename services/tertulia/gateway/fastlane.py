@@ -48,7 +48,11 @@ class FastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if target is None or scope["method"] != "POST" or not _json(Headers(scope=scope)):
+        if target is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not _json(headers):
             await self.app(scope, receive, send)
             return
         route, model = target
@@ -63,7 +67,7 @@ class FastLane:
         scope["route"] = route  # as FastAPI sets it: the metrics read its path template
         services: Services = scope["app"].state.services
         try:
-            identity: Identity = services.api_keys.identify(presented_key(Headers(scope=scope)))
+            identity: Identity = services.api_keys.identify(presented_key(headers))
             result = await route.endpoint(request=request, identity=identity, services=services)
         except GatewayError as error:
             result = error_response(error)
