@@ -144,6 +144,19 @@ def stateful_set(
     return _workload(bot, "StatefulSet", component, spec)
 
 
+def claim_spec(
+    size: str, storage_class_name: str | None, access_mode: str = "ReadWriteOnce"
+) -> dict[str, Any]:
+    """A PersistentVolumeClaim's spec: `size` in the class given, or the cluster's default."""
+    claim: dict[str, Any] = {
+        "accessModes": [access_mode],
+        "resources": {"requests": {"storage": size}},
+    }
+    if storage_class_name:
+        claim["storageClassName"] = storage_class_name
+    return claim
+
+
 def _pod_template(
     bot: ChatBot, component: str, pod: dict[str, Any], annotations: dict[str, str] | None
 ) -> dict[str, Any]:

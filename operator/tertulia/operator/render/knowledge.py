@@ -12,6 +12,7 @@ from tertulia.operator.api import ChatBot
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
+    claim_spec,
     http_probe,
     labels,
     metadata,
@@ -98,15 +99,10 @@ def render_knowledge_base(
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
         return []
-    claim: dict[str, Any] = {
+    claim = {
         "metadata": {"name": "data", "labels": labels(bot, COMPONENT)},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": knowledge.storage}},
-        },
+        "spec": claim_spec(knowledge.storage, knowledge.storage_class_name),
     }
-    if knowledge.storage_class_name:
-        claim["spec"]["storageClassName"] = knowledge.storage_class_name
     container = {
         "name": "weaviate",
         "image": knowledge.image or images.mirrored(images.WEAVIATE, registry),

@@ -12,6 +12,7 @@ from tertulia.operator.api import ChatBot
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
+    claim_spec,
     labels,
     metadata,
     pod_spec,
@@ -149,14 +150,11 @@ def render_memory(
     )
     claims = []
     if memory.persistent:
-        claim: dict[str, Any] = {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": memory.storage}},
-        }
-        if memory.storage_class_name:
-            claim["storageClassName"] = memory.storage_class_name
         claims.append(
-            {"metadata": {"name": "data", "labels": labels(bot, COMPONENT)}, "spec": claim}
+            {
+                "metadata": {"name": "data", "labels": labels(bot, COMPONENT)},
+                "spec": claim_spec(memory.storage, memory.storage_class_name),
+            }
         )
     statefulset = stateful_set(
         bot,

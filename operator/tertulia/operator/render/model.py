@@ -10,6 +10,7 @@ from tertulia.operator.api import ChatBot, ModelSpec
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
+    claim_spec,
     deployment,
     http_probe,
     labels,
@@ -202,13 +203,8 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
 
 def _claim_spec(model: ModelSpec) -> dict[str, Any]:
     assert model.cache is not None  # noqa: S101 - callers check
-    claim: dict[str, Any] = {
-        "accessModes": [model.cache.access_mode],
-        "resources": {"requests": {"storage": model.cache.size}},
-    }
-    if model.cache.storage_class_name:
-        claim["storageClassName"] = model.cache.storage_class_name
-    return claim
+    cache = model.cache
+    return claim_spec(cache.size, cache.storage_class_name, cache.access_mode)
 
 
 def _stateful_set(bot: ChatBot, pod: dict[str, Any]) -> Manifest:
