@@ -601,7 +601,12 @@ def roll_back_model(cluster: ControlPlane, model: dict[str, Any]) -> None:
     )
     for pod in pods(cluster, "model"):
         if not is_ready(pod):
-            core(cluster).delete_namespaced_pod(pod.metadata.name, NAMESPACE)
+            try:
+                core(cluster).delete_namespaced_pod(pod.metadata.name, NAMESPACE)
+            except client.ApiException as error:
+                # The StatefulSet may have replaced it between the list and the delete.
+                if error.status != 404:
+                    raise
     wait_ready(cluster)
 
 
