@@ -14,6 +14,7 @@ The tests run in this order and build on each other's state, as a user's first d
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import socket
@@ -90,6 +91,18 @@ def chatbot(cluster: ControlPlane) -> dict[str, Any]:
     custom = client.CustomObjectsApi(cluster.api_client())
     return cast(
         dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, BOT)
+    )
+
+
+def wait_observed(cluster: ControlPlane, what: str) -> None:
+    """Until the operator has applied the ChatBot's current generation."""
+    eventually(
+        lambda: (
+            chatbot(cluster)["status"].get("observedGeneration")
+            == chatbot(cluster)["metadata"]["generation"]
+        ),
+        60,
+        f"the operator to apply {what}",
     )
 
 
@@ -468,6 +481,130 @@ def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(
         for pod in models
     }
     assert all(tokens > 0 for tokens in served.values()), served
+    # Two replicas: a drain takes one at a time.
+    assert budget_of(cluster, "model").spec.max_unavailable == 1
+
+
+def budget_of(cluster: ControlPlane, component: str) -> Any:
+    """The PodDisruptionBudget the ChatBot owns for `component`'s pods."""
+    uid = chatbot(cluster)["metadata"]["uid"]
+    found = client.PolicyV1Api(cluster.api_client()).list_namespaced_pod_disruption_budget(
+        NAMESPACE, label_selector=INSTANCE
+    )
+    (budget,) = [
+        item
+        for item in found.items
+        if item.spec.selector.match_labels.get("app.kubernetes.io/component") == component
+        and [owner.uid for owner in item.metadata.owner_references] == [uid]
+    ]
+    return budget
+
+
+def stream_answer(url: str, headers: dict[str, str], index: int) -> tuple[int, str, str]:
+    """One streamed answer through the gateway's Service: its status, its last event and the
+    text of its tokens."""
+    body = {
+        "model": BOT,
+        "messages": [{"role": "user", "content": f"Describe harbour boat number {index}."}],
+        "stream": True,
+        "user": f"roll-{index}",
+    }
+    last, text = "", []
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            last = line.removeprefix("data: ")
+            if last != "[DONE]":
+                for choice in json.loads(last)["choices"]:
+                    text.append(choice["delta"].get("content") or "")
+        return response.status_code, last, "".join(text)
+
+
+def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keeps_one_ready(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    custom = client.CustomObjectsApi(cluster.api_client())
+    # Longer answers than the stack's 48 tokens, so the roll lands while they stream.
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, BOT,
+        {"spec": {"gateway": {"replicas": 2, "maxTokens": 160}}},
+    )  # fmt: skip
+    wait_observed(cluster, "the new settings")
+    run(
+        cluster, "kubectl", "rollout", "status", "-n", NAMESPACE,
+        f"deployment/{BOT}-gateway", "--timeout=300s",
+    )  # fmt: skip
+    eventually(
+        lambda: gateway_ready_pods(cluster) == 2 and len(pods(cluster, "gateway")) == 2,
+        READY_TIMEOUT,
+        "two Ready gateways on the new settings",
+        interval=1,
+    )
+    assert budget_of(cluster, "gateway").spec.max_unavailable == 1
+    key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["admin"]
+    headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
+    url = service_url(cluster, "gateway", 8080) + "/v1/chat/completions"
+    old = {pod.metadata.uid for pod in pods(cluster, "gateway")}
+
+    # 20 answers streaming, then the gateway rolled as `kubectl rollout restart` does it.
+    with ThreadPoolExecutor(20) as pool:
+        answers = [pool.submit(stream_answer, url, headers, index) for index in range(20)]
+        time.sleep(2)
+        run(
+            cluster, "kubectl", "rollout", "restart", "-n", NAMESPACE,
+            f"deployment/{BOT}-gateway",
+        )  # fmt: skip
+        # The roll landed mid-way: an old pod was stopping while answers were still streaming.
+        eventually(
+            lambda: any(
+                pod.metadata.uid in old and pod.metadata.deletion_timestamp
+                for pod in pods(cluster, "gateway")
+            ),
+            READY_TIMEOUT,
+            "an old gateway pod to be stopping",
+            interval=0.5,
+        )
+        assert sum(answer.done() for answer in answers) < 20
+        results = [answer.result() for answer in answers]
+    for status, last, text in results:
+        assert (status, last) == (200, "[DONE]")
+        assert text.strip()
+    run(
+        cluster, "kubectl", "rollout", "status", "-n", NAMESPACE,
+        f"deployment/{BOT}-gateway", "--timeout=300s",
+    )  # fmt: skip
+    assert not old & {pod.metadata.uid for pod in pods(cluster, "gateway")}
+
+    # A node drain of the gateways: the budget lets one go at a time, and its replacement has
+    # nowhere to run (the only node is cordoned), so the other stays, Ready, to the end.
+    before_drain = {pod.metadata.uid for pod in pods(cluster, "gateway")}
+    with ready_gateways(cluster) as samples:
+        drained = cluster.run_tool(
+            "kubectl", "drain", NODE_NAME,
+            "--pod-selector", f"{INSTANCE},app.kubernetes.io/component=gateway",
+            "--delete-emptydir-data", "--ignore-daemonsets", "--timeout=30s",
+        )  # fmt: skip
+        run(cluster, "kubectl", "uncordon", NODE_NAME)
+    assert drained.returncode != 0, drained.stdout
+    assert "disruption budget" in drained.stderr + drained.stdout
+    assert len(samples) > 20
+    assert min(samples) >= 1, f"no Ready gateway at some point: {samples}"
+    # One was evicted: the drain really ran.
+    assert len(before_drain & {pod.metadata.uid for pod in pods(cluster, "gateway")}) == 1
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, BOT,
+        {"spec": {"gateway": {"replicas": 1, "maxTokens": 48}}},
+    )  # fmt: skip
+    eventually(
+        lambda: len(pods(cluster, "gateway")) == 1 and gateway_ready_pods(cluster) == 1,
+        READY_TIMEOUT,
+        "one Ready gateway",
+        interval=1,
+    )
+    # One replica: no budget to block the next drain.
+    with pytest.raises(ValueError):
+        budget_of(cluster, "gateway")
 
 
 def test_a_model_pod_deleted_mid_conversation_does_not_cost_the_next_answer(
@@ -591,14 +728,7 @@ def roll_back_model(cluster: ControlPlane, model: dict[str, Any]) -> None:
     """The spec put back, and the pods the StatefulSet made from the broken one deleted: a
     StatefulSet waits for a broken pod forever (Kubernetes' "forced rollback")."""
     patch_model(cluster, model)
-    eventually(
-        lambda: (
-            chatbot(cluster)["status"].get("observedGeneration")
-            == chatbot(cluster)["metadata"]["generation"]
-        ),
-        60,
-        "the operator to apply the rollback",
-    )
+    wait_observed(cluster, "the rollback")
     for pod in pods(cluster, "model"):
         if not is_ready(pod):
             try:
@@ -643,15 +773,9 @@ def gateway_ready_pods(cluster: ControlPlane) -> int:
     return sum(1 for pod in pods(cluster, "gateway") if is_ready(pod))
 
 
-def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
-    cluster: ControlPlane, stack: dict[str, Any]
-) -> None:
-    assert cluster.node is not None
-    new_tag = "0.1.0-upgrade"
-    for repository in ("ghcr.io/tertulia/operator", "ghcr.io/tertulia/tertulia"):
-        cluster.node.ctr(
-            "images", "tag", "--force", f"{repository}:0.1.0", f"{repository}:{new_tag}"
-        )
+@contextlib.contextmanager
+def ready_gateways(cluster: ControlPlane) -> Iterator[list[int]]:
+    """The number of Ready gateway pods, sampled four times a second while the block runs."""
     samples: list[int] = []
     stop = threading.Event()
 
@@ -663,6 +787,22 @@ def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
+        yield samples
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    assert cluster.node is not None
+    new_tag = "0.1.0-upgrade"
+    for repository in ("ghcr.io/tertulia/operator", "ghcr.io/tertulia/tertulia"):
+        cluster.node.ctr(
+            "images", "tag", "--force", f"{repository}:0.1.0", f"{repository}:{new_tag}"
+        )
+    with ready_gateways(cluster) as samples:
         run(
             cluster, "helm", "upgrade", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
             "--set", f"image.tag={new_tag}", "--set", f"workloadImage.tag={new_tag}",
@@ -677,9 +817,6 @@ def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
 
         eventually(converged, READY_TIMEOUT, "the gateway on the new image", interval=1)
         wait_ready(cluster)
-    finally:
-        stop.set()
-        watcher.join()
     assert len(samples) > 20
     assert min(samples) >= 1, f"no Ready gateway at some point: {samples}"
     # The ingest Job ran again from the new image, and finished.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -305,3 +306,64 @@ def test_metrics_on_their_own_port_and_sigterm_stops_both_servers(tmp_path: Path
     finally:
         gateway.stop()
         backend.stop()
+
+
+def test_sigterm_drains_the_gateway_and_every_answer_in_flight_completes(
+    tmp_path: Path, instruct_url: str
+) -> None:
+    streams = 20
+    gateway, url = start_gateway(
+        tmp_path,
+        {
+            **SETTINGS,
+            "BACKEND__URL": instruct_url,
+            "SHUTDOWN__DRAIN_DELAY_SECONDS": "3",
+            # The model answers one at a time: the last of 21 may wait minutes on a busy CPU.
+            "SHUTDOWN__GRACE_SECONDS": "600",
+        },
+        name="draining-gateway",
+    )
+    started = threading.Semaphore(0)
+    finished: list[tuple[int, list[tuple[str, dict[str, Any]]]]] = []
+
+    def ask(index: int) -> None:
+        body = {"message": f"Tell me about boat number {index}.", "conversation_id": f"d{index}"}
+        with httpx.stream("POST", f"{url}/chat/stream", json=body, timeout=600) as response:
+            started.release()
+            finished.append((response.status_code, list(read_events(response))))
+
+    workers = [threading.Thread(target=ask, args=(index,)) for index in range(streams)]
+    try:
+        for worker in workers:
+            worker.start()
+        for _ in range(streams):
+            assert started.acquire(timeout=60), "every stream has its answer's headers"
+        gateway.popen.send_signal(signal.SIGTERM)
+        # The signal landed mid-way: most answers were still to come.
+        in_flight_at_signal = streams - len(finished)
+        assert in_flight_at_signal >= streams // 2
+
+        # Draining: out of its Service, still answering, asking clients to reconnect elsewhere.
+        readiness = httpx.get(f"{url}/readyz", timeout=10)
+        assert (readiness.status_code, readiness.json()["status"]) == (503, "draining")
+        late = httpx.post(f"{url}/chat", json={"message": "One more, please."}, timeout=600)
+        assert late.status_code == 200
+        assert late.json()["response"].strip()
+        assert late.headers["connection"] == "close"
+
+        # Past the delay it stops listening, and finishes what it had.
+        time.sleep(3.5)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz", timeout=2)
+        for worker in workers:
+            worker.join(timeout=600)
+        assert len(finished) == streams
+        for status, events in finished:
+            assert status == 200
+            assert events[-1][0] == "done"
+            tokens = "".join(data["text"] for kind, data in events if kind == "token")
+            assert tokens.strip()
+            assert events[-1][1]["response"] == tokens
+        assert gateway.popen.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        gateway.stop()

@@ -96,6 +96,10 @@ def _start_llama_cpp(
             "--model_alias",
             alias,
             *options,
+            # Requests wait their turn, as at llama.cpp's own server: by default a new request
+            # cuts a streaming answer short.
+            "--interrupt_requests",
+            "false",
             "--n_threads",
             str(os.cpu_count() or 2),
             "--host",

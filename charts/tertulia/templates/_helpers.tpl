@@ -121,6 +121,10 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list, watch, create, patch, delete]
+# One per component that runs several replicas, so a node drain takes one at a time.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
 {{- if include "tertulia.peering" . }}
 # kopf's peering between replicas, when watching namespaces.
 - apiGroups: [kopf.dev]

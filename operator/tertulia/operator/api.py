@@ -436,6 +436,15 @@ class GatewaySpec(Spec):
         description="Serve the API's documentation (/docs, /redoc, /openapi.json) on the "
         "public port; /metrics and /stats are always on the `metrics` port (9090) only.",
     )
+    drain_seconds: int = Field(
+        120,
+        ge=1,
+        le=3600,
+        description="How long a stopping gateway pod (a roll, a node drain, a scale-down) may "
+        "take to finish the answers it is streaming, after 5 s in which it still serves but "
+        "fails its readiness, leaving its Service; longer than the longest answer. The pod's "
+        "termination grace period follows.",
+    )
 
 
 class SourceSpec(Spec):

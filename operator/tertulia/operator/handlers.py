@@ -47,6 +47,7 @@ _OWNED = (
     ("networking.k8s.io", "ingresses"),
     ("networking.k8s.io", "networkpolicies"),
     ("autoscaling", "horizontalpodautoscalers"),
+    ("policy", "poddisruptionbudgets"),
 )
 # How often a ChatBot waiting for a Secret looks again.
 SECRET_RETRY_SECONDS = 10.0
@@ -248,6 +249,7 @@ for _group, _version, _plural in (
     ("networking.k8s.io", "v1", "ingresses"),
     ("networking.k8s.io", "v1", "networkpolicies"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
 ):
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_on_child_event)
 

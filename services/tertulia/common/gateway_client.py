@@ -16,6 +16,9 @@ import httpx
 
 from tertulia.common import sse
 
+# Attempts again to open a connection, after httpcore's short backoff.
+CONNECT_RETRIES = 2
+
 
 class GatewayError(Exception):
     """Base of the client's errors; `message` is the gateway's reason, safe to show a user."""
@@ -108,7 +111,9 @@ class GatewayClient:
             headers=headers,
             # Tokens can be seconds apart on a busy CPU model: the read timeout is per chunk.
             timeout=httpx.Timeout(timeout, connect=5.0),
-            transport=transport,
+            # A connection refused (a gateway pod that has just stopped listening, before the
+            # Service drops it) is tried again: nothing was sent.
+            transport=transport or httpx.AsyncHTTPTransport(retries=CONNECT_RETRIES),
         )
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from tertulia.gateway.drain import Drain
 from tertulia.gateway.errors import install_error_handlers
 from tertulia.gateway.fastlane import FastLane, post_route
 from tertulia.gateway.metrics import GatewayMetrics
@@ -63,6 +64,8 @@ def create_app(
     )
     # Metrics exist before the lifespan so the middleware, built at start-up, can hold them.
     app.state.metrics = GatewayMetrics.create()
+    # Started by the server on SIGTERM (serving.py); /readyz and the middleware read it.
+    app.state.drain = Drain()
     if fast_lane:  # added first, so it runs inside the request-context middleware
         app.add_middleware(
             FastLane,
@@ -75,6 +78,7 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         metrics=app.state.metrics,
+        drain=app.state.drain,
         max_body_bytes=settings.limits.max_body_bytes,
         max_upload_bytes=settings.knowledge_base.max_upload_bytes,
     )

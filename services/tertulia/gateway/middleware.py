@@ -15,6 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tertulia.common.logging import request_id
+from tertulia.gateway.drain import Drain
 from tertulia.gateway.errors import PayloadTooLarge
 from tertulia.gateway.metrics import GatewayMetrics
 
@@ -37,9 +38,11 @@ class RequestContextMiddleware:
         metrics: GatewayMetrics,
         max_body_bytes: int,
         max_upload_bytes: int | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
+        self.drain = drain or Drain()
         self.max_body_bytes = max_body_bytes
         # Document uploads to the admin API may be larger than chat requests.
         self.max_upload_bytes = max_upload_bytes or max_body_bytes
@@ -65,6 +68,10 @@ class RequestContextMiddleware:
                     *message.get("headers", []),
                     (b"x-request-id", current.encode()),
                 ]
+                if self.drain.started is not None:
+                    # Stopping: the client's next request opens a connection to a replica
+                    # that stays.
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         received = 0

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from tertulia.gateway.app import create_app, create_metrics_app
+from tertulia.gateway.drain import DrainingServer
 from tertulia.gateway.settings import GatewaySettings
 
 
@@ -22,16 +23,18 @@ class _Follower(uvicorn.Server):
 
 def serve(settings: GatewaySettings, host: str, port: int) -> None:
     app = create_app(settings)
-    public = uvicorn.Server(
+    public = DrainingServer(
         uvicorn.Config(
             app,
             host=host,
             port=port,
             log_config=None,
             access_log=False,
-            # Streams end on their own; this bounds how long a shutdown waits for them.
-            timeout_graceful_shutdown=30,
-        )
+            # How long a shutdown waits for the answers in flight, once it stops listening.
+            timeout_graceful_shutdown=round(settings.shutdown.grace_seconds),
+        ),
+        app.state.drain,
+        settings.shutdown.drain_delay_seconds,
     )
     if settings.metrics_port is None:
         public.run()
@@ -50,7 +53,8 @@ def serve(settings: GatewaySettings, host: str, port: int) -> None:
 
 
 async def _serve_both(public: uvicorn.Server, metrics: uvicorn.Server) -> None:
-    """The public server, which handles SIGTERM, and the metrics server, stopped with it."""
+    """The public server, which handles SIGTERM (and drains), and the metrics server,
+    stopped with it."""
     follower = asyncio.create_task(metrics.serve())
     try:
         await public.serve()

@@ -107,6 +107,26 @@ class KnowledgeBaseSettings(KnowledgeSettings):
     )
 
 
+class ShutdownSettings(_Section):
+    """What the gateway does on SIGTERM (see drain.py): serve on while it leaves its Service's
+    endpoints, then finish the answers in flight."""
+
+    drain_delay_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Seconds the gateway keeps serving after SIGTERM, failing /readyz, so the "
+        "endpoints and load balancers stop sending to it before it stops listening.",
+    )
+    grace_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds the answers in flight may take to finish once it stops listening; "
+        "longer than the longest answer. Whatever is still streaming then is cut.",
+    )
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TERTULIA_GATEWAY_",
@@ -160,6 +180,7 @@ class GatewaySettings(BaseSettings):
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     knowledge_base: KnowledgeBaseSettings = Field(default_factory=KnowledgeBaseSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
 
     @classmethod
     def settings_customise_sources(

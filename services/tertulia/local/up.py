@@ -205,6 +205,9 @@ def _model_args(model: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "llama_cpp.server", *source, "--model_alias", Path(model).stem,
         "--n_ctx", "4096", "--verbose", "false", "--host", "127.0.0.1", "--port", str(port),
+        # One request at a time, each to its end: by default a new request cuts the answer
+        # streaming to someone else short (llama.cpp's own server never does).
+        "--interrupt_requests", "false",
     ]  # fmt: skip
 
 

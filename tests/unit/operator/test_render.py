@@ -460,3 +460,63 @@ def test_each_bot_presents_a_key_of_its_own_bound_to_its_platforms_users() -> No
         "discord": "discord:",
         "telegram": "telegram:",
     }
+
+
+def with_spec(bot: ChatBot, change: dict[str, Any]) -> ChatBot:
+    """`bot` with `change` merged into its spec (one level deep per section)."""
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    for section, values in change.items():
+        if isinstance(values, dict):
+            spec[section] = {**spec.get(section, {}), **values}
+        else:
+            spec[section] = values
+    return bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+
+
+def budgets(bot: ChatBot) -> dict[str, dict[str, Any]]:
+    """The PodDisruptionBudgets rendered, by the component they cover."""
+    return {
+        m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]: m
+        for m in render_all(bot, image=IMAGE)
+        if m["kind"] == "PodDisruptionBudget"
+    }
+
+
+def test_components_with_several_replicas_get_a_disruption_budget_of_one_at_a_time() -> None:
+    bot = example("local")
+    assert budgets(bot) == {}  # one replica each: a budget would only block drains
+
+    scaled_bot = with_spec(bot, {"gateway": {"replicas": 2}, "model": {"replicas": 3}})
+    scaled = budgets(scaled_bot)
+    assert set(scaled) == {"gateway", "model"}
+    for component, budget in scaled.items():
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        workload = next(
+            m
+            for m in render_all(scaled_bot, image=IMAGE)
+            if m["kind"] in ("Deployment", "StatefulSet")
+            and m["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        )
+        template_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+
+    autoscaled = with_spec(bot, {"gateway": {"autoscaling": {"minReplicas": 1}}})
+    assert set(budgets(autoscaled)) == {"gateway"}
+
+
+def test_gateway_pods_spread_over_nodes_and_stay_long_enough_to_finish_their_answers() -> None:
+    bot = with_spec(example("local"), {"gateway": {"drainSeconds": 300}})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    pod = manifests["Deployment", f"{bot.name}-gateway"]["spec"]["template"]["spec"]
+    # The drain's delay, its grace, and the kubelet's margin.
+    assert pod["terminationGracePeriodSeconds"] == 5 + 300 + 5
+    assert gateway_config(bot)["shutdown"] == {"drain_delay_seconds": 5, "grace_seconds": 300}
+    keys = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(keys) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in keys.values():
+        # A preference: a one-node cluster still runs every replica.
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+            "gateway"
+        )

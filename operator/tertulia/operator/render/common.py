@@ -144,6 +144,38 @@ def stateful_set(
     return _workload(bot, "StatefulSet", component, spec)
 
 
+def disruption_budget(bot: ChatBot, component: str) -> Manifest:
+    """A PodDisruptionBudget for a component of several replicas: a node drain or an
+    eviction takes one of them at a time, never all. A pod that is not Ready may always be
+    evicted, so a broken one cannot hold a drain up."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(bot, component),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(bot, component)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def spread(bot: ChatBot, component: str) -> list[dict[str, Any]]:
+    """Topology spread constraints: a component's replicas on different zones and nodes
+    where the cluster has them, on any node where it has not (a preference, not a rule).
+    Counted per revision, so a rolling update spreads its new pods too."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(bot, component)},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+
+
 def claim_spec(
     size: str, storage_class_name: str | None, access_mode: str = "ReadWriteOnce"
 ) -> dict[str, Any]:

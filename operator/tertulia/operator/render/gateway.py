@@ -1,4 +1,5 @@
-"""The gateway: its config file (a ConfigMap), Deployment, Service, and optional Ingress and HPA."""
+"""The gateway: its config file (a ConfigMap), Deployment, Service, and optional Ingress, HPA
+and PodDisruptionBudget."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tertulia.operator.render.common import (
     METRICS_PORT,
     Manifest,
     deployment,
+    disruption_budget,
     http_probe,
     metadata,
     pod_spec,
@@ -20,6 +22,7 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     secrets_version,
     service,
+    spread,
 )
 from tertulia.operator.render.knowledge import (
     key_volume,
@@ -36,6 +39,11 @@ GENERATED_KEYS = ("admin", *BOT_IDENTITIES)
 PORT = 8080
 CONFIG_PATH = "/etc/tertulia"
 KEYS_PATH = "/etc/tertulia/api-keys"
+# Seconds a stopping gateway keeps serving, failing its readiness, while its Service's
+# endpoints and any load balancer stop sending to it (services/tertulia/gateway/drain.py).
+DRAIN_DELAY_SECONDS = 5
+# Seconds the kubelet allows past the drain before it kills the container.
+KILL_MARGIN_SECONDS = 5
 
 
 def api_keys_secret(bot: ChatBot) -> str:
@@ -93,6 +101,10 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
         },
         "moderation": {"blocked_terms": list(gateway.moderation.blocked_terms)},
         "knowledge_base": knowledge_base_settings(bot),
+        "shutdown": {
+            "drain_delay_seconds": DRAIN_DELAY_SECONDS,
+            "grace_seconds": gateway.drain_seconds,
+        },
     }
 
 
@@ -170,6 +182,10 @@ def render_gateway(
         [container],
         volumes=volumes,
         securityContext={"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        terminationGracePeriodSeconds=DRAIN_DELAY_SECONDS
+        + gateway.drain_seconds
+        + KILL_MARGIN_SECONDS,
+        topologySpreadConstraints=spread(bot, COMPONENT),
     )
     replicas = gateway.autoscaling.min_replicas if gateway.autoscaling else gateway.replicas
     manifests = [
@@ -186,6 +202,8 @@ def render_gateway(
         ),
         service(bot, COMPONENT, PORT, "http", metrics="metrics"),
     ]
+    if replicas > 1 or gateway.autoscaling is not None:
+        manifests.append(disruption_budget(bot, COMPONENT))
     if gateway.ingress is not None:
         manifests.append(_ingress(bot))
     if gateway.autoscaling is not None:

@@ -12,6 +12,7 @@ from tertulia.operator.render.common import (
     Manifest,
     claim_spec,
     deployment,
+    disruption_budget,
     http_probe,
     labels,
     metadata,
@@ -188,6 +189,8 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
         manifests.insert(0, _stateful_set(bot, pod))
     else:
         manifests.insert(0, deployment(bot, COMPONENT, model.replicas, pod))
+    if model.replicas > 1:
+        manifests.append(disruption_budget(bot, COMPONENT))
     if model.cache is not None and not per_replica:
         manifests.insert(
             0,

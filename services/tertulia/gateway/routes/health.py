@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tertulia.gateway.deps import ServicesDep
@@ -33,9 +33,14 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(services: ServicesDep) -> JSONResponse:
+async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """Ready when the model server and the store answer; a failing knowledge base degrades
-    the answers (no context) without taking the gateway out of service."""
+    the answers (no context) without taking the gateway out of service. A gateway that is
+    stopping says so, whatever its dependencies, so it leaves its Service's endpoints."""
+    drain = request.app.state.drain
+    if drain.draining:
+        body = {"status": "draining", "seconds": round(drain.elapsed(), 1)}
+        return JSONResponse(body, status_code=503)
     checks: dict[str, Any] = {}
     names = ["backend", "store"]
     pings = [services.backend.ping, services.store.ping]
