@@ -338,6 +338,12 @@ class MemorySpec(Spec):
         "emptyDir, lost with the pod.",
     )
     storage: str = Field("1Gi", description="The claim's size, as a Kubernetes quantity.")
+    when_unavailable: Literal["answer", "refuse"] = Field(
+        "answer",
+        description="While Redis cannot be reached: `answer` without the conversation's "
+        "history, with a notice to the user, and without remembering the turn; or `refuse` "
+        "(503 with Retry-After: the bots say to try again).",
+    )
     storage_class_name: str | None = Field(
         None, description="StorageClass of the claim; the cluster's default when unset."
     )
@@ -357,6 +363,11 @@ class RateLimitSpec(Spec):
         20, ge=1, le=100_000, description="Sustained requests per user."
     )
     burst: int = Field(5, ge=1, le=10_000, description="Requests a user may make at once.")
+    when_unavailable: Literal["allow", "refuse"] = Field(
+        "allow",
+        description="While Redis cannot be reached: `allow` requests without a limit (fail "
+        "open) or `refuse` them with 503 and Retry-After (fail closed).",
+    )
 
 
 class ModerationSpec(Spec):

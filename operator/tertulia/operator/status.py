@@ -9,6 +9,7 @@ from typing import Any
 from tertulia.operator.api import (
     CONDITION_TYPES,
     ChatBot,
+    ChatBotSpec,
     ChatBotStatus,
     Condition,
     EndpointsStatus,
@@ -193,6 +194,18 @@ def _workload(
     return False, "NotReady", counted
 
 
+def _without_redis(spec: ChatBotSpec) -> str:
+    """What the gateway does while Redis is away, as the spec says."""
+    if spec.gateway.rate_limit.when_unavailable == "refuse":
+        return "meanwhile the gateway refuses requests (rateLimit.whenUnavailable: refuse)"
+    if spec.gateway.memory.when_unavailable == "refuse":
+        return (
+            "meanwhile the gateway refuses chats (memory.whenUnavailable: refuse) and serves "
+            "its OpenAI-compatible API without rate limits"
+        )
+    return "meanwhile the gateway answers without memory and without rate limits"
+
+
 def compute_status(
     bot: ChatBot,
     workloads: dict[str, Workload],
@@ -215,6 +228,9 @@ def compute_status(
         results["ModelReady"] = _workload(workloads, "model", "model server", troubles)
     results["GatewayReady"] = _workload(workloads, "gateway", "gateway", troubles)
     results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
+    if not results["MemoryReady"][0]:
+        ready, reason, message = results["MemoryReady"]
+        results["MemoryReady"] = (ready, reason, f"{message}; {_without_redis(spec)}")
     if spec.knowledge_base.enabled:
         results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate", troubles)
         if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):

@@ -48,6 +48,11 @@ RATE_LIMITED = (
 )
 EMPTY_ANSWER = "_(The model gave an empty answer. Please rephrase your question.)_"
 CUT_OFF = "\n\n_(The answer was interrupted. Please ask again.)_"
+# After an answer the gateway gave without the conversation's memory (its store was away).
+FORGETFUL = (
+    "\n\n_(My memory of this conversation is unavailable for a moment: I answered without "
+    "what was said before, and will not remember this exchange.)_"
+)
 
 # Words that are commands when they are the whole message, with or without a / or ! prefix.
 _COMMANDS = {"reset": "reset", "forget": "reset", "help": "help", "start": "help"}
@@ -197,12 +202,15 @@ class Adapter:
         writer = _PieceWriter(reply, self.stream_interval)
         typing = asyncio.create_task(self._keep_typing(reply))
         sources: list[Source] = []
+        notice = ""
         try:
             async for event in self.gateway.stream_chat(
                 question, conversation_id=message.conversation_id, user=message.gateway_user
             ):
                 if event.kind == "meta":
                     sources = event.sources
+                if event.kind in ("meta", "done") and event.data.get("notice"):
+                    notice = FORGETFUL
                 elif event.kind == "token" and event.text:
                     typing.cancel()
                     await writer.add(event.text)
@@ -217,7 +225,7 @@ class Adapter:
         if not writer.started:
             await reply.say(EMPTY_ANSWER)
             return
-        pieces = await writer.close(format_sources(sources))
+        pieces = await writer.close(format_sources(sources) + notice)
         self.metrics.sent.labels(message.platform).inc(pieces)
 
     def _failure_text(self, message: IncomingMessage, error: Exception) -> str:

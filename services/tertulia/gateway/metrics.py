@@ -19,6 +19,7 @@ class GatewayMetrics:
     backend_errors: Counter
     rate_limited: Counter
     moderated: Counter
+    degraded: Counter
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -54,6 +55,13 @@ class GatewayMetrics:
                 "tertulia_gateway_backend_errors",
                 "Failed calls to the model server, by kind.",
                 ["kind"],
+                registry=registry,
+            ),
+            degraded=Counter(
+                "tertulia_gateway_degraded",
+                "Requests answered without a feature whose store (Redis) could not be reached: "
+                "memory or rate_limit.",
+                ["feature"],
                 registry=registry,
             ),
             rate_limited=Counter(

@@ -68,6 +68,11 @@ class ChatResponse(BaseModel):
     sources: list[Source]
     finish_reason: str = "stop"
     usage: Usage | None = None
+    notice: str | None = Field(
+        None,
+        description="Set when the answer was given without a feature: conversation memory "
+        "was unavailable, so it did not see the history and the turn is not remembered.",
+    )
 
 
 class Conversation(BaseModel):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tertulia.gateway.backend import Backend
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline.auth import ApiKeys
 from tertulia.gateway.pipeline.moderation import Moderator
+from tertulia.gateway.pipeline.outage import StoreOutage
 from tertulia.gateway.pipeline.retrieval import Retriever
 from tertulia.gateway.settings import BackendSettings, GatewaySettings
 from tertulia.gateway.store import Store, open_store
@@ -27,6 +28,8 @@ class Services:
     api_keys: ApiKeys
     moderator: Moderator
     retriever: Retriever | None = None
+    # Whether the store failed a moment ago: requests then skip it (pipeline/outage.py).
+    outage: StoreOutage = field(default_factory=StoreOutage)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pydantic_settings import (
@@ -62,6 +63,12 @@ class MemorySettings(_Section):
     ttl_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="A conversation idle this long is forgotten."
     )
+    when_unavailable: Literal["answer", "refuse"] = Field(
+        "answer",
+        description="While Redis cannot be reached: `answer` without the conversation's "
+        "history, saying so, and without remembering the turn; `refuse` with 503 and "
+        "Retry-After.",
+    )
 
 
 class RateLimitSettings(_Section):
@@ -74,6 +81,11 @@ class RateLimitSettings(_Section):
         600.0, gt=0, description="Sustained rate for one API key, all its users together."
     )
     key_burst: int = Field(50, ge=1, description="Requests one API key may make at once.")
+    when_unavailable: Literal["allow", "refuse"] = Field(
+        "allow",
+        description="While Redis cannot be reached: `allow` requests unlimited (fail open), "
+        "or `refuse` them with 503 and Retry-After (fail closed).",
+    )
 
 
 class ModerationSettings(_Section):

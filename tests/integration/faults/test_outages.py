@@ -1,6 +1,7 @@
 """Faults under chat load: Redis, the model server and Weaviate, each killed (SIGKILL) while
 clients chat, and started again. A client sees only 200s, and 503s that say when to retry;
-no other 5xx; and no turn answered 200 goes missing from its conversation."""
+no other 5xx. Without Redis the answers go on without memory, saying so, and /readyz says
+why; no turn answered 200 without that notice goes missing from its conversation."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -29,6 +31,7 @@ class Exchange:
     message: str
     status: int
     retry_after: str | None
+    notice: str | None = None
 
 
 def kill(process: ManagedProcess) -> None:
@@ -82,6 +85,7 @@ def test_outages_under_load_give_503s_with_retry_after_and_lose_no_answered_turn
                     message,
                     answer.status_code,
                     answer.headers.get("retry-after"),
+                    answer.json().get("notice") if answer.status_code == 200 else None,
                 )
             )
             if answer.status_code != 200:
@@ -102,13 +106,24 @@ def test_outages_under_load_give_503s_with_retry_after_and_lose_no_answered_turn
         "weaviate": lambda: start_weaviate(tmp_path / "weaviate", address=address)[0],
     }
     back: dict[str, float] = {}
+    killed: dict[str, float] = {}
+    readiness_without_redis: dict[str, Any] = {}
     try:
         eventually(lambda: answered_after(0), 120, "answers before any fault")
         for name in ("redis", "model", "weaviate"):
+            killed[name] = time.monotonic()
             if name == "weaviate":
                 running[name].stop()  # answers go on without context meanwhile
             else:
                 kill(running[name])
+            if name == "redis":
+                # Answers go on without memory, saying so; the gateway stays Ready, degraded.
+                eventually(
+                    lambda: any(e.notice for e in exchanges if e.at > killed["redis"]),
+                    60,
+                    "an answer without memory",
+                )
+                readiness_without_redis.update(httpx.get(f"{url}/readyz", timeout=10).json())
             time.sleep(2)
             running[name] = restart[name]()
             back[name] = time.monotonic()
@@ -128,6 +143,14 @@ def test_outages_under_load_give_503s_with_retry_after_and_lose_no_answered_turn
         assert set(statuses) <= {200, 503}, statuses
         assert statuses[503] > 0, "no outage was ever seen: the faults landed nowhere"
         assert all(e.retry_after for e in exchanges if e.status == 503)
+        assert readiness_without_redis["status"] == "degraded", readiness_without_redis
+        store = readiness_without_redis["checks"]["store"]
+        assert store["status"] == "down"
+        assert store["without"]["memory"] == "answering without history"
+        # Without Redis, answers carried the notice; with it, none did.
+        assert all(
+            e.notice is None for e in exchanges if e.status == 200 and e.at < killed["redis"]
+        )
         # Every turn answered since Redis came back is in its conversation (Redis keeps
         # memory in RAM: what it held before its restart is gone, as documented).
         for client in range(CLIENTS):
@@ -138,7 +161,10 @@ def test_outages_under_load_give_503s_with_retry_after_and_lose_no_answered_turn
             answered = {
                 e.message
                 for e in exchanges
-                if e.client == client and e.status == 200 and e.at > back["redis"]
+                if e.client == client
+                and e.status == 200
+                and e.notice is None
+                and e.at > back["redis"]
             }
             assert answered <= remembered, json.dumps(sorted(answered - remembered))
     finally:

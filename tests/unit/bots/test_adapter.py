@@ -11,6 +11,7 @@ import pytest
 
 from tertulia.bots.adapter import (
     CUT_OFF,
+    FORGETFUL,
     HELP_TEXT,
     RESET_DONE,
     UNAVAILABLE,
@@ -52,9 +53,16 @@ class RecordingReply(Reply):
 
 
 def sse(
-    tokens: list[str], *, sources: list[dict[str, Any]] | None = None, error: bool = False
+    tokens: list[str],
+    *,
+    sources: list[dict[str, Any]] | None = None,
+    error: bool = False,
+    notice: str | None = None,
 ) -> bytes:
-    events = [("meta", {"conversation_id": "c", "sources": sources or []})]
+    meta: dict[str, Any] = {"conversation_id": "c", "sources": sources or []}
+    if notice:
+        meta["notice"] = notice
+    events = [("meta", meta)]
     events += [("token", {"text": token}) for token in tokens]
     events.append(("error", {"code": "backend_error", "message": "cut"}) if error else ("done", {}))
     return b"".join(
@@ -143,6 +151,14 @@ async def test_a_stream_cut_mid_answer_keeps_what_came_and_says_so() -> None:
     reply = RecordingReply()
     await adapter.handle(message(), reply)
     assert reply.pieces == ["Half an answer" + CUT_OFF]
+
+
+async def test_an_answer_given_without_memory_tells_the_user() -> None:
+    notice = "Conversation memory is unavailable for a moment."
+    adapter, _ = adapter_for(lambda _: httpx.Response(200, content=sse(["Hi."], notice=notice)))
+    reply = RecordingReply()
+    await adapter.handle(message(), reply)
+    assert reply.pieces == ["Hi." + FORGETFUL]
 
 
 async def test_reset_and_help_commands() -> None:

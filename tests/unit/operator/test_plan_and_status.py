@@ -16,7 +16,7 @@ from tertulia.operator.status import (
     compute_status,
     failed_status,
 )
-from tests.unit.operator.test_render import example
+from tests.unit.operator.test_render import example, with_spec
 
 
 def deployment(name: str) -> dict[str, object]:
@@ -179,3 +179,22 @@ def test_a_source_configmap_not_there_yet_shows_on_the_knowledge_base() -> None:
     message = next(c.message for c in status.conditions if c.type == "KnowledgeBaseReady")
     assert "team-docs" in message
     assert status.phase == "Degraded"
+
+
+@pytest.mark.parametrize(
+    ("when", "says"),
+    [
+        ({}, "answers without memory and without rate limits"),
+        ({"memory": {"whenUnavailable": "refuse"}}, "refuses chats"),
+        ({"rateLimit": {"whenUnavailable": "refuse"}}, "refuses requests"),
+    ],
+)
+def test_redis_not_ready_says_what_the_gateway_does_meanwhile(
+    when: dict[str, object], says: str
+) -> None:
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"gateway": when})
+    status = compute_status(bot, {**READY, "memory": Workload(1, 0)}, [], ChatBotStatus())
+    memory = next(c for c in status.conditions if c.type == "MemoryReady")
+    assert (memory.status, memory.reason) == ("False", "NotReady")
+    assert memory.message.startswith("0/1 Redis replicas Ready; meanwhile the gateway ")
+    assert says in memory.message

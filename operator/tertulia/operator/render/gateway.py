@@ -94,10 +94,12 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
             "max_turns": gateway.memory.max_turns,
             "max_tokens": gateway.memory.max_tokens,
             "ttl_seconds": gateway.memory.ttl_seconds,
+            "when_unavailable": gateway.memory.when_unavailable,
         },
         "rate_limit": {
             "requests_per_minute": gateway.rate_limit.requests_per_minute,
             "burst": gateway.rate_limit.burst,
+            "when_unavailable": gateway.rate_limit.when_unavailable,
         },
         "moderation": {"blocked_terms": list(gateway.moderation.blocked_terms)},
         "knowledge_base": knowledge_base_settings(bot),

@@ -19,7 +19,8 @@ from fastapi.sse import format_sse_event
 
 from tertulia.common.logging import content
 from tertulia.gateway.backend import BackendStream
-from tertulia.gateway.errors import GatewayError
+from tertulia.gateway.errors import GatewayError, MemoryUnavailable
+from tertulia.gateway.pipeline import outage
 from tertulia.gateway.pipeline.auth import Identity, acting_user
 from tertulia.gateway.pipeline.checks import check_text
 from tertulia.gateway.pipeline.memory import (
@@ -48,6 +49,8 @@ class PreparedChat:
     passages: list[Passage]
     temperature: float
     started: float
+    # Set when the store was away: the answer says so, and the turn is not saved.
+    notice: str | None = None
 
     @property
     def sources(self) -> list[Source]:
@@ -74,10 +77,13 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
         else None
     )
     # The rate limit and the conversation's history in one round trip to the store.
-    admission = await services.store.admit(
+    admission, notice = await outage.admit(
+        services.store,
+        services.outage,
+        settings,
+        services.metrics,
         limited_buckets(settings.rate_limit, identity, user),
         remembered(settings.memory, known),
-        settings.memory.max_tokens,
     )
     refuse_over_limit(admission.verdict, services.metrics)
     check_text("message", request.message, settings.limits.max_message_chars, required=True)
@@ -117,6 +123,7 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
         passages=passages,
         temperature=settings.temperature if request.temperature is None else request.temperature,
         started=started,
+        notice=notice,
     )
 
 
@@ -130,14 +137,35 @@ async def answer(services: Services, prepared: PreparedChat) -> ChatResponse:
         reply, finish_reason = services.moderator.refusal, CONTENT_FILTER
     usage = Usage.model_validate(result["usage"]) if result.get("usage") else None
     count_tokens(services, usage)
-    await remember(services.store, services.settings.memory, prepared.key, prepared.message, reply)
+    notice = await save_turn(services, prepared, reply, refuse=True)
     return ChatResponse(
         response=reply,
         conversation_id=prepared.conversation_id,
         sources=prepared.sources,
         finish_reason=finish_reason,
         usage=usage,
+        notice=notice,
     )
+
+
+async def save_turn(
+    services: Services, prepared: PreparedChat, reply: str, *, refuse: bool
+) -> str | None:
+    """Remember the turn, unless the store was away when the request came; the notice the
+    answer carries. A store that fails now raises (with `refuse`, for a whole answer and
+    `memory.when_unavailable: refuse`) or the answer says the turn was not remembered."""
+    if prepared.notice is not None:
+        return prepared.notice
+    settings = services.settings
+    try:
+        await remember(services.store, settings.memory, prepared.key, prepared.message, reply)
+    except MemoryUnavailable:
+        services.outage.failed()
+        if refuse and settings.memory.when_unavailable == "refuse":
+            raise
+        services.metrics.degraded.labels("memory").inc()
+        return outage.MEMORY_NOTICE
+    return None
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -148,13 +176,13 @@ async def stream_events(
     services: Services, prepared: PreparedChat, stream: BackendStream
 ) -> AsyncIterator[bytes]:
     """`meta` (conversation id, sources), `token`s, then `done` with the whole reply, or `error`."""
-    yield sse(
-        "meta",
-        {
-            "conversation_id": prepared.conversation_id,
-            "sources": [source.model_dump() for source in prepared.sources],
-        },
-    )
+    meta: dict[str, Any] = {
+        "conversation_id": prepared.conversation_id,
+        "sources": [source.model_dump() for source in prepared.sources],
+    }
+    if prepared.notice is not None:
+        meta["notice"] = prepared.notice
+    yield sse("meta", meta)
     parts: list[str] = []
     finish_reason = "stop"
     usage: Usage | None = None
@@ -188,21 +216,21 @@ async def stream_events(
     reply = services.moderator.refusal if finish_reason == CONTENT_FILTER else "".join(parts)
     # llama.cpp does not report usage in streams; there each chunk carries one token.
     count_tokens(services, usage or Usage(completion_tokens=len(parts)))
+    # The user has the answer: a memory failure now must not take it back.
+    done: dict[str, Any] = {
+        "conversation_id": prepared.conversation_id,
+        "response": reply,
+        "finish_reason": finish_reason,
+        "usage": usage.model_dump() if usage else None,
+    }
     try:
-        await remember(
-            services.store, services.settings.memory, prepared.key, prepared.message, reply
-        )
-    except Exception as error:  # the user has the answer; a memory failure must not take it back
-        logger.error("could not save the turn", extra={"error": str(error)})
-    yield sse(
-        "done",
-        {
-            "conversation_id": prepared.conversation_id,
-            "response": reply,
-            "finish_reason": finish_reason,
-            "usage": usage.model_dump() if usage else None,
-        },
-    )
+        notice = await save_turn(services, prepared, reply, refuse=False)
+    except Exception as error:
+        logger.error("could not save the turn", extra={"error": type(error).__name__})
+        notice = outage.MEMORY_NOTICE
+    if notice is not None:
+        done["notice"] = notice
+    yield sse("done", done)
 
 
 def count_tokens(services: Services, usage: Usage | None) -> None:

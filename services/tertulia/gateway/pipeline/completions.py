@@ -30,7 +30,8 @@ async def prepare_completion(
     settings = services.settings
     await enforce_rate_limit(
         services.store,
-        settings.rate_limit,
+        services.outage,
+        settings,
         services.metrics,
         identity,
         acting_user(identity, request.user, settings.user_prefixes),

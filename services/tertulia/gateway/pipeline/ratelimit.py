@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from tertulia.gateway.errors import RateLimited
 from tertulia.gateway.metrics import GatewayMetrics
+from tertulia.gateway.pipeline import outage
 from tertulia.gateway.pipeline.auth import Identity
-from tertulia.gateway.settings import RateLimitSettings
+from tertulia.gateway.settings import GatewaySettings, RateLimitSettings
 from tertulia.gateway.store import Bucket, BucketVerdict, Store, hashed_key
 
 
@@ -28,15 +29,18 @@ def buckets_for(settings: RateLimitSettings, identity: Identity, user: str) -> l
 
 async def enforce_rate_limit(
     store: Store,
-    settings: RateLimitSettings,
+    store_outage: outage.StoreOutage,
+    settings: GatewaySettings,
     metrics: GatewayMetrics,
     identity: Identity,
     user: str,
 ) -> None:
-    """Take one request from the user's and the key's buckets, or raise 429 with Retry-After."""
-    if not settings.enabled:
+    """Take one request from the user's and the key's buckets, or raise 429 with Retry-After
+    (while the store is away: as `rate_limit.when_unavailable` says)."""
+    if not settings.rate_limit.enabled:
         return
-    refuse_over_limit(await store.take(buckets_for(settings, identity, user)), metrics)
+    buckets = buckets_for(settings.rate_limit, identity, user)
+    refuse_over_limit(await outage.take(store, store_outage, settings, metrics, buckets), metrics)
 
 
 def limited_buckets(settings: RateLimitSettings, identity: Identity, user: str) -> list[Bucket]:

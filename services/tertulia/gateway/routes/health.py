@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tertulia.gateway.deps import ServicesDep
+from tertulia.gateway.pipeline import outage
 
 router = APIRouter(tags=["health"])
 
@@ -34,7 +35,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
-    """Ready when the model server and the store answer; a failing knowledge base degrades
+    """Ready when the model server answers, and the store too unless every feature using it
+    answers without it (`checks.store.without` says how); a failing knowledge base degrades
     the answers (no context) without taking the gateway out of service. A gateway that is
     stopping says so, whatever its dependencies, so it leaves its Service's endpoints."""
     drain = request.app.state.drain
@@ -49,8 +51,16 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
         pings.append(services.retriever.ping)
     results = await asyncio.gather(*(_check(ping) for ping in pings))
     checks = dict(zip(names, results, strict=True))
-    checks["store"]["kind"] = "redis" if services.settings.redis_url else "in-process"
-    required_up = all(checks[name]["status"] == "up" for name in ("backend", "store"))
+    settings = services.settings
+    checks["store"]["kind"] = "redis" if settings.redis_url else "in-process"
+    # Without its store the gateway answers on, unless a feature is set to refuse.
+    required = ["backend"]
+    if checks["store"]["status"] != "up":
+        if outage.tolerated(settings, limited=settings.rate_limit.enabled):
+            checks["store"]["without"] = outage.degraded_features(settings)
+        else:
+            required.append("store")
+    required_up = all(checks[name]["status"] == "up" for name in required)
     if not required_up:
         status = "unavailable"
     elif any(check["status"] != "up" for check in checks.values()):

@@ -1,0 +1,120 @@
+"""What each feature does while the store (Redis) cannot be reached, as configured.
+
+Memory (`memory.when_unavailable`): `answer` without the conversation's history, with a
+notice, and without remembering the turn; or `refuse` (503, Retry-After). The rate limit
+(`rate_limit.when_unavailable`): `allow` requests unlimited (fail open) or `refuse` them (fail
+closed). Event claims (the bots' de-duplication) always answer 503: the bots then rely on
+what their own process has seen, so a redelivery to the same bot is still dropped.
+
+Once the store has failed, requests skip it for a moment (`PAUSE_SECONDS`) rather than each
+waiting out the Redis client's retries; the first request after that tries it again, so
+everything recovers by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tertulia.gateway.errors import MemoryUnavailable
+from tertulia.gateway.metrics import GatewayMetrics
+from tertulia.gateway.settings import GatewaySettings
+from tertulia.gateway.store import Admission, Bucket, BucketVerdict, Store
+
+MEMORY_NOTICE = (
+    "Conversation memory is unavailable for a moment: this answer does not know what was said "
+    "before, and this turn will not be remembered."
+)
+# How long requests skip a store that has just failed.
+PAUSE_SECONDS = 2.0
+
+
+class StoreOutage:
+    """The store's recent failures, shared by the requests of one gateway process."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+
+    def paused(self) -> bool:
+        return time.monotonic() < self.until
+
+    def failed(self) -> None:
+        self.until = time.monotonic() + PAUSE_SECONDS
+
+
+def tolerated(settings: GatewaySettings, *, limited: bool) -> bool:
+    """Whether a request (`limited`: rate limited) may be answered without the store: no
+    feature it uses is set to refuse."""
+    if limited and settings.rate_limit.when_unavailable == "refuse":
+        return False
+    return not (settings.memory.max_turns and settings.memory.when_unavailable == "refuse")
+
+
+def degraded_features(settings: GatewaySettings) -> dict[str, str]:
+    """What the gateway does without its store, per feature that uses it: for /readyz."""
+    features = {}
+    if settings.memory.max_turns:
+        features["memory"] = (
+            "answering without history"
+            if settings.memory.when_unavailable == "answer"
+            else "refusing (503)"
+        )
+    if settings.rate_limit.enabled:
+        features["rate_limit"] = (
+            "not enforced" if settings.rate_limit.when_unavailable == "allow" else "refusing (503)"
+        )
+    return features
+
+
+async def admit(
+    store: Store,
+    outage: StoreOutage,
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    buckets: list[Bucket],
+    key: str | None,
+) -> tuple[Admission, str | None]:
+    """The store's admission (rate limit and history), or, while the store is away and every
+    feature used tolerates it, one without either and the notice the answer carries."""
+    if not outage.paused():
+        try:
+            return await store.admit(buckets, key, settings.memory.max_tokens), None
+        except MemoryUnavailable:
+            outage.failed()
+            if not tolerated(settings, limited=bool(buckets)):
+                raise
+    elif not tolerated(settings, limited=bool(buckets)):
+        raise MemoryUnavailable(
+            "conversation memory cannot be reached; try again shortly", retry_after=PAUSE_SECONDS
+        )
+    if buckets:
+        metrics.degraded.labels("rate_limit").inc()
+    notice = None
+    if settings.memory.max_turns:
+        metrics.degraded.labels("memory").inc()
+        notice = MEMORY_NOTICE
+    return Admission(BucketVerdict(True, 0.0), []), notice
+
+
+async def take(
+    store: Store,
+    outage: StoreOutage,
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    buckets: list[Bucket],
+) -> BucketVerdict:
+    """The rate limit's verdict, or, while the store is away and the limit fails open, a pass."""
+    refuse = settings.rate_limit.when_unavailable == "refuse"
+    if not outage.paused():
+        try:
+            return await store.take(buckets)
+        except MemoryUnavailable:
+            outage.failed()
+            if refuse:
+                raise
+    elif refuse:
+        raise MemoryUnavailable(
+            "the rate limit's store cannot be reached; try again shortly",
+            retry_after=PAUSE_SECONDS,
+        )
+    metrics.degraded.labels("rate_limit").inc()
+    return BucketVerdict(True, 0.0)
