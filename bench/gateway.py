@@ -339,6 +339,7 @@ def start_gateway(
         {
             "TERTULIA_GATEWAY_PORT": str(port),
             "TERTULIA_GATEWAY_LOG_LEVEL": "warning",
+            "TERTULIA_GATEWAY_SHUTDOWN__DRAIN_DELAY_SECONDS": "0",
             **{f"TERTULIA_GATEWAY_{key}": value for key, value in settings.items()},
         },
     ).start()

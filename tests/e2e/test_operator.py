@@ -580,6 +580,34 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": {"name": "m", "startupTimeoutSeconds": 5}},
         "spec.model.startupTimeoutSeconds",
     ),
+    (
+        "an external redis without tls",
+        {
+            "model": {"name": "m"},
+            "gateway": {
+                "memory": {
+                    "external": {
+                        "url": "redis://cache.example.com:6379/0",
+                        "passwordSecretRef": {"name": "cache", "key": "password"},
+                    }
+                }
+            },
+        },
+        "spec.gateway.memory.external.url",
+    ),
+    (
+        "an external redis without a password",
+        {
+            "model": {"name": "m"},
+            "gateway": {"memory": {"external": {"url": "rediss://cache.example.com:6380/0"}}},
+        },
+        "spec.gateway.memory.external.passwordSecretRef",
+    ),
+    (
+        "a redis that refuses in a way the gateway has not",
+        {"model": {"name": "m"}, "gateway": {"memory": {"whenUnavailable": "wait"}}},
+        "spec.gateway.memory.whenUnavailable",
+    ),
 ]
 
 

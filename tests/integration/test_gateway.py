@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from tests.testbed.pki import issue, write_pki
 from tests.testbed.process import ManagedProcess, free_port
 from tests.testbed.servers import (
     start_fake_backend,
@@ -237,14 +238,75 @@ def test_a_redis_with_a_password_holds_memory_for_the_gateway_that_has_it(
             assert [turn["role"] for turn in turns.json()["turns"]] == ["user", "assistant"]
         finally:
             with_password.stop()
-        # Without it, the gateway is not ready: its store refuses it.
+        # Without it, its store refuses it: the gateway answers without memory, and says so.
         without, url = start_gateway(tmp_path, settings, name="refused")
         try:
-            ready = httpx.get(f"{url}/readyz", timeout=10)
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["store"]["status"] != "up"
+            assert_store_refuses(url)
         finally:
             without.stop()
+    finally:
+        redis_process.stop()
+
+
+def assert_store_refuses(url: str) -> None:
+    """The gateway at `url` cannot use its Redis: ready but degraded, answering without
+    memory."""
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+    assert ready.json()["checks"]["store"]["status"] == "down"
+    body = {"message": "Hello", "conversation_id": "locked", "user": "ana"}
+    answered = httpx.post(f"{url}/chat", json=body, timeout=120)
+    assert answered.status_code == 200
+    assert answered.json()["notice"]
+
+
+def test_an_external_redis_is_reached_over_tls_with_its_password(
+    tmp_path: Path, llama_url: str
+) -> None:
+    pki = write_pki(tmp_path / "pki")
+    cert, key = issue(pki, tmp_path / "pki", "redis", "redis", server_names=("127.0.0.1",))
+    password = "redis-password-" + uuid.uuid4().hex
+    port = free_port()
+    redis_process, _ = start_redis(
+        tmp_path / "redis",
+        password=password,
+        port=port,
+        options=[
+            "--tls-port", str(port), "--port", "0", "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(pki.ca_cert),
+            "--tls-auth-clients", "no",
+        ],
+    )  # fmt: skip
+    (tmp_path / "password").write_text(password + "\n")
+    secure = {
+        **SETTINGS,
+        "BACKEND__URL": llama_url,
+        "REDIS_URL": f"rediss://127.0.0.1:{port}/0",
+        "REDIS_PASSWORD_FILE": str(tmp_path / "password"),
+        "REDIS_CA_FILE": str(pki.ca_cert),
+    }
+    try:
+        gateway, url = start_gateway(tmp_path, secure, name="tls")
+        try:
+            assert httpx.get(f"{url}/readyz", timeout=10).json()["status"] == "ready"
+            body = {"message": "Hello", "conversation_id": "tls", "user": "ana"}
+            assert httpx.post(f"{url}/chat", json=body, timeout=120).json()["notice"] is None
+            turns = httpx.get(f"{url}/conversations/tls", params={"user": "ana"}, timeout=10)
+            assert [turn["role"] for turn in turns.json()["turns"]] == ["user", "assistant"]
+        finally:
+            gateway.stop()
+        # Each of TLS, the server's CA and the password is needed.
+        for name, lacking in (
+            ("plain", {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_CA_FILE": ""}),
+            ("untrusted", {"REDIS_CA_FILE": ""}),
+            ("no-password", {"REDIS_PASSWORD_FILE": ""}),
+        ):
+            settings = {k: v for k, v in {**secure, **lacking}.items() if v}
+            refused, url = start_gateway(tmp_path, settings, name=f"tls-{name}")
+            try:
+                assert_store_refuses(url)
+            finally:
+                refused.stop()
     finally:
         redis_process.stop()
 

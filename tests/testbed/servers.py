@@ -259,6 +259,8 @@ def start_gateway(
     """`tertulia gateway serve` in its own process; `settings` are TERTULIA_GATEWAY_* values
     without the prefix (`{"REDIS_URL": ...}`). Returns the process and its base URL."""
     port = free_port()
+    # No Service to leave: a test's gateway stops at once unless the test drains it.
+    settings = {"SHUTDOWN__DRAIN_DELAY_SECONDS": "0", **settings}
     env = {f"TERTULIA_GATEWAY_{key}": value for key, value in settings.items()}
     env["TERTULIA_GATEWAY_PORT"] = str(port)
     process = ManagedProcess(

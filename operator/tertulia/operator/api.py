@@ -294,6 +294,24 @@ class ModelSpec(Spec):
         return 1 if self.engine == "vllm" else 0
 
 
+class ExternalRedisSpec(Spec):
+    """A Redis (or Valkey) the operator does not run: a managed service, reached over TLS
+    with a password."""
+
+    url: str = Field(
+        pattern=r"^rediss://[^/\s]+(/[0-9]+)?$",
+        max_length=2048,
+        description="rediss://HOST:PORT/DB: TLS is required. No password in the URL: it comes "
+        "from passwordSecretRef.",
+    )
+    password_secret_ref: SecretKeyRef = Field(description="The Secret key holding the password.")
+    ca_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="The Secret key holding the CA certificate (PEM) that signed the server's; "
+        "the system's CAs when unset.",
+    )
+
+
 class MemorySpec(Spec):
     """Conversation memory, per user and conversation, in the ChatBot's Redis."""
 
@@ -346,6 +364,12 @@ class MemorySpec(Spec):
     )
     storage_class_name: str | None = Field(
         None, description="StorageClass of the claim; the cluster's default when unset."
+    )
+    external: ExternalRedisSpec | None = Field(
+        None,
+        description="Use this Redis instead of running one: the operator then renders no Redis "
+        "and the in-cluster settings (persistent, storage, image, resources) do not apply. "
+        "Configure its eviction as `volatile-lru` so rate limits and event claims stay.",
     )
     image: str | None = Field(None, description="Redis's image; the pinned default when unset.")
     resources: KubernetesObject | None = Field(

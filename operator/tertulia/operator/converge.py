@@ -34,7 +34,11 @@ from tertulia.operator.render.knowledge import (
     generated_knowledge_base_key,
     knowledge_base_secret,
 )
-from tertulia.operator.render.memory import generated_memory_password, memory_secret
+from tertulia.operator.render.memory import (
+    generated_memory_password,
+    memory_secret,
+    memory_secrets,
+)
 from tertulia.operator.render.platforms import secret_refs
 from tertulia.operator.seen import IngestJob, Observed
 from tertulia.operator.status import (
@@ -149,7 +153,9 @@ def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> None:
                 reason="Updated",
                 message=f"added the API keys {', '.join(lacking)} to Secret {name}",
             )
-    if kube.create(generated_memory_password(bot, secrets.token_urlsafe(32))):
+    if bot.spec.gateway.memory.external is None and kube.create(
+        generated_memory_password(bot, secrets.token_urlsafe(32))
+    ):
         kopf.info(
             body,
             reason="Created",
@@ -172,7 +178,7 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
         (ref.name, ref.key) for refs in secret_refs(bot).values() for ref in refs.values()
     ]
     found.append((api_keys_secret(bot), None))  # the bots' keys are among the refs above
-    found.append((memory_secret(bot), None))
+    found.extend((name, None) for name in memory_secrets(bot))
     if bot.spec.knowledge_base.enabled:
         found.append((knowledge_base_secret(bot), None))
     if bot.spec.model.api_key_secret_ref is not None:

@@ -227,7 +227,17 @@ def compute_status(
     else:
         results["ModelReady"] = _workload(workloads, "model", "model server", troubles)
     results["GatewayReady"] = _workload(workloads, "gateway", "gateway", troubles)
-    results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
+    external = spec.gateway.memory.external
+    if external is not None:
+        host = external.url.removeprefix("rediss://").split("/")[0]
+        results["MemoryReady"] = (
+            True,
+            "External",
+            f"Redis at {host}, outside the cluster, over TLS: the gateway's /readyz says "
+            "whether it answers",
+        )
+    else:
+        results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
     if not results["MemoryReady"][0]:
         ready, reason, message = results["MemoryReady"]
         results["MemoryReady"] = (ready, reason, f"{message}; {_without_redis(spec)}")

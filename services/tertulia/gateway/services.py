@@ -41,7 +41,7 @@ async def open_services(
             "no Redis configured: memory and rate limits live in this process only, "
             "are lost on restart and are not shared between replicas"
         )
-    store = open_store(settings.redis_url, settings.redis_password_file)
+    store = open_store(settings.redis_url, settings.redis_password_file, settings.redis_ca_file)
     backend = Backend(settings.backend, metrics)
     guard = None
     if settings.moderation.guard_url is not None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -158,6 +158,11 @@ class GatewaySettings(BaseSettings):
     redis_password_file: Path | None = Field(
         None, description="A file holding Redis's password (a mounted Secret), if it has one."
     )
+    redis_ca_file: Path | None = Field(
+        None,
+        description="A PEM file of the CA that signed a TLS Redis's certificate (a `rediss://` "
+        "URL); the system's CAs when unset.",
+    )
     api_keys_dir: Path | None = Field(
         None,
         description="A mounted Secret: one file per identity, holding its API key. "
@@ -193,6 +198,12 @@ class GatewaySettings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     knowledge_base: KnowledgeBaseSettings = Field(default_factory=KnowledgeBaseSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+
+    @model_validator(mode="after")
+    def _tls_for_a_ca(self) -> GatewaySettings:
+        if self.redis_ca_file is not None and not (self.redis_url or "").startswith("rediss://"):
+            raise ValueError("redis_ca_file is for a TLS Redis: redis_url must be rediss://")
+        return self
 
     @classmethod
     def settings_customise_sources(

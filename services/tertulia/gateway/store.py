@@ -208,7 +208,9 @@ class RedisStore:
     """Memory, limits and event claims in Redis. An outage is a 503 with Retry-After, never
     a 500, and a turn is answered only once it is stored."""
 
-    def __init__(self, url: str, password: str | None = None) -> None:
+    def __init__(self, url: str, password: str | None = None, ca_file: Path | None = None) -> None:
+        # TLS (a rediss:// URL), verified against `ca_file` or the system's CAs.
+        tls = {"ssl_ca_certs": str(ca_file)} if ca_file is not None else {}
         # A burst larger than the pool waits for a connection (one round trip each, so not
         # for long) rather than failing as if Redis were down.
         pool = redis.BlockingConnectionPool.from_url(
@@ -225,6 +227,7 @@ class RedisStore:
             # the command sent again, with redis-py's own defaults, which a pool built by hand
             # does not get: without them the first request after a restart fails.
             retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), retries=10),
+            **tls,
         )
         self._redis = redis.Redis.from_pool(pool)  # closing the client closes its pool
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
@@ -368,12 +371,15 @@ def _unavailable() -> Iterator[None]:
         ) from None
 
 
-def open_store(redis_url: str | None, password_file: Path | None = None) -> Store:
-    """Redis at `redis_url` (with the password in `password_file`), else this process."""
+def open_store(
+    redis_url: str | None, password_file: Path | None = None, ca_file: Path | None = None
+) -> Store:
+    """Redis at `redis_url` (with the password in `password_file`, and over TLS for a
+    rediss:// URL, trusting `ca_file`), else this process."""
     if not redis_url:
         return InProcessStore()
     password = password_file.read_text().strip() if password_file else None
-    return RedisStore(redis_url, password)
+    return RedisStore(redis_url, password, ca_file)
 
 
 def hashed_key(prefix: str, *parts: str) -> str:

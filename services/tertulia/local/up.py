@@ -222,10 +222,13 @@ def _gateway_config(bot: Any, local: Plan, redis_url: str | None, key_file: Path
         redis_url=redis_url,
         # A local Redis of its own, without a password; metrics and docs on the one port.
         redis_password_file=None,
+        redis_ca_file=None,
         metrics_port=None,
         api_docs=True,
         api_keys_dir=None,
         backend={"url": f"http://127.0.0.1:{local.model_port}/v1", "model": ""},
+        # No Service to leave: Ctrl-C stops at once, once the answers in flight are done.
+        shutdown={**config["shutdown"], "drain_delay_seconds": 0},
     )
     if local.knowledge:
         config["knowledge_base"].update(

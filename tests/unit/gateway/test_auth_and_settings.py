@@ -95,3 +95,10 @@ def test_a_named_config_file_that_is_missing_is_an_error(
     monkeypatch.setenv(CONFIG_FILE_VARIABLE, str(tmp_path / "absent.yaml"))
     with pytest.raises(FileNotFoundError, match=r"absent\.yaml"):
         GatewaySettings()
+
+
+def test_a_ca_file_without_a_tls_redis_url_is_refused(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    with pytest.raises(ValidationError, match="rediss://"):
+        GatewaySettings(redis_url="redis://cache:6379/0", redis_ca_file=ca)
+    assert GatewaySettings(redis_url="rediss://cache:6380/0", redis_ca_file=ca).redis_ca_file == ca

@@ -198,3 +198,17 @@ def test_redis_not_ready_says_what_the_gateway_does_meanwhile(
     assert (memory.status, memory.reason) == ("False", "NotReady")
     assert memory.message.startswith("0/1 Redis replicas Ready; meanwhile the gateway ")
     assert says in memory.message
+
+
+def test_an_external_redis_is_memory_ready_without_a_workload() -> None:
+    external = {
+        "url": "rediss://cache.example.com:6380/0",
+        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
+    }
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"gateway": {"memory": {"external": external}}})
+    ready = {component: found for component, found in READY.items() if component != "memory"}
+    status = compute_status(bot, ready, [], ChatBotStatus())
+    memory = next(c for c in status.conditions if c.type == "MemoryReady")
+    assert (memory.status, memory.reason) == ("True", "External")
+    assert "cache.example.com:6380" in memory.message
+    assert status.phase == "Ready"

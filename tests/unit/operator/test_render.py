@@ -520,3 +520,30 @@ def test_gateway_pods_spread_over_nodes_and_stay_long_enough_to_finish_their_ans
         assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
             "gateway"
         )
+
+
+def test_an_external_redis_replaces_the_in_cluster_one_and_the_gateway_mounts_its_secrets() -> None:
+    external = {
+        "url": "rediss://cache.example.com:6380/0",
+        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
+        "caSecretRef": {"name": "managed-redis-ca", "key": "ca.pem"},
+    }
+    bot = with_spec(example("all-platforms"), {"gateway": {"memory": {"external": external}}})
+    manifests = render_all(bot, image=IMAGE)
+    components = {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in manifests}
+    assert "memory" not in components  # no Redis, no Service, no policy for one
+    config = gateway_config(bot)
+    assert config["redis_url"] == external["url"]
+    pod = by_ref(manifests)["Deployment", f"{bot.name}-gateway"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert volumes["memory-password"] == {
+        "secretName": "managed-redis",
+        "items": [{"key": "auth", "path": "password"}],
+    }
+    assert volumes["memory-ca"] == {
+        "secretName": "managed-redis-ca",
+        "items": [{"key": "ca.pem", "path": "ca.crt"}],
+    }
+    mounted = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert config["redis_password_file"] == f"{mounted['memory-password']}/password"
+    assert config["redis_ca_file"] == f"{mounted['memory-ca']}/ca.crt"

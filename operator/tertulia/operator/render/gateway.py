@@ -29,7 +29,7 @@ from tertulia.operator.render.knowledge import (
     knowledge_base_secret,
     knowledge_base_settings,
 )
-from tertulia.operator.render.memory import memory_secret, password_volume, redis_url
+from tertulia.operator.render.memory import ca_volume, memory_secrets, password_volume, redis_url
 from tertulia.operator.render.model import backend_key_volume, model_base_url, served_model_name
 
 COMPONENT = "gateway"
@@ -86,6 +86,7 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
         "max_tokens": gateway.max_tokens,
         "redis_url": redis_url(bot),
         "redis_password_file": password_volume(bot)[2],
+        "redis_ca_file": ca[2] if (ca := ca_volume(bot)) else None,
         "api_keys_dir": KEYS_PATH,
         # A bot's key acts only for its platform's users.
         "user_prefixes": {platform: f"{platform}:" for platform in BOT_IDENTITIES},
@@ -112,7 +113,7 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
 
 def gateway_secrets(bot: ChatBot) -> list[str]:
     """The Secrets the gateway reads: API keys, Weaviate's key, the endpoint's key."""
-    names = [api_keys_secret(bot), memory_secret(bot)]
+    names = [api_keys_secret(bot), *memory_secrets(bot)]
     if bot.spec.knowledge_base.enabled:
         names.append(knowledge_base_secret(bot))
     if bot.spec.model.api_key_secret_ref is not None:
@@ -154,6 +155,10 @@ def render_gateway(
     password, password_mount, _ = password_volume(bot)
     volumes.append(password)
     mounts.append(password_mount)
+    ca = ca_volume(bot)
+    if ca is not None:
+        volumes.append(ca[0])
+        mounts.append(ca[1])
     if bot.spec.knowledge_base.enabled:
         volume, mount = key_volume(bot)
         volumes.append(volume)

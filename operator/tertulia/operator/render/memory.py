@@ -28,11 +28,24 @@ PORT = 6379
 
 
 def redis_url(bot: ChatBot) -> str:
+    external = bot.spec.gateway.memory.external
+    if external is not None:
+        return external.url
     return f"redis://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}/0"
 
 
 def memory_secret(bot: ChatBot) -> str:
-    return bot.child(COMPONENT)
+    """The Secret holding Redis's password: the external Redis's, or the generated one."""
+    external = bot.spec.gateway.memory.external
+    return external.password_secret_ref.name if external else bot.child(COMPONENT)
+
+
+def memory_secrets(bot: ChatBot) -> list[str]:
+    """Every Secret the gateway reads to reach Redis."""
+    external = bot.spec.gateway.memory.external
+    if external is not None and external.ca_secret_ref is not None:
+        return [memory_secret(bot), external.ca_secret_ref.name]
+    return [memory_secret(bot)]
 
 
 PASSWORD_KEY = "password"  # noqa: S105 - the key's name, not a password
@@ -53,17 +66,37 @@ def generated_memory_password(bot: ChatBot, password: str) -> Manifest:
     }
 
 
+CA_KEY = "ca.crt"
+CA_PATH = "/etc/tertulia/memory-ca"
+
+
 def password_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], str]:
     """The password for the gateway: the volume, its mount, and the file to read."""
+    external = bot.spec.gateway.memory.external
+    key = external.password_secret_ref.key if external else PASSWORD_KEY
     volume = {
         "name": "memory-password",
         "secret": {
             "secretName": memory_secret(bot),
-            "items": [{"key": PASSWORD_KEY, "path": PASSWORD_KEY}],
+            "items": [{"key": key, "path": PASSWORD_KEY}],
         },
     }
     mount = {"name": "memory-password", "mountPath": SECRET_PATH, "readOnly": True}
     return volume, mount, f"{SECRET_PATH}/{PASSWORD_KEY}"
+
+
+def ca_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+    """The external Redis's CA certificate for the gateway, when the spec names one."""
+    external = bot.spec.gateway.memory.external
+    if external is None or external.ca_secret_ref is None:
+        return None
+    ref = external.ca_secret_ref
+    volume = {
+        "name": "memory-ca",
+        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": CA_KEY}]},
+    }
+    mount = {"name": "memory-ca", "mountPath": CA_PATH, "readOnly": True}
+    return volume, mount, f"{CA_PATH}/{CA_KEY}"
 
 
 # Only keys with a TTL may be evicted: conversations (each carries its own), never the
@@ -102,8 +135,11 @@ def render_memory(
     bot: ChatBot, *, registry: str = "", secret_versions: dict[str, str] | None = None
 ) -> list[Manifest]:
     """Redis behind a generated password, reached by the gateway alone, its data on a claim
-    of its own: conversations, rate limits and event claims outlive the pod."""
+    of its own: conversations, rate limits and event claims outlive the pod. Nothing with an
+    external Redis."""
     memory = bot.spec.gateway.memory
+    if memory.external is not None:
+        return []
     limits = resources(memory.resources, DEFAULT_RESOURCES)
     container = {
         "name": "redis",

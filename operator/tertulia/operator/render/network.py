@@ -54,6 +54,8 @@ def render_network_policies(
             continue
         if component == EMBEDDINGS and not runs_embeddings_server(bot):
             continue
+        if component == MEMORY and bot.spec.gateway.memory.external is not None:
+            continue
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]
