@@ -122,12 +122,14 @@ def test_each_documented_values_file_renders_what_the_api_server_accepts(
 
 
 def chatbot_under_test(namespace: str) -> dict[str, Any]:
-    """The GPU example with Slack and a knowledge base, plus an Ingress and an HPA: a ChatBot
-    that makes every kind of child the operator owns."""
+    """The GPU example with Slack and a knowledge base, plus an Ingress, an HPA (and so a
+    PodDisruptionBudget) and knowledge-base backups (a CronJob): a ChatBot that makes every
+    kind of child the operator owns."""
     body = chatbot_document(REPO / "manifests" / "examples" / "vllm-gpu-slack-kb.yaml")
     body["metadata"]["namespace"] = namespace
     body["spec"]["gateway"]["ingress"] = {"host": "chat.example.com"}
     body["spec"]["gateway"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    body["spec"]["knowledgeBase"]["backup"] = {"schedule": "0 4 * * *", "storage": "1Gi"}
     return body
 
 
@@ -206,10 +208,14 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
     )
     networking = client.NetworkingV1Api(api)
     autoscaling = client.AutoscalingV2Api(api)
+    policy = client.PolicyV1Api(api)
+    assert names(batch.list_namespaced_cron_job) == {f"{name}-knowledge-backup"}
+    assert names(policy.list_namespaced_pod_disruption_budget) == {f"{name}-gateway"}
     patch(
         {
             "knowledgeBase": {"enabled": False, "sources": None},
-            "gateway": {"ingress": None, "autoscaling": None},
+            # One gateway replica: no disruption budget left.
+            "gateway": {"ingress": None, "autoscaling": None, "replicas": 1},
             "model": {"cache": {"accessMode": "ReadWriteMany"}},
         }
     )
@@ -219,6 +225,10 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
             # Redis's StatefulSet stays: it is the only one left.
             names(apps.list_namespaced_stateful_set) == {f"{name}-memory"}
             and not names(autoscaling.list_namespaced_horizontal_pod_autoscaler)
+            and not names(policy.list_namespaced_pod_disruption_budget)
+            and not names(batch.list_namespaced_cron_job)
+            and f"{name}-knowledge-backups"
+            not in names(core.list_namespaced_persistent_volume_claim)
             and not names(networking.list_namespaced_ingress)
             and not any(
                 "knowledge-base" in n for n in names(networking.list_namespaced_network_policy)

@@ -179,10 +179,12 @@ def start_weaviate(
     *,
     api_key: str = "test-weaviate-key",
     address: WeaviateAddress | None = None,
+    backups: Path | None = None,
     timeout: float = 90.0,
 ) -> tuple[ManagedProcess, WeaviateAddress]:
     """weaviate-server built from its Go module, with its data in `workdir`, no vectorizer
-    module, and API-key auth. Pass `address` to start it again on the same ports and data."""
+    module, and API-key auth. Pass `address` to start it again on the same ports and data;
+    `backups`, a folder for its filesystem backup module."""
     if address is None:
         http_port, grpc_port = free_port(), free_port()
         address = WeaviateAddress(f"http://127.0.0.1:{http_port}", grpc_port, api_key)
@@ -192,7 +194,8 @@ def start_weaviate(
     env = {
         "PERSISTENCE_DATA_PATH": str(workdir / "data"),
         "DEFAULT_VECTORIZER_MODULE": "none",
-        "ENABLE_MODULES": "",
+        "ENABLE_MODULES": "backup-filesystem" if backups else "",
+        **({"BACKUP_FILESYSTEM_PATH": str(backups)} if backups else {}),
         "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
         "AUTHENTICATION_APIKEY_ENABLED": "true",
         "AUTHENTICATION_APIKEY_ALLOWED_KEYS": address.api_key,

@@ -105,9 +105,9 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: [list, watch, create, patch, delete]
-# Ingest Jobs: watched for their outcome.
+# Ingest Jobs: watched for their outcome; the knowledge base's backup CronJob.
 - apiGroups: [batch]
-  resources: [jobs]
+  resources: [jobs, cronjobs]
   verbs: [list, watch, create, patch, delete]
 # The ChatBots' own Pods (by label), watched so status says why one cannot run: the
 # scheduler's message, a failed image pull, a crash loop's last log line (its termination

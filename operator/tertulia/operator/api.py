@@ -530,6 +530,29 @@ class EmbeddingSpec(Spec):
     resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
+class KnowledgeBackupSpec(Spec):
+    """Scheduled backups of the knowledge base, written by Weaviate's filesystem backup module
+    to a volume of their own."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule("isQuantity(self.storage)", "storage must be a quantity, such as 10Gi", ".storage")
+        )
+    )
+
+    schedule: str = Field(
+        "0 3 * * *",
+        min_length=9,
+        max_length=100,
+        description="When to back up, as a CronJob schedule (the cluster's time zone, UTC by "
+        "default): every day at 03:00 unless set.",
+    )
+    storage: str = Field("10Gi", description="The backup volume's size.")
+    storage_class_name: str | None = Field(
+        None, description="StorageClass of the backup volume; the cluster's default when unset."
+    )
+
+
 class KnowledgeBaseSpec(Spec):
     """A Weaviate knowledge base the gateway retrieves from."""
 
@@ -569,6 +592,12 @@ class KnowledgeBaseSpec(Spec):
         ge=0.0,
         le=1.0,
         description="Hybrid search weight: 0 is keyword (BM25) search only, 1 vectors only.",
+    )
+    backup: KnowledgeBackupSpec | None = Field(
+        None,
+        description="Back the knowledge base up on a schedule, to a volume apart from "
+        "Weaviate's; restore with `tertulia kb restore` (docs/knowledge.md). Removing it "
+        "deletes the backup volume.",
     )
     image: str | None = Field(None, description="Weaviate's image; the pinned default when unset.")
     resources: KubernetesObject | None = Field(

@@ -30,6 +30,7 @@ OWNED_KINDS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("batch/v1", "Job"): "jobs",
+    ("batch/v1", "CronJob"): "cronjobs",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",

@@ -138,6 +138,7 @@ _CONDITION_OF = {
     "knowledge-base": "KnowledgeBaseReady",
     "embeddings": "KnowledgeBaseReady",
     "ingest": "KnowledgeBaseReady",
+    "knowledge-backup": "KnowledgeBaseReady",
     "slack": "PlatformsReady",
     "discord": "PlatformsReady",
     "telegram": "PlatformsReady",

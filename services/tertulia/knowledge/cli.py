@@ -1,4 +1,5 @@
-"""`tertulia kb`: ingest documents into a ChatBot's knowledge base, search it, list it.
+"""`tertulia kb`: ingest documents into a ChatBot's knowledge base, search it, list it, back
+it up and restore it.
 
 Configured by TERTULIA_KB_* variables (`__` between nested names), the same settings the
 gateway's `knowledge_base` section has: TERTULIA_KB_WEAVIATE_URL, TERTULIA_KB_API_KEY_FILE,
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -21,10 +24,13 @@ from tertulia.knowledge.settings import KnowledgeSettings
 
 if TYPE_CHECKING:
     from tertulia.knowledge.ingest import Report
-    from tertulia.knowledge.store import Hit
+    from tertulia.knowledge.store import Hit, Store
+
+T = TypeVar("T")
 
 app = typer.Typer(
-    help="The knowledge base: ingest, search and list documents (TERTULIA_KB_* settings).",
+    help="The knowledge base: ingest, search and list documents, back up and restore "
+    "(TERTULIA_KB_* settings).",
     no_args_is_help=True,
 )
 
@@ -246,25 +252,83 @@ def list_documents(collection: Collection = None, weaviate_url: WeaviateUrl = No
     from rich.console import Console
     from rich.table import Table
 
-    from tertulia.knowledge.store import Store, StoreError
-
     settings = _settings(collection, weaviate_url)
 
-    async def run() -> dict[str, int]:
-        store = Store(settings)
-        try:
-            return {source: len(doc.chunks) for source, doc in (await store.inventory()).items()}
-        finally:
-            await store.aclose()
+    async def count_chunks(store: Store) -> dict[str, int]:
+        return {source: len(doc.chunks) for source, doc in (await store.inventory()).items()}
 
-    try:
-        documents = asyncio.run(run())
-    except StoreError as error:
-        _fail(str(error))
+    documents = _run_store(settings, count_chunks)
     table = Table("source", "chunks", title=f"collection {settings.collection}")
     for source, chunks in sorted(documents.items()):
         table.add_row(source, str(chunks))
     Console().print(table)
+
+
+def _run_store(settings: KnowledgeSettings, action: Callable[[Store], Awaitable[T]]) -> T:
+    """`action` on a store of `settings`, closed after; a StoreError ends the command."""
+    from tertulia.knowledge.store import Store, StoreError
+
+    async def run() -> T:
+        store = Store(settings)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as error:
+        _fail(str(error))
+
+
+@app.command()
+def backup(
+    backup_id: Annotated[
+        str | None,
+        typer.Option("--id", help="The backup's id; COLLECTION-YYYYMMDD-HHMMSS (UTC) when unset."),
+    ] = None,
+    collection: Collection = None,
+    weaviate_url: WeaviateUrl = None,
+) -> None:
+    """Back the collection up with Weaviate's filesystem backup module (its
+    BACKUP_FILESYSTEM_PATH); prints the backup's id."""
+    settings = _settings(collection, weaviate_url)
+    name = backup_id or (
+        f"{settings.collection.lower()}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    )
+    size = _run_store(settings, lambda store: store.backup(name))
+    typer.echo(f"backed up {settings.collection} as {name} ({size / 2**20:.1f} MiB)")
+
+
+@app.command()
+def backups(collection: Collection = None, weaviate_url: WeaviateUrl = None) -> None:
+    """The backups Weaviate holds, oldest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = _settings(collection, weaviate_url)
+    found = _run_store(settings, lambda store: store.backups())
+    table = Table("id", "collections", "status", "started", title="backups")
+    for item in found:
+        started = item.started_at.isoformat(timespec="seconds") if item.started_at else ""
+        table.add_row(item.backup_id, ", ".join(item.collections), item.status.value, started)
+    Console().print(table)
+
+
+@app.command()
+def restore(
+    backup_id: Annotated[str, typer.Argument(help="The backup to restore.")],
+    replace: Annotated[
+        bool, typer.Option(help="Delete the collection first when it exists.")
+    ] = False,
+    collection: Collection = None,
+    weaviate_url: WeaviateUrl = None,
+) -> None:
+    """Restore the collection from a backup: into an empty Weaviate (a lost volume), or over
+    the current collection with --replace."""
+    settings = _settings(collection, weaviate_url)
+    _run_store(settings, lambda store: store.restore(backup_id, replace=replace))
+    typer.echo(f"restored {settings.collection} from {backup_id}")
 
 
 @app.command("embedding-model")

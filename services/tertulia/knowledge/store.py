@@ -19,6 +19,12 @@ from typing import Any
 import weaviate
 from pydantic import BaseModel, ConfigDict, Field
 from weaviate import WeaviateAsyncClient
+from weaviate.backup.backup import (
+    BackupListReturn,
+    BackupReturn,
+    BackupStatus,
+    BackupStorage,
+)
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
@@ -369,6 +375,55 @@ class Store:
             )
         return hits
 
+    async def backup(self, backup_id: str) -> float:
+        """Back the collection up under `backup_id` with Weaviate's filesystem backup module,
+        waiting until it is written; its size in bytes. Raises StoreError when Weaviate
+        cannot (no backup module, a taken id)."""
+        try:
+            await self._connect()
+            done = await self._client.backup.create(
+                backup_id,
+                BackupStorage.FILESYSTEM,
+                include_collections=[self.name],
+                wait_for_completion=True,
+            )
+        except WeaviateBaseError as error:
+            raise self._error("back up", error) from None
+        return _succeeded(f"backup {backup_id} of {self.name}", done).size
+
+    async def backups(self) -> list[BackupListReturn]:
+        """The backups Weaviate's filesystem backend holds, oldest first."""
+        try:
+            await self._connect()
+            return await self._client.backup.list_backups(
+                BackupStorage.FILESYSTEM, sort_by_starting_time_asc=True
+            )
+        except WeaviateBaseError as error:
+            raise self._error("list the backups of", error) from None
+
+    async def restore(self, backup_id: str, *, replace: bool = False) -> None:
+        """Restore the collection from `backup_id`, waiting until it is back. Weaviate
+        restores only into a collection that does not exist: with `replace` the current one
+        is deleted first, else its presence is an error."""
+        try:
+            await self._connect()
+            if await self._client.collections.exists(self.name):
+                if not replace:
+                    raise StoreError(
+                        f"collection {self.name} exists: restoring {backup_id} would replace "
+                        "it (pass --replace to delete it first)"
+                    )
+                await self._client.collections.delete(self.name)
+            done = await self._client.backup.restore(
+                backup_id,
+                BackupStorage.FILESYSTEM,
+                include_collections=[self.name],
+                wait_for_completion=True,
+            )
+        except WeaviateBaseError as error:
+            raise self._error("restore", error) from None
+        _succeeded(f"restore of {backup_id} into {self.name}", done)
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -379,6 +434,13 @@ class Store:
             f"cannot {action} Weaviate at {self.settings.weaviate_url} "
             f"(collection {self.name}): {message}"
         )
+
+
+def _succeeded(what: str, done: BackupReturn) -> BackupReturn:
+    """`done`, unless the backup or restore it reports did not succeed."""
+    if done.status != BackupStatus.SUCCESS:
+        raise StoreError(f"{what} ended {done.status.value}: {done.error or 'no reason given'}")
+    return done
 
 
 async def find(

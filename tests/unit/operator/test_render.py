@@ -547,3 +547,36 @@ def test_an_external_redis_replaces_the_in_cluster_one_and_the_gateway_mounts_it
     mounted = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert config["redis_password_file"] == f"{mounted['memory-password']}/password"
     assert config["redis_ca_file"] == f"{mounted['memory-ca']}/ca.crt"
+
+
+def test_knowledge_base_backups_run_on_a_schedule_into_a_volume_weaviate_writes() -> None:
+    backup = {"schedule": "30 2 * * *", "storage": "5Gi"}
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"knowledgeBase": {"backup": backup}})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    weaviate = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]["template"]["spec"]
+    (container,) = weaviate["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["ENABLE_MODULES"] == "backup-filesystem"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["BACKUP_FILESYSTEM_PATH"] == mounts["backups"]
+    (volume,) = [v for v in weaviate["volumes"] if v["name"] == "backups"]
+    claim = manifests["PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+    cron = manifests["CronJob", "harbour-knowledge-backup"]["spec"]
+    assert cron["schedule"] == "30 2 * * *"
+    assert cron["concurrencyPolicy"] == "Forbid"
+    job_pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (runner,) = job_pod["containers"]
+    assert runner["image"] == IMAGE
+    assert runner["args"] == ["kb", "backup"]
+    runner_env = {item["name"]: item["value"] for item in runner["env"]}
+    assert runner_env["TERTULIA_KB_WEAVIATE_URL"] == "http://harbour-knowledge-base.bots.svc:8080"
+    assert runner_env["TERTULIA_KB_COLLECTION"] == "harbour"
+    key_file = runner_env["TERTULIA_KB_API_KEY_FILE"]
+    assert any(key_file.startswith(m["mountPath"]) for m in runner["volumeMounts"])
+    # The backup's pods, and only with backups on, may reach Weaviate.
+    assert "knowledge-backup" in policy_clients(manifests, "harbour-knowledge-base-ingress")
+    without = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
+    assert "knowledge-backup" not in policy_clients(without, "harbour-knowledge-base-ingress")
+    assert ("CronJob", "harbour-knowledge-backup") not in without

@@ -27,6 +27,8 @@ from tertulia.operator.render.embeddings import embeddings_url
 
 COMPONENT = "knowledge-base"
 INGEST = "ingest"
+BACKUP = "knowledge-backup"
+BACKUP_PATH = "/var/lib/weaviate-backups"
 HTTP_PORT = 8080
 GRPC_PORT = 50051
 KEY_PATH = "/etc/tertulia/knowledge-base"
@@ -103,13 +105,14 @@ def render_knowledge_base(
         "metadata": {"name": "data", "labels": labels(bot, COMPONENT)},
         "spec": claim_spec(knowledge.storage, knowledge.storage_class_name),
     }
-    container = {
+    container: dict[str, Any] = {
         "name": "weaviate",
         "image": knowledge.image or images.mirrored(images.WEAVIATE, registry),
         "env": [
             {"name": "PERSISTENCE_DATA_PATH", "value": "/var/lib/weaviate"},
             {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
-            {"name": "ENABLE_MODULES", "value": ""},
+            # Backups are written by Weaviate itself, to their own volume.
+            {"name": "ENABLE_MODULES", "value": "backup-filesystem" if knowledge.backup else ""},
             {"name": "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED", "value": "false"},
             {"name": "AUTHENTICATION_APIKEY_ENABLED", "value": "true"},
             {
@@ -137,6 +140,16 @@ def render_knowledge_base(
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/weaviate"}],
     }
+    volumes: list[dict[str, Any]] = []
+    if knowledge.backup is not None:
+        container["env"].append({"name": "BACKUP_FILESYSTEM_PATH", "value": BACKUP_PATH})
+        container["volumeMounts"].append({"name": "backups", "mountPath": BACKUP_PATH})
+        volumes.append(
+            {
+                "name": "backups",
+                "persistentVolumeClaim": {"claimName": bot.child("knowledge-backups")},
+            }
+        )
     statefulset = stateful_set(
         bot,
         COMPONENT,
@@ -144,6 +157,7 @@ def render_knowledge_base(
             bot,
             [container],
             securityContext={"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+            **({"volumes": volumes} if volumes else {}),
         ),
         # Weaviate reads its key from the environment: a new key restarts it.
         annotations=secrets_version(secret_versions, [knowledge_base_secret(bot)]),
@@ -164,7 +178,65 @@ def render_knowledge_base(
     manifests = [statefulset, service]
     if knowledge.sources:
         manifests.append(_ingest_job(bot, image, source_digests or {}))
+    if knowledge.backup is not None:
+        manifests += _backups(bot, image)
     return manifests
+
+
+def _backups(bot: ChatBot, image: str) -> list[Manifest]:
+    """The backup volume (a claim of its own, not the StatefulSet's template, so backups can
+    be turned on for a knowledge base that exists) and the CronJob that asks Weaviate for a
+    backup on the schedule."""
+    backup = bot.spec.knowledge_base.backup
+    assert backup is not None  # noqa: S101 - callers check
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(bot, COMPONENT, bot.child("knowledge-backups")),
+        "spec": claim_spec(backup.storage, backup.storage_class_name),
+    }
+    key, key_mount = key_volume(bot)
+    container = {
+        "name": "backup",
+        "image": image,
+        "args": ["kb", "backup"],
+        "env": _settings_env("TERTULIA_KB_", knowledge_base_settings(bot)),
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [key_mount],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    cron_job = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": metadata(bot, BACKUP),
+        "spec": {
+            "schedule": backup.schedule,
+            # One backup at a time; a missed run (the operator or cluster down) runs late.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels(bot, BACKUP)},
+                "spec": {
+                    "backoffLimit": 2,
+                    "ttlSecondsAfterFinished": 7 * 86400,
+                    "template": {
+                        "metadata": {"labels": labels(bot, BACKUP)},
+                        "spec": pod_spec(
+                            bot,
+                            [container],
+                            volumes=[key],
+                            restartPolicy="Never",
+                            securityContext={"runAsNonRoot": True, "runAsUser": 10001},
+                        ),
+                    },
+                },
+            },
+        },
+    }
+    return [claim, cron_job]
 
 
 def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Manifest:

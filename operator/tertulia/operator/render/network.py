@@ -10,8 +10,8 @@ from tertulia.operator.api import ChatBot
 from tertulia.operator.render.common import Manifest, metadata, selector_labels
 from tertulia.operator.render.embeddings import COMPONENT as EMBEDDINGS
 from tertulia.operator.render.embeddings import runs_embeddings_server
+from tertulia.operator.render.knowledge import BACKUP, INGEST
 from tertulia.operator.render.knowledge import COMPONENT as KNOWLEDGE
-from tertulia.operator.render.knowledge import INGEST
 from tertulia.operator.render.memory import COMPONENT as MEMORY
 from tertulia.operator.render.model import COMPONENT as MODEL
 
@@ -20,7 +20,7 @@ from tertulia.operator.render.model import COMPONENT as MODEL
 _CLIENTS = {
     MODEL: ["gateway"],
     MEMORY: ["gateway"],
-    KNOWLEDGE: ["gateway", INGEST],
+    KNOWLEDGE: ["gateway", INGEST, BACKUP],
     EMBEDDINGS: ["gateway", INGEST],
 }
 
@@ -56,6 +56,8 @@ def render_network_policies(
             continue
         if component == MEMORY and bot.spec.gateway.memory.external is not None:
             continue
+        if bot.spec.knowledge_base.backup is None:
+            clients = [client for client in clients if client != BACKUP]
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]

@@ -1,0 +1,101 @@
+"""Knowledge that survives: a backup with Weaviate's own filesystem module, the data volume
+lost, and a restore that brings back the same search results."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tertulia.knowledge.embeddings import Embedder
+from tertulia.knowledge.settings import KnowledgeSettings
+from tertulia.knowledge.store import Store, find
+from tests.integration.knowledge.conftest import KnowledgeBase, write_documents
+from tests.testbed.servers import start_weaviate
+
+QUERIES = [
+    "When can I buy fresh fish?",
+    "Where do ships moor?",
+    "What does a small boat pay for a night?",
+    "Who assigns the berths?",
+    "How often does high tide come?",
+    "Where is the tide table posted?",
+    "What do cranes unload?",
+    "How high are containers stacked?",
+    "When does the market open?",
+    "What does a cargo ship pay?",
+]
+
+
+def results(knowledge_base: KnowledgeBase) -> list[list[tuple[str, int, float]]]:
+    """The top three passages of each query, as the gateway retrieves them."""
+
+    async def search() -> list[list[tuple[str, int, float]]]:
+        settings = KnowledgeSettings(
+            weaviate_url=knowledge_base.address.url,
+            grpc_port=knowledge_base.address.grpc_port,
+            api_key_file=knowledge_base.key_file,
+            collection=knowledge_base.collection,
+            embedding={"url": knowledge_base.embeddings_url},
+        )
+        store, embedder = Store(settings), Embedder(settings.embedding)
+        try:
+            found = []
+            for query in QUERIES:
+                hits = await find(store, embedder, query, limit=3, alpha=settings.alpha)
+                found.append([(hit.source, hit.chunk_index, round(hit.score, 4)) for hit in hits])
+            return found
+        finally:
+            await store.aclose()
+            await embedder.aclose()
+
+    return asyncio.run(search())
+
+
+def test_a_backup_restores_the_same_search_results_after_the_volume_is_lost(
+    tmp_path: Path, embeddings_url: str
+) -> None:
+    backups = tmp_path / "backups"
+    weaviate, address = start_weaviate(tmp_path / "weaviate", backups=backups)
+    key_file = tmp_path / "weaviate-key"
+    key_file.write_text(address.api_key)
+    knowledge_base = KnowledgeBase(address, key_file, embeddings_url, f"B{uuid.uuid4().hex[:8]}")
+    try:
+        ingested = knowledge_base.cli("ingest", str(write_documents(tmp_path / "docs")))
+        assert ingested.returncode == 0, ingested.stderr
+        before = results(knowledge_base)
+        assert all(len(hits) == 3 for hits in before), before
+
+        backed_up = knowledge_base.cli("backup", "--id", "nightly-1")
+        assert backed_up.returncode == 0, backed_up.stderr
+        assert "as nightly-1" in backed_up.stdout
+        listed = knowledge_base.cli("backups")
+        assert "nightly-1" in listed.stdout and "SUCCESS" in listed.stdout
+
+        # The volume is lost: Weaviate starts again on an empty data folder.
+        weaviate.stop()
+        shutil.rmtree(tmp_path / "weaviate" / "data")
+        weaviate, _ = start_weaviate(tmp_path / "weaviate", address=address, backups=backups)
+        schema = httpx.get(
+            f"{address.url}/v1/schema/{knowledge_base.collection}",
+            headers={"Authorization": f"Bearer {address.api_key}"},
+            timeout=10,
+        )
+        assert schema.status_code == 404  # the collection went with the volume
+
+        restored = knowledge_base.cli("restore", "nightly-1")
+        assert restored.returncode == 0, restored.stderr
+        assert results(knowledge_base) == before
+
+        # Over a collection that exists, only when asked to replace it.
+        refused = knowledge_base.cli("restore", "nightly-1")
+        assert refused.returncode == 1
+        assert "--replace" in refused.stderr
+        replaced = knowledge_base.cli("restore", "nightly-1", "--replace")
+        assert replaced.returncode == 0, replaced.stderr
+        assert results(knowledge_base)[:2] == before[:2]
+    finally:
+        weaviate.stop()
