@@ -574,7 +574,13 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
         cluster, "kubectl", "rollout", "status", "-n", NAMESPACE,
         f"deployment/{BOT}-gateway", "--timeout=300s",
     )  # fmt: skip
-    assert not old & {pod.metadata.uid for pod in pods(cluster, "gateway")}
+    # The old pods, done with their answers, exit.
+    eventually(
+        lambda: not old & {pod.metadata.uid for pod in pods(cluster, "gateway")},
+        180,
+        "the old gateway pods to exit",
+        interval=1,
+    )
 
     # A node drain of the gateways: the budget lets one go at a time, and its replacement has
     # nowhere to run (the only node is cordoned), so the other stays, Ready, to the end.
