@@ -34,6 +34,7 @@ from tertulia.operator.render.knowledge import (
     generated_knowledge_base_key,
     knowledge_base_secret,
 )
+from tertulia.operator.render.memory import COMPONENT as MEMORY
 from tertulia.operator.render.memory import (
     generated_memory_password,
     memory_secret,
@@ -187,15 +188,21 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
 
 
 def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dict[str, str]]:
-    """The platform keys that are missing, and the versions of the Secrets that exist (each
-    read once)."""
+    """The platforms' keys that are missing (and an external Redis's, as `memory`'s), and the
+    versions of the Secrets that exist (each read once)."""
     names = dict.fromkeys(name for name, _ in read_secrets(bot))
     found = {name: kube.secret_keys(bot.namespace, name) for name in names}
     versions = {name: state[0] for name, state in found.items() if state is not None}
+    needed = [
+        (platform, ref) for platform, refs in secret_refs(bot).items() for ref in refs.values()
+    ]
+    external = bot.spec.gateway.memory.external
+    if external is not None:
+        refs = (external.password_secret_ref, external.ca_secret_ref)
+        needed += [(MEMORY, ref) for ref in refs if ref is not None]
     missing = [
-        MissingSecret(platform, ref.name, ref.key)
-        for platform, refs in secret_refs(bot).items()
-        for ref in refs.values()
+        MissingSecret(owner, ref.name, ref.key)
+        for owner, ref in needed
         if (state := found[ref.name]) is None or ref.key not in state[1]
     ]
     return missing, versions

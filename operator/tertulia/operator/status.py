@@ -229,7 +229,16 @@ def compute_status(
         results["ModelReady"] = _workload(workloads, "model", "model server", troubles)
     results["GatewayReady"] = _workload(workloads, "gateway", "gateway", troubles)
     external = spec.gateway.memory.external
-    if external is not None:
+    memory_missing = [item for item in missing if item.platform == "memory"]
+    missing = [item for item in missing if item.platform != "memory"]
+    if memory_missing:
+        results["MemoryReady"] = (
+            False,
+            "SecretNotFound",
+            "; ".join(item.describe() for item in memory_missing)
+            + "; the gateway reaches the external Redis once it exists",
+        )
+    elif external is not None:
         host = external.url.removeprefix("rediss://").split("/")[0]
         results["MemoryReady"] = (
             True,
@@ -239,7 +248,7 @@ def compute_status(
         )
     else:
         results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
-    if not results["MemoryReady"][0]:
+    if not results["MemoryReady"][0] and not memory_missing:
         ready, reason, message = results["MemoryReady"]
         results["MemoryReady"] = (ready, reason, f"{message}; {_without_redis(spec)}")
     if spec.knowledge_base.enabled:
@@ -309,7 +318,9 @@ def compute_status(
     conditions = [
         _condition(previous, kind, *results[kind], bot.generation) for kind in CONDITION_TYPES
     ]
-    degraded = bool(missing or refused or missing_sources) or (ingest is not None and ingest.failed)
+    degraded = bool(missing or memory_missing or refused or missing_sources) or (
+        ingest is not None and ingest.failed
+    )
     phase: Phase = "Ready" if all_ready else ("Degraded" if degraded else "Progressing")
     model = workloads.get("model")
     return ChatBotStatus(

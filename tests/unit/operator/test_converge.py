@@ -14,7 +14,7 @@ from tertulia.operator.converge import apply_each, check_secrets, forget, write_
 from tertulia.operator.render import render_all
 from tertulia.operator.seen import Observed
 from tertulia.operator.status import Workload, compute_status
-from tests.unit.operator.test_render import IMAGE, REPO, example, load
+from tests.unit.operator.test_render import IMAGE, REPO, example, load, with_spec
 
 
 class Refusing:
@@ -84,6 +84,24 @@ def test_secrets_are_read_once_each_and_a_missing_key_is_named() -> None:
         ("telegram", "telegram", "webhook-secret"),
     ]
     assert versions == {"slack": "11", "telegram": "12", "tertulia-api-keys": "13"}
+
+
+def test_an_external_redis_secret_or_key_that_is_missing_is_named_as_memorys() -> None:
+    external = {
+        "url": "rediss://cache.example.com:6380/0",
+        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
+        "caSecretRef": {"name": "managed-redis-ca", "key": "ca.pem"},
+    }
+    bot = with_spec(example("local"), {"gateway": {"memory": {"external": external}}})
+    kube = Secrets(
+        {"managed-redis": ("21", frozenset({"password"})), "tertulia-api-keys": ("1", frozenset())}
+    )
+    missing, versions = check_secrets(kube, bot)
+    assert sorted((m.platform, m.secret, m.key) for m in missing) == [
+        ("memory", "managed-redis", "auth"),
+        ("memory", "managed-redis-ca", "ca.pem"),
+    ]
+    assert versions["managed-redis"] == "21"
 
 
 class StatusStore:

@@ -212,3 +212,20 @@ def test_an_external_redis_is_memory_ready_without_a_workload() -> None:
     assert (memory.status, memory.reason) == ("True", "External")
     assert "cache.example.com:6380" in memory.message
     assert status.phase == "Ready"
+
+
+def test_a_missing_secret_of_the_external_redis_shows_on_memory_not_on_the_platforms() -> None:
+    external = {
+        "url": "rediss://cache.example.com:6380/0",
+        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
+    }
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"gateway": {"memory": {"external": external}}})
+    ready = {component: found for component, found in READY.items() if component != "memory"}
+    missing = [MissingSecret("memory", "managed-redis", "auth")]
+    status = compute_status(bot, ready, missing, ChatBotStatus())
+    found = conditions(status)
+    assert found["MemoryReady"] == ("False", "SecretNotFound")
+    assert found["PlatformsReady"] == ("True", "Ready")
+    memory = next(c for c in status.conditions if c.type == "MemoryReady")
+    assert "managed-redis" in memory.message and "auth" in memory.message
+    assert status.phase == "Degraded"
