@@ -14,7 +14,7 @@ from tertulia.operator.converge import apply_each, check_secrets, forget, write_
 from tertulia.operator.render import render_all
 from tertulia.operator.seen import Observed
 from tertulia.operator.status import Workload, compute_status
-from tests.unit.operator.test_render import IMAGE, REPO, example, load, with_spec
+from tests.unit.operator.test_render import IMAGE, REPO, example, load, with_external_redis
 
 
 class Refusing:
@@ -87,12 +87,7 @@ def test_secrets_are_read_once_each_and_a_missing_key_is_named() -> None:
 
 
 def test_an_external_redis_secret_or_key_that_is_missing_is_named_as_memorys() -> None:
-    external = {
-        "url": "rediss://cache.example.com:6380/0",
-        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
-        "caSecretRef": {"name": "managed-redis-ca", "key": "ca.pem"},
-    }
-    bot = with_spec(example("local"), {"gateway": {"memory": {"external": external}}})
+    bot = with_external_redis(example("local"))
     kube = Secrets(
         {"managed-redis": ("21", frozenset({"password"})), "tertulia-api-keys": ("1", frozenset())}
     )

@@ -16,7 +16,7 @@ from tertulia.operator.status import (
     compute_status,
     failed_status,
 )
-from tests.unit.operator.test_render import example, with_spec
+from tests.unit.operator.test_render import example, with_external_redis, with_spec
 
 
 def deployment(name: str) -> dict[str, object]:
@@ -201,11 +201,7 @@ def test_redis_not_ready_says_what_the_gateway_does_meanwhile(
 
 
 def test_an_external_redis_is_memory_ready_without_a_workload() -> None:
-    external = {
-        "url": "rediss://cache.example.com:6380/0",
-        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
-    }
-    bot = with_spec(example("vllm-gpu-slack-kb"), {"gateway": {"memory": {"external": external}}})
+    bot = with_external_redis(example("vllm-gpu-slack-kb"))
     ready = {component: found for component, found in READY.items() if component != "memory"}
     status = compute_status(bot, ready, [], ChatBotStatus())
     memory = next(c for c in status.conditions if c.type == "MemoryReady")
@@ -215,11 +211,7 @@ def test_an_external_redis_is_memory_ready_without_a_workload() -> None:
 
 
 def test_a_missing_secret_of_the_external_redis_shows_on_memory_not_on_the_platforms() -> None:
-    external = {
-        "url": "rediss://cache.example.com:6380/0",
-        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
-    }
-    bot = with_spec(example("vllm-gpu-slack-kb"), {"gateway": {"memory": {"external": external}}})
+    bot = with_external_redis(example("vllm-gpu-slack-kb"))
     ready = {component: found for component, found in READY.items() if component != "memory"}
     missing = [MissingSecret("memory", "managed-redis", "auth")]
     status = compute_status(bot, ready, missing, ChatBotStatus())

@@ -473,6 +473,18 @@ def with_spec(bot: ChatBot, change: dict[str, Any]) -> ChatBot:
     return bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
 
 
+# A managed Redis, as memory.external names it.
+EXTERNAL_REDIS = {
+    "url": "rediss://cache.example.com:6380/0",
+    "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
+    "caSecretRef": {"name": "managed-redis-ca", "key": "ca.pem"},
+}
+
+
+def with_external_redis(bot: ChatBot) -> ChatBot:
+    return with_spec(bot, {"gateway": {"memory": {"external": EXTERNAL_REDIS}}})
+
+
 def budgets(bot: ChatBot) -> dict[str, dict[str, Any]]:
     """The PodDisruptionBudgets rendered, by the component they cover."""
     return {
@@ -523,12 +535,8 @@ def test_gateway_pods_spread_over_nodes_and_stay_long_enough_to_finish_their_ans
 
 
 def test_an_external_redis_replaces_the_in_cluster_one_and_the_gateway_mounts_its_secrets() -> None:
-    external = {
-        "url": "rediss://cache.example.com:6380/0",
-        "passwordSecretRef": {"name": "managed-redis", "key": "auth"},
-        "caSecretRef": {"name": "managed-redis-ca", "key": "ca.pem"},
-    }
-    bot = with_spec(example("all-platforms"), {"gateway": {"memory": {"external": external}}})
+    external = EXTERNAL_REDIS
+    bot = with_external_redis(example("all-platforms"))
     manifests = render_all(bot, image=IMAGE)
     components = {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in manifests}
     assert "memory" not in components  # no Redis, no Service, no policy for one
