@@ -14,6 +14,8 @@ everything recovers by itself when Redis is back.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tertulia.gateway.errors import MemoryUnavailable
 from tertulia.gateway.metrics import GatewayMetrics
@@ -24,6 +26,7 @@ MEMORY_NOTICE = (
     "Conversation memory is unavailable for a moment: this answer does not know what was said "
     "before, and this turn will not be remembered."
 )
+T = TypeVar("T")
 # How long requests skip a store that has just failed.
 PAUSE_SECONDS = 2.0
 
@@ -65,6 +68,25 @@ def degraded_features(settings: GatewaySettings) -> dict[str, str]:
     return features
 
 
+async def _unless_away(
+    outage: StoreOutage, refuse: bool, call: Callable[[], Awaitable[T]]
+) -> T | None:
+    """`call`'s result, or None while the store is away (it failed a moment ago, or fails
+    now) and the caller can do without it; with `refuse`, MemoryUnavailable instead."""
+    if not outage.paused():
+        try:
+            return await call()
+        except MemoryUnavailable:
+            outage.failed()
+            if refuse:
+                raise
+    elif refuse:
+        raise MemoryUnavailable(
+            "conversation memory cannot be reached; try again shortly", retry_after=PAUSE_SECONDS
+        )
+    return None
+
+
 async def admit(
     store: Store,
     outage: StoreOutage,
@@ -75,17 +97,12 @@ async def admit(
 ) -> tuple[Admission, str | None]:
     """The store's admission (rate limit and history), or, while the store is away and every
     feature used tolerates it, one without either and the notice the answer carries."""
-    if not outage.paused():
-        try:
-            return await store.admit(buckets, key, settings.memory.max_tokens), None
-        except MemoryUnavailable:
-            outage.failed()
-            if not tolerated(settings, limited=bool(buckets)):
-                raise
-    elif not tolerated(settings, limited=bool(buckets)):
-        raise MemoryUnavailable(
-            "conversation memory cannot be reached; try again shortly", retry_after=PAUSE_SECONDS
-        )
+    refuse = not tolerated(settings, limited=bool(buckets))
+    found = await _unless_away(
+        outage, refuse, lambda: store.admit(buckets, key, settings.memory.max_tokens)
+    )
+    if found is not None:
+        return found, None
     if buckets:
         metrics.degraded.labels("rate_limit").inc()
     notice = None
@@ -104,17 +121,8 @@ async def take(
 ) -> BucketVerdict:
     """The rate limit's verdict, or, while the store is away and the limit fails open, a pass."""
     refuse = settings.rate_limit.when_unavailable == "refuse"
-    if not outage.paused():
-        try:
-            return await store.take(buckets)
-        except MemoryUnavailable:
-            outage.failed()
-            if refuse:
-                raise
-    elif refuse:
-        raise MemoryUnavailable(
-            "the rate limit's store cannot be reached; try again shortly",
-            retry_after=PAUSE_SECONDS,
-        )
+    verdict = await _unless_away(outage, refuse, lambda: store.take(buckets))
+    if verdict is not None:
+        return verdict
     metrics.degraded.labels("rate_limit").inc()
     return BucketVerdict(True, 0.0)
