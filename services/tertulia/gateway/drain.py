@@ -7,9 +7,9 @@ answers that take a minute. So the gateway, on SIGTERM:
 1. fails /readyz at once (`draining`), so it leaves the endpoints, and asks each client it
    answers to close its connection (`Connection: close`), so pooled connections move to
    another replica;
-2. keeps serving for `delay_seconds`, answering whatever still reaches it;
-3. stops listening, and lets the answers in flight finish, for at most `timeout_seconds`
-   (the pod's termination grace period covers both);
+2. keeps serving for `shutdown.drain_delay_seconds`, answering whatever still reaches it;
+3. stops listening, and lets the answers in flight finish, for at most
+   `shutdown.grace_seconds` (the pod's termination grace period covers both);
 4. exits.
 
 A second SIGTERM skips what is left of the delay; a second Ctrl-C quits at once.

@@ -68,7 +68,7 @@ class RequestContextMiddleware:
                     *message.get("headers", []),
                     (b"x-request-id", current.encode()),
                 ]
-                if self.drain.started is not None:
+                if self.drain.draining:
                     # Stopping: the client's next request opens a connection to a replica
                     # that stays.
                     message["headers"].append((b"connection", b"close"))
