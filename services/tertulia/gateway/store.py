@@ -9,11 +9,12 @@ import contextlib
 import hashlib
 import json
 import math
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import redis.asyncio as redis
 from pydantic import BaseModel, TypeAdapter
@@ -199,6 +200,38 @@ return 1
 """
 
 
+T = TypeVar("T")
+
+
+def transient(error: Exception) -> bool:
+    """Whether another attempt may succeed: a connection that broke or timed out may, a wrong
+    password, a missing permission or a certificate that does not verify will not (redis-py
+    counts them as connection errors too, and retries them)."""
+    if isinstance(error, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
+        return False
+    cause = error.__cause__ or error.__context__
+    # A TLS handshake refused (wrong CA, a plain-text port); a TLS session cut short is transient.
+    closed = ssl.SSLEOFError | ssl.SSLZeroReturnError
+    return not (isinstance(cause, ssl.SSLError) and not isinstance(cause, closed))
+
+
+class TransientRetry(Retry):
+    """redis-py's retry with backoff, for transient errors only: a misconfigured Redis fails
+    the request at once instead of after seconds of attempts."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return transient(error) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 # Connections to Redis per gateway process. A chat request holds one for its one round trip
 # before the model and one after, so a few dozen serve hundreds of streams at once.
 REDIS_CONNECTIONS = 64
@@ -225,8 +258,9 @@ class RedisStore:
             socket_timeout=5,
             # A connection that broke (Redis restarted, its pod replaced) is opened again and
             # the command sent again, with redis-py's own defaults, which a pool built by hand
-            # does not get: without them the first request after a restart fails.
-            retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), retries=10),
+            # does not get: without them the first request after a restart fails. Errors that
+            # another attempt cannot fix (a wrong password, an unverified certificate) fail at once.
+            retry=TransientRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), retries=10),
             **tls,
         )
         self._redis = redis.Redis.from_pool(pool)  # closing the client closes its pool

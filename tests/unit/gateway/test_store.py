@@ -1,8 +1,16 @@
-"""The in-process store behaves as the Redis one: trimmed histories, all-or-nothing buckets."""
+"""The in-process store behaves as the Redis one: trimmed histories, all-or-nothing buckets;
+the Redis store retries what another attempt can fix, and only that."""
 
 from __future__ import annotations
 
-from tertulia.gateway.store import Bucket, InProcessStore, Turn
+import asyncio
+import ssl
+
+import pytest
+from redis import exceptions as redis_errors
+from redis.backoff import NoBackoff
+
+from tertulia.gateway.store import Bucket, InProcessStore, TransientRetry, Turn
 
 
 async def test_append_keeps_only_the_newest_messages() -> None:
@@ -51,3 +59,45 @@ async def test_a_conversation_past_its_ttl_is_forgotten() -> None:
     store = InProcessStore()
     await store.append("k", [Turn(role="user", content="x")], max_messages=2, ttl_seconds=0)
     assert await store.history("k") == []
+
+
+def _attempts(error: Exception) -> int:
+    """How many times the Redis store's retry policy calls an operation that raises `error`."""
+    calls = 0
+
+    async def operation() -> None:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    async def ignore(_error: Exception) -> None:
+        return None
+
+    retry = TransientRetry(NoBackoff(), retries=3)
+    with pytest.raises(type(error)):
+        asyncio.run(retry.call_with_retry(operation, ignore))
+    return calls
+
+
+def _wrapped(cause: OSError) -> redis_errors.ConnectionError:
+    """A connection error as redis-py raises it while connecting: inside an `except` of `cause`."""
+    try:
+        try:
+            raise cause
+        except OSError:
+            raise redis_errors.ConnectionError("Error connecting") from None
+    except redis_errors.ConnectionError as raised:
+        return raised
+
+
+def test_a_broken_connection_is_tried_again() -> None:
+    assert _attempts(redis_errors.ConnectionError("Connection reset by peer")) == 4
+    assert _attempts(redis_errors.TimeoutError("Timeout reading")) == 4
+    assert _attempts(_wrapped(ssl.SSLEOFError("EOF occurred in violation of protocol"))) == 4
+
+
+def test_a_wrong_password_or_certificate_fails_at_once() -> None:
+    assert _attempts(redis_errors.AuthenticationError("WRONGPASS invalid password")) == 1
+    assert _attempts(redis_errors.AuthorizationError("NOPERM")) == 1
+    assert _attempts(_wrapped(ssl.SSLCertVerificationError("certificate verify failed"))) == 1
+    assert _attempts(_wrapped(ssl.SSLError("wrong version number"))) == 1
