@@ -89,7 +89,8 @@ debian_base() {
 
 llama_server() {
   # llama-server of the release the operator pins, from the sdist uv.lock pins (checked
-  # against its hash), for this machine's CPU; cached by release and CPU flags.
+  # against its hash), for any x86-64 with AVX2: not -march=native, which on a CPU with AMX
+  # compiles in ggml's AMX kernels, and they crash on the first matrix multiplication.
   [[ -x "${LLAMA_SERVER_DIR}/llama-server" ]] && return
   log "building llama-server ${LLAMACPP_RELEASE} (first run only)"
   local work="${CONTEXT}/llama.cpp"
@@ -106,7 +107,7 @@ PYTHON
   tar -xzf "${work}/sdist.tar.gz" -C "${work}" --strip-components=1
   # The compiler's warnings go to a log, shown when the build fails.
   if ! { cmake -S "${work}/vendor/llama.cpp" -B "${work}/build" -DCMAKE_BUILD_TYPE=Release \
-      -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF \
+      -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF \
       -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
       -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
       && cmake --build "${work}/build" --target llama-server -j "$(nproc)"; } \
@@ -139,10 +140,11 @@ while read -r role image; do
 done < <("${REPO_ROOT}/.venv/bin/tertulia" operator images)
 APP_VERSION="$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "${REPO_ROOT}/charts/tertulia/Chart.yaml")"
 BIN="${TESTBED_DIR}/bin"
-# The release in the tag the operator renders (server-bNNNN); the binary is built for this
-# machine's CPU, so its cache is keyed by the CPU's flags too.
+# The release in the tag the operator renders (server-bNNNN); the binary is built for any
+# x86-64 with AVX2, as upstream's CPU image is for its baseline, so one cache serves every
+# machine.
 LLAMACPP_RELEASE="${THIRD_PARTY[model-llamacpp]##*-}"
-LLAMA_SERVER_DIR="${TERTULIA_CACHE}/llama-server/${LLAMACPP_RELEASE}-$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-8)"
+LLAMA_SERVER_DIR="${TERTULIA_CACHE}/llama-server/${LLAMACPP_RELEASE}-avx2"
 
 debian_base
 stand_in docker.io/library/python:3.11.14-slim-bookworm python
