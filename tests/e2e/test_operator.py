@@ -604,6 +604,45 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.gateway.memory.external.passwordSecretRef",
     ),
     (
+        "a knowledge base of more nodes than it spreads over",
+        {"model": {"name": "m"}, "knowledgeBase": {"enabled": True, "replicas": 10}},
+        "spec.knowledgeBase.replicas",
+    ),
+    (
+        "backups of a knowledge base on several nodes",
+        {"model": {"name": "m"}, "knowledgeBase": {"enabled": True, "replicas": 2, "backup": {}}},
+        "spec.knowledgeBase.backup",
+    ),
+    (
+        "an external weaviate that is not a url",
+        {
+            "model": {"name": "m"},
+            "knowledgeBase": {
+                "enabled": True,
+                "external": {
+                    "url": "weaviate.example.com:8080",
+                    "apiKeySecretRef": {"name": "w", "key": "k"},
+                },
+            },
+        },
+        "spec.knowledgeBase.external.url",
+    ),
+    (
+        "backups of an external weaviate",
+        {
+            "model": {"name": "m"},
+            "knowledgeBase": {
+                "enabled": True,
+                "backup": {},
+                "external": {
+                    "url": "https://weaviate.example.com",
+                    "apiKeySecretRef": {"name": "w", "key": "k"},
+                },
+            },
+        },
+        "spec.knowledgeBase.backup",
+    ),
+    (
         "a redis that refuses in a way the gateway has not",
         {"model": {"name": "m"}, "gateway": {"memory": {"whenUnavailable": "wait"}}},
         "spec.gateway.memory.whenUnavailable",
@@ -626,6 +665,25 @@ def test_invalid_chatbots_are_refused_naming_the_field(
 
     assert result.returncode != 0, case
     assert field in result.stderr, result.stderr
+
+
+def test_a_knowledge_base_keeps_its_number_of_nodes(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": "nodes"},
+        "spec": {"model": {"name": "m"}, "knowledgeBase": {"enabled": True, "replicas": 2}},
+    }
+    assert apply(control_plane, namespace, body).returncode == 0
+
+    body["spec"]["knowledgeBase"]["replicas"] = 3
+    result = apply(control_plane, namespace, body)
+
+    assert result.returncode != 0
+    assert "spec.knowledgeBase.replicas" in result.stderr, result.stderr
+    assert "cannot change once the knowledge base exists" in result.stderr
 
 
 def test_a_name_too_long_for_its_children_is_refused(

@@ -174,23 +174,61 @@ class WeaviateAddress:
     api_key: str
 
 
+@dataclass(frozen=True)
+class WeaviateNode:
+    """One node of a Weaviate cluster on this host: its name, and the ports the nodes reach
+    each other on (its data port is the gossip port + 1, its Raft RPC port the Raft port + 1,
+    as Weaviate expects of nodes on one host)."""
+
+    name: str
+    gossip_port: int
+    raft_port: int
+
+
+def weaviate_cluster(size: int) -> list[WeaviateNode]:
+    """`size` nodes' names and ports, no two of them the same."""
+    taken: set[int] = set()
+
+    def pair() -> int:
+        while (port := _free_port_pair()) in taken or port + 1 in taken:
+            pass
+        taken.update((port, port + 1))
+        return port
+
+    return [WeaviateNode(f"node{index}", pair(), pair()) for index in range(size)]
+
+
 def start_weaviate(
     workdir: Path,
     *,
     api_key: str = "test-weaviate-key",
     address: WeaviateAddress | None = None,
     backups: Path | None = None,
+    cluster: list[WeaviateNode] | None = None,
+    node: int = 0,
+    voters: int = 1,
     timeout: float = 90.0,
 ) -> tuple[ManagedProcess, WeaviateAddress]:
     """weaviate-server built from its Go module, with its data in `workdir`, no vectorizer
     module, and API-key auth. Pass `address` to start it again on the same ports and data;
-    `backups`, a folder for its filesystem backup module."""
+    `backups`, a folder for its filesystem backup module; `cluster` and `node`, to start that
+    node of a cluster whose first `voters` nodes vote in its Raft (start those first)."""
     if address is None:
         http_port, grpc_port = free_port(), free_port()
         address = WeaviateAddress(f"http://127.0.0.1:{http_port}", grpc_port, api_key)
     http_port = int(address.url.rsplit(":", 1)[1])
-    gossip, data = free_port(), free_port()
-    raft = _free_port_pair()
+    if cluster is None:
+        cluster, node, voters = [WeaviateNode("node1", _free_port_pair(), _free_port_pair())], 0, 1
+    this = cluster[node]
+    gossip, data, raft = this.gossip_port, this.gossip_port + 1, this.raft_port
+    joined: dict[str, str] = {}
+    if len(cluster) > 1:
+        joined = {
+            "CLUSTER_IN_LOCALHOST": "true",
+            # Every node, for its port (on one host each has its own); the first `voters` vote.
+            "RAFT_JOIN": ",".join(f"{n.name}:{n.raft_port}" for n in cluster),
+            **({"CLUSTER_JOIN": f"127.0.0.1:{cluster[0].gossip_port}"} if node else {}),
+        }
     env = {
         "PERSISTENCE_DATA_PATH": str(workdir / "data"),
         "DEFAULT_VECTORIZER_MODULE": "none",
@@ -203,7 +241,7 @@ def start_weaviate(
         "AUTHORIZATION_ADMINLIST_ENABLED": "true",
         "AUTHORIZATION_ADMINLIST_USERS": "tertulia",
         "GRPC_PORT": str(address.grpc_port),
-        "CLUSTER_HOSTNAME": "node1",
+        "CLUSTER_HOSTNAME": this.name,
         "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
         "CLUSTER_BIND_ADDR": "127.0.0.1",
         "CLUSTER_GOSSIP_BIND_PORT": str(gossip),
@@ -211,8 +249,10 @@ def start_weaviate(
         "RAFT_PORT": str(raft),
         # Weaviate reaches a node's RPC port at its raft port + 1.
         "RAFT_INTERNAL_RPC_PORT": str(raft + 1),
-        "RAFT_BOOTSTRAP_EXPECT": "1",
+        "RAFT_BOOTSTRAP_EXPECT": str(voters),
+        **joined,
         "DISABLE_TELEMETRY": "true",
+        "GO_PROFILING_DISABLE": "true",  # its port, 6060, is one for every node
         "LOG_LEVEL": "warning",
         "QUERY_DEFAULTS_LIMIT": "25",
         "GOMAXPROCS": "2",

@@ -553,6 +553,25 @@ class KnowledgeBackupSpec(Spec):
     )
 
 
+class ExternalWeaviateSpec(Spec):
+    """A Weaviate the operator does not run: Weaviate Cloud, or one of your own elsewhere."""
+
+    url: str = Field(
+        pattern=r"^https?://[^/\s]+$",
+        max_length=2048,
+        description="Its HTTP address, https://HOST[:PORT] (http only inside a network you "
+        "trust). The API key comes from apiKeySecretRef.",
+    )
+    grpc_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+$",
+        max_length=2048,
+        description="Its gRPC address, https://HOST[:PORT] for TLS: Weaviate Cloud's is "
+        "https://grpc-HOST. Unset: the HTTP host, port 50051, TLS as the HTTP address.",
+    )
+    api_key_secret_ref: SecretKeyRef = Field(description="The Secret key holding its API key.")
+
+
 class KnowledgeBaseSpec(Spec):
     """A Weaviate knowledge base the gateway retrieves from."""
 
@@ -576,11 +595,47 @@ class KnowledgeBaseSpec(Spec):
                 "storageClassName cannot change once the knowledge base exists",
                 ".storageClassName",
             ),
+            # Weaviate's nodes agree on their members when they first start, and each
+            # collection's replication factor is set when it is made.
+            rule(
+                "!oldSelf.enabled || !self.enabled || self.replicas == oldSelf.replicas",
+                "replicas cannot change once the knowledge base exists: back it up, delete "
+                "it and ingest again (docs/knowledge.md)",
+                ".replicas",
+            ),
+            rule(
+                "self.replicas == 1 || !has(self.backup)",
+                "backup writes to one node's volume, so it needs replicas: 1",
+                ".backup",
+            ),
+            rule(
+                "!has(self.external) || !has(self.backup)",
+                "backup is for the in-cluster Weaviate: back an external one up where it runs",
+                ".backup",
+            ),
+            rule(
+                "!has(self.external) || self.replicas == 1",
+                "replicas is for the in-cluster Weaviate, not an external one",
+                ".replicas",
+            ),
         )
     )
 
     enabled: bool = Field(False, description="Deploy Weaviate and retrieve from it.")
-    storage: str = Field("10Gi", description="Weaviate's volume size.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Weaviate nodes, each with a volume of `storage` and a copy of every "
+        "chunk, on different nodes where the cluster has them: with 2 or more, searches go on "
+        "while one is away (a drain, a crash). Set when the knowledge base is made.",
+    )
+    external: ExternalWeaviateSpec | None = Field(
+        None,
+        description="Use this Weaviate instead of running one: the operator then renders no "
+        "Weaviate, volume or key of its own.",
+    )
+    storage: str = Field("10Gi", description="Weaviate's volume size (per node).")
     storage_class_name: str | None = Field(None, description="StorageClass of Weaviate's volume.")
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec, description="Embedding model.")
     sources: list[SourceSpec] = Field(

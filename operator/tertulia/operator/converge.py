@@ -30,8 +30,10 @@ from tertulia.operator.render.gateway import (
     api_keys_secret,
     generated_api_keys,
 )
+from tertulia.operator.render.knowledge import COMPONENT as KNOWLEDGE
 from tertulia.operator.render.knowledge import (
     generated_knowledge_base_key,
+    knowledge_base_key,
     knowledge_base_secret,
 )
 from tertulia.operator.render.memory import COMPONENT as MEMORY
@@ -162,8 +164,11 @@ def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> None:
             reason="Created",
             message=f"generated Redis's password in Secret {memory_secret(bot)}",
         )
-    if bot.spec.knowledge_base.enabled and kube.create(
-        generated_knowledge_base_key(bot, secrets.token_urlsafe(32))
+    knowledge = bot.spec.knowledge_base
+    if (
+        knowledge.enabled
+        and knowledge.external is None
+        and kube.create(generated_knowledge_base_key(bot, secrets.token_urlsafe(32)))
     ):
         kopf.info(
             body,
@@ -181,15 +186,16 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
     found.append((api_keys_secret(bot), None))  # the bots' keys are among the refs above
     found.extend((name, None) for name in memory_secrets(bot))
     if bot.spec.knowledge_base.enabled:
-        found.append((knowledge_base_secret(bot), None))
+        found.append((knowledge_base_key(bot)[0], None))
     if bot.spec.model.api_key_secret_ref is not None:
         found.append((bot.spec.model.api_key_secret_ref.name, None))
     return found
 
 
 def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dict[str, str]]:
-    """The platforms' keys that are missing (and an external Redis's, as `memory`'s), and the
-    versions of the Secrets that exist (each read once)."""
+    """The platforms' keys that are missing (and an external Redis's, as `memory`'s, and an
+    external Weaviate's, as `knowledge-base`'s), and the versions of the Secrets that exist
+    (each read once)."""
     names = dict.fromkeys(name for name, _ in read_secrets(bot))
     found = {name: kube.secret_keys(bot.namespace, name) for name in names}
     versions = {name: state[0] for name, state in found.items() if state is not None}
@@ -200,6 +206,9 @@ def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dic
     if external is not None:
         refs = (external.password_secret_ref, external.ca_secret_ref)
         needed += [(MEMORY, ref) for ref in refs if ref is not None]
+    weaviate = bot.spec.knowledge_base.external
+    if bot.spec.knowledge_base.enabled and weaviate is not None:
+        needed.append((KNOWLEDGE, weaviate.api_key_secret_ref))
     missing = [
         MissingSecret(owner, ref.name, ref.key)
         for owner, ref in needed

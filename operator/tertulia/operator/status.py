@@ -195,6 +195,19 @@ def _workload(
     return False, "NotReady", counted
 
 
+def _external(missing: list[MissingSecret], what: str, where: str) -> tuple[bool, str, str]:
+    """The condition of a store the operator does not run: its Secret missing, or where it
+    is (whether it answers, the gateway's /readyz says)."""
+    if missing:
+        named = "; ".join(item.describe() for item in missing)
+        return (
+            False,
+            "SecretNotFound",
+            f"{named}; the gateway reaches the external {what} once it exists",
+        )
+    return True, "External", f"{where}: the gateway's /readyz says whether it answers"
+
+
 def _without_redis(spec: ChatBotSpec) -> str:
     """What the gateway does while Redis is away, as the spec says."""
     if spec.gateway.rate_limit.when_unavailable == "refuse":
@@ -230,33 +243,34 @@ def compute_status(
     results["GatewayReady"] = _workload(workloads, "gateway", "gateway", troubles)
     external = spec.gateway.memory.external
     memory_missing = [item for item in missing if item.platform == "memory"]
-    missing = [item for item in missing if item.platform != "memory"]
-    if memory_missing:
-        results["MemoryReady"] = (
-            False,
-            "SecretNotFound",
-            "; ".join(item.describe() for item in memory_missing)
-            + "; the gateway reaches the external Redis once it exists",
-        )
-    elif external is not None:
-        host = external.url.removeprefix("rediss://").split("/")[0]
-        results["MemoryReady"] = (
-            True,
-            "External",
-            f"Redis at {host}, outside the cluster, over TLS: the gateway's /readyz says "
-            "whether it answers",
+    knowledge_missing = [item for item in missing if item.platform == "knowledge-base"]
+    missing = [item for item in missing if item.platform not in ("memory", "knowledge-base")]
+    if memory_missing or external is not None:
+        host = external.url.removeprefix("rediss://").split("/")[0] if external else ""
+        results["MemoryReady"] = _external(
+            memory_missing, "Redis", f"Redis at {host}, outside the cluster, over TLS"
         )
     else:
         results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
     if not results["MemoryReady"][0] and not memory_missing:
         ready, reason, message = results["MemoryReady"]
         results["MemoryReady"] = (ready, reason, f"{message}; {_without_redis(spec)}")
+    weaviate = spec.knowledge_base.external
     if spec.knowledge_base.enabled:
-        results["KnowledgeBaseReady"] = _workload(workloads, "knowledge-base", "Weaviate", troubles)
-        if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):
-            results["KnowledgeBaseReady"] = _workload(
-                workloads, "embeddings", "embeddings server", troubles
+        if knowledge_missing or weaviate is not None:
+            where = f"Weaviate at {weaviate.url}" if weaviate else ""
+            results["KnowledgeBaseReady"] = _external(
+                knowledge_missing, "Weaviate", f"{where}, outside the cluster"
             )
+        else:
+            results["KnowledgeBaseReady"] = _workload(
+                workloads, "knowledge-base", "Weaviate", troubles
+            )
+        if results["KnowledgeBaseReady"][0] and runs_embeddings_server(bot):
+            embeddings = _workload(workloads, "embeddings", "embeddings server", troubles)
+            # An external Weaviate's condition says where it is, unless the embeddings fail.
+            if weaviate is None or not embeddings[0]:
+                results["KnowledgeBaseReady"] = embeddings
         if missing_sources:
             results["KnowledgeBaseReady"] = (
                 False,
@@ -318,9 +332,9 @@ def compute_status(
     conditions = [
         _condition(previous, kind, *results[kind], bot.generation) for kind in CONDITION_TYPES
     ]
-    degraded = bool(missing or memory_missing or refused or missing_sources) or (
-        ingest is not None and ingest.failed
-    )
+    degraded = bool(
+        missing or memory_missing or knowledge_missing or refused or missing_sources
+    ) or (ingest is not None and ingest.failed)
     phase: Phase = "Ready" if all_ready else ("Degraded" if degraded else "Progressing")
     model = workloads.get("model")
     return ChatBotStatus(

@@ -32,11 +32,23 @@ class KnowledgeSettings(_Section):
         HttpUrl("http://127.0.0.1:8080"), description="Weaviate's HTTP address."
     )
     grpc_port: int = Field(50051, ge=1, le=65535, description="Weaviate's gRPC port, same host.")
+    grpc_url: HttpUrl | None = Field(
+        None,
+        description="Weaviate's gRPC address where it is not the HTTP host's `grpc_port` "
+        "(Weaviate Cloud: https://grpc-HOST); https means TLS.",
+    )
     api_key_file: Path | None = Field(None, description="File holding Weaviate's API key.")
     collection: str = Field(
         "Tertulia",
         min_length=1,
         description="The collection (one per ChatBot); made a valid Weaviate class name.",
+    )
+    replication_factor: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Copies of each chunk across Weaviate's nodes, set when the collection is "
+        "made. Above 1, searches read one copy, so a node away does not stop them.",
     )
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     alpha: float = Field(
@@ -66,6 +78,15 @@ class KnowledgeSettings(_Section):
     @property
     def secure(self) -> bool:
         return urlsplit(str(self.weaviate_url)).scheme == "https"
+
+    @property
+    def grpc_address(self) -> tuple[str, int, bool]:
+        """gRPC's host, port, and whether it is TLS."""
+        if self.grpc_url is None:
+            return self.http_host, self.grpc_port, self.secure
+        parts = urlsplit(str(self.grpc_url))
+        secure = parts.scheme == "https"
+        return parts.hostname or self.http_host, parts.port or (443 if secure else 80), secure
 
 
 def collection_name(name: str) -> str:

@@ -25,7 +25,14 @@ from weaviate.backup.backup import (
     BackupStatus,
     BackupStorage,
 )
-from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
+from weaviate.classes.config import (
+    Configure,
+    ConsistencyLevel,
+    DataType,
+    Property,
+    Tokenization,
+    VectorDistances,
+)
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.collections.classes.data import DataObject
@@ -116,13 +123,14 @@ class Store:
     def _new_client(self) -> WeaviateAsyncClient:
         settings = self.settings
         key = read_secret(settings.api_key_file)
+        grpc_host, grpc_port, grpc_secure = settings.grpc_address
         return weaviate.use_async_with_custom(
             http_host=settings.http_host,
             http_port=settings.http_port,
             http_secure=settings.secure,
-            grpc_host=settings.http_host,
-            grpc_port=settings.grpc_port,
-            grpc_secure=settings.secure,
+            grpc_host=grpc_host,
+            grpc_port=grpc_port,
+            grpc_secure=grpc_secure,
             auth_credentials=Auth.api_key(key) if key else None,
             additional_config=AdditionalConfig(
                 timeout=Timeout(
@@ -191,6 +199,12 @@ class Store:
                     vector_index_config=Configure.VectorIndex.hnsw(
                         distance_metric=VectorDistances.COSINE
                     )
+                ),
+                replication_config=Configure.replication(
+                    factor=self.settings.replication_factor,
+                    # A node that was away catches up by itself, in the background (the
+                    # default from Weaviate 1.38 on, which ignores the field).
+                    async_enabled=True if self.settings.replication_factor > 1 else None,
                 ),
             )
         except WeaviateBaseError as error:
@@ -324,8 +338,13 @@ class Store:
         where = filters.weaviate() if filters else None
         try:
             await self._connect()
+            collection = self._collection
+            if self.settings.replication_factor > 1:
+                # One copy answers: a search goes on while a node is away (writes still
+                # wait for a quorum of copies).
+                collection = collection.with_consistency_level(ConsistencyLevel.ONE)
             if vector is None or alpha == 0.0:
-                result = await self._collection.query.bm25(
+                result = await collection.query.bm25(
                     query=query,
                     query_properties=_SEARCHED,
                     limit=limit,
@@ -334,7 +353,7 @@ class Store:
                     return_metadata=MetadataQuery(score=True),
                 )
             elif alpha == 1.0:
-                result = await self._collection.query.near_vector(
+                result = await collection.query.near_vector(
                     near_vector=vector,
                     limit=limit,
                     filters=where,
@@ -342,7 +361,7 @@ class Store:
                     return_metadata=MetadataQuery(distance=True),
                 )
             else:
-                result = await self._collection.query.hybrid(
+                result = await collection.query.hybrid(
                     query=query,
                     vector=vector,
                     alpha=alpha,

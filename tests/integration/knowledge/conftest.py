@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tertulia.knowledge.embeddings import Embedder
+from tertulia.knowledge.settings import KnowledgeSettings
+from tertulia.knowledge.store import Store, find
 from tests.testbed.documents import minimal_pdf
 from tests.testbed.process import ManagedProcess
 from tests.testbed.servers import WeaviateAddress, start_gateway, start_weaviate
@@ -43,13 +47,17 @@ class KnowledgeBase:
     key_file: Path
     embeddings_url: str
     collection: str
+    replication_factor: int = 1
+    grpc_url: str | None = None  # gRPC elsewhere than the HTTP host's grpc_port
 
     def env(self) -> dict[str, str]:
         return {
             "TERTULIA_KB_WEAVIATE_URL": self.address.url,
             "TERTULIA_KB_GRPC_PORT": str(self.address.grpc_port),
+            **({"TERTULIA_KB_GRPC_URL": self.grpc_url} if self.grpc_url else {}),
             "TERTULIA_KB_API_KEY_FILE": str(self.key_file),
             "TERTULIA_KB_COLLECTION": self.collection,
+            "TERTULIA_KB_REPLICATION_FACTOR": str(self.replication_factor),
             "TERTULIA_KB_EMBEDDING__URL": self.embeddings_url,
         }
 
@@ -81,6 +89,47 @@ class KnowledgeBase:
         )
         response.raise_for_status()
         return {item["id"]: item for item in response.json().get("objects") or []}
+
+
+QUERIES = [
+    "When can I buy fresh fish?",
+    "Where do ships moor?",
+    "What does a small boat pay for a night?",
+    "Who assigns the berths?",
+    "How often does high tide come?",
+    "Where is the tide table posted?",
+    "What do cranes unload?",
+    "How high are containers stacked?",
+    "When does the market open?",
+    "What does a cargo ship pay?",
+]
+
+
+def results(knowledge_base: KnowledgeBase) -> list[list[tuple[str, int, float]]]:
+    """The top three passages of each query, as the gateway retrieves them."""
+
+    async def search() -> list[list[tuple[str, int, float]]]:
+        settings = KnowledgeSettings(
+            weaviate_url=knowledge_base.address.url,
+            grpc_port=knowledge_base.address.grpc_port,
+            api_key_file=knowledge_base.key_file,
+            collection=knowledge_base.collection,
+            replication_factor=knowledge_base.replication_factor,
+            grpc_url=knowledge_base.grpc_url,
+            embedding={"url": knowledge_base.embeddings_url},
+        )
+        store, embedder = Store(settings), Embedder(settings.embedding)
+        try:
+            found = []
+            for query in QUERIES:
+                hits = await find(store, embedder, query, limit=3, alpha=settings.alpha)
+                found.append([(hit.source, hit.chunk_index, round(hit.score, 4)) for hit in hits])
+            return found
+        finally:
+            await store.aclose()
+            await embedder.aclose()
+
+    return asyncio.run(search())
 
 
 def write_documents(folder: Path) -> Path:

@@ -3,56 +3,14 @@ lost, and a restore that brings back the same search results."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
 from pathlib import Path
 
 import httpx
 
-from tertulia.knowledge.embeddings import Embedder
-from tertulia.knowledge.settings import KnowledgeSettings
-from tertulia.knowledge.store import Store, find
-from tests.integration.knowledge.conftest import KnowledgeBase, write_documents
+from tests.integration.knowledge.conftest import KnowledgeBase, results, write_documents
 from tests.testbed.servers import start_weaviate
-
-QUERIES = [
-    "When can I buy fresh fish?",
-    "Where do ships moor?",
-    "What does a small boat pay for a night?",
-    "Who assigns the berths?",
-    "How often does high tide come?",
-    "Where is the tide table posted?",
-    "What do cranes unload?",
-    "How high are containers stacked?",
-    "When does the market open?",
-    "What does a cargo ship pay?",
-]
-
-
-def results(knowledge_base: KnowledgeBase) -> list[list[tuple[str, int, float]]]:
-    """The top three passages of each query, as the gateway retrieves them."""
-
-    async def search() -> list[list[tuple[str, int, float]]]:
-        settings = KnowledgeSettings(
-            weaviate_url=knowledge_base.address.url,
-            grpc_port=knowledge_base.address.grpc_port,
-            api_key_file=knowledge_base.key_file,
-            collection=knowledge_base.collection,
-            embedding={"url": knowledge_base.embeddings_url},
-        )
-        store, embedder = Store(settings), Embedder(settings.embedding)
-        try:
-            found = []
-            for query in QUERIES:
-                hits = await find(store, embedder, query, limit=3, alpha=settings.alpha)
-                found.append([(hit.source, hit.chunk_index, round(hit.score, 4)) for hit in hits])
-            return found
-        finally:
-            await store.aclose()
-            await embedder.aclose()
-
-    return asyncio.run(search())
 
 
 def test_a_backup_restores_the_same_search_results_after_the_volume_is_lost(

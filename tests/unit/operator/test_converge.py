@@ -14,7 +14,14 @@ from tertulia.operator.converge import apply_each, check_secrets, forget, write_
 from tertulia.operator.render import render_all
 from tertulia.operator.seen import Observed
 from tertulia.operator.status import Workload, compute_status
-from tests.unit.operator.test_render import IMAGE, REPO, example, load, with_external_redis
+from tests.unit.operator.test_render import (
+    IMAGE,
+    REPO,
+    example,
+    load,
+    with_external_redis,
+    with_external_weaviate,
+)
 
 
 class Refusing:
@@ -97,6 +104,17 @@ def test_an_external_redis_secret_or_key_that_is_missing_is_named_as_memorys() -
         ("memory", "managed-redis-ca", "ca.pem"),
     ]
     assert versions["managed-redis"] == "21"
+
+
+def test_an_external_weaviates_key_is_read_and_named_as_the_knowledge_bases() -> None:
+    bot = with_external_weaviate(example("vllm-gpu-slack-kb"))
+    kube = Secrets({"weaviate-cloud": ("31", frozenset({"read-key"}))})
+    missing, versions = check_secrets(kube, bot)
+    assert ("knowledge-base", "weaviate-cloud", "admin-key") in {
+        (m.platform, m.secret, m.key) for m in missing
+    }
+    assert versions["weaviate-cloud"] == "31"
+    assert "harbour-knowledge-base" not in kube.reads  # no generated key to read
 
 
 class StatusStore:

@@ -16,7 +16,12 @@ from tertulia.operator.status import (
     compute_status,
     failed_status,
 )
-from tests.unit.operator.test_render import example, with_external_redis, with_spec
+from tests.unit.operator.test_render import (
+    example,
+    with_external_redis,
+    with_external_weaviate,
+    with_spec,
+)
 
 
 def deployment(name: str) -> dict[str, object]:
@@ -220,4 +225,21 @@ def test_a_missing_secret_of_the_external_redis_shows_on_memory_not_on_the_platf
     assert found["PlatformsReady"] == ("True", "Ready")
     memory = next(c for c in status.conditions if c.type == "MemoryReady")
     assert "managed-redis" in memory.message and "auth" in memory.message
+    assert status.phase == "Degraded"
+
+
+def test_an_external_weaviate_is_ready_without_a_workload_until_its_secret_is_missing() -> None:
+    bot = with_external_weaviate(example("vllm-gpu-slack-kb"))
+    ready = {c: found for c, found in READY.items() if c != "knowledge-base"}
+    status = compute_status(bot, ready, [], ChatBotStatus())
+    assert conditions(status)["KnowledgeBaseReady"] == ("True", "External")
+    assert status.phase == "Ready"
+
+    missing = [MissingSecret("knowledge-base", "weaviate-cloud", "admin-key")]
+    status = compute_status(bot, ready, missing, ChatBotStatus())
+    found = conditions(status)
+    assert found["KnowledgeBaseReady"] == ("False", "SecretNotFound")
+    assert found["PlatformsReady"] == ("True", "Ready")
+    knowledge = next(c for c in status.conditions if c.type == "KnowledgeBaseReady")
+    assert "weaviate-cloud" in knowledge.message and "admin-key" in knowledge.message
     assert status.phase == "Degraded"

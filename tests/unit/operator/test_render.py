@@ -485,6 +485,18 @@ def with_external_redis(bot: ChatBot) -> ChatBot:
     return with_spec(bot, {"gateway": {"memory": {"external": EXTERNAL_REDIS}}})
 
 
+# Weaviate Cloud, as knowledgeBase.external names it.
+EXTERNAL_WEAVIATE = {
+    "url": "https://harbour.c0.europe-west3.gcp.weaviate.cloud",
+    "grpcUrl": "https://grpc-harbour.c0.europe-west3.gcp.weaviate.cloud",
+    "apiKeySecretRef": {"name": "weaviate-cloud", "key": "admin-key"},
+}
+
+
+def with_external_weaviate(bot: ChatBot) -> ChatBot:
+    return with_spec(bot, {"knowledgeBase": {"external": EXTERNAL_WEAVIATE}})
+
+
 def budgets(bot: ChatBot) -> dict[str, dict[str, Any]]:
     """The PodDisruptionBudgets rendered, by the component they cover."""
     return {
@@ -588,3 +600,68 @@ def test_knowledge_base_backups_run_on_a_schedule_into_a_volume_weaviate_writes(
     without = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
     assert "knowledge-backup" not in policy_clients(without, "harbour-knowledge-base-ingress")
     assert ("CronJob", "harbour-knowledge-backup") not in without
+
+
+def test_a_knowledge_base_of_three_nodes_is_one_weaviate_cluster_with_a_copy_on_each() -> None:
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"knowledgeBase": {"replicas": 3}})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    weaviate = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]
+    assert weaviate["replicas"] == 3
+    assert weaviate["podManagementPolicy"] == "Parallel"
+    # The nodes find each other through a headless Service that lists them before they are ready.
+    nodes = manifests["Service", weaviate["serviceName"]]["spec"]
+    assert nodes["clusterIP"] == "None"
+    assert nodes["publishNotReadyAddresses"] is True
+    pod = weaviate["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["CLUSTER_HOSTNAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["CLUSTER_JOIN"]["value"] == f"{weaviate['serviceName']}.bots.svc"
+    voters = env["RAFT_JOIN"]["value"].split(",")
+    assert voters == [f"harbour-knowledge-base-{index}" for index in range(3)]
+    assert env["RAFT_BOOTSTRAP_EXPECT"]["value"] == "3"
+    ports = {port["containerPort"] for port in container["ports"]}
+    assert {int(env[name]["value"]) for name in ("RAFT_PORT", "CLUSTER_GOSSIP_BIND_PORT")} <= ports
+    hosts = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert "matchLabelKeys" not in hosts["kubernetes.io/hostname"]
+    assert budgets(bot)["knowledge-base"]["spec"]["maxUnavailable"] == 1
+    # Each node reaches the others; the gateway reads one copy of three.
+    assert "knowledge-base" in policy_clients(manifests, "harbour-knowledge-base-ingress")
+    gateway = yaml.safe_load(manifests["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
+    assert gateway["knowledge_base"]["replication_factor"] == 3
+
+
+def test_a_single_weaviate_keeps_the_node_name_its_data_is_recorded_under() -> None:
+    manifests = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
+    weaviate = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]
+    (container,) = weaviate["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["CLUSTER_HOSTNAME"] == "node1"
+    assert "RAFT_JOIN" not in env
+    assert weaviate["serviceName"] == "harbour-knowledge-base"
+    assert "knowledge-base" not in budgets(example("vllm-gpu-slack-kb"))
+    assert "knowledge-base" not in policy_clients(manifests, "harbour-knowledge-base-ingress")
+
+
+def test_an_external_weaviate_is_used_with_its_key_and_none_is_run() -> None:
+    bot = with_external_weaviate(example("vllm-gpu-slack-kb"))
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    labels = [m["metadata"]["labels"] for m in manifests.values()]
+    components = {found["app.kubernetes.io/component"] for found in labels}
+    assert "knowledge-base" not in components  # no Weaviate, Service, policy or budget
+    gateway = yaml.safe_load(manifests["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
+    knowledge = gateway["knowledge_base"]
+    assert knowledge["weaviate_url"] == EXTERNAL_WEAVIATE["url"]
+    assert knowledge["grpc_url"] == EXTERNAL_WEAVIATE["grpcUrl"]
+    pod = manifests["Deployment", "harbour-gateway"]["spec"]["template"]["spec"]
+    (key,) = [v for v in pod["volumes"] if v["name"] == "knowledge-base-key"]
+    (item,) = key["secret"]["items"]
+    assert key["secret"]["secretName"] == "weaviate-cloud" and item["key"] == "admin-key"
+    assert knowledge["api_key_file"].endswith("/" + item["path"])
+    # The ingest Job still runs here, against the external Weaviate with the same key.
+    (ingest,) = [m for (kind, _), m in manifests.items() if kind == "Job"]
+    job_pod = ingest["spec"]["template"]["spec"]
+    assert key in job_pod["volumes"]
+    env = {e["name"]: e["value"] for e in job_pod["containers"][0]["env"]}
+    assert env["TERTULIA_KB_WEAVIATE_URL"] == EXTERNAL_WEAVIATE["url"]
+    assert env["TERTULIA_KB_GRPC_URL"] == EXTERNAL_WEAVIATE["grpcUrl"]

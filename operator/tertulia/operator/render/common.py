@@ -160,20 +160,26 @@ def disruption_budget(bot: ChatBot, component: str) -> Manifest:
     }
 
 
-def spread(bot: ChatBot, component: str) -> list[dict[str, Any]]:
+def spread(
+    bot: ChatBot, component: str, *, revision_label: str | None = "pod-template-hash"
+) -> list[dict[str, Any]]:
     """Topology spread constraints: a component's replicas on different zones and nodes
     where the cluster has them, on any node where it has not (a preference, not a rule).
-    Counted per revision, so a rolling update spreads its new pods too."""
-    return [
+    Counted per revision (`revision_label`, a Deployment's), so a rolling update spreads its
+    new pods too; a StatefulSet replaces its pods one by one, and counts them all (None)."""
+    constraints: list[dict[str, Any]] = [
         {
             "maxSkew": 1,
             "topologyKey": key,
             "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": selector_labels(bot, component)},
-            "matchLabelKeys": ["pod-template-hash"],
         }
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
     ]
+    if revision_label:
+        for constraint in constraints:
+            constraint["matchLabelKeys"] = [revision_label]
+    return constraints
 
 
 def claim_spec(

@@ -26,7 +26,7 @@ from tertulia.operator.render.common import (
 )
 from tertulia.operator.render.knowledge import (
     key_volume,
-    knowledge_base_secret,
+    knowledge_base_key,
     knowledge_base_settings,
 )
 from tertulia.operator.render.memory import ca_volume, memory_secrets, password_volume, redis_url
@@ -115,7 +115,7 @@ def gateway_secrets(bot: ChatBot) -> list[str]:
     """The Secrets the gateway reads: API keys, Weaviate's key, the endpoint's key."""
     names = [api_keys_secret(bot), *memory_secrets(bot)]
     if bot.spec.knowledge_base.enabled:
-        names.append(knowledge_base_secret(bot))
+        names.append(knowledge_base_key(bot)[0])
     if bot.spec.model.api_key_secret_ref is not None:
         names.append(bot.spec.model.api_key_secret_ref.name)
     return names

@@ -1,6 +1,7 @@
 """The knowledge base: Weaviate (StatefulSet, Service, volume) behind an API key the operator
 generates, and the Job that ingests the sources, named by a digest of them so a change runs
-a new one."""
+a new one. With several replicas, Weaviate's own cluster: nodes that find each other through a
+headless Service, agree on the schema by Raft and hold a copy of every chunk each."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
     claim_spec,
+    disruption_budget,
     http_probe,
     labels,
     metadata,
@@ -21,6 +23,7 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     secrets_version,
     selector_labels,
+    spread,
     stateful_set,
 )
 from tertulia.operator.render.embeddings import embeddings_url
@@ -31,6 +34,11 @@ BACKUP = "knowledge-backup"
 BACKUP_PATH = "/var/lib/weaviate-backups"
 HTTP_PORT = 8080
 GRPC_PORT = 50051
+# Between Weaviate's nodes: membership (gossip), data, and Raft; Weaviate's defaults.
+GOSSIP_PORT = 7000
+DATA_PORT = 7001
+RAFT_PORT = 8300
+RAFT_RPC_PORT = 8301
 KEY_PATH = "/etc/tertulia/knowledge-base"
 # Long enough for Weaviate to start and the embeddings server to fetch its model.
 INGEST_WAIT_SECONDS = 900
@@ -41,11 +49,61 @@ WEAVIATE_USER = "tertulia"
 
 
 def weaviate_url(bot: ChatBot) -> str:
+    external = bot.spec.knowledge_base.external
+    if external is not None:
+        return external.url
     return f"http://{bot.child(COMPONENT)}.{bot.namespace}.svc:{HTTP_PORT}"
 
 
+def nodes_service(bot: ChatBot) -> str:
+    """The headless Service through which Weaviate's nodes find each other."""
+    return bot.child(f"{COMPONENT}-nodes")
+
+
+def raft_voters(replicas: int) -> int:
+    """How many nodes vote in Weaviate's Raft (its schema), as Weaviate's own chart counts
+    them: one below three nodes, three up to nine."""
+    return 1 if replicas < 3 else 3
+
+
+def _cluster_env(bot: ChatBot) -> list[dict[str, Any]]:
+    """How a Weaviate node names itself and finds the others: as the pod, through the
+    headless Service; the first `raft_voters` pods vote."""
+    replicas = bot.spec.knowledge_base.replicas
+    if replicas == 1:
+        # The name a single node has always had: its data and schema are recorded under it.
+        return [
+            {"name": "CLUSTER_HOSTNAME", "value": "node1"},
+            {"name": "RAFT_BOOTSTRAP_EXPECT", "value": "1"},
+        ]
+    voters = raft_voters(replicas)
+    pods = ",".join(f"{bot.child(COMPONENT)}-{index}" for index in range(voters))
+    return [
+        {"name": "CLUSTER_HOSTNAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "CLUSTER_GOSSIP_BIND_PORT", "value": str(GOSSIP_PORT)},
+        {"name": "CLUSTER_DATA_BIND_PORT", "value": str(DATA_PORT)},
+        {"name": "CLUSTER_JOIN", "value": f"{nodes_service(bot)}.{bot.namespace}.svc"},
+        {"name": "RAFT_PORT", "value": str(RAFT_PORT)},
+        {"name": "RAFT_INTERNAL_RPC_PORT", "value": str(RAFT_RPC_PORT)},
+        {"name": "RAFT_JOIN", "value": pods},
+        {"name": "RAFT_BOOTSTRAP_EXPECT", "value": str(voters)},
+        # Collections made without a factor (by hand) get a copy on every node too.
+        {"name": "REPLICATION_MINIMUM_FACTOR", "value": str(replicas)},
+    ]
+
+
 def knowledge_base_secret(bot: ChatBot) -> str:
+    """The Secret of the in-cluster Weaviate's key, which the operator generates."""
     return bot.child(COMPONENT)
+
+
+def knowledge_base_key(bot: ChatBot) -> tuple[str, str]:
+    """The Secret and key holding Weaviate's API key: the generated one, or an external
+    Weaviate's."""
+    external = bot.spec.knowledge_base.external
+    if external is not None:
+        return external.api_key_secret_ref.name, external.api_key_secret_ref.key
+    return knowledge_base_secret(bot), KEY
 
 
 def generated_knowledge_base_key(bot: ChatBot, key: str) -> Manifest:
@@ -64,12 +122,15 @@ def knowledge_base_settings(bot: ChatBot) -> dict[str, Any]:
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
         return {"enabled": False}
+    external = {"grpc_url": knowledge.external.grpc_url} if knowledge.external else {}
     return {
         "enabled": True,
         "weaviate_url": weaviate_url(bot),
         "grpc_port": GRPC_PORT,
+        **{name: value for name, value in external.items() if value is not None},
         "api_key_file": f"{KEY_PATH}/{KEY}",
         "collection": bot.name,
+        "replication_factor": knowledge.replicas,
         "embedding": {"url": embeddings_url(bot), "model": knowledge.embedding.model},
         "alpha": knowledge.alpha,
         "top_k": knowledge.top_k,
@@ -78,13 +139,11 @@ def knowledge_base_settings(bot: ChatBot) -> dict[str, Any]:
 
 def key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any]]:
     """The volume of Weaviate's API key, and its mount."""
+    secret, key = knowledge_base_key(bot)
     return (
         {
             "name": "knowledge-base-key",
-            "secret": {
-                "secretName": knowledge_base_secret(bot),
-                "items": [{"key": KEY, "path": KEY}],
-            },
+            "secret": {"secretName": secret, "items": [{"key": key, "path": KEY}]},
         },
         {"name": "knowledge-base-key", "mountPath": KEY_PATH, "readOnly": True},
     )
@@ -101,6 +160,9 @@ def render_knowledge_base(
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
         return []
+    if knowledge.external is not None:
+        # Another's Weaviate: only the ingest runs here.
+        return [_ingest_job(bot, image, source_digests or {})] if knowledge.sources else []
     claim = {
         "metadata": {"name": "data", "labels": labels(bot, COMPONENT)},
         "spec": claim_spec(knowledge.storage, knowledge.storage_class_name),
@@ -122,8 +184,7 @@ def render_knowledge_base(
             {"name": "AUTHENTICATION_APIKEY_USERS", "value": WEAVIATE_USER},
             {"name": "AUTHORIZATION_ADMINLIST_ENABLED", "value": "true"},
             {"name": "AUTHORIZATION_ADMINLIST_USERS", "value": WEAVIATE_USER},
-            {"name": "CLUSTER_HOSTNAME", "value": "node1"},
-            {"name": "RAFT_BOOTSTRAP_EXPECT", "value": "1"},
+            *_cluster_env(bot),
             {"name": "GRPC_PORT", "value": str(GRPC_PORT)},
             {"name": "DISABLE_TELEMETRY", "value": "true"},
         ],
@@ -150,19 +211,34 @@ def render_knowledge_base(
                 "persistentVolumeClaim": {"claimName": bot.child("knowledge-backups")},
             }
         )
+    replicas = knowledge.replicas
+    pod: dict[str, Any] = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        **({"volumes": volumes} if volumes else {}),
+    }
+    if replicas > 1:
+        container["ports"] += [
+            {"name": "gossip", "containerPort": GOSSIP_PORT},
+            {"name": "data", "containerPort": DATA_PORT},
+            {"name": "raft", "containerPort": RAFT_PORT},
+            {"name": "raft-rpc", "containerPort": RAFT_RPC_PORT},
+        ]
+        pod["topologySpreadConstraints"] = spread(bot, COMPONENT, revision_label=None)
     statefulset = stateful_set(
         bot,
         COMPONENT,
-        pod_spec(
-            bot,
-            [container],
-            securityContext={"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-            **({"volumes": volumes} if volumes else {}),
-        ),
+        pod_spec(bot, [container], **pod),
         # Weaviate reads its key from the environment: a new key restarts it.
         annotations=secrets_version(secret_versions, [knowledge_base_secret(bot)]),
         claims=[claim],
     )
+    if replicas > 1:
+        # Every node starts at once: the voters wait for each other to form the cluster.
+        statefulset["spec"] |= {
+            "replicas": replicas,
+            "serviceName": nodes_service(bot),
+            "podManagementPolicy": "Parallel",
+        }
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -176,11 +252,29 @@ def render_knowledge_base(
         },
     }
     manifests = [statefulset, service]
+    if replicas > 1:
+        manifests += [_nodes_service(bot), disruption_budget(bot, COMPONENT)]
     if knowledge.sources:
         manifests.append(_ingest_job(bot, image, source_digests or {}))
     if knowledge.backup is not None:
         manifests += _backups(bot, image)
     return manifests
+
+
+def _nodes_service(bot: ChatBot) -> Manifest:
+    """Headless, listing nodes before they are ready: a starting node must find the others
+    to become ready at all."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(bot, COMPONENT, nodes_service(bot)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(bot, COMPONENT),
+            "ports": [{"name": "gossip", "port": GOSSIP_PORT, "targetPort": "gossip"}],
+        },
+    }
 
 
 def _backups(bot: ChatBot, image: str) -> list[Manifest]:

@@ -50,7 +50,9 @@ def render_network_policies(
     for component, clients in _CLIENTS.items():
         if component == MODEL and bot.spec.model.engine == "endpoint":
             continue
-        if component == KNOWLEDGE and not bot.spec.knowledge_base.enabled:
+        if component == KNOWLEDGE and (
+            not bot.spec.knowledge_base.enabled or bot.spec.knowledge_base.external is not None
+        ):
             continue
         if component == EMBEDDINGS and not runs_embeddings_server(bot):
             continue
@@ -58,6 +60,8 @@ def render_network_policies(
             continue
         if bot.spec.knowledge_base.backup is None:
             clients = [client for client in clients if client != BACKUP]
+        if component == KNOWLEDGE and bot.spec.knowledge_base.replicas > 1:
+            clients = [*clients, KNOWLEDGE]  # Weaviate's nodes reach each other
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]
