@@ -30,7 +30,7 @@ test: install testbed images ## Every test: unit, integration (real servers), e2
 test-unit: install ## Only the fast, pure tests
 	$(VENV_BIN)/pytest -m unit $(PYTEST_ARGS)
 
-test-integration: install ## Only the tests against real Redis, llama.cpp and Weaviate
+test-integration: install testbed ## Only the tests against real Redis, llama.cpp and Weaviate
 	$(VENV_BIN)/pytest -m integration $(PYTEST_ARGS)
 
 test-e2e: install testbed ## Only the tests against the real control plane

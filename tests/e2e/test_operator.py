@@ -614,6 +614,22 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.knowledgeBase.backup",
     ),
     (
+        "a backup bucket with half its credentials",
+        {
+            "model": {"name": "m"},
+            "knowledgeBase": {
+                "enabled": True,
+                "backup": {
+                    "s3": {
+                        "bucket": "backups",
+                        "accessKeyIdSecretRef": {"name": "b", "key": "id"},
+                    }
+                },
+            },
+        },
+        "spec.knowledgeBase.backup.s3.secretAccessKeySecretRef",
+    ),
+    (
         "an external weaviate that is not a url",
         {
             "model": {"name": "m"},

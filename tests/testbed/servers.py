@@ -10,6 +10,9 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
+
+import httpx
 
 from tests.testbed.paths import binary
 from tests.testbed.process import ManagedProcess, free_port, port_open
@@ -175,6 +178,37 @@ class WeaviateAddress:
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """A bucket of the S3-compatible server, as Weaviate's backup-s3 module is told it."""
+
+    endpoint: str  # HOST:PORT, plain HTTP
+    name: str
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The bucket's object keys under `prefix`, listed through the S3 API."""
+        response = httpx.get(
+            f"http://{self.endpoint}/{self.name}",
+            params={"list-type": "2", "prefix": prefix},
+            timeout=10,
+        )
+        response.raise_for_status()
+        namespace = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+        root = ElementTree.fromstring(response.text)  # noqa: S314 - the test bed's own server
+        return [key.text or "" for key in root.iter(f"{namespace}Key")]
+
+
+def start_s3(workdir: Path, bucket: str = "backups") -> tuple[ManagedProcess, Bucket]:
+    """moto's S3 server on 127.0.0.1 (in its own environment, hack/s3), with `bucket` made."""
+    port = free_port()
+    process = ManagedProcess(
+        "s3", [binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)], workdir
+    ).start()
+    process.wait_until(lambda: port_open(port), 30.0, "listening")
+    httpx.put(f"http://127.0.0.1:{port}/{bucket}", timeout=10).raise_for_status()
+    return process, Bucket(f"127.0.0.1:{port}", bucket)
+
+
+@dataclass(frozen=True)
 class WeaviateNode:
     """One node of a Weaviate cluster on this host: its name, and the ports the nodes reach
     each other on (its data port is the gossip port + 1, its Raft RPC port the Raft port + 1,
@@ -204,6 +238,7 @@ def start_weaviate(
     api_key: str = "test-weaviate-key",
     address: WeaviateAddress | None = None,
     backups: Path | None = None,
+    bucket: Bucket | None = None,
     cluster: list[WeaviateNode] | None = None,
     node: int = 0,
     voters: int = 1,
@@ -211,7 +246,8 @@ def start_weaviate(
 ) -> tuple[ManagedProcess, WeaviateAddress]:
     """weaviate-server built from its Go module, with its data in `workdir`, no vectorizer
     module, and API-key auth. Pass `address` to start it again on the same ports and data;
-    `backups`, a folder for its filesystem backup module; `cluster` and `node`, to start that
+    `backups`, a folder for its filesystem backup module, or `bucket`, for its S3 one (under
+    the folder `tertulia`); `cluster` and `node`, to start that
     node of a cluster whose first `voters` nodes vote in its Raft (start those first)."""
     if address is None:
         http_port, grpc_port = free_port(), free_port()
@@ -232,8 +268,21 @@ def start_weaviate(
     env = {
         "PERSISTENCE_DATA_PATH": str(workdir / "data"),
         "DEFAULT_VECTORIZER_MODULE": "none",
-        "ENABLE_MODULES": "backup-filesystem" if backups else "",
+        "ENABLE_MODULES": "backup-filesystem" if backups else "backup-s3" if bucket else "",
         **({"BACKUP_FILESYSTEM_PATH": str(backups)} if backups else {}),
+        **(
+            {
+                "BACKUP_S3_ENDPOINT": bucket.endpoint,
+                "BACKUP_S3_BUCKET": bucket.name,
+                "BACKUP_S3_PATH": "tertulia",
+                "BACKUP_S3_USE_SSL": "false",
+                "AWS_ACCESS_KEY_ID": "test-access-key",
+                "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+                "AWS_REGION": "us-east-1",
+            }
+            if bucket
+            else {}
+        ),
         "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
         "AUTHENTICATION_APIKEY_ENABLED": "true",
         "AUTHENTICATION_APIKEY_ALLOWED_KEYS": address.api_key,

@@ -530,9 +530,57 @@ class EmbeddingSpec(Spec):
     resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
 
 
+class S3BackupSpec(Spec):
+    """An S3-compatible bucket that Weaviate's backup-s3 module writes backups to: AWS S3,
+    MinIO, Ceph, Cloudflare R2, Google Cloud Storage's interoperability API."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "has(self.accessKeyIdSecretRef) == has(self.secretAccessKeySecretRef)",
+                "accessKeyIdSecretRef and secretAccessKeySecretRef are set together",
+                ".secretAccessKeySecretRef",
+            )
+        )
+    )
+
+    bucket: str = Field(
+        min_length=3,
+        max_length=63,
+        pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$",
+        description="The bucket.",
+    )
+    path: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^[^\s]+$",
+        description="A folder inside the bucket for this ChatBot's backups; the bucket's root "
+        "when unset.",
+    )
+    endpoint: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?$",
+        description="HOST[:PORT] of an S3-compatible service; AWS S3 (s3.amazonaws.com) when "
+        "unset.",
+    )
+    region: str | None = Field(None, max_length=64, description="The bucket's region.")
+    insecure: bool = Field(
+        False, description="Plain HTTP to the endpoint, for a store inside a network you trust."
+    )
+    access_key_id_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="The Secret key holding the access key id; with neither key set, Weaviate "
+        "uses the pod's own identity (an IAM role for its service account).",
+    )
+    secret_access_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="The Secret key holding the secret access key."
+    )
+
+
 class KnowledgeBackupSpec(Spec):
-    """Scheduled backups of the knowledge base, written by Weaviate's filesystem backup module
-    to a volume of their own."""
+    """Scheduled backups of the knowledge base, written by Weaviate's own backup modules: to a
+    volume of their own, or to an S3-compatible bucket."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
@@ -547,9 +595,14 @@ class KnowledgeBackupSpec(Spec):
         description="When to back up, as a CronJob schedule (the cluster's time zone, UTC by "
         "default): every day at 03:00 unless set.",
     )
-    storage: str = Field("10Gi", description="The backup volume's size.")
+    storage: str = Field("10Gi", description="The backup volume's size (without s3).")
     storage_class_name: str | None = Field(
         None, description="StorageClass of the backup volume; the cluster's default when unset."
+    )
+    s3: S3BackupSpec | None = Field(
+        None,
+        description="Write backups to this bucket instead of a volume: they outlive the "
+        "cluster, and a knowledge base of several nodes can be backed up.",
     )
 
 
@@ -604,8 +657,8 @@ class KnowledgeBaseSpec(Spec):
                 ".replicas",
             ),
             rule(
-                "self.replicas == 1 || !has(self.backup)",
-                "backup writes to one node's volume, so it needs replicas: 1",
+                "self.replicas == 1 || !has(self.backup) || has(self.backup.s3)",
+                "backup to a volume is of one node: with several replicas, back up to s3",
                 ".backup",
             ),
             rule(

@@ -32,6 +32,7 @@ from tertulia.operator.render.gateway import (
 )
 from tertulia.operator.render.knowledge import COMPONENT as KNOWLEDGE
 from tertulia.operator.render.knowledge import (
+    backup_secrets,
     generated_knowledge_base_key,
     knowledge_base_key,
     knowledge_base_secret,
@@ -187,6 +188,7 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
     found.extend((name, None) for name in memory_secrets(bot))
     if bot.spec.knowledge_base.enabled:
         found.append((knowledge_base_key(bot)[0], None))
+    found.extend((ref.name, None) for ref in backup_secrets(bot))
     if bot.spec.model.api_key_secret_ref is not None:
         found.append((bot.spec.model.api_key_secret_ref.name, None))
     return found
@@ -194,8 +196,8 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
 
 def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dict[str, str]]:
     """The platforms' keys that are missing (and an external Redis's, as `memory`'s, and an
-    external Weaviate's, as `knowledge-base`'s), and the versions of the Secrets that exist
-    (each read once)."""
+    external Weaviate's or the backup bucket's, as `knowledge-base`'s), and the versions of
+    the Secrets that exist (each read once)."""
     names = dict.fromkeys(name for name, _ in read_secrets(bot))
     found = {name: kube.secret_keys(bot.namespace, name) for name in names}
     versions = {name: state[0] for name, state in found.items() if state is not None}
@@ -209,6 +211,7 @@ def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dic
     weaviate = bot.spec.knowledge_base.external
     if bot.spec.knowledge_base.enabled and weaviate is not None:
         needed.append((KNOWLEDGE, weaviate.api_key_secret_ref))
+    needed += [(KNOWLEDGE, ref) for ref in backup_secrets(bot)]
     missing = [
         MissingSecret(owner, ref.name, ref.key)
         for owner, ref in needed

@@ -195,16 +195,13 @@ def _workload(
     return False, "NotReady", counted
 
 
-def _external(missing: list[MissingSecret], what: str, where: str) -> tuple[bool, str, str]:
-    """The condition of a store the operator does not run: its Secret missing, or where it
-    is (whether it answers, the gateway's /readyz says)."""
+def _store(missing: list[MissingSecret], waiting: str, where: str) -> tuple[bool, str, str]:
+    """The condition of a store whose Secrets are `missing` (`waiting`: what starts once they
+    exist), or that the operator does not run, at `where` (whether it answers, the gateway's
+    /readyz says)."""
     if missing:
         named = "; ".join(item.describe() for item in missing)
-        return (
-            False,
-            "SecretNotFound",
-            f"{named}; the gateway reaches the external {what} once it exists",
-        )
+        return False, "SecretNotFound", f"{named}; {waiting} once it exists"
     return True, "External", f"{where}: the gateway's /readyz says whether it answers"
 
 
@@ -247,8 +244,10 @@ def compute_status(
     missing = [item for item in missing if item.platform not in ("memory", "knowledge-base")]
     if memory_missing or external is not None:
         host = external.url.removeprefix("rediss://").split("/")[0] if external else ""
-        results["MemoryReady"] = _external(
-            memory_missing, "Redis", f"Redis at {host}, outside the cluster, over TLS"
+        results["MemoryReady"] = _store(
+            memory_missing,
+            "the gateway reaches the external Redis",
+            f"Redis at {host}, outside the cluster, over TLS",
         )
     else:
         results["MemoryReady"] = _workload(workloads, "memory", "Redis", troubles)
@@ -258,9 +257,10 @@ def compute_status(
     weaviate = spec.knowledge_base.external
     if spec.knowledge_base.enabled:
         if knowledge_missing or weaviate is not None:
-            where = f"Weaviate at {weaviate.url}" if weaviate else ""
-            results["KnowledgeBaseReady"] = _external(
-                knowledge_missing, "Weaviate", f"{where}, outside the cluster"
+            results["KnowledgeBaseReady"] = _store(
+                knowledge_missing,
+                "the gateway reaches the external Weaviate" if weaviate else "Weaviate starts",
+                f"Weaviate at {weaviate.url if weaviate else ''}, outside the cluster",
             )
         else:
             results["KnowledgeBaseReady"] = _workload(

@@ -290,8 +290,9 @@ def backup(
     collection: Collection = None,
     weaviate_url: WeaviateUrl = None,
 ) -> None:
-    """Back the collection up with Weaviate's filesystem backup module (its
-    BACKUP_FILESYSTEM_PATH); prints the backup's id."""
+    """Back the collection up with Weaviate's backup module (TERTULIA_KB_BACKUP_BACKEND:
+    filesystem, its BACKUP_FILESYSTEM_PATH, or s3, its BACKUP_S3_BUCKET); prints the
+    backup's id."""
     settings = _settings(collection, weaviate_url)
     name = backup_id or (
         f"{settings.collection.lower()}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
@@ -49,6 +50,11 @@ class KnowledgeSettings(_Section):
         le=9,
         description="Copies of each chunk across Weaviate's nodes, set when the collection is "
         "made. Above 1, searches read one copy, so a node away does not stop them.",
+    )
+    backup_backend: Literal["filesystem", "s3"] = Field(
+        "filesystem",
+        description="Where Weaviate writes backups: its backup-filesystem module (a folder on "
+        "its host) or backup-s3 (a bucket).",
     )
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     alpha: float = Field(

@@ -394,15 +394,21 @@ class Store:
             )
         return hits
 
+    @property
+    def _backend(self) -> BackupStorage:
+        if self.settings.backup_backend == "s3":
+            return BackupStorage.S3
+        return BackupStorage.FILESYSTEM
+
     async def backup(self, backup_id: str) -> float:
-        """Back the collection up under `backup_id` with Weaviate's filesystem backup module,
-        waiting until it is written; its size in bytes. Raises StoreError when Weaviate
-        cannot (no backup module, a taken id)."""
+        """Back the collection up under `backup_id` with Weaviate's backup module (the
+        filesystem or S3), waiting until it is written; its size in bytes. Raises StoreError
+        when Weaviate cannot (no backup module, a taken id, a bucket it cannot write)."""
         try:
             await self._connect()
             done = await self._client.backup.create(
                 backup_id,
-                BackupStorage.FILESYSTEM,
+                self._backend,
                 include_collections=[self.name],
                 wait_for_completion=True,
             )
@@ -411,11 +417,11 @@ class Store:
         return _succeeded(f"backup {backup_id} of {self.name}", done).size
 
     async def backups(self) -> list[BackupListReturn]:
-        """The backups Weaviate's filesystem backend holds, oldest first."""
+        """The backups Weaviate's backup backend holds, oldest first."""
         try:
             await self._connect()
             return await self._client.backup.list_backups(
-                BackupStorage.FILESYSTEM, sort_by_starting_time_asc=True
+                self._backend, sort_by_starting_time_asc=True
             )
         except WeaviateBaseError as error:
             raise self._error("list the backups of", error) from None
@@ -435,7 +441,7 @@ class Store:
                 await self._client.collections.delete(self.name)
             done = await self._client.backup.restore(
                 backup_id,
-                BackupStorage.FILESYSTEM,
+                self._backend,
                 include_collections=[self.name],
                 wait_for_completion=True,
             )

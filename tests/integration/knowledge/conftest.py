@@ -49,6 +49,7 @@ class KnowledgeBase:
     collection: str
     replication_factor: int = 1
     grpc_url: str | None = None  # gRPC elsewhere than the HTTP host's grpc_port
+    backup_backend: str = "filesystem"
 
     def env(self) -> dict[str, str]:
         return {
@@ -58,6 +59,7 @@ class KnowledgeBase:
             "TERTULIA_KB_API_KEY_FILE": str(self.key_file),
             "TERTULIA_KB_COLLECTION": self.collection,
             "TERTULIA_KB_REPLICATION_FACTOR": str(self.replication_factor),
+            "TERTULIA_KB_BACKUP_BACKEND": self.backup_backend,
             "TERTULIA_KB_EMBEDDING__URL": self.embeddings_url,
         }
 

@@ -21,6 +21,7 @@ from tests.unit.operator.test_render import (
     load,
     with_external_redis,
     with_external_weaviate,
+    with_spec,
 )
 
 
@@ -115,6 +116,21 @@ def test_an_external_weaviates_key_is_read_and_named_as_the_knowledge_bases() ->
     }
     assert versions["weaviate-cloud"] == "31"
     assert "harbour-knowledge-base" not in kube.reads  # no generated key to read
+
+
+def test_the_backup_buckets_credentials_are_read_and_named_as_the_knowledge_bases() -> None:
+    bucket = {
+        "bucket": "harbour-backups",
+        "accessKeyIdSecretRef": {"name": "backup-bucket", "key": "access-key"},
+        "secretAccessKeySecretRef": {"name": "backup-bucket", "key": "secret-key"},
+    }
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"knowledgeBase": {"backup": {"s3": bucket}}})
+    kube = Secrets({"backup-bucket": ("41", frozenset({"access-key"}))})
+    missing, versions = check_secrets(kube, bot)
+    assert ("knowledge-base", "backup-bucket", "secret-key") in {
+        (m.platform, m.secret, m.key) for m in missing
+    }
+    assert versions["backup-bucket"] == "41"
 
 
 class StatusStore:

@@ -243,3 +243,16 @@ def test_an_external_weaviate_is_ready_without_a_workload_until_its_secret_is_mi
     knowledge = next(c for c in status.conditions if c.type == "KnowledgeBaseReady")
     assert "weaviate-cloud" in knowledge.message and "admin-key" in knowledge.message
     assert status.phase == "Degraded"
+
+
+def test_a_missing_secret_of_the_backup_bucket_holds_the_knowledge_base_not_the_platforms() -> None:
+    bucket = {"bucket": "backups", "accessKeyIdSecretRef": {"name": "bucket", "key": "id"}}
+    bucket["secretAccessKeySecretRef"] = {"name": "bucket", "key": "secret"}
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"knowledgeBase": {"backup": {"s3": bucket}}})
+    missing = [MissingSecret("knowledge-base", "bucket", "secret")]
+    status = compute_status(bot, READY, missing, ChatBotStatus())
+    found = conditions(status)
+    assert found["KnowledgeBaseReady"] == ("False", "SecretNotFound")
+    assert found["PlatformsReady"] == ("True", "Ready")
+    knowledge = next(c for c in status.conditions if c.type == "KnowledgeBaseReady")
+    assert knowledge.message.endswith("Weaviate starts once it exists")

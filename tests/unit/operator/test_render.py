@@ -665,3 +665,45 @@ def test_an_external_weaviate_is_used_with_its_key_and_none_is_run() -> None:
     env = {e["name"]: e["value"] for e in job_pod["containers"][0]["env"]}
     assert env["TERTULIA_KB_WEAVIATE_URL"] == EXTERNAL_WEAVIATE["url"]
     assert env["TERTULIA_KB_GRPC_URL"] == EXTERNAL_WEAVIATE["grpcUrl"]
+
+
+S3_BACKUP = {
+    "schedule": "0 4 * * *",
+    "s3": {
+        "bucket": "harbour-backups",
+        "path": "knowledge",
+        "endpoint": "minio.storage.svc:9000",
+        "region": "eu-west-1",
+        "insecure": True,
+        "accessKeyIdSecretRef": {"name": "backup-bucket", "key": "access-key"},
+        "secretAccessKeySecretRef": {"name": "backup-bucket", "key": "secret-key"},
+    },
+}
+
+
+def test_knowledge_base_backups_to_s3_need_no_volume_and_take_the_buckets_credentials() -> None:
+    bot = with_spec(
+        example("vllm-gpu-slack-kb"), {"knowledgeBase": {"replicas": 3, "backup": S3_BACKUP}}
+    )
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    assert not [ref for ref in manifests if ref[0] == "PersistentVolumeClaim"]
+    weaviate = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]["template"]["spec"]
+    (container,) = weaviate["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["ENABLE_MODULES"]["value"] == "backup-s3"
+    assert {name: env[name]["value"] for name in env if name.startswith("BACKUP_S3_")} == {
+        "BACKUP_S3_BUCKET": "harbour-backups",
+        "BACKUP_S3_PATH": "knowledge",
+        "BACKUP_S3_ENDPOINT": "minio.storage.svc:9000",
+        "BACKUP_S3_USE_SSL": "false",
+    }
+    assert env["AWS_REGION"]["value"] == "eu-west-1"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "backup-bucket", "key": "secret-key"}
+    }
+    assert "BACKUP_FILESYSTEM_PATH" not in env
+    assert "backups" not in {v["name"] for v in weaviate.get("volumes", [])}
+    # The CronJob's `kb backup` asks for the S3 backend.
+    cron = manifests["CronJob", "harbour-knowledge-backup"]["spec"]
+    (runner,) = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TERTULIA_KB_BACKUP_BACKEND", "value": "s3"} in runner["env"]

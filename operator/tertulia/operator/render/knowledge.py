@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from tertulia.operator.api import ChatBot
+from tertulia.operator.api import ChatBot, S3BackupSpec, SecretKeyRef
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
@@ -174,7 +174,7 @@ def render_knowledge_base(
             {"name": "PERSISTENCE_DATA_PATH", "value": "/var/lib/weaviate"},
             {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
             # Backups are written by Weaviate itself, to their own volume.
-            {"name": "ENABLE_MODULES", "value": "backup-filesystem" if knowledge.backup else ""},
+            {"name": "ENABLE_MODULES", "value": _backup_module(bot)},
             {"name": "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED", "value": "false"},
             {"name": "AUTHENTICATION_APIKEY_ENABLED", "value": "true"},
             {
@@ -202,7 +202,9 @@ def render_knowledge_base(
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/weaviate"}],
     }
     volumes: list[dict[str, Any]] = []
-    if knowledge.backup is not None:
+    if knowledge.backup is not None and knowledge.backup.s3 is not None:
+        container["env"] += _s3_env(knowledge.backup.s3)
+    elif knowledge.backup is not None:
         container["env"].append({"name": "BACKUP_FILESYSTEM_PATH", "value": BACKUP_PATH})
         container["volumeMounts"].append({"name": "backups", "mountPath": BACKUP_PATH})
         volumes.append(
@@ -228,8 +230,11 @@ def render_knowledge_base(
         bot,
         COMPONENT,
         pod_spec(bot, [container], **pod),
-        # Weaviate reads its key from the environment: a new key restarts it.
-        annotations=secrets_version(secret_versions, [knowledge_base_secret(bot)]),
+        # Weaviate reads its key and the bucket's from the environment: a new one restarts it.
+        annotations=secrets_version(
+            secret_versions,
+            [knowledge_base_secret(bot), *(ref.name for ref in backup_secrets(bot))],
+        ),
         claims=[claim],
     )
     if replicas > 1:
@@ -277,24 +282,69 @@ def _nodes_service(bot: ChatBot) -> Manifest:
     }
 
 
+def _backup_module(bot: ChatBot) -> str:
+    """Weaviate's backup module: none, backup-filesystem, or backup-s3."""
+    backup = bot.spec.knowledge_base.backup
+    if backup is None:
+        return ""
+    return "backup-s3" if backup.s3 is not None else "backup-filesystem"
+
+
+def _s3_env(s3: S3BackupSpec) -> list[dict[str, Any]]:
+    """backup-s3's settings, as its module reads them (modules/backup-s3 in Weaviate)."""
+    env: list[dict[str, Any]] = [
+        {"name": "BACKUP_S3_BUCKET", "value": s3.bucket},
+        {"name": "BACKUP_S3_USE_SSL", "value": "false" if s3.insecure else "true"},
+    ]
+    if s3.path:
+        env.append({"name": "BACKUP_S3_PATH", "value": s3.path})
+    if s3.endpoint:
+        env.append({"name": "BACKUP_S3_ENDPOINT", "value": s3.endpoint})
+    if s3.region:
+        env.append({"name": "AWS_REGION", "value": s3.region})
+    for name, ref in (
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id_secret_ref),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key_secret_ref),
+    ):
+        if ref is not None:
+            env.append(
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            )
+    return env
+
+
+def backup_secrets(bot: ChatBot) -> list[SecretKeyRef]:
+    """The Secret keys of the backup bucket's credentials, which Weaviate reads at start."""
+    backup = bot.spec.knowledge_base.backup
+    if not bot.spec.knowledge_base.enabled or backup is None or backup.s3 is None:
+        return []
+    refs = (backup.s3.access_key_id_secret_ref, backup.s3.secret_access_key_secret_ref)
+    return [ref for ref in refs if ref is not None]
+
+
 def _backups(bot: ChatBot, image: str) -> list[Manifest]:
     """The backup volume (a claim of its own, not the StatefulSet's template, so backups can
-    be turned on for a knowledge base that exists) and the CronJob that asks Weaviate for a
-    backup on the schedule."""
+    be turned on for a knowledge base that exists) unless they go to a bucket, and the
+    CronJob that asks Weaviate for a backup on the schedule."""
     backup = bot.spec.knowledge_base.backup
     assert backup is not None  # noqa: S101 - callers check
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": metadata(bot, COMPONENT, bot.child("knowledge-backups")),
-        "spec": claim_spec(backup.storage, backup.storage_class_name),
-    }
+    claims: list[Manifest] = []
+    if backup.s3 is None:
+        claims.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": metadata(bot, COMPONENT, bot.child("knowledge-backups")),
+                "spec": claim_spec(backup.storage, backup.storage_class_name),
+            }
+        )
     key, key_mount = key_volume(bot)
+    backend = {"backup_backend": "s3" if backup.s3 is not None else "filesystem"}
     container = {
         "name": "backup",
         "image": image,
         "args": ["kb", "backup"],
-        "env": _settings_env("TERTULIA_KB_", knowledge_base_settings(bot)),
+        "env": _settings_env("TERTULIA_KB_", knowledge_base_settings(bot) | backend),
         "securityContext": restricted_container_security(),
         "volumeMounts": [key_mount],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
@@ -330,7 +380,7 @@ def _backups(bot: ChatBot, image: str) -> list[Manifest]:
             },
         },
     }
-    return [claim, cron_job]
+    return [*claims, cron_job]
 
 
 def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Manifest:
