@@ -6,7 +6,8 @@ bots to the gateway; `kubectl scale` gives two
 model pods that both serve; a model pod deleted mid-conversation does not cost the next
 answer; a document that cannot be read, a model server that crash-loops and an image that
 cannot be pulled each say why in the status; `helm upgrade` to a new operator image keeps a
-gateway Ready throughout; and `kubectl delete chatbot` removes every pod.
+gateway Ready throughout; a knowledge base made again on two Weaviate nodes answers the same
+with either node deleted; and `kubectl delete chatbot` removes every pod.
 
 The tests run in this order and build on each other's state, as a user's first day does.
 """
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import httpx
@@ -833,6 +835,82 @@ def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
         job.spec.template.spec.containers[0].image: job.status.succeeded for job in jobs.items
     }
     assert images.get(f"ghcr.io/tertulia/tertulia:{new_tag}") == 1, images
+
+
+def patch_knowledge_base(cluster: ControlPlane, knowledge: dict[str, Any]) -> None:
+    client.CustomObjectsApi(cluster.api_client()).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, BOT, {"spec": {"knowledgeBase": knowledge}}
+    )
+
+
+def test_a_knowledge_base_of_two_nodes_keeps_answering_with_either_node_deleted(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    # A knowledge base's nodes are set when it is made: off, its volume gone, on with two.
+    api = core(cluster)
+    patch_knowledge_base(cluster, {"enabled": False})
+    eventually(lambda: not pods(cluster, "knowledge-base"), 180, "Weaviate to go", interval=1)
+    api.delete_collection_namespaced_persistent_volume_claim(
+        NAMESPACE, label_selector=f"{INSTANCE},app.kubernetes.io/component=knowledge-base"
+    )
+    patch_knowledge_base(cluster, {"enabled": True, "replicas": 2})
+    wait_observed(cluster, "two knowledge base nodes")
+    wait_ready(cluster)
+    nodes = pods(cluster, "knowledge-base")
+    assert sorted(pod.metadata.name for pod in nodes) == [
+        f"{BOT}-knowledge-base-{i}" for i in (0, 1)
+    ]
+    assert all(is_ready(pod) for pod in nodes)
+    run(
+        cluster, "kubectl", "wait", "-n", NAMESPACE, "job", "-l",
+        f"{INSTANCE},app.kubernetes.io/component=ingest",
+        "--for=condition=Complete", "--timeout=300s",
+    )  # fmt: skip
+    key = api.read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["admin"]
+    headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
+    url = service_url(cluster, "gateway", 8080) + "/admin/knowledge/search"
+
+    failed: list[str] = []
+
+    def search() -> list[tuple[str, int]] | None:
+        """The passages found, or None (and the reason kept) when the search failed."""
+        found = httpx.post(url, json={"query": QUESTION}, headers=headers, timeout=60)
+        if found.status_code != 200:
+            failed.append(found.text)
+            return None
+        return [(hit["source"], hit["chunk_index"]) for hit in found.json()]
+
+    before = search()
+    assert before and before[0][0].endswith("guide.md"), before
+    endpoints = client.DiscoveryV1Api(cluster.api_client())
+
+    def serving() -> set[str]:
+        """The Weaviate pods the knowledge base's Service sends searches to."""
+        slices = endpoints.list_namespaced_endpoint_slice(
+            NAMESPACE, label_selector=f"kubernetes.io/service-name={BOT}-knowledge-base"
+        )
+        return {
+            str(endpoint.target_ref.name)
+            for found in slices.items
+            for endpoint in found.endpoints or []
+            if endpoint.conditions.ready
+        }
+
+    def only(name: str) -> bool:
+        return serving() == {name}
+
+    for gone, left in ((0, 1), (1, 0)):
+        victim, other = f"{BOT}-knowledge-base-{gone}", f"{BOT}-knowledge-base-{left}"
+        api.delete_namespaced_pod(victim, NAMESPACE, grace_period_seconds=0)
+        # The search runs while the node is away: only the other one serves.
+        eventually(partial(only, other), 60, f"{victim} to be away")
+        # The moment a node goes, a search on a connection to it, or sent before the
+        # Service's rules move, may fail once; then the other node answers the same.
+        failed.clear()
+        assert eventually(search, 30, f"a search while {victim} is away") == before
+        assert len(failed) <= 2, failed
+        assert victim not in serving(), "the node came back before the search ended"
+        eventually(lambda: len(serving()) == 2, READY_TIMEOUT, f"{victim} to return", interval=1)
 
 
 def test_deleting_the_chatbot_removes_every_pod(

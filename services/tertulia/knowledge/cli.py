@@ -93,8 +93,9 @@ def ingest(
 
 
 async def _wait_until_reachable(store: Any, embedder: Any, seconds: float, console: Any) -> None:
-    """Until Weaviate is ready and the embeddings server embeds, for at most `seconds`; what
-    it waits for is said every 15 seconds, and the last error raised at the deadline."""
+    """Until Weaviate is ready with a node for each of the collection's copies and the
+    embeddings server embeds, for at most `seconds`; what it waits for is said every 15
+    seconds, and the last error raised at the deadline."""
     from tertulia.knowledge.embeddings import EmbeddingError
     from tertulia.knowledge.store import StoreError
 
@@ -103,7 +104,7 @@ async def _wait_until_reachable(store: Any, embedder: Any, seconds: float, conso
     said = -math.inf
     while True:
         try:
-            await store.ready()
+            await store.ready(every_copy=True)
             await embedder.embed_one("ready")
             return
         except (StoreError, EmbeddingError) as error:

@@ -52,6 +52,10 @@ class StoreError(RuntimeError):
     """Weaviate failed or refused; the message says what and where, never a key."""
 
 
+class _SearchFailed(StoreError):
+    """Weaviate answered a search with an error, or its connection failed."""
+
+
 def chunk_id(source: str, content_hash: str, occurrence: int) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"{source}\0{content_hash}\0{occurrence}")
 
@@ -158,12 +162,23 @@ class Store:
             if not self._client.is_connected():
                 await self._client.connect()
 
-    async def ready(self) -> None:
-        """Raises StoreError unless Weaviate answers ready."""
+    async def ready(self, *, every_copy: bool = False) -> None:
+        """Raises StoreError unless Weaviate answers ready; with `every_copy`, unless as many
+        of its nodes are healthy as the collection keeps copies (a collection of several
+        copies can be made, or written, only then)."""
         try:
             await self._connect()
             if not await self._client.is_ready():
                 raise StoreError(f"Weaviate at {self.settings.weaviate_url} is not ready")
+            factor = self.settings.replication_factor
+            if every_copy and factor > 1:
+                nodes = await self._client.cluster.nodes()
+                healthy = sum(1 for node in nodes if node.status == "HEALTHY")
+                if healthy < factor:
+                    raise StoreError(
+                        f"Weaviate at {self.settings.weaviate_url} has {healthy} healthy "
+                        f"node(s) of the {factor} that hold the collection's copies"
+                    )
         except WeaviateBaseError as error:
             raise self._error("reach", error) from None
 
@@ -315,7 +330,26 @@ class Store:
         filters: SearchFilters | None = None,
     ) -> list[Hit]:
         """Hybrid search: BM25 over text, title and section fused with the vector's nearest
-        chunks by relative score. alpha 0 is BM25 alone, 1 the vector alone."""
+        chunks by relative score. alpha 0 is BM25 alone, 1 the vector alone. A search that
+        fails on a connection made before is tried once more on a new one: a gRPC channel
+        stays with the Weaviate node it first reached, and that node may have gone away."""
+        reused = self._client.is_connected()
+        try:
+            return await self._search_within(query, vector, limit, alpha, filters)
+        except _SearchFailed:
+            if not reused:
+                raise
+        return await self._search_within(query, vector, limit, alpha, filters)
+
+    async def _search_within(
+        self,
+        query: str,
+        vector: list[float] | None,
+        limit: int,
+        alpha: float,
+        filters: SearchFilters | None,
+    ) -> list[Hit]:
+        """One search, bounded by the timeout (which is not tried again: it took its time)."""
         try:
             return await asyncio.wait_for(
                 self._search(query, vector, limit, alpha, filters), self.settings.timeout
@@ -373,7 +407,7 @@ class Store:
                     return_metadata=MetadataQuery(score=True),
                 )
         except WeaviateBaseError as error:
-            raise self._error("search", error) from None
+            raise _SearchFailed(str(self._error("search", error))) from None
         hits = []
         for item in result.objects:
             properties = item.properties

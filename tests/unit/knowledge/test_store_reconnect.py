@@ -1,5 +1,5 @@
 """The knowledge store's client after a failure: rebuilt once, however many requests find
-it broken at the same moment."""
+it broken at the same moment; a search on a channel whose node went away tried once more."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from typing import Any, ClassVar, cast
 
 import pytest
+from weaviate.exceptions import WeaviateBaseError
 
 from tertulia.knowledge import store
 from tertulia.knowledge.settings import KnowledgeSettings
@@ -53,3 +54,58 @@ def test_requests_failing_together_rebuild_one_client_and_close_the_old(
     first, second = FakeClient.made  # no third client, leaking its channels
     assert first.closed and not second.closed
     assert knowledge._client is cast(Any, second) and second.connected
+
+
+class Answer:
+    objects: ClassVar[list[Any]] = []
+
+
+class NodeClient(FakeClient):
+    """A client whose channel reached a Weaviate node: one that has gone away (`gone`)
+    fails every search."""
+
+    gone: ClassVar[set[int]] = set()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = len(FakeClient.made) - 1
+        self.query = self
+        self.searches = 0
+
+    def use(self, name: str) -> Any:
+        return self
+
+    async def bm25(self, **_: Any) -> Answer:
+        self.searches += 1
+        if self.index in NodeClient.gone:
+            raise WeaviateBaseError("failed to connect to all addresses")
+        return Answer()
+
+
+def search(knowledge: store.Store) -> list[store.Hit]:
+    return asyncio.run(knowledge.search("tides", None, limit=3, alpha=0.0))
+
+
+def test_a_search_on_a_channel_to_a_node_gone_is_tried_once_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeClient.made.clear()
+    monkeypatch.setattr(store.Store, "_new_client", lambda self: NodeClient())
+    knowledge = store.Store(KnowledgeSettings())
+    assert search(knowledge) == []  # connects the first client
+    NodeClient.gone = {0}
+    assert search(knowledge) == []  # its node went away: answered on a second client
+    first, second = cast(list[NodeClient], FakeClient.made)
+    assert (first.searches, second.searches) == (2, 1)
+
+
+def test_a_search_failing_on_a_new_connection_is_not_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeClient.made.clear()
+    NodeClient.gone = {0, 1}
+    monkeypatch.setattr(store.Store, "_new_client", lambda self: NodeClient())
+    knowledge = store.Store(KnowledgeSettings())
+    with pytest.raises(store.StoreError, match="failed to connect"):
+        search(knowledge)
+    assert [client.searches for client in cast(list[NodeClient], FakeClient.made)] == [1]

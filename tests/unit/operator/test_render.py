@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -616,7 +618,11 @@ def test_a_knowledge_base_of_three_nodes_is_one_weaviate_cluster_with_a_copy_on_
     (container,) = pod["containers"]
     env = {item["name"]: item for item in container["env"]}
     assert env["CLUSTER_HOSTNAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert env["CLUSTER_JOIN"]["value"] == f"{weaviate['serviceName']}.bots.svc"
+    # Each node joins the others by their pods' names, once the first one's resolves.
+    names = [f"harbour-knowledge-base-{i}.{weaviate['serviceName']}.bots.svc" for i in range(3)]
+    assert env["CLUSTER_JOIN"]["value"] == ",".join(names)
+    (first_node,) = pod["initContainers"]
+    assert first_node["image"] == IMAGE and first_node["args"][0] == names[0]
     voters = env["RAFT_JOIN"]["value"].split(",")
     assert voters == [f"harbour-knowledge-base-{index}" for index in range(3)]
     assert env["RAFT_BOOTSTRAP_EXPECT"]["value"] == "3"
@@ -707,3 +713,18 @@ def test_knowledge_base_backups_to_s3_need_no_volume_and_take_the_buckets_creden
     cron = manifests["CronJob", "harbour-knowledge-backup"]["spec"]
     (runner,) = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert {"name": "TERTULIA_KB_BACKUP_BACKEND", "value": "s3"} in runner["env"]
+
+
+def test_a_node_waits_for_the_first_nodes_name_and_says_so_when_it_never_resolves() -> None:
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"knowledgeBase": {"replicas": 2}})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    pod = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    assert wait["command"][0] == "python"
+    script = [sys.executable, *wait["command"][1:]]
+    assert subprocess.run([*script, "localhost", "5"], check=False).returncode == 0
+    never = subprocess.run(
+        [*script, "node-0.nowhere.invalid", "1"], capture_output=True, text=True, check=False
+    )
+    assert never.returncode == 1
+    assert "node-0.nowhere.invalid did not resolve within 1 s" in never.stderr

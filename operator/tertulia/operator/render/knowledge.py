@@ -66,9 +66,44 @@ def raft_voters(replicas: int) -> int:
     return 1 if replicas < 3 else 3
 
 
+def node_address(bot: ChatBot, index: int) -> str:
+    """The DNS name of Weaviate's node `index`, its pod's record in the headless Service."""
+    return f"{bot.child(COMPONENT)}-{index}.{nodes_service(bot)}.{bot.namespace}.svc"
+
+
+# Run by the init container of each node, with the first node's name and a limit in seconds.
+_FIRST_NODE_WAIT = """import socket, sys, time
+name, limit = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + limit
+while True:
+    try:
+        socket.getaddrinfo(name, None)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(f"{name} did not resolve within {limit:.0f} s")
+        time.sleep(1)
+"""
+FIRST_NODE_WAIT_SECONDS = 600
+
+
+def _first_node_wait(bot: ChatBot, image: str) -> dict[str, Any]:
+    """An init container that waits until the first node's name resolves. Weaviate joins
+    the others once, at start, and only when the first name it is given resolves; a node
+    that starts before the headless Service lists the first would run alone for good."""
+    return {
+        "name": "find-first-node",
+        "image": image,
+        "command": ["python", "-c", _FIRST_NODE_WAIT],
+        "args": [node_address(bot, 0), str(FIRST_NODE_WAIT_SECONDS)],
+        "securityContext": restricted_container_security(),
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+    }
+
+
 def _cluster_env(bot: ChatBot) -> list[dict[str, Any]]:
-    """How a Weaviate node names itself and finds the others: as the pod, through the
-    headless Service; the first `raft_voters` pods vote."""
+    """How a Weaviate node names itself and finds the others: as the pod, by the pods'
+    names in the headless Service, the first node's first; the first `raft_voters` vote."""
     replicas = bot.spec.knowledge_base.replicas
     if replicas == 1:
         # The name a single node has always had: its data and schema are recorded under it.
@@ -82,7 +117,10 @@ def _cluster_env(bot: ChatBot) -> list[dict[str, Any]]:
         {"name": "CLUSTER_HOSTNAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "CLUSTER_GOSSIP_BIND_PORT", "value": str(GOSSIP_PORT)},
         {"name": "CLUSTER_DATA_BIND_PORT", "value": str(DATA_PORT)},
-        {"name": "CLUSTER_JOIN", "value": f"{nodes_service(bot)}.{bot.namespace}.svc"},
+        {
+            "name": "CLUSTER_JOIN",
+            "value": ",".join(node_address(bot, index) for index in range(replicas)),
+        },
         {"name": "RAFT_PORT", "value": str(RAFT_PORT)},
         {"name": "RAFT_INTERNAL_RPC_PORT", "value": str(RAFT_RPC_PORT)},
         {"name": "RAFT_JOIN", "value": pods},
@@ -226,6 +264,7 @@ def render_knowledge_base(
             {"name": "raft-rpc", "containerPort": RAFT_RPC_PORT},
         ]
         pod["topologySpreadConstraints"] = spread(bot, COMPONENT, revision_label=None)
+        pod["initContainers"] = [_first_node_wait(bot, image)]
     statefulset = stateful_set(
         bot,
         COMPONENT,
