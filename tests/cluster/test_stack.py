@@ -527,10 +527,13 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:
     custom = client.CustomObjectsApi(cluster.api_client())
-    # Longer answers than the stack's 48 tokens, so the roll lands while they stream.
+    # Longer answers than the stack's 48 tokens, so the roll lands while they stream. The 20
+    # queue on two CPU model servers sharing two cores (160 tokens each outlasted both the
+    # default drain and the gateway's wait for a first token), so the drain is sized for the
+    # queue, as a user serving a slow model sets it.
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, PLURAL, BOT,
-        {"spec": {"gateway": {"replicas": 2, "maxTokens": 160}}},
+        {"spec": {"gateway": {"replicas": 2, "maxTokens": 80, "drainSeconds": 300}}},
     )  # fmt: skip
     wait_observed(cluster, "the new settings")
     run(
@@ -544,6 +547,9 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
         interval=1,
     )
     assert budget_of(cluster, "gateway").spec.max_unavailable == 1
+    # The pods wait for their drain: its delay, the 300 s, and a margin.
+    grace = {pod.spec.termination_grace_period_seconds for pod in pods(cluster, "gateway")}
+    assert grace == {310}, grace
     key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["admin"]
     headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
     url = service_url(cluster, "gateway", 8080) + "/v1/chat/completions"
@@ -602,7 +608,7 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
     assert len(before_drain & {pod.metadata.uid for pod in pods(cluster, "gateway")}) == 1
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, PLURAL, BOT,
-        {"spec": {"gateway": {"replicas": 1, "maxTokens": 48}}},
+        {"spec": {"gateway": {"replicas": 1, "maxTokens": 48, "drainSeconds": None}}},
     )  # fmt: skip
     eventually(
         lambda: len(pods(cluster, "gateway")) == 1 and gateway_ready_pods(cluster) == 1,

@@ -90,13 +90,16 @@ def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
     assert "Insufficient nvidia.com/gpu" in said["message"]
     row = kubectl(control_plane, "get", "chatbot", "harbour", "-n", namespace, "--no-headers")
     assert row.stdout.split()[6] == "Unschedulable", "the REASON column"
+    # Other Warnings may come first (an Event per condition that turns): wait for this one.
     warned = eventually(
-        lambda: [e for e in events(control_plane, namespace, "harbour") if e.type == "Warning"],
-        what="a Warning Event",
+        lambda: [
+            e
+            for e in events(control_plane, namespace, "harbour")
+            if e.type == "Warning" and e.reason == "Unschedulable"
+        ],
+        what="an Unschedulable Warning Event",
     )
-    assert any(
-        e.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in e.message for e in warned
-    )
+    assert any("Insufficient nvidia.com/gpu" in e.message for e in warned), warned
 
     body["spec"]["model"].update(gpus=2, replicas=1)
     assert apply(control_plane, namespace, body).returncode == 0
