@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,27 +334,19 @@ class Store:
         chunks by relative score. alpha 0 is BM25 alone, 1 the vector alone. A search that
         fails on a connection made before is tried once more on a new one: a gRPC channel
         stays with the Weaviate node it first reached, and that node may have gone away."""
+        search = functools.partial(self._search, query, vector, limit, alpha, filters)
         reused = self._client.is_connected()
         try:
-            return await self._search_within(query, vector, limit, alpha, filters)
+            return await self._within_timeout(search)
         except _SearchFailed:
             if not reused:
                 raise
-        return await self._search_within(query, vector, limit, alpha, filters)
+        return await self._within_timeout(search)
 
-    async def _search_within(
-        self,
-        query: str,
-        vector: list[float] | None,
-        limit: int,
-        alpha: float,
-        filters: SearchFilters | None,
-    ) -> list[Hit]:
+    async def _within_timeout(self, search: Callable[[], Awaitable[list[Hit]]]) -> list[Hit]:
         """One search, bounded by the timeout (which is not tried again: it took its time)."""
         try:
-            return await asyncio.wait_for(
-                self._search(query, vector, limit, alpha, filters), self.settings.timeout
-            )
+            return await asyncio.wait_for(search(), self.settings.timeout)
         except TimeoutError:
             self._stale = True
             raise StoreError(

@@ -66,9 +66,14 @@ def raft_voters(replicas: int) -> int:
     return 1 if replicas < 3 else 3
 
 
+def node_name(bot: ChatBot, index: int) -> str:
+    """Weaviate's node `index`: its pod's name, which is also its name in the cluster."""
+    return f"{bot.child(COMPONENT)}-{index}"
+
+
 def node_address(bot: ChatBot, index: int) -> str:
     """The DNS name of Weaviate's node `index`, its pod's record in the headless Service."""
-    return f"{bot.child(COMPONENT)}-{index}.{nodes_service(bot)}.{bot.namespace}.svc"
+    return f"{node_name(bot, index)}.{nodes_service(bot)}.{bot.namespace}.svc"
 
 
 # Run by the init container of each node, with the first node's name and a limit in seconds.
@@ -112,7 +117,7 @@ def _cluster_env(bot: ChatBot) -> list[dict[str, Any]]:
             {"name": "RAFT_BOOTSTRAP_EXPECT", "value": "1"},
         ]
     voters = raft_voters(replicas)
-    pods = ",".join(f"{bot.child(COMPONENT)}-{index}" for index in range(voters))
+    pods = ",".join(node_name(bot, index) for index in range(voters))
     return [
         {"name": "CLUSTER_HOSTNAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "CLUSTER_GOSSIP_BIND_PORT", "value": str(GOSSIP_PORT)},
@@ -160,12 +165,12 @@ def knowledge_base_settings(bot: ChatBot) -> dict[str, Any]:
     knowledge = bot.spec.knowledge_base
     if not knowledge.enabled:
         return {"enabled": False}
-    external = {"grpc_url": knowledge.external.grpc_url} if knowledge.external else {}
+    grpc_url = knowledge.external.grpc_url if knowledge.external else None
     return {
         "enabled": True,
         "weaviate_url": weaviate_url(bot),
         "grpc_port": GRPC_PORT,
-        **{name: value for name, value in external.items() if value is not None},
+        **({"grpc_url": grpc_url} if grpc_url else {}),
         "api_key_file": f"{KEY_PATH}/{KEY}",
         "collection": bot.name,
         "replication_factor": knowledge.replicas,
