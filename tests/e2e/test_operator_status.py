@@ -87,17 +87,20 @@ def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
         r"\d/3 model server replicas Ready: pod harbour-model-\d cannot be scheduled: ",
         said["message"],
     )
-    assert "Insufficient nvidia.com/gpu" in said["message"]
+    assert "Insufficient nvidia.com/gpu" in said["message"], said["message"]
     row = kubectl(control_plane, "get", "chatbot", "harbour", "-n", namespace, "--no-headers")
     assert row.stdout.split()[6] == "Unschedulable", "the REASON column"
-    # Other Warnings may come first (an Event per condition that turns): wait for this one.
+    # Other Warnings may come first (an Event per condition that turns, and the other pods'
+    # own: the memory pod waits for its volume's claim): wait for the model pod's.
     warned = eventually(
         lambda: [
             e
             for e in events(control_plane, namespace, "harbour")
-            if e.type == "Warning" and e.reason == "Unschedulable"
+            if e.type == "Warning"
+            and e.reason == "Unschedulable"
+            and e.message.startswith("pod harbour-model-")
         ],
-        what="an Unschedulable Warning Event",
+        what="an Unschedulable Warning Event about a model pod",
     )
     assert any("Insufficient nvidia.com/gpu" in e.message for e in warned), warned
 

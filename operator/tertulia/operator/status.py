@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,8 @@ class Trouble:
 # How much of a container's last words (its termination message: its last log lines) a
 # condition carries: the last line, cut to this many characters.
 LAST_WORDS = 200
+# The scheduler's words for a claim its cache does not hold yet.
+_CLAIM_NOT_YET_SEEN = re.compile(r'persistentvolumeclaim "[^"]+" not found')
 _PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
 
@@ -60,6 +63,10 @@ def pod_trouble(pod: dict[str, Any]) -> Trouble | None:
             and condition.get("reason") == "Unschedulable"
         ):
             said = condition.get("message") or "no node fits it"
+            if _CLAIM_NOT_YET_SEEN.search(said):
+                # The StatefulSet made the claim just before the pod; the scheduler's cache has
+                # not seen it yet and tries again by itself. Nothing for the user to do.
+                return None
             return Trouble("Unschedulable", f"pod {name} cannot be scheduled: {said}")
     containers = [
         *(status.get("initContainerStatuses") or []),

@@ -93,6 +93,16 @@ def test_an_unschedulable_pod_says_what_the_scheduler_said() -> None:
     assert "untolerated taint {nvidia.com/gpu: present}" in found.message
 
 
+def test_a_claim_the_scheduler_has_not_seen_yet_is_no_trouble() -> None:
+    # A StatefulSet makes a pod's claim just before the pod; for a moment the scheduler's
+    # cache lacks it and it says so. It tries again by itself: not a reason to warn anyone.
+    said = (
+        '0/4 nodes are available: persistentvolumeclaim "cache-helpdesk-model-0" not found. '
+        "not found"
+    )
+    assert pod_trouble(unschedulable("helpdesk-model-0", "model", said)) is None
+
+
 def test_an_image_that_cannot_be_pulled_is_named() -> None:
     waiting = {
         "reason": "ImagePullBackOff",
