@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
+# `make test` runs its tiers side by side in this many workers, the longest (the cluster
+# tier, first in collection order) first (see tests/conftest.py).
+TEST_WORKERS ?= 3
 # `make testenv NODE=real` adds the real node, which runs the images of `make images`.
 NODE ?=
 
@@ -25,7 +28,7 @@ run: install ## The local stack (tertulia up) and a terminal chat with it; /quit
 	@bash hack/run-local.sh
 
 test: install testbed images ## Every test: unit, integration (real servers), e2e (control plane), cluster (real node)
-	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+	$(VENV_BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-unit: install ## Only the fast, pure tests
 	$(VENV_BIN)/pytest -m unit $(PYTEST_ARGS)

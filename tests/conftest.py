@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,6 +15,9 @@ from tests.testbed.servers import (
     start_llama_server,
     start_redis,
 )
+
+if TYPE_CHECKING:
+    from xdist.scheduler import Scheduling
 
 TESTS_ROOT = Path(__file__).parent
 _MARKER_BY_FOLDER = {
@@ -29,6 +33,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = item.path.relative_to(TESTS_ROOT).parts[0]
         if folder in _MARKER_BY_FOLDER:
             item.add_marker(_MARKER_BY_FOLDER[folder])
+
+
+# `make test` runs the tiers side by side (`pytest -n N --dist loadscope`): a module's tests
+# run in one worker, in order, so its fixtures (its servers) are made once; the cluster tier
+# and the e2e tier are one scope each, sharing one real node and one control plane.
+_ONE_SCOPE = ("cluster", "e2e")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Scheduling | None:
+    if config.getvalue("dist") != "loadscope":
+        return None
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            tier = Path(module).relative_to("tests").parts[0]
+            return tier if tier in _ONE_SCOPE else module
+
+    return TierScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
