@@ -8,6 +8,8 @@ The cluster lives for the package; when it stops, the host must be as it was bef
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +86,29 @@ def fake_slack(cluster: ControlPlane) -> Iterator[FakeSlack]:
     fake = FakeSlack().start(cluster.namespace.listen())
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="package")
+def fake_model(cluster: ControlPlane) -> Iterator[str]:
+    """An OpenAI-compatible model server inside the node's network, answering at once: the
+    endpoint of a ChatBot whose test is not about the model. Yields its /v1 URL."""
+    import uvicorn
+
+    from tests.fakes.openai_backend import FakeBackend
+
+    assert cluster.namespace is not None
+    sock = cluster.namespace.listen()
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(
+        uvicorn.Config(FakeBackend(), log_level="warning", access_log=False, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the fake model did not start"
+        time.sleep(0.05)
+    yield f"http://{host}:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()

@@ -919,6 +919,114 @@ def test_a_knowledge_base_of_two_nodes_keeps_answering_with_either_node_deleted(
         eventually(lambda: len(serving()) == 2, READY_TIMEOUT, f"{victim} to return", interval=1)
 
 
+HA_BOT = "lighthouse"
+
+
+def sentinel_says(cluster: ControlPlane, pod: str) -> str:
+    """The pod whose Redis the Sentinel in `pod` names the primary; empty while that
+    Sentinel cannot be asked (its pod starting again)."""
+    said = cluster.run_tool(
+        "kubectl", "exec", "-n", NAMESPACE, pod, "-c", "sentinel", "--",
+        "redis-cli", "-p", "26379", "sentinel", "get-master-addr-by-name", "memory",
+    ).stdout.split()  # fmt: skip
+    return said[0].split(".")[0] if said else ""
+
+
+def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_deleted(
+    cluster: ControlPlane, operator: None, fake_model: str
+) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": HA_BOT, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"engine": "endpoint", "endpoint": fake_model},
+            "gateway": {"memory": {"replicas": 3, "storage": "100Mi"}},
+            "knowledgeBase": {"enabled": False},
+        },
+    }
+    run(cluster, "kubectl", "apply", "-f", "-", stdin=yaml.safe_dump(body))
+    custom = client.CustomObjectsApi(cluster.api_client())
+
+    def phase() -> str:
+        found: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, NAMESPACE, PLURAL, HA_BOT
+        )
+        return str(found.get("status", {}).get("phase"))
+
+    eventually(lambda: phase() == "Ready", READY_TIMEOUT, "the ChatBot with Sentinels", interval=2)
+    selector = f"app.kubernetes.io/instance={HA_BOT},app.kubernetes.io/component=memory"
+    memory = core(cluster).list_namespaced_pod(NAMESPACE, label_selector=selector).items
+    assert len(memory) == 3 and all(is_ready(pod) for pod in memory)
+    names = sorted(str(pod.metadata.name) for pod in memory)
+    assert {sentinel_says(cluster, name) for name in names} == {f"{HA_BOT}-memory-0"}
+
+    key = core(cluster).read_namespaced_secret(f"{HA_BOT}-api-keys", NAMESPACE).data["admin"]
+    headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
+    service = core(cluster).read_namespaced_service(f"{HA_BOT}-gateway", NAMESPACE)
+    host, port = cluster.reachable(service.spec.cluster_ip, 8080)
+    url = f"http://{host}:{port}"
+    for turn in range(1, 6):
+        body = {"message": f"turn {turn}", "conversation_id": "kept"}
+        answered = httpx.post(f"{url}/chat", json=body, headers=headers, timeout=60)
+        assert (answered.status_code, answered.json()["notice"]) == (200, None), answered.text
+    primary = f"{HA_BOT}-memory-0"
+    # Both replicas have every write so far before the primary goes.
+    acknowledged = run(
+        cluster, "kubectl", "exec", "-n", NAMESPACE, primary, "-c", "redis", "--",
+        "redis-cli", "WAIT", "2", "5000",
+    )  # fmt: skip
+    assert acknowledged.strip() == "2"
+    # The node cordoned, the deleted pod stays away until a replica is promoted (back
+    # within the Sentinels' 5 s, it would simply be the primary again).
+    run(cluster, "kubectl", "cordon", NODE_NAME)
+    try:
+        core(cluster).delete_namespaced_pod(primary, NAMESPACE, grace_period_seconds=0)
+        promoted = eventually(
+            lambda: (
+                (said := sentinel_says(cluster, f"{HA_BOT}-memory-1")) not in ("", primary) and said
+            ),
+            120,
+            "the Sentinels to promote a replica",
+            interval=1,
+        )
+    finally:
+        run(cluster, "kubectl", "uncordon", NODE_NAME)
+    assert promoted in {f"{HA_BOT}-memory-1", f"{HA_BOT}-memory-2"}
+    # The sixth turn reaches the new primary (after a short outage, a 503 or a notice) and
+    # the conversation has the first five.
+    sixth = {"message": "turn 6", "conversation_id": "kept"}
+    eventually(
+        lambda: (
+            (
+                answered := httpx.post(f"{url}/chat", json=sixth, headers=headers, timeout=60)
+            ).status_code
+            == 200
+            and answered.json()["notice"] is None
+        ),
+        120,
+        "the sixth turn answered with memory",
+        interval=2,
+    )
+    turns = httpx.get(f"{url}/conversations/kept", headers=headers, timeout=10).json()["turns"]
+    assert [t["content"] for t in turns if t["role"] == "user"] == [
+        f"turn {turn}" for turn in range(1, 7)
+    ]
+    # The deleted pod comes back as a replica of the new primary.
+    eventually(
+        lambda: sentinel_says(cluster, primary) == promoted,
+        READY_TIMEOUT,
+        "the deleted pod to follow the new primary",
+        interval=2,
+    )
+    role = run(
+        cluster, "kubectl", "exec", "-n", NAMESPACE, primary, "-c", "redis", "--",
+        "redis-cli", "ROLE",
+    )  # fmt: skip
+    assert role.split()[0] == "slave", role
+    run(cluster, "kubectl", "delete", "chatbot", HA_BOT, "-n", NAMESPACE, "--wait=true")
+
+
 def test_deleting_the_chatbot_removes_every_pod(
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:

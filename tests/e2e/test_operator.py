@@ -663,6 +663,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": {"name": "m"}, "gateway": {"memory": {"whenUnavailable": "wait"}}},
         "spec.gateway.memory.whenUnavailable",
     ),
+    (
+        "two redis servers, too few sentinels to agree",
+        {"model": {"name": "m"}, "gateway": {"memory": {"replicas": 2}}},
+        "spec.gateway.memory.replicas",
+    ),
 ]
 
 
@@ -700,6 +705,27 @@ def test_a_knowledge_base_keeps_its_number_of_nodes(
     assert result.returncode != 0
     assert "spec.knowledgeBase.replicas" in result.stderr, result.stderr
     assert "cannot change once the knowledge base exists" in result.stderr
+
+
+def test_redis_goes_from_one_server_to_sentinels_only_by_a_new_chatbot(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": "memory"},
+        "spec": {"model": {"name": "m"}, "gateway": {"memory": {"replicas": 3}}},
+    }
+    assert apply(control_plane, namespace, body).returncode == 0
+    body["spec"]["gateway"]["memory"]["replicas"] = 5
+    assert apply(control_plane, namespace, body).returncode == 0, "more Sentinels: in place"
+
+    body["spec"]["gateway"]["memory"]["replicas"] = 1
+    result = apply(control_plane, namespace, body)
+
+    assert result.returncode != 0
+    assert "spec.gateway.memory.replicas" in result.stderr, result.stderr
+    assert "cannot change between 1 and more in place" in result.stderr
 
 
 def test_a_name_too_long_for_its_children_is_refused(

@@ -24,6 +24,7 @@ from tests.testbed.servers import (
     start_gateway,
     start_llama_server,
     start_redis,
+    start_sentinel_group,
 )
 
 # Short answers keep the CPU model quick; temperature 0 makes prompts comparable.
@@ -309,6 +310,60 @@ def test_an_external_redis_is_reached_over_tls_with_its_password(
                 refused.stop()
     finally:
         redis_process.stop()
+
+
+def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
+    tmp_path: Path,
+) -> None:
+    password = "redis-password-" + uuid.uuid4().hex
+    group = start_sentinel_group(tmp_path / "redis", password)
+    backend, backend_url = start_fake_backend(tmp_path, "--reply", "Noted.")
+    (tmp_path / "password").write_text(password + "\n")
+    settings = {
+        **SETTINGS,
+        "BACKEND__URL": backend_url,
+        "REDIS_URL": group.url,
+        "REDIS_PASSWORD_FILE": str(tmp_path / "password"),
+    }
+    gateway, url = start_gateway(tmp_path, settings, name="sentinel")
+    try:
+        assert httpx.get(f"{url}/readyz", timeout=10).json()["status"] == "ready"
+        for turn in range(1, 6):
+            body = {"message": f"turn {turn}", "conversation_id": "ha", "user": "ana"}
+            answered = httpx.post(f"{url}/chat", json=body, timeout=30)
+            assert (answered.status_code, answered.json()["notice"]) == (200, None)
+        first = group.primary()
+        assert first is not None
+        with redis.Redis(port=first, password=password) as primary:
+            # Both replicas hold every write so far: the failover has the five turns to keep.
+            assert primary.execute_command("WAIT", 2, 5000) == 2
+        kill(group.servers[first])
+
+        deadline = time.monotonic() + 30
+        while group.primary() in (first, None):
+            assert time.monotonic() < deadline, "no replica was promoted"
+            time.sleep(0.2)
+        promoted = group.primary()
+        assert promoted in group.servers and promoted != first
+
+        # The sixth turn reaches the new primary (after at most a short outage, which the
+        # gateway reports as a 503 or a notice) and sees the first five.
+        body = {"message": "turn 6", "conversation_id": "ha", "user": "ana"}
+        deadline = time.monotonic() + 30
+        while True:
+            answered = httpx.post(f"{url}/chat", json=body, timeout=30)
+            if answered.status_code == 200 and answered.json()["notice"] is None:
+                break
+            assert time.monotonic() < deadline, answered.text
+            time.sleep(1)
+        turns = httpx.get(f"{url}/conversations/ha", params={"user": "ana"}, timeout=10)
+        said = [t["content"] for t in turns.json()["turns"] if t["role"] == "user"]
+        assert said == [f"turn {turn}" for turn in range(1, 7)]
+        assert httpx.get(f"{url}/readyz", timeout=10).json()["checks"]["store"]["status"] == "up"
+    finally:
+        gateway.stop()
+        backend.stop()
+        group.stop()
 
 
 def test_a_chat_turn_costs_two_redis_round_trips(tmp_path: Path) -> None:

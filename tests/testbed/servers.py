@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -119,6 +121,101 @@ def _start_llama_cpp(
         "serving /v1/models",
     )
     return process, base_url
+
+
+SENTINEL_NAME = "memory"
+
+
+@dataclass
+class SentinelGroup:
+    """A primary Redis, its replicas and a Sentinel for each, on 127.0.0.1: Redis's own high
+    availability, as the operator runs it in a ChatBot's memory."""
+
+    servers: dict[int, ManagedProcess]  # by port
+    sentinels: dict[int, ManagedProcess]
+    password: str
+
+    @property
+    def url(self) -> str:
+        """The gateway's redis+sentinel:// URL for the group."""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_NAME}/0"
+
+    def primary(self) -> int | None:
+        """The port of the server the Sentinels name the primary now (a majority of them),
+        None while they disagree or cannot be asked."""
+        import redis
+
+        said: list[int] = []
+        for port in self.sentinels:
+            try:
+                with redis.Redis(port=port, password=self.password, socket_timeout=2) as asked:
+                    _, primary = asked.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_NAME
+                    )
+                said.append(int(primary))
+            except (redis.RedisError, TypeError, ValueError):
+                continue
+        for port in set(said):
+            if said.count(port) > len(self.sentinels) // 2:
+                return port
+        return None
+
+    def stop(self) -> None:
+        for process in [*self.sentinels.values(), *self.servers.values()]:
+            process.stop()
+
+
+def start_sentinel_group(
+    workdir: Path, password: str, replicas: int = 2, timeout: float = 30.0
+) -> SentinelGroup:
+    """A primary and `replicas` replicas behind `password`, and a Sentinel beside each that
+    notices a primary gone within a second and promotes a replica."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise FileNotFoundError("redis-server is not installed; `make test` installs it")
+    servers: dict[int, ManagedProcess] = {}
+    first = 0
+    for index in range(1 + replicas):
+        port = free_port()
+        first = first or port
+        folder = workdir / f"redis-{index}"
+        follows = ["--replicaof", "127.0.0.1", str(first)] if index else []
+        process, _ = start_redis(
+            folder,
+            password=password,
+            port=port,
+            options=["--masterauth", password, *follows],
+        )
+        servers[port] = process
+    sentinels: dict[int, ManagedProcess] = {}
+    for index in range(1 + replicas):
+        port = free_port()
+        folder = workdir / f"sentinel-{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Sentinel rewrites its file with what it learns: one each, in its own folder.
+        config = folder / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {folder}\nrequirepass {password}\n"
+            f"sentinel sentinel-pass {password}\n"
+            f"sentinel monitor {SENTINEL_NAME} 127.0.0.1 {first} {(2 + replicas) // 2}\n"
+            f"sentinel auth-pass {SENTINEL_NAME} {password}\n"
+            f"sentinel down-after-milliseconds {SENTINEL_NAME} 1000\n"
+            f"sentinel failover-timeout {SENTINEL_NAME} 10000\n"
+        )
+        process = ManagedProcess(
+            f"sentinel-{index}", [executable, str(config), "--sentinel"], folder
+        ).start()
+        process.wait_until(partial(port_open, port), timeout, "accepting connections")
+        sentinels[port] = process
+    group = SentinelGroup(servers, sentinels, password)
+    deadline = time.monotonic() + timeout
+    while group.primary() != first:
+        if time.monotonic() > deadline:
+            group.stop()
+            raise TimeoutError("the Sentinels did not agree on the primary")
+        time.sleep(0.2)
+    return group
 
 
 def start_llama_server(

@@ -337,6 +337,19 @@ class MemorySpec(Spec):
                 "storageClassName cannot change once Redis has its claim",
                 ".storageClassName",
             ),
+            # One Redis and a Sentinel group are StatefulSets of different Services.
+            rule(
+                "(self.replicas == 1) == (oldSelf.replicas == 1)",
+                "replicas cannot change between 1 and more in place: delete and recreate the "
+                "ChatBot, or set up the other one beside it",
+                ".replicas",
+            ),
+            rule(
+                "self.replicas == 1 || self.replicas >= 3",
+                "replicas is 1 (one Redis) or 3 to 9 (a primary, replicas and a Sentinel beside "
+                "each): Sentinels need three to agree that a primary is gone",
+                ".replicas",
+            ),
         )
     )
 
@@ -365,10 +378,21 @@ class MemorySpec(Spec):
     storage_class_name: str | None = Field(
         None, description="StorageClass of the claim; the cluster's default when unset."
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Redis servers. 1: one. 3 to 9: high availability as the Redis project "
+        "builds it, a primary and its replicas with a Sentinel beside each; when the primary's "
+        "pod fails, the Sentinels promote a replica within seconds and the gateway follows "
+        "them. Replication is asynchronous: a turn stored in the last instant before a failure "
+        "may be lost.",
+    )
     external: ExternalRedisSpec | None = Field(
         None,
         description="Use this Redis instead of running one: the operator then renders no Redis "
-        "and the in-cluster settings (persistent, storage, image, resources) do not apply. "
+        "and the in-cluster settings (persistent, storage, replicas, image, resources) do not "
+        "apply. "
         "Configure its eviction as `volatile-lru` so rate limits and event claims stay.",
     )
     image: str | None = Field(None, description="Redis's image; the pinned default when unset.")

@@ -153,7 +153,12 @@ class GatewaySettings(BaseSettings):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=1, le=32768, description="Longest reply, in tokens.")
     redis_url: str | None = Field(
-        None, description="Memory and rate limits; without it they live in this process only."
+        None,
+        pattern=r"^(rediss?://[^\s]+|redis\+sentinel://[^/\s]+:[0-9]+(,[^/\s]+:[0-9]+)*/[^/\s]+(/[0-9]+)?)$",
+        description="Memory and rate limits; without it they live in this process only. "
+        "redis://HOST:PORT/DB, rediss:// for TLS, or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/NAME[/DB]: the primary that these Redis "
+        "Sentinels know as NAME, followed through a failover.",
     )
     redis_password_file: Path | None = Field(
         None, description="A file holding Redis's password (a mounted Secret), if it has one."

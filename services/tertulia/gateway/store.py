@@ -20,6 +20,7 @@ import redis.asyncio as redis
 from pydantic import BaseModel, TypeAdapter
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 
 from tertulia.gateway.errors import MemoryUnavailable
@@ -237,6 +238,34 @@ class TransientRetry(Retry):
 REDIS_CONNECTIONS = 64
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """Redis behind Sentinels, as a redis+sentinel://HOST:PORT[,HOST:PORT...]/NAME[/DB] URL
+    spells it: the Sentinels to ask, the name they know the primary by, the database."""
+
+    sentinels: list[tuple[str, int]]
+    name: str
+    db: int
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelAddress:
+        hosts, _, path = url.removeprefix(SENTINEL_SCHEME).partition("/")
+        name, _, db = path.partition("/")
+        sentinels = []
+        for address in hosts.split(","):
+            host, _, port = address.rpartition(":")
+            sentinels.append((host.strip("[]"), int(port)))  # [::1] is ::1
+        return cls(sentinels, name, int(db or 0))
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Connections to whichever server the Sentinels name the primary, a burst waiting for
+    one as with a single Redis."""
+
+
 class RedisStore:
     """Memory, limits and event claims in Redis. An outage is a 503 with Retry-After, never
     a 500, and a turn is answered only once it is stored."""
@@ -244,26 +273,46 @@ class RedisStore:
     def __init__(self, url: str, password: str | None = None, ca_file: Path | None = None) -> None:
         # TLS (a rediss:// URL), verified against `ca_file` or the system's CAs.
         tls = {"ssl_ca_certs": str(ca_file)} if ca_file is not None else {}
-        # A burst larger than the pool waits for a connection (one round trip each, so not
-        # for long) rather than failing as if Redis were down.
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=5,
-            password=password,
-            decode_responses=True,
-            health_check_interval=30,
+        options: dict[str, Any] = {
+            "password": password,
+            "decode_responses": True,
+            "health_check_interval": 30,
             # A Redis that is gone fails at once; one that hangs, within seconds.
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            # A connection that broke (Redis restarted, its pod replaced) is opened again and
-            # the command sent again, with redis-py's own defaults, which a pool built by hand
-            # does not get: without them the first request after a restart fails. Errors that
-            # another attempt cannot fix (a wrong password, an unverified certificate) fail at once.
-            retry=TransientRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), retries=10),
-            **tls,
-        )
-        self._redis = redis.Redis.from_pool(pool)  # closing the client closes its pool
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            # A connection that broke (Redis restarted, its pod replaced, a replica promoted)
+            # is opened again and the command sent again, with redis-py's own defaults, which a
+            # pool built by hand does not get: without them the first request after a restart
+            # fails. Errors that another attempt cannot fix (a wrong password, an unverified
+            # certificate) fail at once.
+            "retry": TransientRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), retries=10),
+            # A burst larger than the pool waits for a connection (one round trip each, so not
+            # for long) rather than failing as if Redis were down.
+            "max_connections": REDIS_CONNECTIONS,
+            "timeout": 5,
+        }
+        self._sentinel: Sentinel | None = None
+        if url.startswith(SENTINEL_SCHEME):
+            # The primary is whichever server the Sentinels name: asked again whenever a
+            # connection breaks or the server it reaches says it is now a replica.
+            address = SentinelAddress.parse(url)
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it bare
+                address.sentinels,
+                sentinel_kwargs={
+                    "password": password,
+                    "socket_connect_timeout": 2,
+                    "socket_timeout": 2,
+                },
+            )
+            self._redis = self._sentinel.master_for(
+                address.name,
+                connection_pool_class=_BlockingSentinelPool,
+                db=address.db,
+                **options,
+            )
+        else:
+            pool = redis.BlockingConnectionPool.from_url(url, **options, **tls)
+            self._redis = redis.Redis.from_pool(pool)  # closing the client closes its pool
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._append = self._redis.register_script(_APPEND_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
@@ -315,6 +364,8 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
 
 class InProcessStore:
@@ -409,7 +460,8 @@ def open_store(
     redis_url: str | None, password_file: Path | None = None, ca_file: Path | None = None
 ) -> Store:
     """Redis at `redis_url` (with the password in `password_file`, and over TLS for a
-    rediss:// URL, trusting `ca_file`), else this process."""
+    rediss:// URL, trusting `ca_file`; for a redis+sentinel:// URL, the primary its Sentinels
+    name, with the same password for them), else this process."""
     if not redis_url:
         return InProcessStore()
     password = password_file.read_text().strip() if password_file else None

@@ -13,6 +13,7 @@ from tertulia.gateway.errors import Unauthorized
 from tertulia.gateway.pipeline import auth
 from tertulia.gateway.pipeline.auth import ANONYMOUS, ApiKeys, Identity, presented_key
 from tertulia.gateway.settings import CONFIG_FILE_VARIABLE, GatewaySettings
+from tertulia.gateway.store import SentinelAddress
 from tests.unit.gateway.conftest import write_keys
 
 
@@ -102,3 +103,17 @@ def test_a_ca_file_without_a_tls_redis_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="rediss://"):
         GatewaySettings(redis_url="redis://cache:6379/0", redis_ca_file=ca)
     assert GatewaySettings(redis_url="rediss://cache:6380/0", redis_ca_file=ca).redis_ca_file == ca
+
+
+def test_a_sentinel_url_names_every_sentinel_and_the_primary_s_name() -> None:
+    url = "redis+sentinel://memory-0.nodes:26379,memory-1.nodes:26379/memory/2"
+    assert GatewaySettings(redis_url=url).redis_url == url
+    address = SentinelAddress.parse(url)
+    assert address.sentinels == [("memory-0.nodes", 26379), ("memory-1.nodes", 26379)]
+    assert (address.name, address.db) == ("memory", 2)
+    ipv6 = SentinelAddress.parse("redis+sentinel://[::1]:26379/memory")
+    assert (ipv6.sentinels, ipv6.db) == ([("::1", 26379)], 0)
+    # A Sentinel without its port, or no name for the primary, is refused before any connection.
+    for wrong in ("redis+sentinel://memory-0:26379", "redis+sentinel://memory-0/memory"):
+        with pytest.raises(ValidationError, match="redis_url"):
+            GatewaySettings(redis_url=wrong)

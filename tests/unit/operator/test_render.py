@@ -427,6 +427,120 @@ def test_redis_memory_follows_its_limit_and_can_run_without_a_claim() -> None:
     assert {"name": "data", "emptyDir": {}} in redis["template"]["spec"]["volumes"]
 
 
+def with_memory(bot: ChatBot, memory: dict[str, Any]) -> ChatBot:
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    spec["gateway"]["memory"] = memory
+    return bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+
+
+def test_redis_with_sentinels_is_a_primary_and_replicas_that_the_gateway_finds_through_them() -> (
+    None
+):
+    bot = with_memory(example("all-platforms"), {"replicas": 3})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    nodes = "tertulia-memory-nodes.bots.svc"
+    memory = manifests["StatefulSet", "tertulia-memory"]["spec"]
+    assert (memory["replicas"], memory["serviceName"]) == (3, "tertulia-memory-nodes")
+    assert "podManagementPolicy" not in memory, "one pod at a time, each finding the primary"
+    pod = memory["template"]["spec"]
+    redis, sentinel = pod["containers"]
+    assert (redis["name"], sentinel["name"]) == ("redis", "sentinel")
+    assert sentinel["image"] == redis["image"]
+    env = {item["name"]: item for item in sentinel["env"]}
+    assert env["PEERS"]["value"].split() == [f"tertulia-memory-{i}.{nodes}" for i in range(3)]
+    assert env["QUORUM"]["value"] == "2"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The scripts read the password from the mounted Secret.
+    config = next(v for v in pod["volumes"] if v["name"] == "config")["secret"]["items"]
+    assert {"key": "password", "path": "password"} in config
+    assert pod["topologySpreadConstraints"]
+    # The gateway asks the Sentinels of every pod for the primary.
+    gateway = yaml.safe_load(manifests["ConfigMap", "tertulia-gateway"]["data"]["gateway.yaml"])
+    sentinels = ",".join(f"tertulia-memory-{i}.{nodes}:26379" for i in range(3))
+    assert gateway["redis_url"] == f"redis+sentinel://{sentinels}/memory/0"
+    # Only the Sentinels behind the Service: a client of a replica's port could not write.
+    (port,) = manifests["Service", "tertulia-memory"]["spec"]["ports"]
+    assert port["port"] == 26379
+    headless = manifests["Service", "tertulia-memory-nodes"]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"]
+    assert manifests["PodDisruptionBudget", "tertulia-memory"]["spec"]["maxUnavailable"] == 1
+    # The pods reach each other; the gateway reaches them.
+    allowed = manifests["NetworkPolicy", "tertulia-memory-ingress"]["spec"]["ingress"][0]["from"]
+    components = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in allowed
+    }
+    assert components == {"gateway", "memory"}
+
+
+def start_script(tmp_path: Path, container: dict[str, Any], answers: dict[str, str]) -> str:
+    """Run a Redis pod's start script as its container would, with a redis-cli that answers
+    for the Sentinels in `answers` (peer: primary it names) and a redis-server that prints
+    its arguments and config file instead of serving; returns what it printed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    cli = bin_dir / "redis-cli"
+    cases = "".join(
+        f'  *" -h {peer} "*) echo {primary}; echo 6379 ;;\n' for peer, primary in answers.items()
+    )
+    cli.write_text(
+        f'#!/bin/sh\ncase " $* " in\n{cases}  *" ping"*) echo PONG ;;\n  *) exit 1 ;;\nesac\n'
+    )
+    server = bin_dir / "redis-server"
+    server.write_text('#!/bin/sh\necho "arguments: $*"\ncat "$1"\n')
+    for tool in (cli, server):
+        tool.chmod(0o755)
+    secret = tmp_path / "secret"
+    secret.mkdir(exist_ok=True)
+    (secret / "password").write_text("s3cret")
+    run_path = tmp_path / "run"
+    run_path.mkdir(exist_ok=True)
+    env = {item["name"]: item.get("value", "") for item in container["env"]}
+    env |= {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "POD_NAME": answers.pop("me", "tertulia-memory-0"),
+        "PASSWORD_FILE": str(secret / "password"),
+        "RUN_PATH": str(run_path),
+    }
+    command = [*container["command"], *container.get("args", [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("me", "answers", "follows"),
+    [
+        # The first start: no Sentinel answers; the first pod is the primary.
+        ("tertulia-memory-0", {}, None),
+        ("tertulia-memory-2", {}, "tertulia-memory-0"),
+        # After a failover: the Sentinels name the new primary, and a pod that was it joins.
+        ("tertulia-memory-0", {"tertulia-memory-1": "tertulia-memory-2"}, "tertulia-memory-2"),
+        ("tertulia-memory-2", {"tertulia-memory-1": "tertulia-memory-2"}, None),
+    ],
+)
+def test_a_redis_pod_starts_as_the_primary_or_a_replica_of_the_one_the_sentinels_name(
+    tmp_path: Path, me: str, answers: dict[str, str], follows: str | None
+) -> None:
+    bot = with_memory(example("all-platforms"), {"replicas": 3})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    redis, sentinel = manifests["StatefulSet", "tertulia-memory"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    nodes = "tertulia-memory-nodes.bots.svc"
+    named = {f"{peer}.{nodes}": f"{primary}.{nodes}" for peer, primary in answers.items()}
+    said = start_script(tmp_path, redis, {**named, "me": me})
+    assert f"replica-announce-ip {me}.{nodes}" in said
+    replicaof = [line for line in said.splitlines() if line.startswith("replicaof")]
+    assert replicaof == ([f"replicaof {follows}.{nodes} 6379"] if follows else [])
+    assert "masterauth s3cret" in said
+    arguments = next(line for line in said.splitlines() if line.startswith("arguments:"))
+    assert "s3cret" not in arguments and "--maxmemory" in arguments
+    # Its Sentinel monitors the same primary, by name.
+    watched = start_script(tmp_path, sentinel, {**named, "me": me})
+    primary = follows or me
+    assert f"sentinel monitor memory {primary}.{nodes} 6379 2" in watched
+    assert f"sentinel announce-ip {me}.{nodes}" in watched
+
+
 def test_metrics_are_on_a_port_of_their_own_that_no_ingress_reaches() -> None:
     manifests = by_ref(render_all(example("all-platforms"), image=IMAGE))
     gateway = manifests["Service", "tertulia-gateway"]

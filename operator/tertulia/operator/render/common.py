@@ -238,6 +238,24 @@ def service(
     }
 
 
+def headless_service(
+    bot: ChatBot, component: str, name: str, ports: list[dict[str, Any]]
+) -> Manifest:
+    """A headless Service that names each pod of a StatefulSet, before it is ready too: its
+    pods find each other through it to become ready at all."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(bot, component, name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(bot, component),
+            "ports": ports,
+        },
+    }
+
+
 def http_probe(path: str, port: int | str, **timing: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, **timing}
 

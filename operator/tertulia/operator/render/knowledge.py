@@ -15,6 +15,7 @@ from tertulia.operator.render.common import (
     Manifest,
     claim_spec,
     disruption_budget,
+    headless_service,
     http_probe,
     labels,
     metadata,
@@ -311,19 +312,12 @@ def render_knowledge_base(
 
 
 def _nodes_service(bot: ChatBot) -> Manifest:
-    """Headless, listing nodes before they are ready: a starting node must find the others
-    to become ready at all."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(bot, COMPONENT, nodes_service(bot)),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": selector_labels(bot, COMPONENT),
-            "ports": [{"name": "gossip", "port": GOSSIP_PORT, "targetPort": "gossip"}],
-        },
-    }
+    return headless_service(
+        bot,
+        COMPONENT,
+        nodes_service(bot),
+        [{"name": "gossip", "port": GOSSIP_PORT, "targetPort": "gossip"}],
+    )
 
 
 def _backup_module(bot: ChatBot) -> str:

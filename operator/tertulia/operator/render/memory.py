@@ -1,5 +1,6 @@
-"""Memory: one Redis for the ChatBot's conversations, rate-limit buckets and event de-dup,
-its append-only file on a volume of its own."""
+"""Memory: Redis for the ChatBot's conversations, rate-limit buckets and event de-dup, its
+append-only file on a volume of its own: one server, or (replicas 3 to 9) a primary and its
+replicas with a Sentinel beside each, Redis's own high availability."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
     claim_spec,
+    disruption_budget,
+    headless_service,
     labels,
     metadata,
     pod_spec,
@@ -20,6 +23,7 @@ from tertulia.operator.render.common import (
     restricted_container_security,
     secrets_version,
     service,
+    spread,
     stateful_set,
 )
 
@@ -27,10 +31,37 @@ COMPONENT = "memory"
 PORT = 6379
 
 
+SENTINEL_PORT = 26379
+# The name the Sentinels know the primary by.
+SENTINEL_NAME = "memory"
+
+
+def high_availability(bot: ChatBot) -> bool:
+    """Whether the ChatBot's own Redis is a primary with replicas and Sentinels."""
+    memory = bot.spec.gateway.memory
+    return memory.external is None and memory.replicas > 1
+
+
+def nodes_service(bot: ChatBot) -> str:
+    """The headless Service that names each Redis pod, for the Sentinels and the gateway."""
+    return bot.child(f"{COMPONENT}-nodes")
+
+
+def node_address(bot: ChatBot, index: int) -> str:
+    """The DNS name of Redis pod `index`: its Redis and its Sentinel announce themselves by
+    it, so a pod that comes back with a new address keeps its name."""
+    return f"{bot.child(COMPONENT)}-{index}.{nodes_service(bot)}.{bot.namespace}.svc"
+
+
 def redis_url(bot: ChatBot) -> str:
-    external = bot.spec.gateway.memory.external
-    if external is not None:
-        return external.url
+    memory = bot.spec.gateway.memory
+    if memory.external is not None:
+        return memory.external.url
+    if high_availability(bot):
+        sentinels = ",".join(
+            f"{node_address(bot, index)}:{SENTINEL_PORT}" for index in range(memory.replicas)
+        )
+        return f"redis+sentinel://{sentinels}/{SENTINEL_NAME}/0"
     return f"redis://{bot.child(COMPONENT)}.{bot.namespace}.svc:{PORT}/0"
 
 
@@ -131,6 +162,107 @@ def redis_arguments(maxmemory: int, *, persistent: bool) -> list[str]:
     return [*arguments, "--appendonly", "no"]
 
 
+# How long a primary may not answer before the Sentinels agree it is gone and promote a
+# replica (Redis's example configuration says 60 s; a chat's memory wants seconds), and how
+# long a failover may take before another is tried.
+DOWN_AFTER_MILLISECONDS = 5000
+FAILOVER_TIMEOUT_MILLISECONDS = 30000
+RUN_PATH = "/run/tertulia"
+
+# Shared by both containers of a pod: which server is the primary now. The Sentinels of the
+# other pods know; when none answers (the first start, or every pod restarting), the first
+# pod is. A pod that comes back after a failover so joins as a replica of the new primary.
+_FIND_PRIMARY = """set -eu
+umask 077
+me="$POD_NAME.$NODES"
+password="$(cat "$PASSWORD_FILE")"
+primary=""
+for peer in $PEERS; do
+  [ "$peer" = "$me" ] && continue
+  said="$(timeout 5 redis-cli --no-auth-warning -h "$peer" -p "$SENTINEL_PORT" \\
+    sentinel get-master-addr-by-name "$SENTINEL_NAME" 2>/dev/null | head -n 1 || true)"
+  case "$said" in
+    *".$NODES") primary="$said"; break ;;
+  esac
+done
+primary="${primary:-$FIRST}"
+"""
+
+# The Redis server: its config file includes the one holding the password, and adds what the
+# password may not be an argument for (the replicas' password for the primary).
+_START_REDIS = (
+    _FIND_PRIMARY
+    + """{
+  echo "include $CONFIG_FILE"
+  echo "masterauth $password"
+  echo "replica-announce-ip $me"
+  if [ "$primary" != "$me" ]; then echo "replicaof $primary $REDIS_PORT"; fi
+} > "$RUN_PATH/redis.conf"
+echo "starting as $([ "$primary" = "$me" ] && echo primary || echo "replica of $primary")"
+exec redis-server "$RUN_PATH/redis.conf" "$@"
+"""
+)
+
+# The Sentinel: it monitors the primary by name (it must resolve when Sentinel starts, so
+# wait for it to answer), announces itself by the pod's name and rewrites its file as it
+# learns. A primary that never answers restarts the container, which asks again.
+_START_SENTINEL = (
+    _FIND_PRIMARY
+    + """tries=0
+until [ "$(timeout 5 redis-cli --no-auth-warning -h "$primary" -p "$REDIS_PORT" ping \\
+    2>/dev/null || true)" = PONG ]; do
+  tries=$((tries + 1))
+  if [ "$tries" -gt 60 ]; then echo "the primary $primary does not answer" >&2; exit 1; fi
+  sleep 2
+done
+{
+  echo "port $SENTINEL_PORT"
+  echo "dir $RUN_PATH"
+  echo "sentinel resolve-hostnames yes"
+  echo "sentinel announce-hostnames yes"
+  echo "sentinel announce-ip $me"
+  echo "sentinel announce-port $SENTINEL_PORT"
+  echo "requirepass $password"
+  echo "sentinel sentinel-pass $password"
+  echo "sentinel monitor $SENTINEL_NAME $primary $REDIS_PORT $QUORUM"
+  echo "sentinel auth-pass $SENTINEL_NAME $password"
+  echo "sentinel down-after-milliseconds $SENTINEL_NAME $DOWN_AFTER"
+  echo "sentinel failover-timeout $SENTINEL_NAME $FAILOVER_TIMEOUT"
+  echo "sentinel parallel-syncs $SENTINEL_NAME 1"
+} > "$RUN_PATH/sentinel.conf"
+echo "monitoring $primary"
+exec redis-server "$RUN_PATH/sentinel.conf" --sentinel
+"""
+)
+
+
+def quorum(replicas: int) -> int:
+    """Sentinels that must agree a primary is gone: a majority of them."""
+    return replicas // 2 + 1
+
+
+def _high_availability_env(bot: ChatBot) -> list[dict[str, Any]]:
+    replicas = bot.spec.gateway.memory.replicas
+    values = {
+        "NODES": f"{nodes_service(bot)}.{bot.namespace}.svc",
+        "PEERS": " ".join(node_address(bot, index) for index in range(replicas)),
+        "FIRST": node_address(bot, 0),
+        "SENTINEL_NAME": SENTINEL_NAME,
+        "SENTINEL_PORT": str(SENTINEL_PORT),
+        "REDIS_PORT": str(PORT),
+        "QUORUM": str(quorum(replicas)),
+        "DOWN_AFTER": str(DOWN_AFTER_MILLISECONDS),
+        "FAILOVER_TIMEOUT": str(FAILOVER_TIMEOUT_MILLISECONDS),
+        "PASSWORD_FILE": f"{SECRET_PATH}/{PASSWORD_KEY}",
+        "CONFIG_FILE": f"{SECRET_PATH}/{CONFIG_KEY}",
+        "RUN_PATH": RUN_PATH,
+    }
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *({"name": name, "value": value} for name, value in values.items()),
+    ]
+
+
 def render_memory(
     bot: ChatBot, *, registry: str = "", secret_versions: dict[str, str] | None = None
 ) -> list[Manifest]:
@@ -141,14 +273,13 @@ def render_memory(
     if memory.external is not None:
         return []
     limits = resources(memory.resources, DEFAULT_RESOURCES)
-    container = {
+    image = memory.image or images.mirrored(images.REDIS, registry)
+    arguments = redis_arguments(maxmemory_bytes(limits), persistent=memory.persistent)
+    container: dict[str, Any] = {
         "name": "redis",
-        "image": memory.image or images.mirrored(images.REDIS, registry),
+        "image": image,
         # The config file (first, as redis-server wants it) holds only the password.
-        "args": [
-            f"{SECRET_PATH}/{CONFIG_KEY}",
-            *redis_arguments(maxmemory_bytes(limits), persistent=memory.persistent),
-        ],
+        "args": [f"{SECRET_PATH}/{CONFIG_KEY}", *arguments],
         "ports": [{"name": "redis", "containerPort": PORT}],
         # redis-cli reads the password from REDISCLI_AUTH.
         "env": [
@@ -178,11 +309,19 @@ def render_memory(
     ]
     if not memory.persistent:
         volumes.insert(0, {"name": "data", "emptyDir": {}})
+    containers = [container]
+    extra: dict[str, Any] = {}
+    if high_availability(bot):
+        containers = _with_sentinel(bot, container, image, arguments)
+        volumes[-1]["secret"]["items"].append({"key": PASSWORD_KEY, "path": PASSWORD_KEY})
+        volumes.append({"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+        extra["topologySpreadConstraints"] = spread(bot, COMPONENT, revision_label=None)
     pod = pod_spec(
         bot,
-        [container],
+        containers,
         volumes=volumes,
         securityContext={"runAsNonRoot": True, "runAsUser": 999, "fsGroup": 999},
+        **extra,
     )
     claims = []
     if memory.persistent:
@@ -204,4 +343,62 @@ def render_memory(
             "whenDeleted": "Delete",
             "whenScaled": "Retain",
         }
-    return [statefulset, service(bot, COMPONENT, PORT, "redis")]
+    if not high_availability(bot):
+        return [statefulset, service(bot, COMPONENT, PORT, "redis")]
+    # One pod at a time, the first first: each new one finds the primary through the
+    # Sentinels of those before it.
+    statefulset["spec"] |= {"replicas": memory.replicas, "serviceName": nodes_service(bot)}
+    return [
+        statefulset,
+        # The Sentinels alone: a client of the port of a replica could not write.
+        service(bot, COMPONENT, SENTINEL_PORT, "sentinel"),
+        _nodes_service(bot),
+        disruption_budget(bot, COMPONENT),
+    ]
+
+
+def _with_sentinel(
+    bot: ChatBot, redis: dict[str, Any], image: str, arguments: list[str]
+) -> list[dict[str, Any]]:
+    """The Redis container started as the primary or a replica of it, and a Sentinel beside
+    it, both from the same image."""
+    env = [*redis["env"], *_high_availability_env(bot)]
+    run = {"name": "run", "mountPath": RUN_PATH}
+    redis = {
+        **redis,
+        "command": ["sh", "-c", _START_REDIS, "redis"],
+        "args": arguments,
+        "env": env,
+        "volumeMounts": [*redis["volumeMounts"], run],
+    }
+    sentinel = {
+        "name": "sentinel",
+        "image": image,
+        "command": ["sh", "-c", _START_SENTINEL, "sentinel"],
+        "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
+        "env": env,
+        "readinessProbe": {
+            "exec": {"command": ["redis-cli", "-p", str(SENTINEL_PORT), "ping"]},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {"tcpSocket": {"port": SENTINEL_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": SECRET_PATH, "readOnly": True},
+            run,
+        ],
+    }
+    return [redis, sentinel]
+
+
+def _nodes_service(bot: ChatBot) -> Manifest:
+    return headless_service(
+        bot,
+        COMPONENT,
+        nodes_service(bot),
+        [
+            {"name": "redis", "port": PORT, "targetPort": PORT},
+            {"name": "sentinel", "port": SENTINEL_PORT, "targetPort": SENTINEL_PORT},
+        ],
+    )

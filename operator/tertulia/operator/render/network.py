@@ -13,6 +13,7 @@ from tertulia.operator.render.embeddings import runs_embeddings_server
 from tertulia.operator.render.knowledge import BACKUP, INGEST
 from tertulia.operator.render.knowledge import COMPONENT as KNOWLEDGE
 from tertulia.operator.render.memory import COMPONENT as MEMORY
+from tertulia.operator.render.memory import high_availability
 from tertulia.operator.render.model import COMPONENT as MODEL
 
 # Who may connect to each component. The bots face the platforms (and the internet, in
@@ -62,6 +63,8 @@ def render_network_policies(
             clients = [client for client in clients if client != BACKUP]
         if component == KNOWLEDGE and bot.spec.knowledge_base.replicas > 1:
             clients = [*clients, KNOWLEDGE]  # Weaviate's nodes reach each other
+        if component == MEMORY and high_availability(bot):
+            clients = [*clients, MEMORY]  # replicas reach the primary, Sentinels each other
         sources = [
             {"podSelector": {"matchLabels": selector_labels(bot, client)}} for client in clients
         ]
