@@ -527,13 +527,13 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:
     custom = client.CustomObjectsApi(cluster.api_client())
-    # Longer answers than the stack's 48 tokens, so the roll lands while they stream. The 20
-    # queue on two CPU model servers sharing two cores (160 tokens each outlasted both the
-    # default drain and the gateway's wait for a first token), so the drain is sized for the
-    # queue, as a user serving a slow model sets it.
+    # The 20 answers queue on two CPU model servers sharing two cores with the other tiers'
+    # servers, so the roll lands while they stream: longer answers than the stack's 48 tokens
+    # (80, 160) outlasted the gateway's 120 s wait for a first token. The drain is sized for
+    # the queue, as a user serving a slow model sets it.
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, PLURAL, BOT,
-        {"spec": {"gateway": {"replicas": 2, "maxTokens": 80, "drainSeconds": 300}}},
+        {"spec": {"gateway": {"replicas": 2, "maxTokens": 48, "drainSeconds": 300}}},
     )  # fmt: skip
     wait_observed(cluster, "the new settings")
     run(

@@ -392,8 +392,14 @@ def test_dropping_a_platform_deletes_its_deployment(
         what="the Slack Deployment to be deleted",
     )
     assert apps.read_namespaced_deployment("tertulia-discord", namespace)
-    assert (
-        chatbot(control_plane, namespace, "tertulia")["status"]["platforms"] == "discord,telegram"
+    # The status follows the deletion (the operator writes it after it prunes).
+    eventually(
+        lambda: (
+            chatbot(control_plane, namespace, "tertulia")["status"]["platforms"]
+            == "discord,telegram"
+        ),
+        timeout=30,
+        what="the status to list the remaining platforms",
     )
 
 
