@@ -363,9 +363,10 @@ class Store:
         filters: SearchFilters | None,
     ) -> list[Hit]:
         where = filters.weaviate() if filters else None
+        client = None
         try:
             await self._connect()
-            collection = self._collection
+            client, collection = self._client, self._collection
             if self.settings.replication_factor > 1:
                 # One copy answers: a search goes on while a node is away (writes still
                 # wait for a quorum of copies).
@@ -401,6 +402,19 @@ class Store:
                 )
         except WeaviateBaseError as error:
             raise _SearchFailed(str(self._error("search", error))) from None
+        except asyncio.CancelledError:
+            # gRPC's asyncio calls raise CancelledError when their channel is closed beneath
+            # them: another request found the client broken and replaced it (or, if it is
+            # still the client, it is broken now). Only a cancellation of this task (a
+            # timeout, the caller gone) is one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            if client is not None and client is self._client:
+                self._stale = True
+            raise _SearchFailed(
+                f"the search's connection to Weaviate at {self.settings.weaviate_url} was closed"
+            ) from None
         hits = []
         for item in result.objects:
             properties = item.properties

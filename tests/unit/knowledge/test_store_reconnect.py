@@ -1,5 +1,6 @@
 """The knowledge store's client after a failure: rebuilt once, however many requests find
-it broken at the same moment; a search on a channel whose node went away tried once more."""
+it broken at the same moment; a search on a channel whose node went away, or that was closed
+beneath it, tried once more."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ class NodeClient(FakeClient):
     fails every search."""
 
     gone: ClassVar[set[int]] = set()
+    # Clients whose channel is closed while a search is on it: gRPC cancels the call.
+    closed_beneath: ClassVar[set[int]] = set()
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,6 +82,8 @@ class NodeClient(FakeClient):
         self.searches += 1
         if self.index in NodeClient.gone:
             raise WeaviateBaseError("failed to connect to all addresses")
+        if self.index in NodeClient.closed_beneath:
+            raise asyncio.CancelledError()  # as grpc.aio's call does
         return Answer()
 
 
@@ -109,3 +114,48 @@ def test_a_search_failing_on_a_new_connection_is_not_tried_again(
     with pytest.raises(store.StoreError, match="failed to connect"):
         search(knowledge)
     assert [client.searches for client in cast(list[NodeClient], FakeClient.made)] == [1]
+
+
+def test_a_search_whose_channel_is_closed_beneath_it_fails_as_a_search_not_a_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeClient.made.clear()
+    NodeClient.gone = set()
+    monkeypatch.setattr(store.Store, "_new_client", lambda self: NodeClient())
+    knowledge = store.Store(KnowledgeSettings())
+    assert search(knowledge) == []
+    NodeClient.closed_beneath = {0}
+    # Answered on a new client: the chat keeps its context.
+    assert search(knowledge) == []
+    first, second = cast(list[NodeClient], FakeClient.made)
+    assert (first.searches, second.searches) == (2, 1)
+    # A new client whose channel is closed too: a StoreError, which the chat answers
+    # without context, not a CancelledError, which would fail the request.
+    NodeClient.closed_beneath = {1, 2}
+    with pytest.raises(store.StoreError, match="was closed"):
+        search(knowledge)
+    NodeClient.closed_beneath = set()
+
+
+def test_a_search_cancelled_by_its_caller_stays_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeClient.made.clear()
+    NodeClient.gone = set()
+
+    class SlowClient(NodeClient):
+        async def bm25(self, **_: Any) -> Answer:
+            await asyncio.sleep(10)
+            return Answer()
+
+    monkeypatch.setattr(store.Store, "_new_client", lambda self: SlowClient())
+    knowledge = store.Store(KnowledgeSettings())
+
+    async def run() -> None:
+        task = asyncio.create_task(knowledge.search("tides", None, limit=3, alpha=0.0))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run())
