@@ -89,10 +89,10 @@ def pods(cluster: ControlPlane, component: str | None = None) -> list[Any]:
     return list(core(cluster).list_namespaced_pod(NAMESPACE, label_selector=selector).items)
 
 
-def chatbot(cluster: ControlPlane) -> dict[str, Any]:
+def chatbot(cluster: ControlPlane, name: str = BOT) -> dict[str, Any]:
     custom = client.CustomObjectsApi(cluster.api_client())
     return cast(
-        dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, BOT)
+        dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
     )
 
 
@@ -108,9 +108,21 @@ def wait_observed(cluster: ControlPlane, what: str) -> None:
     )
 
 
-def wait_ready(cluster: ControlPlane, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+def container_log(cluster: ControlPlane, pod: str, container: str) -> str:
+    """The last lines a container wrote."""
+    return cluster.run_tool(
+        "kubectl", "logs", "-n", NAMESPACE, pod, "-c", container, "--tail", "20"
+    ).stdout  # fmt: skip
+
+
+def wait_ready(
+    cluster: ControlPlane, timeout: float = READY_TIMEOUT, name: str = BOT
+) -> dict[str, Any]:
+    """The ChatBot once Ready at its generation; else its status, every pod, and the last
+    lines of each container of its pods that are not ready, in the error."""
+
     def ready() -> dict[str, Any] | None:
-        body = chatbot(cluster)
+        body = chatbot(cluster, name)
         status = body.get("status") or {}
         current = status.get("observedGeneration") == body["metadata"]["generation"]
         return body if current and status.get("phase") == "Ready" else None
@@ -118,9 +130,17 @@ def wait_ready(cluster: ControlPlane, timeout: float = READY_TIMEOUT) -> dict[st
     try:
         found: dict[str, Any] = eventually(ready, timeout, "the ChatBot to be Ready", interval=2)
     except TimeoutError as error:
-        status = json.dumps(chatbot(cluster).get("status"), indent=1)
+        status = json.dumps(chatbot(cluster, name).get("status"), indent=1)
         listing = run(cluster, "kubectl", "get", "pods", "-A", "-o", "wide")
-        raise AssertionError(f"{error}\nstatus: {status}\n{listing}") from None
+        selector = f"app.kubernetes.io/instance={name}"
+        logs = [
+            f"--- {pod.metadata.name} {container.name}:\n"
+            + container_log(cluster, str(pod.metadata.name), container.name)
+            for pod in core(cluster).list_namespaced_pod(NAMESPACE, label_selector=selector).items
+            if not is_ready(pod)
+            for container in pod.spec.containers
+        ]
+        raise AssertionError(f"{error}\nstatus: {status}\n{listing}\n" + "\n".join(logs)) from None
     return found
 
 
@@ -166,16 +186,23 @@ def operator(cluster: ControlPlane) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
+def namespace(cluster: ControlPlane) -> str:
+    """The namespace of the module's ChatBots."""
+    core(cluster).create_namespace({"metadata": {"name": NAMESPACE}})
+    return NAMESPACE
+
+
+@pytest.fixture(scope="module")
 def stack(
     cluster: ControlPlane,
     operator: None,
+    namespace: str,
     model_hub: FakeModelHub,
     fake_telegram: telegram.FakeTelegram,
     fake_slack: slack.FakeSlack,
 ) -> dict[str, Any]:
     """The ChatBot, with its Secrets and its ConfigMap of documents, Ready."""
     api = core(cluster)
-    api.create_namespace({"metadata": {"name": NAMESPACE}})
     api.create_namespaced_secret(
         NAMESPACE, {"metadata": {"name": "telegram"}, "stringData": {"token": telegram.TOKEN}}
     )
@@ -933,7 +960,7 @@ def sentinel_says(cluster: ControlPlane, pod: str) -> str:
 
 
 def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_deleted(
-    cluster: ControlPlane, operator: None, fake_model: str
+    cluster: ControlPlane, operator: None, namespace: str, fake_model: str
 ) -> None:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -946,15 +973,7 @@ def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_d
         },
     }
     run(cluster, "kubectl", "apply", "-f", "-", stdin=yaml.safe_dump(body))
-    custom = client.CustomObjectsApi(cluster.api_client())
-
-    def phase() -> str:
-        found: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
-            GROUP, VERSION, NAMESPACE, PLURAL, HA_BOT
-        )
-        return str(found.get("status", {}).get("phase"))
-
-    eventually(lambda: phase() == "Ready", READY_TIMEOUT, "the ChatBot with Sentinels", interval=2)
+    wait_ready(cluster, name=HA_BOT)
     selector = f"app.kubernetes.io/instance={HA_BOT},app.kubernetes.io/component=memory"
     memory = core(cluster).list_namespaced_pod(NAMESPACE, label_selector=selector).items
     assert len(memory) == 3 and all(is_ready(pod) for pod in memory)
@@ -1023,7 +1042,8 @@ def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_d
         cluster, "kubectl", "exec", "-n", NAMESPACE, primary, "-c", "redis", "--",
         "redis-cli", "ROLE",
     )  # fmt: skip
-    assert role.split()[0] == "slave", role
+    logs = [container_log(cluster, primary, container) for container in ("redis", "sentinel")]
+    assert role.split()[0] == "slave", "\n".join([role, *logs])
     run(cluster, "kubectl", "delete", "chatbot", HA_BOT, "-n", NAMESPACE, "--wait=true")
 
 

@@ -472,18 +472,32 @@ def test_redis_with_sentinels_is_a_primary_and_replicas_that_the_gateway_finds_t
     assert components == {"gateway", "memory"}
 
 
-def start_script(tmp_path: Path, container: dict[str, Any], answers: dict[str, str]) -> str:
+def start_script(
+    tmp_path: Path, container: dict[str, Any], answers: dict[str, str], late: str = ""
+) -> tuple[str, str]:
     """Run a Redis pod's start script as its container would, with a redis-cli that answers
-    for the Sentinels in `answers` (peer: primary it names) and a redis-server that prints
-    its arguments and config file instead of serving; returns what it printed."""
+    for the Sentinels in `answers` (peer: primary it names), refuses the first question to
+    `late`'s, and says no other peer's name resolves, and a redis-server that prints its
+    arguments and config file instead of serving; returns what it printed, and its errors."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     cli = bin_dir / "redis-cli"
+    asked = tmp_path / "asked-once"
+    asked.unlink(missing_ok=True)
+    refuse_once = (
+        f"if [ ! -e {asked} ]; then touch {asked}; "
+        'echo "Could not connect to Redis at $4:26379: Connection refused" >&2; exit 1; fi; '
+    )
     cases = "".join(
-        f'  *" -h {peer} "*) echo {primary}; echo 6379 ;;\n' for peer, primary in answers.items()
+        f'  *" -h {peer} -p 26379 "*) {refuse_once if peer == late else ""}'
+        f"echo {primary}; echo 6379; exit 0 ;;\n"
+        for peer, primary in answers.items()
     )
     cli.write_text(
-        f'#!/bin/sh\ncase " $* " in\n{cases}  *" ping"*) echo PONG ;;\n  *) exit 1 ;;\nesac\n'
+        f'#!/bin/sh\ncase " $* " in\n{cases}esac\ncase " $* " in\n'
+        '  *" ping"*) echo PONG ;;\n'
+        '  *) echo "Could not connect to Redis at $4:26379: Name or service not known" >&2;'
+        " exit 1 ;;\nesac\n"
     )
     server = bin_dir / "redis-server"
     server.write_text('#!/bin/sh\necho "arguments: $*"\ncat "$1"\n')
@@ -503,22 +517,30 @@ def start_script(tmp_path: Path, container: dict[str, Any], answers: dict[str, s
     }
     command = [*container["command"], *container.get("args", [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return done.stdout
+    return done.stdout, done.stderr
 
 
 @pytest.mark.parametrize(
-    ("me", "answers", "follows"),
+    ("me", "answers", "late", "follows"),
     [
-        # The first start: no Sentinel answers; the first pod is the primary.
-        ("tertulia-memory-0", {}, None),
-        ("tertulia-memory-2", {}, "tertulia-memory-0"),
+        # The first start: no other pod; the first pod is the primary.
+        ("tertulia-memory-0", {}, "", None),
+        ("tertulia-memory-2", {}, "", "tertulia-memory-0"),
         # After a failover: the Sentinels name the new primary, and a pod that was it joins.
-        ("tertulia-memory-0", {"tertulia-memory-1": "tertulia-memory-2"}, "tertulia-memory-2"),
-        ("tertulia-memory-2", {"tertulia-memory-1": "tertulia-memory-2"}, None),
+        ("tertulia-memory-0", {"tertulia-memory-1": "tertulia-memory-2"}, "", "tertulia-memory-2"),
+        ("tertulia-memory-2", {"tertulia-memory-1": "tertulia-memory-2"}, "", None),
+        # A Sentinel that does not answer the first question is asked again, not taken for
+        # none: the pod that was the primary joins the new one instead of being a second.
+        (
+            "tertulia-memory-0",
+            {"tertulia-memory-1": "tertulia-memory-1"},
+            "tertulia-memory-1",
+            "tertulia-memory-1",
+        ),
     ],
 )
 def test_a_redis_pod_starts_as_the_primary_or_a_replica_of_the_one_the_sentinels_name(
-    tmp_path: Path, me: str, answers: dict[str, str], follows: str | None
+    tmp_path: Path, me: str, answers: dict[str, str], late: str, follows: str | None
 ) -> None:
     bot = with_memory(example("all-platforms"), {"replicas": 3})
     manifests = by_ref(render_all(bot, image=IMAGE))
@@ -527,15 +549,17 @@ def test_a_redis_pod_starts_as_the_primary_or_a_replica_of_the_one_the_sentinels
     ]
     nodes = "tertulia-memory-nodes.bots.svc"
     named = {f"{peer}.{nodes}": f"{primary}.{nodes}" for peer, primary in answers.items()}
-    said = start_script(tmp_path, redis, {**named, "me": me})
+    late_peer = f"{late}.{nodes}" if late else ""
+    said, errors = start_script(tmp_path, redis, {**named, "me": me}, late_peer)
     assert f"replica-announce-ip {me}.{nodes}" in said
     replicaof = [line for line in said.splitlines() if line.startswith("replicaof")]
-    assert replicaof == ([f"replicaof {follows}.{nodes} 6379"] if follows else [])
+    assert replicaof == ([f"replicaof {follows}.{nodes} 6379"] if follows else []), errors
+    assert ("does not answer yet" in errors) == bool(late)
     assert "masterauth s3cret" in said
     arguments = next(line for line in said.splitlines() if line.startswith("arguments:"))
     assert "s3cret" not in arguments and "--maxmemory" in arguments
     # Its Sentinel monitors the same primary, by name.
-    watched = start_script(tmp_path, sentinel, {**named, "me": me})
+    watched, _ = start_script(tmp_path, sentinel, {**named, "me": me}, late_peer)
     primary = follows or me
     assert f"sentinel monitor memory {primary}.{nodes} 6379 2" in watched
     assert f"sentinel announce-ip {me}.{nodes}" in watched

@@ -168,22 +168,42 @@ def redis_arguments(maxmemory: int, *, persistent: bool) -> list[str]:
 DOWN_AFTER_MILLISECONDS = 5000
 FAILOVER_TIMEOUT_MILLISECONDS = 30000
 RUN_PATH = "/run/tertulia"
+# How many times a starting pod asks the other pods' Sentinels, 2 s apart.
+ASK_TRIES = 4
+# The containers' start scripts wait for their peers: liveness checks begin once they listen.
+STARTUP_SECONDS = 180
 
 # Shared by both containers of a pod: which server is the primary now. The Sentinels of the
 # other pods know; when none answers (the first start, or every pod restarting), the first
 # pod is. A pod that comes back after a failover so joins as a replica of the new primary.
+# A peer whose name does not resolve has no pod yet; one whose Sentinel does not answer
+# (starting, this pod's network not settled, or a cluster DNS that cannot say "no such
+# name") is asked again for a few seconds, so a pod does not start as a second primary
+# because its first question went unanswered. (Should it still, the Sentinels turn it into
+# a replica of the primary they know when they see it, and clients only ever reach that.)
 _FIND_PRIMARY = """set -eu
 umask 077
 me="$POD_NAME.$NODES"
 password="$(cat "$PASSWORD_FILE")"
 primary=""
-for peer in $PEERS; do
-  [ "$peer" = "$me" ] && continue
-  said="$(timeout 5 redis-cli --no-auth-warning -h "$peer" -p "$SENTINEL_PORT" \\
-    sentinel get-master-addr-by-name "$SENTINEL_NAME" 2>/dev/null | head -n 1 || true)"
-  case "$said" in
-    *".$NODES") primary="$said"; break ;;
-  esac
+tries=0
+while :; do
+  waiting=""
+  for peer in $PEERS; do
+    [ "$peer" = "$me" ] && continue
+    said="$(timeout 5 redis-cli --no-auth-warning -h "$peer" -p "$SENTINEL_PORT" \\
+      sentinel get-master-addr-by-name "$SENTINEL_NAME" 2>"$RUN_PATH/asked" | head -n 1 || true)"
+    case "$said" in
+      *".$NODES") primary="$said"; break ;;
+    esac
+    if ! grep -qiE "not known|does not resolve|no address" "$RUN_PATH/asked"; then
+      waiting="$peer"
+    fi
+  done
+  tries=$((tries + 1))
+  if [ -n "$primary" ] || [ -z "$waiting" ] || [ "$tries" -ge "$ASK_TRIES" ]; then break; fi
+  echo "the Sentinel of $waiting does not answer yet" >&2
+  sleep 2
 done
 primary="${primary:-$FIRST}"
 """
@@ -251,6 +271,7 @@ def _high_availability_env(bot: ChatBot) -> list[dict[str, Any]]:
         "SENTINEL_PORT": str(SENTINEL_PORT),
         "REDIS_PORT": str(PORT),
         "QUORUM": str(quorum(replicas)),
+        "ASK_TRIES": str(ASK_TRIES),
         "DOWN_AFTER": str(DOWN_AFTER_MILLISECONDS),
         "FAILOVER_TIMEOUT": str(FAILOVER_TIMEOUT_MILLISECONDS),
         "PASSWORD_FILE": f"{SECRET_PATH}/{PASSWORD_KEY}",
@@ -369,6 +390,7 @@ def _with_sentinel(
         "command": ["sh", "-c", _START_REDIS, "redis"],
         "args": arguments,
         "env": env,
+        "startupProbe": _started(PORT),
         "volumeMounts": [*redis["volumeMounts"], run],
     }
     sentinel = {
@@ -381,6 +403,7 @@ def _with_sentinel(
             "exec": {"command": ["redis-cli", "-p", str(SENTINEL_PORT), "ping"]},
             "periodSeconds": 5,
         },
+        "startupProbe": _started(SENTINEL_PORT),
         "livenessProbe": {"tcpSocket": {"port": SENTINEL_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": restricted_container_security(),
@@ -390,6 +413,15 @@ def _with_sentinel(
         ],
     }
     return [redis, sentinel]
+
+
+def _started(port: int) -> dict[str, Any]:
+    """Listening on `port`, within STARTUP_SECONDS: the start script asks its peers first."""
+    return {
+        "tcpSocket": {"port": port},
+        "periodSeconds": 5,
+        "failureThreshold": STARTUP_SECONDS // 5,
+    }
 
 
 def _nodes_service(bot: ChatBot) -> Manifest:
