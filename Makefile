@@ -64,7 +64,7 @@ testenv: install testbed ## Start the control plane by hand (NODE=real adds the 
 testenv-down: ## Stop the control plane started by `make testenv`
 	@bash hack/testenv.sh down
 
-bench: testbed ## Run the benchmarks in bench/ (BENCH=gateway for one, QUICK=1 for tiny sizes), then a summary
+bench: images ## Run the benchmarks in bench/ (BENCH=gateway for one, QUICK=1 for tiny sizes), then a summary
 	@bash hack/bootstrap.sh
 	$(VENV_BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH)
 

@@ -16,7 +16,7 @@ from xml.etree import ElementTree
 
 import httpx
 
-from tests.testbed.paths import binary
+from tests.testbed.paths import binary, cache_dir
 from tests.testbed.process import ManagedProcess, free_port, port_open
 
 LLAMA_MODEL_ALIAS = "gemma3-270m"
@@ -86,9 +86,10 @@ def _start_llama_cpp(
     options: list[str],
     timeout: float,
     port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> tuple[ManagedProcess, str]:
-    """llama-cpp-python's OpenAI-compatible server on a free port (or `port`); returns its
-    /v1 URL."""
+    """llama-cpp-python's OpenAI-compatible server on a free port (or `port`) of `host` (a
+    loopback address); returns its /v1 URL."""
     port = port or free_port()
     process = ManagedProcess(
         name,
@@ -108,13 +109,13 @@ def _start_llama_cpp(
             "--n_threads",
             str(os.cpu_count() or 2),
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
         ],
         workdir,
     ).start()
-    base_url = f"http://127.0.0.1:{port}/v1"
+    base_url = f"http://{host}:{port}/v1"
     process.wait_until(
         lambda: urllib.request.urlopen(f"{base_url}/models", timeout=2).status == 200,
         timeout,
@@ -219,13 +220,13 @@ def start_sentinel_group(
 
 
 def start_llama_server(
-    workdir: Path, timeout: float = 180.0, *, port: int | None = None
+    workdir: Path, timeout: float = 180.0, *, port: int | None = None, host: str = "127.0.0.1"
 ) -> tuple[ManagedProcess, str]:
     """The chat model server: Gemma 3 270M with its chat format; on `port` to start one again
-    where another was."""
+    where another was, on `host` (127.0.0.2, ...) for replicas that share a port as pods do."""
     options = ["--chat_format", "gemma", "--n_ctx", "4096"]
     return _start_llama_cpp(
-        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, options, timeout, port
+        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, options, timeout, port, host
     )
 
 
@@ -256,6 +257,58 @@ def start_embedding_server(workdir: Path, timeout: float = 120.0) -> tuple[Manag
     return _start_llama_cpp(
         "embedding-server", workdir, embedding_model_path(), EMBEDDING_MODEL_ALIAS, options, timeout
     )
+
+
+def llama_cpp_binary() -> Path:
+    """llama.cpp's own server (llama-server) of the release the operator renders, as
+    `make images` builds it into the cache for the real node's image."""
+    from tertulia.operator.render.images import LLAMACPP_RELEASE
+
+    path = cache_dir() / "llama-server" / f"{LLAMACPP_RELEASE}-avx2" / "llama-server"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: `make images` builds it")
+    return path
+
+
+def start_llama_cpp(
+    workdir: Path,
+    model: Path,
+    alias: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    context: int = 8192,
+    timeout: float = 120.0,
+) -> tuple[ManagedProcess, str]:
+    """llama.cpp's llama-server with the arguments the operator renders for a model
+    (--ctx-size, --metrics; its slots and prompt cache at their defaults), on `host`:`port`;
+    returns its /v1 URL."""
+    port = port or free_port()
+    process = ManagedProcess(
+        f"llama-cpp-{host}",
+        [
+            str(llama_cpp_binary()),
+            "--model",
+            str(model),
+            "--alias",
+            alias,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--ctx-size",
+            str(context),
+            "--metrics",
+        ],
+        workdir,
+    ).start()
+    base_url = f"http://{host}:{port}/v1"
+    process.wait_until(
+        lambda: urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2).status == 200,
+        timeout,
+        "serving /health",
+    )
+    return process, base_url
 
 
 def _free_port_pair() -> int:

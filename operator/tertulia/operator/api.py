@@ -219,6 +219,15 @@ class ModelSpec(Spec):
     replicas: int = Field(
         1, ge=0, le=64, description="Model server replicas; `kubectl scale` sets it."
     )
+    routing: Literal["affinity", "round-robin"] = Field(
+        "affinity",
+        description="How the gateway spreads requests over the ready replicas. affinity: "
+        "every turn of a conversation to the same replica (consistent hashing with bounded "
+        "load), whose prefix cache (llama.cpp's slots, vLLM's prefix caching, Ollama's loaded "
+        "context) holds its history; a replica over 1.25 times its share of the requests in "
+        "flight passes new turns to the next. round-robin: each request to the next replica, "
+        "for engines without a prefix cache. Not used with engine endpoint.",
+    )
     gpus: int | None = Field(
         None,
         ge=0,

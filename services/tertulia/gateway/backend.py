@@ -1,8 +1,10 @@
 """One client for every OpenAI-compatible model server: vLLM, Ollama's /v1 and llama.cpp.
 
-Connections are pooled; a connection that cannot be opened is retried with backoff (the
-request never reached the server, so retrying is safe); nothing else is retried. Streams are
-passed on event by event, never buffered, and closing one closes the upstream request.
+Connections are pooled; a connection that cannot be opened is retried with backoff, on the
+next replica when there are several (the request never reached the server, so retrying is
+safe); nothing else is retried. Which replica answers is the router's choice (routing.py).
+Streams are passed on event by event, never buffered, and closing one closes the upstream
+request.
 
 The client is aiohttp's: httpx's pool (httpcore) scans every pooled connection for every
 waiting request, which measured as a throughput collapse at 256 concurrent streams.
@@ -11,7 +13,7 @@ waiting request, which measured as a throughput collapse at 256 concurrent strea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from tertulia.gateway.errors import (
     GatewayError,
 )
 from tertulia.gateway.metrics import GatewayMetrics
+from tertulia.gateway.routing import Router
 from tertulia.gateway.settings import BackendSettings
 
 RETRY_AFTER_SECONDS = 5.0
@@ -75,9 +78,15 @@ class StreamEvent:
 class BackendStream:
     """An open streaming response: read `events()`, and always `aclose()` it."""
 
-    def __init__(self, response: aiohttp.ClientResponse, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        metrics: GatewayMetrics,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
         self._response = response
         self._metrics = metrics
+        self._release = release
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         try:
@@ -106,6 +115,8 @@ class BackendStream:
         # Closing (not releasing) drops the connection, which tells the server to stop.
         if not self._response.closed:
             self._response.close()
+        self._release()
+        self._release = lambda: None
 
 
 class UpstreamEventSource(EventSourceResponse):
@@ -128,7 +139,7 @@ class Backend:
     def __init__(self, settings: BackendSettings, metrics: GatewayMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._base_url = str(settings.url).rstrip("/")
+        self.router = Router(str(settings.url), settings.routing)
         self._headers = {"Content-Type": "application/json"}
         if settings.api_key_file is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key_file.read_text().strip()}"
@@ -170,61 +181,79 @@ class Backend:
         return self._model
 
     async def list_models(self) -> list[str]:
-        response = await self._send("GET", "/models")
+        response, release = await self._send("GET", "/models")
         try:
             body = await self._read_json(response)
         finally:
             response.release()
+            release()
         return [str(entry["id"]) for entry in body.get("data", [])]
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming chat completion."""
+    async def complete(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        """A non-streaming chat completion; `key` (a conversation) picks the replica."""
         body = {**body, "model": await self.model(), "stream": False}
-        response = await self._send("POST", "/chat/completions", body)
+        response, release = await self._send("POST", "/chat/completions", body, key)
         try:
             return await self._read_json(response)
         finally:
             response.release()
+            release()
 
-    async def open_stream(self, body: dict[str, Any]) -> BackendStream:
-        """Start a streaming completion; errors before the first byte raise here, as HTTP errors."""
+    async def open_stream(self, body: dict[str, Any], key: str | None = None) -> BackendStream:
+        """Start a streaming completion; errors before the first byte raise here, as HTTP
+        errors. `key` (a conversation) picks the replica."""
         body = {
             **body,
             "model": await self.model(),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        response = await self._send("POST", "/chat/completions", body)
+        response, release = await self._send("POST", "/chat/completions", body, key)
         if response.status >= 400:
             try:
                 await self._read_json(response)
             finally:
                 response.release()
-        return BackendStream(response, self._metrics)
+                release()
+        return BackendStream(response, self._metrics, release)
 
     async def ping(self) -> None:
         """Raise unless the model server answers /models."""
         await self.list_models()
 
     async def _send(
-        self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> aiohttp.ClientResponse:
+        self, method: str, path: str, body: dict[str, Any] | None = None, key: str | None = None
+    ) -> tuple[aiohttp.ClientResponse, Callable[[], None]]:
+        """The response, and what to call once it is read or closed: the replica's request
+        counts as in flight until then. A replica that cannot be reached gives way to the
+        next (its conversations go to their neighbours on the ring)."""
         data = None if body is None else to_json(body)
+        pick = self.router.pick(key)
+        self._metrics.routed.labels(_outcome(pick.affinity, pick.fallbacks, self.router)).inc()
+        candidates = [pick.url, *pick.fallbacks]
         for attempt in range(self._settings.retries + 1):
+            url = candidates[attempt % len(candidates)]
+            release = self._lease(url)
             try:
-                return await self.session.request(method, self._base_url + path, data=data)
+                return await self.session.request(method, url + path, data=data), release
             except _NOT_SENT as error:
+                release()
                 if attempt == self._settings.retries:
                     self._metrics.backend_errors.labels("unavailable").inc()
                     raise BackendUnavailable(
                         "the model server is unreachable; try again shortly",
                         retry_after=RETRY_AFTER_SECONDS,
                     ) from error
-                await asyncio.sleep(_BACKOFF_SECONDS * 2**attempt)
+                if len(candidates) == 1:
+                    await asyncio.sleep(_BACKOFF_SECONDS * 2**attempt)
+                else:
+                    self._metrics.routed.labels("neighbour").inc()
             except TimeoutError as error:
+                release()
                 self._metrics.backend_errors.labels("timeout").inc()
                 raise BackendTimeout("the model server did not answer in time") from error
             except aiohttp.ClientConnectionError as error:
+                release()
                 # The server went away mid-request (a restart, a pod deleted): it will be
                 # back, so the client is told when to try again.
                 self._metrics.backend_errors.labels("interrupted").inc()
@@ -233,9 +262,29 @@ class Backend:
                     retry_after=RETRY_AFTER_SECONDS,
                 ) from error
             except aiohttp.ClientError as error:
+                release()
                 self._metrics.backend_errors.labels("interrupted").inc()
                 raise BackendFailed("the connection to the model server failed") from error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lease(self, url: str) -> Callable[[], None]:
+        """Count a request in flight on `url` (a replica's, or the Service's); the function
+        that ends it, once."""
+        if url == self.router.url:
+            return lambda: None
+        self.router.acquire(url)
+        gauge = self._metrics.backend_in_flight.labels(url)
+        gauge.inc()
+        ended = False
+
+        def release() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                gauge.dec()
+                self.router.release(url)
+
+        return release
 
     async def _read_json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
         """The body as JSON, or the HTTP error it stands for."""
@@ -274,6 +323,15 @@ class Backend:
         if 400 <= status < 500:
             raise BackendRejected(f"the model server refused the request: {message}")
         raise BackendFailed(f"the model server failed ({status}): {message}")
+
+
+def _outcome(affinity: bool | None, fallbacks: list[str], router: Router) -> str:
+    """How a replica was chosen, as the routed metric counts it."""
+    if not router.replicas:
+        return "service"
+    if affinity is None:
+        return "round_robin"
+    return "affinity" if affinity else "neighbour"
 
 
 def _error_message(body: Any, fallback: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -20,6 +20,9 @@ class GatewayMetrics:
     rate_limited: Counter
     moderated: Counter
     degraded: Counter
+    backend_replicas: Gauge
+    backend_in_flight: Gauge
+    routed: Counter
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -74,6 +77,27 @@ class GatewayMetrics:
                 "tertulia_gateway_moderated",
                 "Messages blocked by moderation, by direction (input or output).",
                 ["direction"],
+                registry=registry,
+            ),
+            backend_replicas=Gauge(
+                "tertulia_gateway_backend_replicas",
+                "Ready model server replicas the gateway routes to (0: through the Service).",
+                registry=registry,
+            ),
+            backend_in_flight=Gauge(
+                "tertulia_gateway_backend_in_flight",
+                "Requests in flight to each model server replica (its address), streams "
+                "until their last token.",
+                ["replica"],
+                registry=registry,
+            ),
+            routed=Counter(
+                "tertulia_gateway_routed",
+                "Requests sent to the model, by how their replica was chosen: affinity (the "
+                "conversation's own), neighbour (its own was over its share, or unreachable), "
+                "round_robin (no conversation, or routing round-robin) or service (no replica "
+                "known: through the Service).",
+                ["outcome"],
                 registry=registry,
             ),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +15,7 @@ from tertulia.gateway.pipeline.auth import ApiKeys
 from tertulia.gateway.pipeline.moderation import Moderator
 from tertulia.gateway.pipeline.outage import StoreOutage
 from tertulia.gateway.pipeline.retrieval import Retriever
+from tertulia.gateway.routing import follow_replicas
 from tertulia.gateway.settings import BackendSettings, GatewaySettings
 from tertulia.gateway.store import Store, open_store
 
@@ -43,6 +46,17 @@ async def open_services(
         )
     store = open_store(settings.redis_url, settings.redis_password_file, settings.redis_ca_file)
     backend = Backend(settings.backend, metrics)
+    follower = None
+    if settings.backend.replicas:
+        follower = asyncio.create_task(
+            follow_replicas(
+                backend.router,
+                settings.backend.replicas,
+                settings.backend.replicas_refresh_seconds,
+                metrics,
+            ),
+            name="follow-model-replicas",
+        )
     guard = None
     if settings.moderation.guard_url is not None:
         guard = Backend(
@@ -62,6 +76,10 @@ async def open_services(
             retriever=retriever,
         )
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await backend.aclose()
         await store.aclose()
         if guard is not None:

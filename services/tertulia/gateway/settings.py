@@ -51,6 +51,23 @@ class BackendSettings(_Section):
         "than the model server waits (5 s in vLLM's and llama.cpp's servers), so no request "
         "goes out on a connection the server is closing.",
     )
+    replicas: str = Field(
+        "",
+        description="A DNS name listing the model server's ready replicas (a headless "
+        "Service's), or several names or addresses, comma separated, looked up every "
+        "`replicas_refresh_seconds`: requests then go to a replica chosen by `routing`, at "
+        "`url`'s port and path. Empty: every request goes to `url`.",
+    )
+    replicas_refresh_seconds: float = Field(
+        2.0, gt=0, le=60, description="Seconds between lookups of `replicas`."
+    )
+    routing: Literal["affinity", "round-robin"] = Field(
+        "affinity",
+        description="`affinity`: every turn of a conversation (the OpenAI API's: its "
+        "X-Session-ID header, else its `user`) to the same replica, whose prefix cache holds "
+        "its history, unless that replica carries over 1.25 times its share of the requests "
+        "in flight; `round-robin`: each request to the next replica.",
+    )
 
 
 class MemorySettings(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 
 import pytest
 
@@ -11,7 +12,7 @@ from tertulia.gateway.backend import Backend, StreamBroken
 from tertulia.gateway.errors import BackendTimeout, BackendUnavailable
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.settings import BackendSettings
-from tests.fakes.openai_backend import FakeBackend
+from tests.fakes.openai_backend import FakeBackend, serving
 from tests.testbed.process import free_port
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
@@ -152,3 +153,58 @@ async def test_a_connection_idle_past_the_keepalive_is_not_reused() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_each_conversation_stays_on_one_replica_and_an_unreachable_one_gives_way() -> None:
+    first, second = FakeBackend(), FakeBackend()
+    async with serving(first) as one, serving(second) as two:
+        dead = f"http://127.0.0.1:{free_port()}/v1"
+        client = backend(one, retries=2)
+        client.router.update([one, two, dead])
+        fakes = {one: first, two: second}
+        conversations = [f"c{index}" for index in range(12)]
+        for turn in range(3):
+            for key in conversations:
+                body = {"messages": [{"role": "user", "content": f"{key} turn {turn}"}]}
+                await client.complete(body, key=key)
+        # Three turns each, all on one replica per conversation; those whose own replica is
+        # not listening were answered by their next one, without an error.
+        expected: Counter[str] = Counter()
+        for key in conversations:
+            pick = client.router.pick(key)
+            expected[next(url for url in [pick.url, *pick.fallbacks] if url != dead)] += 3
+        assert {url: len(fake.requests) for url, fake in fakes.items()} == {
+            one: expected[one],
+            two: expected[two],
+        }
+        # The turns of each conversation went to one replica.
+        for key in conversations:
+            hosts = [
+                url
+                for url, fake in fakes.items()
+                for request in fake.requests
+                if request["messages"][0]["content"].split()[0] == key
+            ]
+            assert len(hosts) == 3 and len(set(hosts)) == 1, (key, hosts)
+        routed = {
+            sample.labels["outcome"]: sample.value
+            for sample in next(iter(client._metrics.routed.collect())).samples
+            if sample.name.endswith("_total")
+        }
+        assert routed.get("neighbour", 0) > 0, "no conversation hashed to the dead replica"
+        await client.aclose()
+
+
+async def test_a_stream_counts_on_its_replica_until_it_is_closed(fake: FakeBackend) -> None:
+    async with serving(fake) as url:
+        client = backend("http://model.invalid:8000/v1")  # the Service: not used
+        client.router.update([url])
+        opened = await client.open_stream(BODY, key="c1")
+        assert client.router.load(url) == 1
+        [event async for event in opened.events()]
+        await opened.aclose()
+        await opened.aclose()  # twice is once
+        assert client.router.load(url) == 0
+        await client.complete(BODY, key="c1")
+        assert client.router.load(url) == 0
+        await client.aclose()

@@ -144,6 +144,26 @@ def test_an_endpoint_chatbot_runs_no_model_server_and_points_the_gateway_at_the_
     config = gateway_config(bot)
     assert config["backend"]["url"] == "http://vllm.llm-platform.svc:8000/v1"
     assert config["backend"]["api_key_file"] == "/etc/tertulia/backend/api-key"
+    assert "replicas" not in config["backend"]  # one URL, no replicas to choose from
+
+
+def test_the_gateway_routes_over_the_model_pods_a_headless_service_lists_when_ready() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    name = bot.child("model-replicas")
+    headless = manifests["Service", name]["spec"]
+    model = manifests["Service", bot.child("model")]["spec"]
+    # The model's pods, by the same selector as its Service; ready ones only.
+    assert headless["clusterIP"] == "None" and headless["selector"] == model["selector"]
+    assert headless["publishNotReadyAddresses"] is False
+    assert [p["port"] for p in headless["ports"]] == [model["ports"][0]["port"]]
+    backend = gateway_config(bot)["backend"]
+    assert backend["replicas"] == f"{name}.{bot.namespace}.svc"
+    assert backend["routing"] == "affinity"
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    spec["model"]["routing"] = "round-robin"
+    spread = bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+    assert gateway_config(spread)["backend"]["routing"] == "round-robin"
 
 
 def test_gateway_config_carries_the_spec_and_a_changed_config_rolls_the_pods() -> None:

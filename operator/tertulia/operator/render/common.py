@@ -239,17 +239,23 @@ def service(
 
 
 def headless_service(
-    bot: ChatBot, component: str, name: str, ports: list[dict[str, Any]]
+    bot: ChatBot,
+    component: str,
+    name: str,
+    ports: list[dict[str, Any]],
+    *,
+    not_ready: bool = True,
 ) -> Manifest:
-    """A headless Service that names each pod of a StatefulSet, before it is ready too: its
-    pods find each other through it to become ready at all."""
+    """A headless Service: its DNS name lists the component's pods. With `not_ready`, it
+    names each pod of a StatefulSet before it is ready too (its pods find each other through
+    it to become ready at all); without, it lists the ready pods alone."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(bot, component, name),
         "spec": {
             "clusterIP": "None",
-            "publishNotReadyAddresses": True,
+            "publishNotReadyAddresses": not_ready,
             "selector": selector_labels(bot, component),
             "ports": ports,
         },

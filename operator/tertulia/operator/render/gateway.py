@@ -30,7 +30,12 @@ from tertulia.operator.render.knowledge import (
     knowledge_base_settings,
 )
 from tertulia.operator.render.memory import ca_volume, memory_secrets, password_volume, redis_url
-from tertulia.operator.render.model import backend_key_volume, model_base_url, served_model_name
+from tertulia.operator.render.model import (
+    backend_key_volume,
+    model_base_url,
+    replicas_address,
+    served_model_name,
+)
 
 COMPONENT = "gateway"
 # The API key identities of the bots, one per platform (render/platforms.py mounts them).
@@ -72,6 +77,9 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
     """The gateway's settings file, in its own schema (services/tertulia/gateway/settings.py)."""
     spec, gateway = bot.spec, bot.spec.gateway
     backend: dict[str, Any] = {"url": model_base_url(bot), "model": served_model_name(spec.model)}
+    replicas = replicas_address(bot)
+    if replicas is not None:
+        backend |= {"replicas": replicas, "routing": spec.model.routing}
     backend_key = backend_key_volume(bot)
     if backend_key is not None:
         backend["api_key_file"] = backend_key[2]

@@ -13,6 +13,7 @@ from tertulia.operator.render.common import (
     claim_spec,
     deployment,
     disruption_budget,
+    headless_service,
     http_probe,
     labels,
     metadata,
@@ -121,6 +122,19 @@ def claim_volume(source: ModelSource) -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
+def replicas_service(bot: ChatBot) -> str:
+    """The headless Service whose DNS name lists the model server's ready pods: the gateway
+    routes each conversation to one of them."""
+    return bot.child(f"{COMPONENT}-replicas")
+
+
+def replicas_address(bot: ChatBot) -> str | None:
+    """The DNS name the gateway looks the ready replicas up by; none for an endpoint."""
+    if bot.spec.model.engine == "endpoint":
+        return None
+    return f"{replicas_service(bot)}.{bot.namespace}.svc"
+
+
 def model_selector(bot: ChatBot) -> str:
     """The label selector of the model server's Pods, for the scale subresource."""
     return ",".join(f"{key}={value}" for key, value in selector_labels(bot, COMPONENT).items())
@@ -183,7 +197,14 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     pod = {key: value for key, value in pod.items() if value is not None}
     # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do.
     manifests = [
-        service(bot, COMPONENT, port, metrics="http" if model.engine != "ollama" else None)
+        service(bot, COMPONENT, port, metrics="http" if model.engine != "ollama" else None),
+        headless_service(
+            bot,
+            COMPONENT,
+            replicas_service(bot),
+            [{"name": "http", "port": port, "targetPort": port}],
+            not_ready=False,
+        ),
     ]
     if per_replica:
         manifests.insert(0, _stateful_set(bot, pod))

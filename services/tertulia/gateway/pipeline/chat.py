@@ -128,7 +128,9 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
 
 
 async def answer(services: Services, prepared: PreparedChat) -> ChatResponse:
-    result = await services.backend.complete(prepared.backend_body(services.settings.max_tokens))
+    result = await services.backend.complete(
+        prepared.backend_body(services.settings.max_tokens), key=prepared.key
+    )
     services.metrics.first_token_seconds.observe(time.monotonic() - prepared.started)
     choice = (result.get("choices") or [{}])[0]
     reply = str((choice.get("message") or {}).get("content") or "")

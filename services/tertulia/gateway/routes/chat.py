@@ -31,5 +31,7 @@ async def post_chat_stream(
 ) -> UpstreamEventSource:
     """The same as server-sent events: `meta`, then `token`s, then `done` (or `error`)."""
     prepared = await chat.prepare(services, identity, request)
-    stream = await services.backend.open_stream(prepared.backend_body(services.settings.max_tokens))
+    stream = await services.backend.open_stream(
+        prepared.backend_body(services.settings.max_tokens), key=prepared.key
+    )
     return UpstreamEventSource(chat.stream_events(services, prepared, stream), stream)

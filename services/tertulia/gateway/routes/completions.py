@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
 from tertulia.gateway.backend import UpstreamEventSource
@@ -48,16 +48,28 @@ def _model(name: str) -> dict[str, Any]:
     response_model=None,
 )
 async def create_chat_completion(
-    request: OpenAIChatRequest, identity: IdentityDep, services: ServicesDep
+    request: OpenAIChatRequest,
+    identity: IdentityDep,
+    services: ServicesDep,
+    session: Annotated[
+        str | None,
+        Header(
+            alias="X-Session-ID",
+            max_length=256,
+            description="The conversation these messages belong to: its requests go to the "
+            "model server replica that has its history cached (else the `user` field's).",
+        ),
+    ] = None,
 ) -> JSONResponse | UpstreamEventSource:
     started = time.monotonic()
     body = await completions.prepare_completion(services, identity, request)
+    key = session or (f"user:{request.user}" if request.user else None)
     if not request.stream:
-        result = await services.backend.complete(body)
+        result = await services.backend.complete(body, key=key)
         services.metrics.first_token_seconds.observe(time.monotonic() - started)
         # Already plain JSON from the backend: no model to validate it against, so skip that.
         return JSONResponse(await completions.moderated_completion(services, result))
-    stream = await services.backend.open_stream(body)
+    stream = await services.backend.open_stream(body, key=key)
     wants_usage = request.stream_options is not None and request.stream_options.include_usage
     return UpstreamEventSource(
         completions.passthrough(services, stream, started, client_wants_usage=wants_usage), stream

@@ -1,0 +1,209 @@
+"""Conversation-affinity routing against round-robin, in one run: three llama.cpp replicas
+(llama-server with the operator's arguments, Gemma 3 270M) on three addresses sharing a
+port, as a headless Service lists pods, behind the gateway; concurrent multi-turn
+conversations whose history grows past 1,500 tokens, each turn streamed through /chat/stream.
+
+Each routing gets fresh replicas (empty caches) and conversations of its own. Figures, from
+turn 4 on: time to first token and total time, p50 and p95, for each; the ratio of their TTFT
+p50 (target: round-robin's at least 3x affinity's); the prompt tokens the replicas computed
+(a prefix found in a slot or the prompt cache is not computed again); and the busiest
+replica's share of the requests against a fair share (target: at most 1.5x).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench._report import figure, sized
+from tests.testbed.process import ManagedProcess, free_port
+from tests.testbed.servers import (
+    LLAMA_MODEL_ALIAS,
+    gemma_model_path,
+    start_gateway,
+    start_llama_cpp,
+    start_redis,
+)
+
+ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+CONVERSATIONS = sized(24, 3)
+TURNS = sized(7, 4)
+# Words of each user message (about 1.4 tokens a word with Gemma's tokenizer): the history
+# passes 1,500 tokens by the fifth turn.
+WORDS = sized(240, 20)
+FROM_TURN = 4  # turns before this one warm the caches and are not counted
+ANSWER_TOKENS = 16
+TTFT_TARGET = 3.0
+SHARE_TARGET = 1.5
+VOCABULARY = [
+    *("harbour", "tide", "ferry", "berth", "lighthouse", "quay", "market", "morning"),
+    *("anchor", "rope", "sail", "keeper", "north", "south", "island", "boat", "fish"),
+    *("crane", "cargo", "pier", "storm", "harbourmaster", "ticket", "schedule", "wind"),
+]
+
+
+@dataclass(frozen=True)
+class Turn:
+    conversation: int
+    index: int
+    first_token: float
+    total: float
+
+
+def message(rng: random.Random, conversation: int, turn: int) -> str:
+    words = " ".join(rng.choice(VOCABULARY) for _ in range(WORDS))
+    return f"Conversation {conversation}, note {turn}: {words}. Say one thing about it."
+
+
+def stream_turn(url: str, conversation: str, text: str) -> tuple[float, float]:
+    """One turn through /chat/stream: seconds to its first token, and to its end."""
+    started = time.monotonic()
+    first = None
+    body = {"message": text, "conversation_id": conversation}
+    with httpx.stream("POST", f"{url}/chat/stream", json=body, timeout=600) as response:
+        response.raise_for_status()
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+                if event == "token" and first is None:
+                    first = time.monotonic() - started
+                if event == "error":
+                    raise RuntimeError(f"the stream failed: {line}")
+    total = time.monotonic() - started
+    return (first if first is not None else total), total
+
+
+def served(replica: ManagedProcess) -> int:
+    """Completions the replica took on, as its log says (a line each, as a slot starts one)."""
+    text = replica.log_path.read_text(errors="replace")
+    return len(re.findall(r"launch_slot_: .*processing task", text))
+
+
+def prompt_tokens(address: str, port: int) -> float:
+    """Prompt tokens the replica has computed (llama.cpp's counter)."""
+    metrics = httpx.get(f"http://{address}:{port}/metrics", timeout=10).text
+    found = re.search(r"^llamacpp:prompt_tokens_total (\S+)$", metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def run(workdir: Path, routing: str) -> tuple[list[Turn], list[int], float]:
+    """The conversations under `routing`: their turns, the requests each replica answered,
+    and the prompt tokens the replicas computed."""
+    port = free_port()
+    replicas = [
+        start_llama_cpp(workdir / address, gemma_model_path(), LLAMA_MODEL_ALIAS, host=address,
+                        port=port)[0]
+        for address in ADDRESSES
+    ]  # fmt: skip
+    redis, redis_url = start_redis(workdir / "redis")
+    gateway, url = start_gateway(
+        workdir,
+        {
+            "BACKEND__URL": f"http://{ADDRESSES[0]}:{port}/v1",
+            "BACKEND__REPLICAS": ",".join(ADDRESSES),
+            "BACKEND__ROUTING": routing,
+            "BACKEND__READ_TIMEOUT": "600",
+            "REDIS_URL": redis_url,
+            "MAX_TOKENS": str(ANSWER_TOKENS),
+            "TEMPERATURE": "0",
+            "RATE_LIMIT__ENABLED": "false",
+            # Every turn stays in the prompt: the history is the prefix the caches hold.
+            "MEMORY__MAX_TOKENS": "16000",
+            "MEMORY__MAX_TURNS": "100",
+        },
+        name=f"gateway-{routing}",
+    )
+    turns: list[Turn] = []
+    failures: list[BaseException] = []
+    rng = random.Random(f"{routing}-texts")  # texts of its own: no cache of the other run
+    texts = {(c, t): message(rng, c, t) for c in range(CONVERSATIONS) for t in range(1, TURNS + 1)}
+
+    def converse(conversation: int) -> None:
+        try:
+            for index in range(1, TURNS + 1):
+                first, total = stream_turn(
+                    url, f"{routing}-{conversation}", texts[conversation, index]
+                )
+                turns.append(Turn(conversation, index, first, total))
+        except BaseException as error:  # reported after the run
+            failures.append(error)
+
+    try:
+        threads = [threading.Thread(target=converse, args=(c,)) for c in range(CONVERSATIONS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        counts = [served(replica) for replica in replicas]
+        computed = sum(prompt_tokens(address, port) for address in ADDRESSES)
+    finally:
+        gateway.stop()
+        redis.stop()
+        for replica in replicas:
+            replica.stop()
+    return turns, counts, computed
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
+        for routing in ("round-robin", "affinity"):
+            started = time.monotonic()
+            results[routing] = run(Path(tmp) / routing, routing)
+            print(f"{routing}: {time.monotonic() - started:.0f} s", flush=True)
+    p50: dict[str, float] = {}
+    for routing, (turns, counts, computed) in results.items():
+        counted = [turn for turn in turns if turn.index >= FROM_TURN]
+        ttft = [turn.first_token for turn in counted]
+        total = [turn.total for turn in counted]
+        p50[routing] = statistics.median(ttft)
+        share = max(counts) / (sum(counts) / len(counts))
+        print(
+            f"{routing:>11}: TTFT p50 {p50[routing]:.2f} s, p95 {percentile(ttft, 0.95):.2f} s; "
+            f"total p50 {statistics.median(total):.2f} s, p95 {percentile(total, 0.95):.2f} s; "
+            f"requests per replica {counts}; prompt tokens computed {computed:.0f}"
+        )
+        figure("routing", f"{routing} TTFT p50 (turn {FROM_TURN}+)", p50[routing], "s")
+        figure("routing", f"{routing} TTFT p95", percentile(ttft, 0.95), "s")
+        figure("routing", f"{routing} total p50", statistics.median(total), "s")
+        figure("routing", f"{routing} total p95", percentile(total, 0.95), "s")
+        figure("routing", f"{routing} prompt tokens computed", computed, "tokens")
+        if routing == "affinity":
+            figure(
+                "routing",
+                "affinity busiest replica / fair share",
+                share,
+                "x",
+                f"<= {SHARE_TARGET}x",
+                share <= SHARE_TARGET,
+            )
+    ratio = p50["round-robin"] / p50["affinity"]
+    print(f"round-robin's TTFT p50 is {ratio:.1f}x affinity's")
+    figure(
+        "routing",
+        "TTFT p50, round-robin / affinity",
+        ratio,
+        "x",
+        f">= {TTFT_TARGET}x",
+        ratio >= TTFT_TARGET,
+    )
+
+
+if __name__ == "__main__":
+    main()

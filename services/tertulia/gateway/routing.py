@@ -1,0 +1,206 @@
+"""Which model server replica answers a request: every turn of a conversation the same one
+(consistent hashing with bounded load), so the engine's prefix cache holds the conversation's
+history; or round-robin, for engines without such a cache.
+
+The replicas are the ready pods of the model's headless Service, as its DNS name lists them
+(only ready pods are published), looked up again every few seconds: the gateway needs no
+access to the Kubernetes API for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from tertulia.gateway.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+Routing = Literal["affinity", "round-robin"]
+
+# Points each replica has on the ring: enough that shares stay within a few percent of even.
+POINTS_PER_REPLICA = 160
+# A replica may carry this many times its even share of the requests in flight before a
+# conversation that hashes to it goes to the next replica on the ring (HAProxy's
+# hash-balance-factor 125; the bound of Mirrokni, Thorup and Zadimoghaddam).
+BALANCE = 1.25
+
+
+def _point(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class Ring:
+    """A consistent-hash ring of replicas: a key's replicas in the order it tries them. A
+    replica that joins or leaves moves only the keys whose first choice it is (or becomes)."""
+
+    def __init__(self, replicas: Sequence[str], points: int = POINTS_PER_REPLICA) -> None:
+        self.replicas = tuple(sorted(set(replicas)))
+        pairs = sorted(
+            (_point(f"{replica}#{index}"), replica)
+            for replica in self.replicas
+            for index in range(points)
+        )
+        self._points = [point for point, _ in pairs]
+        self._owners = [replica for _, replica in pairs]
+
+    def order(self, key: str) -> Iterator[str]:
+        """Every replica once, starting with the owner of `key`'s point and going round."""
+        if not self._points:
+            return
+        start = bisect.bisect(self._points, _point(key))
+        seen: set[str] = set()
+        for index in range(start, start + len(self._owners)):
+            owner = self._owners[index % len(self._owners)]
+            if owner not in seen:
+                seen.add(owner)
+                yield owner
+                if len(seen) == len(self.replicas):
+                    return
+
+
+def bounded_choice(ring: Ring, key: str, load: dict[str, int], balance: float = BALANCE) -> str:
+    """The first replica on `key`'s way round the ring with room for one more request: its
+    requests in flight below `balance` times the even share of all of them, this one
+    included."""
+    replicas = ring.replicas
+    if not replicas:
+        raise ValueError("no replicas")
+    total = sum(load.get(replica, 0) for replica in replicas) + 1
+    cap = math.ceil(balance * total / len(replicas))
+    order = list(ring.order(key))
+    for replica in order:
+        if load.get(replica, 0) < cap:
+            return replica
+    return order[0]  # unreachable: some replica is always below the cap
+
+
+@dataclass
+class Pick:
+    """A replica chosen for one request, and the ones to try after it if it cannot be
+    reached; `affinity` says whether it is the conversation's own (not a neighbour)."""
+
+    url: str
+    fallbacks: list[str] = field(default_factory=list)
+    affinity: bool | None = None
+
+
+class Router:
+    """Chooses a replica's base URL for each request and counts the requests in flight on
+    each. Without replicas (none found yet, or routing off) every request goes to `url`."""
+
+    def __init__(self, url: str, routing: Routing = "affinity") -> None:
+        self.url = url.rstrip("/")
+        self.routing: Routing = routing
+        self._ring = Ring([])
+        self._load: dict[str, int] = {}
+        self._turn = itertools.count()
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        return self._ring.replicas
+
+    def load(self, replica: str) -> int:
+        return self._load.get(replica, 0)
+
+    def update(self, replicas: Sequence[str]) -> bool:
+        """The replicas now ready; whether they changed."""
+        if tuple(sorted(set(replicas))) == self._ring.replicas:
+            return False
+        self._ring = Ring(replicas)
+        return True
+
+    def pick(self, key: str | None) -> Pick:
+        replicas = self._ring.replicas
+        if not replicas:
+            return Pick(self.url)
+        if self.routing == "affinity" and key:
+            chosen = bounded_choice(self._ring, key, self._load)
+            order = list(self._ring.order(key))
+            rest = [replica for replica in order if replica != chosen]
+            return Pick(chosen, rest, affinity=chosen == order[0])
+        start = next(self._turn) % len(replicas)
+        rotated = [*replicas[start:], *replicas[:start]]
+        return Pick(rotated[0], rotated[1:])
+
+    def acquire(self, replica: str) -> None:
+        """One more request in flight on `replica`."""
+        self._load[replica] = self._load.get(replica, 0) + 1
+
+    def release(self, replica: str) -> None:
+        """One request fewer in flight on `replica`."""
+        self._load[replica] -= 1
+        if not self._load[replica] and replica not in self._ring.replicas:
+            del self._load[replica]
+
+
+def replica_urls(url: str, addresses: Sequence[str]) -> list[str]:
+    """`url` (a base URL such as http://svc:8000/v1) with its host replaced by each address."""
+    parts = urlsplit(url.rstrip("/"))
+    port = f":{parts.port}" if parts.port is not None else ""
+    return [
+        urlunsplit(
+            (
+                parts.scheme,
+                f"[{address}]{port}" if ":" in address else f"{address}{port}",
+                parts.path,
+                "",
+                "",
+            )
+        )
+        for address in sorted(set(addresses))
+    ]
+
+
+# What getaddrinfo says of a name without addresses (other errors are the lookup failing).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+async def resolve(name: str) -> list[str]:
+    """The addresses a DNS name has now (a headless Service: its ready pods); none when the
+    name has none (a headless Service without ready pods is NXDOMAIN)."""
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        if error.errno in _NO_SUCH_NAME:
+            return []
+        raise
+    return sorted({str(entry[4][0]) for entry in found})
+
+
+async def follow_replicas(
+    router: Router, name: str, interval: float, metrics: GatewayMetrics | None = None
+) -> None:
+    """Keep `router`'s replicas those `name` resolves to (a DNS name, or several, comma
+    separated, or addresses), looked up every `interval` s. A lookup that fails keeps the
+    replicas known (a DNS hiccup is not every pod gone)."""
+    names = [part.strip() for part in name.split(",") if part.strip()]
+    while True:
+        try:
+            addresses = [address for one in names for address in await resolve(one)]
+        except OSError as error:
+            logger.warning("cannot look up the model replicas", extra={"error": str(error)})
+        else:
+            before = set(router.replicas)
+            urls = replica_urls(router.url, addresses)
+            if router.update(urls):
+                logger.info("model replicas changed", extra={"replicas": len(urls)})
+            if metrics is not None:
+                metrics.backend_replicas.set(len(urls))
+                for gone in before - set(urls):
+                    if not router.load(gone):
+                        with contextlib.suppress(KeyError):
+                            metrics.backend_in_flight.remove(gone)
+        await asyncio.sleep(interval)

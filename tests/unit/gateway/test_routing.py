@@ -1,0 +1,146 @@
+"""Conversation-affinity routing: consistent hashing that moves only a joining or leaving
+replica's conversations, bounded load, and the replicas a headless Service's name lists."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+
+import pytest
+
+from tertulia.gateway.routing import Ring, Router, bounded_choice, replica_urls, resolve
+
+KEYS = [f"conversation-{index}" for index in range(3000)]
+THREE = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1", "http://10.0.0.3:8000/v1"]
+FOURTH = "http://10.0.0.4:8000/v1"
+
+
+def owners(ring: Ring) -> dict[str, str]:
+    return {key: next(ring.order(key)) for key in KEYS}
+
+
+def test_every_replica_owns_about_an_even_share_of_the_conversations() -> None:
+    shares = Counter(owners(Ring(THREE)).values())
+    assert set(shares) == set(THREE)
+    fair = len(KEYS) / len(THREE)
+    assert all(0.8 * fair <= count <= 1.2 * fair for count in shares.values()), shares
+
+
+def test_a_replica_that_joins_takes_conversations_only_from_the_others_and_about_its_share() -> (
+    None
+):
+    before = owners(Ring(THREE))
+    after = owners(Ring([*THREE, FOURTH]))
+    moved = {key for key in KEYS if before[key] != after[key]}
+    assert moved, "the new replica got nothing"
+    assert all(after[key] == FOURTH for key in moved)
+    assert 0.15 * len(KEYS) <= len(moved) <= 0.35 * len(KEYS), len(moved)
+
+
+def test_a_replica_that_leaves_gives_away_only_its_own_conversations() -> None:
+    before = owners(Ring([*THREE, FOURTH]))
+    after = owners(Ring(THREE))
+    for key in KEYS:
+        if before[key] != FOURTH:
+            assert after[key] == before[key], key
+        else:
+            assert after[key] in THREE
+
+
+def test_a_keys_order_visits_every_replica_once_starting_with_its_owner() -> None:
+    ring = Ring(THREE)
+    for key in KEYS[:50]:
+        order = list(ring.order(key))
+        assert sorted(order) == sorted(THREE)
+        assert order[0] == owners(ring)[key]
+    assert list(Ring([]).order("any")) == []
+
+
+def test_bounded_load_sends_a_conversation_past_a_replica_over_its_share() -> None:
+    ring = Ring(THREE)
+    key = KEYS[0]
+    owner, neighbour, last = ring.order(key)
+    # Even: the owner has room.
+    assert bounded_choice(ring, key, {}) == owner
+    # 4 in flight on the owner, 0 elsewhere: with this one, 5 over 3 replicas is a cap of
+    # ceil(1.25 * 5 / 3) = 3, which the owner is over; the next on the ring takes it.
+    assert bounded_choice(ring, key, {owner: 4}) == neighbour
+    assert bounded_choice(ring, key, {owner: 4, neighbour: 4}) == last
+    # Within the bound the owner keeps it: 2 on the owner, 1 each elsewhere (cap 3).
+    assert bounded_choice(ring, key, {owner: 2, neighbour: 1, last: 1}) == owner
+
+
+def test_bounded_load_keeps_every_replica_within_its_bound_under_a_skewed_burst() -> None:
+    ring = Ring(THREE)
+    load: dict[str, int] = {}
+    # Every request of the burst belongs to one conversation: a hot spot.
+    for _ in range(300):
+        chosen = bounded_choice(ring, KEYS[7], load)
+        load[chosen] = load.get(chosen, 0) + 1
+    total = sum(load.values())
+    assert max(load.values()) <= 1.25 * total / 3 + 1, load
+
+
+def test_the_router_sends_a_conversation_to_one_replica_and_round_robin_spreads() -> None:
+    router = Router("http://model:8000/v1")
+    assert router.pick("c1").url == "http://model:8000/v1"  # no replicas known: the Service
+    assert router.update(THREE)
+    assert not router.update(list(reversed(THREE)))  # the same set
+    picks = {router.pick("c1").url for _ in range(20)}
+    assert len(picks) == 1
+    assert router.pick("c1").affinity is True
+    assert sorted([router.pick("c1").url, *router.pick("c1").fallbacks]) == sorted(THREE)
+    spread = Router("http://model:8000/v1", "round-robin")
+    spread.update(THREE)
+    assert Counter(spread.pick("c1").url for _ in range(30)) == Counter(dict.fromkeys(THREE, 10))
+    assert spread.pick("c1").affinity is None
+    # Affinity routing without a key (no conversation) spreads too.
+    assert len({router.pick(None).url for _ in range(3)}) == 3
+
+
+def test_requests_in_flight_move_a_conversation_to_a_neighbour_and_back() -> None:
+    router = Router("http://model:8000/v1")
+    router.update(THREE)
+    own = router.pick("c1").url
+    for _ in range(4):
+        router.acquire(own)
+    moved = router.pick("c1")
+    assert (moved.url != own, moved.affinity) == (True, False)
+    for _ in range(4):
+        router.release(own)
+    assert router.pick("c1").url == own
+    assert router.load(own) == 0
+
+
+def test_replica_urls_keep_the_services_port_and_path() -> None:
+    assert replica_urls("http://chat-model.ns.svc:8000/v1/", ["10.1.0.7", "fd00::5"]) == [
+        "http://10.1.0.7:8000/v1",
+        "http://[fd00::5]:8000/v1",
+    ]
+    assert replica_urls("http://model/v1", ["10.1.0.7"]) == ["http://10.1.0.7/v1"]
+
+
+def test_a_name_without_addresses_is_no_replicas_and_a_failed_lookup_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop_errors = {
+        "gone.svc": socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+        "flaky.svc": socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+    }
+
+    async def lookup(
+        self: asyncio.AbstractEventLoop, host: str, port: object, **_: object
+    ) -> list[tuple[object, ...]]:
+        if host in loop_errors:
+            raise loop_errors[host]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))
+            for address in ("10.1.0.9", "10.1.0.8", "10.1.0.9")
+        ]
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", lookup)
+    assert asyncio.run(resolve("model-replicas.svc")) == ["10.1.0.8", "10.1.0.9"]
+    assert asyncio.run(resolve("gone.svc")) == []
+    with pytest.raises(socket.gaierror):
+        asyncio.run(resolve("flaky.svc"))
