@@ -860,14 +860,24 @@ def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
         wait_ready(cluster)
     assert len(samples) > 20
     assert min(samples) >= 1, f"no Ready gateway at some point: {samples}"
-    # The ingest Job ran again from the new image, and finished.
-    jobs = client.BatchV1Api(cluster.api_client()).list_namespaced_job(
-        NAMESPACE, label_selector=f"{INSTANCE},app.kubernetes.io/component=ingest"
-    )
-    images = {
-        job.spec.template.spec.containers[0].image: job.status.succeeded for job in jobs.items
-    }
-    assert images.get(f"ghcr.io/tertulia/tertulia:{new_tag}") == 1, images
+    # The ingest Job runs again from the new image, and finishes.
+
+    def ingest_images() -> dict[str | None, int | None]:
+        jobs = client.BatchV1Api(cluster.api_client()).list_namespaced_job(
+            NAMESPACE, label_selector=f"{INSTANCE},app.kubernetes.io/component=ingest"
+        )
+        return {
+            job.spec.template.spec.containers[0].image: job.status.succeeded for job in jobs.items
+        }
+
+    new_image = f"ghcr.io/tertulia/tertulia:{new_tag}"
+    try:
+        eventually(lambda: ingest_images().get(new_image) == 1, 240, "the new ingest Job")
+    except TimeoutError as error:
+        operator_log = cluster.run_tool(
+            "kubectl", "logs", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--tail", "40"
+        ).stdout  # fmt: skip
+        raise AssertionError(f"{error}: {ingest_images()}\n{operator_log}") from None
 
 
 def patch_knowledge_base(cluster: ControlPlane, knowledge: dict[str, Any]) -> None:
@@ -968,7 +978,17 @@ def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_d
         "metadata": {"name": HA_BOT, "namespace": NAMESPACE},
         "spec": {
             "model": {"engine": "endpoint", "endpoint": fake_model},
-            "gateway": {"memory": {"replicas": 3, "storage": "100Mi"}},
+            # Small requests: the module's main stack still holds most of the node.
+            "gateway": {
+                "memory": {
+                    "replicas": 3,
+                    "storage": "100Mi",
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "32Mi"},
+                        "limits": {"memory": "128Mi"},
+                    },
+                }
+            },
             "knowledgeBase": {"enabled": False},
         },
     }

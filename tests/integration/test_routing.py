@@ -8,10 +8,14 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from tertulia.gateway.pipeline.auth import ANONYMOUS
+from tertulia.gateway.pipeline.memory import conversation_key
+from tertulia.gateway.routing import Ring, replica_urls
 from tests.testbed.process import ManagedProcess, free_port
 from tests.testbed.servers import start_gateway, start_llama_server, start_redis
 
@@ -70,15 +74,29 @@ def test_each_conversation_stays_on_one_replica_and_a_killed_one_hands_it_on(
             assert len(grew) <= 1, grew
             return status, grew[0] if grew else None
 
-        conversations = [f"conversation-{index}" for index in range(8)]
+        # Conversations of which each replica owns a few on the ring (the ring follows the
+        # replicas' URLs, whose port is chosen per run; a conversation's place on it, its key
+        # in memory, which holds the caller too).
+        ring = Ring(replica_urls(f"http://{ADDRESSES[0]}:{port}/v1", list(ADDRESSES)))
+        owned: dict[str, list[str]] = {}
+        for candidate in (f"conversation-{index}" for index in range(1000)):
+            key = conversation_key(ANONYMOUS, ANONYMOUS.name, candidate)
+            owner = next(ring.order(key))
+            if len(owned.setdefault(owner, [])) < 3:
+                owned[owner].append(candidate)
+        conversations = [name for names in owned.values() for name in names]
+        assert len(conversations) == 9
         home: dict[str, set[str | None]] = {}
         for index in range(3):
             for conversation in conversations:
                 status, replica = turn(conversation, index)
                 assert status == 200
                 home.setdefault(conversation, set()).add(replica)
-        # Each conversation on one replica, all three used.
+        # Each conversation on one replica, the one that owns it on the ring: all three used.
         assert all(len(used) == 1 for used in home.values()), home
+        assert all(
+            home[name] == {urlsplit(url).hostname} for url, names in owned.items() for name in names
+        ), home
         owners = {next(iter(used)) for used in home.values()}
         assert owners == set(ADDRESSES), home
 
