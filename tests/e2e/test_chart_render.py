@@ -57,10 +57,9 @@ def test_values_schema_refuses_bad_values_naming_them(
 
 
 def _operator_container(rendered: str) -> dict[str, Any]:
-    (deployment,) = [
-        doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment"
-    ]
-    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    container: dict[str, Any] = _operator_deployment(rendered)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     return container
 
 
@@ -109,3 +108,21 @@ def test_install_yaml_is_the_chart_rendered_now() -> None:
     assert kinds[0] == "Namespace"
     assert kinds.count("CustomResourceDefinition") == 3
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"} <= set(kinds)
+
+
+def _operator_deployment(rendered: str) -> dict[str, Any]:
+    (deployment,) = [
+        doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment"
+    ]
+    return dict(deployment)
+
+
+def test_one_operator_is_replaced_by_recreating_it_and_peers_roll(tmp_path: Path) -> None:
+    """Without peering, an upgrade's new operator must not run beside the old one: each would
+    converge the ChatBots with its own version and prune what the other rendered."""
+    alone = _operator_deployment(helm("template", "t", str(CHART), home=tmp_path).stdout)
+    assert alone["spec"]["strategy"] == {"type": "Recreate"}
+    peers = _operator_deployment(
+        helm("template", "t", str(CHART), "--set", "replicaCount=2", home=tmp_path).stdout
+    )
+    assert "strategy" not in peers["spec"]  # a rolling update: peering keeps one at work
