@@ -1,7 +1,8 @@
 """Conversation-affinity routing against round-robin, in one run: three llama.cpp replicas
-(llama-server with the operator's arguments, Gemma 3 270M) on three addresses sharing a
-port, as a headless Service lists pods, behind the gateway; concurrent multi-turn
-conversations whose history grows past 1,500 tokens, each turn streamed through /chat/stream.
+(llama-server with the operator's arguments and a 16k context, Gemma 3 270M, a thread each)
+on three addresses sharing a port, as a headless Service lists pods, behind the gateway;
+concurrent multi-turn conversations whose history grows past 1,500 tokens, each turn
+streamed through /chat/stream.
 
 Each routing gets fresh replicas (empty caches) and conversations of its own. Figures, from
 turn 4 on: time to first token and total time, p50 and p95, for each; the ratio of their TTFT
@@ -35,12 +36,18 @@ from tests.testbed.servers import (
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 CONVERSATIONS = sized(24, 3)
-TURNS = sized(7, 4)
+TURNS = sized(6, 4)
 # Words of each user message (about 1.4 tokens a word with Gemma's tokenizer): the history
 # passes 1,500 tokens by the fifth turn.
 WORDS = sized(240, 20)
 FROM_TURN = 4  # turns before this one warm the caches and are not counted
 ANSWER_TOKENS = 16
+# Each replica's context: its slots share one KV pool (llama.cpp's unified KV), which must
+# hold the conversations in its slots at once (spec.model.maxModelLen renders --ctx-size).
+CONTEXT = 16384
+# Three replicas share this machine's cores: one thread each, as a pod would have its own
+# CPUs, rather than every replica spinning a thread per core of all of them.
+THREADS = 1
 TTFT_TARGET = 3.0
 SHARE_TARGET = 1.5
 VOCABULARY = [
@@ -76,8 +83,8 @@ def stream_turn(url: str, conversation: str, text: str) -> tuple[float, float]:
                 event = line.split(":", 1)[1].strip()
                 if event == "token" and first is None:
                     first = time.monotonic() - started
-                if event == "error":
-                    raise RuntimeError(f"the stream failed: {line}")
+            elif event == "error" and line.startswith("data:"):
+                raise RuntimeError(f"the stream failed: {line}")
     total = time.monotonic() - started
     return (first if first is not None else total), total
 
@@ -100,10 +107,17 @@ def run(workdir: Path, routing: str) -> tuple[list[Turn], list[int], float]:
     and the prompt tokens the replicas computed."""
     port = free_port()
     replicas = [
-        start_llama_cpp(workdir / address, gemma_model_path(), LLAMA_MODEL_ALIAS, host=address,
-                        port=port)[0]
+        start_llama_cpp(
+            workdir / address,
+            gemma_model_path(),
+            LLAMA_MODEL_ALIAS,
+            host=address,
+            port=port,
+            context=CONTEXT,
+            threads=THREADS,
+        )[0]
         for address in ADDRESSES
-    ]  # fmt: skip
+    ]
     redis, redis_url = start_redis(workdir / "redis")
     gateway, url = start_gateway(
         workdir,

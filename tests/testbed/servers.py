@@ -278,11 +278,12 @@ def start_llama_cpp(
     host: str = "127.0.0.1",
     port: int | None = None,
     context: int = 8192,
+    threads: int | None = None,
     timeout: float = 120.0,
 ) -> tuple[ManagedProcess, str]:
     """llama.cpp's llama-server with the arguments the operator renders for a model
     (--ctx-size, --metrics; its slots and prompt cache at their defaults), on `host`:`port`;
-    returns its /v1 URL."""
+    returns its /v1 URL. `threads`: llama.cpp's own default (every core) when None."""
     port = port or free_port()
     process = ManagedProcess(
         f"llama-cpp-{host}",
@@ -299,6 +300,7 @@ def start_llama_cpp(
             "--ctx-size",
             str(context),
             "--metrics",
+            *(["--threads", str(threads)] if threads else []),
         ],
         workdir,
     ).start()
