@@ -229,13 +229,17 @@ class Backend:
         next (its conversations go to their neighbours on the ring)."""
         data = None if body is None else to_json(body)
         pick = self.router.pick(key)
-        self._metrics.routed.labels(_outcome(pick.affinity, pick.fallbacks, self.router)).inc()
         candidates = [pick.url, *pick.fallbacks]
         for attempt in range(self._settings.retries + 1):
             url = candidates[attempt % len(candidates)]
             release = self._lease(url)
             try:
-                return await self.session.request(method, url + path, data=data), release
+                response = await self.session.request(method, url + path, data=data)
+                # Counted once, as sent: a request its own replica could not take went to
+                # a neighbour.
+                outcome = _outcome(pick.affinity, self.router) if url == pick.url else "neighbour"
+                self._metrics.routed.labels(outcome).inc()
+                return response, release
             except _NOT_SENT as error:
                 release()
                 if attempt == self._settings.retries:
@@ -246,8 +250,6 @@ class Backend:
                     ) from error
                 if len(candidates) == 1:
                     await asyncio.sleep(_BACKOFF_SECONDS * 2**attempt)
-                else:
-                    self._metrics.routed.labels("neighbour").inc()
             except TimeoutError as error:
                 release()
                 self._metrics.backend_errors.labels("timeout").inc()
@@ -325,7 +327,7 @@ class Backend:
         raise BackendFailed(f"the model server failed ({status}): {message}")
 
 
-def _outcome(affinity: bool | None, fallbacks: list[str], router: Router) -> str:
+def _outcome(affinity: bool | None, router: Router) -> str:
     """How a replica was chosen, as the routed metric counts it."""
     if not router.replicas:
         return "service"

@@ -159,7 +159,7 @@ async def test_each_conversation_stays_on_one_replica_and_an_unreachable_one_giv
     first, second = FakeBackend(), FakeBackend()
     async with serving(first) as one, serving(second) as two:
         dead = f"http://127.0.0.1:{free_port()}/v1"
-        client = backend(one, retries=2)
+        client = backend(one, retries=2, model="fake")  # no /models lookup to count
         client.router.update([one, two, dead])
         fakes = {one: first, two: second}
         conversations = [f"c{index}" for index in range(12)]
@@ -192,6 +192,7 @@ async def test_each_conversation_stays_on_one_replica_and_an_unreachable_one_giv
             if sample.name.endswith("_total")
         }
         assert routed.get("neighbour", 0) > 0, "no conversation hashed to the dead replica"
+        assert sum(routed.values()) == 3 * len(conversations)  # each request counted once
         await client.aclose()
 
 
