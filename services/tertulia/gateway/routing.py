@@ -70,16 +70,14 @@ class Ring:
                     return
 
 
-def bounded_choice(ring: Ring, key: str, load: dict[str, int], balance: float = BALANCE) -> str:
-    """The first replica on `key`'s way round the ring with room for one more request: its
-    requests in flight below `balance` times the even share of all of them, this one
-    included."""
-    replicas = ring.replicas
-    if not replicas:
+def bounded_choice(order: list[str], load: dict[str, int], balance: float = BALANCE) -> str:
+    """The first replica of `order` (a key's way round the ring) with room for one more
+    request: its requests in flight below `balance` times the even share of all of them,
+    this one included."""
+    if not order:
         raise ValueError("no replicas")
-    total = sum(load.get(replica, 0) for replica in replicas) + 1
-    cap = math.ceil(balance * total / len(replicas))
-    order = list(ring.order(key))
+    total = sum(load.get(replica, 0) for replica in order) + 1
+    cap = math.ceil(balance * total / len(order))
     for replica in order:
         if load.get(replica, 0) < cap:
             return replica
@@ -126,8 +124,8 @@ class Router:
         if not replicas:
             return Pick(self.url)
         if self.routing == "affinity" and key:
-            chosen = bounded_choice(self._ring, key, self._load)
             order = list(self._ring.order(key))
+            chosen = bounded_choice(order, self._load)
             rest = [replica for replica in order if replica != chosen]
             return Pick(chosen, rest, affinity=chosen == order[0])
         start = next(self._turn) % len(replicas)
