@@ -1067,6 +1067,98 @@ def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_d
     run(cluster, "kubectl", "delete", "chatbot", HA_BOT, "-n", NAMESPACE, "--wait=true")
 
 
+def gateway_metric(cluster: ControlPlane, name: str) -> float:
+    """A gateway counter summed over its pods, read from each pod's metrics port."""
+    total = 0.0
+    for pod in pods(cluster, "gateway"):
+        if not is_ready(pod):
+            continue
+        host, port = cluster.reachable(pod.status.pod_ip, 9090)
+        for line in httpx.get(f"http://{host}:{port}/metrics", timeout=10).text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_an_idle_model_scales_to_zero_and_held_requests_wake_it(
+    cluster: ControlPlane, stack: dict[str, Any]
+) -> None:
+    patch_model(
+        cluster,
+        {
+            "autoscaling": {
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "targetInFlight": 4,
+                "scaleDownDelaySeconds": 15,
+            }
+        },
+    )
+    # Idle: the gateway (rolled onto its new settings) scales the model to zero after the
+    # delay, through the scale subresource, with its own ServiceAccount's rights.
+    eventually(
+        lambda: chatbot(cluster)["spec"]["model"]["replicas"] == 0 and not pods(cluster, "model"),
+        READY_TIMEOUT,
+        "the idle model to scale to zero",
+        interval=1,
+    )
+    asleep = chatbot(cluster)
+    assert "no requests for 15 s" in asleep["status"]["autoscaling"]["reason"]
+    model = condition(cluster, "ModelReady")
+    assert (model["status"], model["reason"]) == ("True", "ScaledToZero"), model
+    # The gateway stays in service at zero replicas: the ChatBot is Ready.
+    wait_ready(cluster)
+    woken_before = gateway_metric(cluster, 'tertulia_gateway_scale_events_total{direction="wake"}')
+
+    key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["admin"]
+    headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
+    url = service_url(cluster, "gateway", 8080) + "/v1/chat/completions"
+
+    def ask(index: int) -> tuple[int, str, float]:
+        body = {
+            "model": BOT,
+            "messages": [{"role": "user", "content": f"Say hello to boat {index}."}],
+            "max_tokens": 8,
+            "user": f"wake-{index}",
+        }
+        response = httpx.post(url, json=body, headers=headers, timeout=300)
+        if response.status_code != 200:
+            return response.status_code, response.text, time.monotonic()
+        return 200, response.json()["choices"][0]["message"]["content"], time.monotonic()
+
+    asked = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    # None lost, none refused: each held until the woken replica was ready, then answered
+    # by the model.
+    if [status for status, _, _ in answers] != [200] * 6:
+        logs = [
+            container_log(cluster, p.metadata.name, "gateway") for p in pods(cluster, "gateway")
+        ]
+        raise AssertionError(f"{answers}\n" + "\n".join(log[-3000:] for log in logs))
+    assert all(text.strip() for _, text, _ in answers), answers
+    # The woken replica (six requests at four per replica then asked for a second one).
+    pod = min(pods(cluster, "model"), key=lambda found: found.metadata.creation_timestamp)
+    ready_at = next(c for c in pod.status.conditions if c.type == "Ready").last_transition_time
+    start_to_ready = (ready_at - pod.metadata.creation_timestamp).total_seconds()
+    first_answer = min(at for _, _, at in answers) - asked
+    print(f"woken: pod created to Ready {start_to_ready:.1f} s; first answer {first_answer:.1f} s")
+    woken = gateway_metric(cluster, 'tertulia_gateway_scale_events_total{direction="wake"}')
+    assert woken - woken_before == 1, "one wake, however many requests waited"
+    waited = gateway_metric(cluster, 'tertulia_gateway_queue_wait_seconds_count{outcome="served"}')
+    assert waited >= 1
+
+    # Idle again: back to zero once the delay has passed.
+    eventually(
+        lambda: chatbot(cluster)["spec"]["model"]["replicas"] == 0 and not pods(cluster, "model"),
+        120,
+        "the model to scale back to zero",
+        interval=1,
+    )
+    patch_model(cluster, {"autoscaling": None, "replicas": 1})
+    wait_ready(cluster)
+
+
 def test_deleting_the_chatbot_removes_every_pod(
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:

@@ -475,6 +475,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.model.gpus",
     ),
     ("too many replicas", {"model": {"name": "m", "replicas": 1000}}, "spec.model.replicas"),
+    (
+        "autoscaling with a minimum over its maximum",
+        {"model": {"name": "m", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}}},
+        "spec.model.autoscaling.minReplicas",
+    ),
+    (
+        "autoscaling an endpoint",
+        {"model": {"engine": "endpoint", "endpoint": "http://x/v1", "autoscaling": {}}},
+        "spec.model.autoscaling",
+    ),
     ("too many GPUs", {"model": {"name": "m", "gpus": 64}}, "spec.model.gpus"),
     ("vllm with zero GPUs", {"model": {"name": "m", "gpus": 0}}, "spec.model.gpus"),
     (

@@ -14,6 +14,9 @@ import redis.asyncio as redis
 from tertulia.gateway.pipeline.prompt import estimate_tokens
 from tertulia.gateway.store import (
     CLAIMS_KEY,
+    LEADER_KEY,
+    LOAD_INDEX_KEY,
+    LOAD_KEY,
     RATE_INDEX_KEY,
     RATE_KEY,
     Bucket,
@@ -219,3 +222,27 @@ async def test_a_restarted_redis_is_used_again_without_a_failed_request(tmp_path
     finally:
         await store.aclose()
         process.stop()
+
+
+async def test_gateways_share_their_load_and_one_leads_until_it_stops_reporting(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    await client.delete(LOAD_KEY, LOAD_INDEX_KEY, LEADER_KEY)
+    first, second = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        assert await first.share_load("gateway-a", 3, ttl_seconds=1) == (3, True)
+        # The second gateway sees both loads and does not lead while the first reports.
+        assert await second.share_load("gateway-b", 4, ttl_seconds=1) == (7, False)
+        assert await first.share_load("gateway-a", 1, ttl_seconds=1) == (5, True)
+        for _ in range(3):
+            await asyncio.sleep(0.4)
+            total, leads = await second.share_load("gateway-b", 4, ttl_seconds=1)
+        # The first stopped reporting (its pod went away): its load no longer counts, and
+        # the second took the lead.
+        assert (total, leads) == (4, True)
+        assert await client.hkeys(LOAD_KEY) == [b"gateway-b"]
+    finally:
+        await first.aclose()
+        await second.aclose()
+        await client.aclose()

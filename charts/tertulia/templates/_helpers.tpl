@@ -76,6 +76,11 @@ the operator with exactly these rules and show each removed verb breaks a check.
 - apiGroups: [tertulia.dev]
   resources: [chatbots/status]
   verbs: [patch]
+# What a ChatBot's gateway is granted when it autoscales the model (a Role the operator
+# renders, for that ChatBot alone): Kubernetes lets the operator grant only what it holds.
+- apiGroups: [tertulia.dev]
+  resources: [chatbots/scale]
+  verbs: [get, patch]
 # Events on the ChatBots.
 - apiGroups: [""]
   resources: [events]
@@ -108,6 +113,10 @@ the operator with exactly these rules and show each removed verb breaks a check.
 # Ingest Jobs: watched for their outcome; the knowledge base's backup CronJob.
 - apiGroups: [batch]
   resources: [jobs, cronjobs]
+  verbs: [list, watch, create, patch, delete]
+# The gateway's Role and RoleBinding, when it autoscales the model.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
   verbs: [list, watch, create, patch, delete]
 # The ChatBots' own Pods (by label), watched so status says why one cannot run: the
 # scheduler's message, a failed image pull, a crash loop's last log line (its termination

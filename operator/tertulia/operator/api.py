@@ -116,6 +116,57 @@ class CacheSpec(Spec):
     )
 
 
+class ModelAutoscalingSpec(Spec):
+    """The gateway scales the model's replicas on the requests in flight, across every
+    gateway replica, through the scale subresource (the one `kubectl scale` and an HPA use);
+    at zero replicas a request is held until one is ready."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas must not exceed maxReplicas",
+                ".minReplicas",
+            )
+        )
+    )
+
+    min_replicas: int = Field(
+        0, ge=0, le=64, description="Fewest replicas; 0 scales the model to zero when idle."
+    )
+    max_replicas: int = Field(4, ge=1, le=64, description="Most replicas.")
+    target_in_flight: int = Field(
+        4,
+        ge=1,
+        le=10000,
+        description="Requests in flight (or waiting) per replica to aim for: about what one "
+        "replica serves at once without slowing (llama.cpp: its slots, 4 by default; vLLM: "
+        "tens to hundreds).",
+    )
+    scale_down_delay_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="Replicas go, down to minReplicas, only once the load has asked for fewer "
+        "for this long; replicas come at once.",
+    )
+    queue_length: int = Field(
+        100,
+        ge=0,
+        le=100000,
+        description="Requests each gateway replica holds while the model has no ready "
+        "replica; more are answered 503 with Retry-After.",
+    )
+    queue_timeout_seconds: int = Field(
+        240,
+        ge=1,
+        le=3600,
+        description="How long a held request waits for a replica before it is answered 503 "
+        "with Retry-After: longer than a replica takes to start and load its weights. The bots "
+        "wait up to 300 s for an answer to begin.",
+    )
+
+
 class ModelSpec(Spec):
     """The model server: vLLM on GPUs, Ollama, llama.cpp, or an existing OpenAI-compatible URL."""
 
@@ -181,6 +232,11 @@ class ModelSpec(Spec):
                 "vLLM needs at least one GPU",
                 ".gpus",
             ),
+            rule(
+                "self.engine != 'endpoint' || !has(self.autoscaling)",
+                "autoscaling is for a model server the operator runs, not an endpoint",
+                ".autoscaling",
+            ),
         )
     )
 
@@ -217,7 +273,16 @@ class ModelSpec(Spec):
         "(engine endpoint).",
     )
     replicas: int = Field(
-        1, ge=0, le=64, description="Model server replicas; `kubectl scale` sets it."
+        1,
+        ge=0,
+        le=64,
+        description="Model server replicas; `kubectl scale` sets it, and so does the "
+        "autoscaler when `autoscaling` is set.",
+    )
+    autoscaling: ModelAutoscalingSpec | None = Field(
+        None,
+        description="Scale the replicas on load, between minReplicas (0: to zero when idle) "
+        "and maxReplicas. Unset: `replicas` alone, which an HPA or KEDA may drive instead.",
     )
     routing: Literal["affinity", "round-robin"] = Field(
         "affinity",
@@ -897,6 +962,21 @@ class ModelStatus(Spec):
     replicas: int = Field(0, description="Model server replicas that exist.")
     ready_replicas: int = Field(0, description="Model server replicas that are Ready.")
     selector: str = Field("", description="Label selector of the model server's Pods.")
+
+
+class AutoscalingStatus(Spec):
+    """What the autoscaler (the leading gateway replica) last decided, and why; written by
+    the gateway, not the operator."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    desired_replicas: int = Field(0, description="The replicas it asked for.")
+    reason: str = Field("", description="Why the model has that many replicas.")
+    last_scale_time: str | None = Field(
+        None, description="When it last changed the replicas (RFC 3339)."
+    )
 
 
 class EndpointsStatus(Spec):

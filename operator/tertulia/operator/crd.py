@@ -15,6 +15,7 @@ from tertulia.operator.api import (
     MAX_NAME_LENGTH,
     PLURAL,
     VERSION,
+    AutoscalingStatus,
     ChatBotSpec,
     ChatBotStatus,
     cel,
@@ -101,6 +102,18 @@ PRINTER_COLUMNS = [
 ]
 
 
+def _status_schema() -> dict[str, Any]:
+    """The operator's status, and the autoscaler's, which the gateway writes (so the
+    operator's merge patches never carry it)."""
+    schema = schema_of(ChatBotStatus)
+    autoscaling = schema_of(AutoscalingStatus)
+    autoscaling["description"] = (
+        "The model autoscaler's last decision, written by the gateway that leads it."
+    )
+    schema["properties"]["autoscaling"] = autoscaling
+    return schema
+
+
 def chatbot_crd() -> dict[str, Any]:
     root = {
         "type": "object",
@@ -112,7 +125,7 @@ def chatbot_crd() -> dict[str, Any]:
             "kind": {"type": "string", "description": "ChatBot"},
             "metadata": {"type": "object"},
             "spec": schema_of(ChatBotSpec),
-            "status": schema_of(ChatBotStatus),
+            "status": _status_schema(),
         },
         **cel(
             rule(

@@ -252,6 +252,8 @@ for _group, _version, _plural in (
     ("networking.k8s.io", "v1", "networkpolicies"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 ):
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_on_child_event)
 

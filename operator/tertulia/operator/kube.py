@@ -35,6 +35,8 @@ OWNED_KINDS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
 }
 # The kinds looked through for objects the spec dropped. Every ChatBot has exactly one
 # ServiceAccount and one ConfigMap, whatever its spec, so neither is ever dropped (and the

@@ -240,6 +240,13 @@ def compute_status(
     results: dict[str, tuple[bool, str, str]] = {}
     if spec.model.engine == "endpoint":
         results["ModelReady"] = (True, "External", f"the gateway calls {spec.model.endpoint}")
+    elif spec.model.replicas == 0 and spec.model.autoscaling is not None:
+        # Idle, by design: the gateway holds the next request and wakes the model.
+        results["ModelReady"] = (
+            True,
+            "ScaledToZero",
+            "no replicas while idle: the next request wakes the model (autoscaling)",
+        )
     elif spec.model.replicas == 0:
         results["ModelReady"] = (False, "ScaledToZero", "the model server has 0 replicas")
     else:

@@ -46,6 +46,9 @@ REFUSED = "Sorry, I cannot answer that: {reason}."
 RATE_LIMITED = (
     "I am getting more messages than I can answer. Please try again in {seconds} seconds."
 )
+STILL_WAITING = (
+    "_(Still working on it: the model is starting up or busy. The answer will follow here.)_"
+)
 EMPTY_ANSWER = "_(The model gave an empty answer. Please rephrase your question.)_"
 CUT_OFF = "\n\n_(The answer was interrupted. Please ask again.)_"
 # After an answer the gateway gave without the conversation's memory (its store was away).
@@ -113,6 +116,11 @@ class Reply(ABC):
     @abstractmethod
     async def finish(self, index: int, text: str) -> None: ...
 
+    @abstractmethod
+    async def notice(self, text: str) -> None:
+        """A short message of its own beside the answer (not one of its pieces): the answer
+        is slow to begin."""
+
     async def say(self, text: str) -> None:
         """A whole message at once: errors, command results."""
         for index, piece in enumerate(split_message(text, self.limit)):
@@ -142,12 +150,16 @@ class Adapter:
         *,
         stream_interval: float = 1.0,
         typing_interval: float = 4.0,
+        waiting_notice_after: float = 15.0,
     ) -> None:
         self.gateway = gateway
         self.deduplicator = deduplicator
         self.metrics = metrics
         self.stream_interval = stream_interval
         self.typing_interval = typing_interval
+        # An answer that has not begun this long after the question (a model scaled to zero
+        # waking up, a busy one) is announced once, so the silence is not taken for failure.
+        self.waiting_notice_after = waiting_notice_after
 
     def should_answer(self, message: IncomingMessage) -> bool:
         return not message.from_bot and (message.direct or message.mentions_bot)
@@ -201,6 +213,7 @@ class Adapter:
     async def answer(self, message: IncomingMessage, question: str, reply: Reply) -> None:
         writer = _PieceWriter(reply, self.stream_interval)
         typing = asyncio.create_task(self._keep_typing(reply))
+        waiting = asyncio.create_task(self._say_still_waiting(reply))
         sources: list[Source] = []
         notice = ""
         try:
@@ -213,6 +226,7 @@ class Adapter:
                     notice = FORGETFUL
                 elif event.kind == "token" and event.text:
                     typing.cancel()
+                    waiting.cancel()
                     await writer.add(event.text)
         except (GatewayUnavailable, GatewayRateLimited, GatewayRefused) as error:
             if writer.started and isinstance(error, GatewayUnavailable):
@@ -222,6 +236,7 @@ class Adapter:
             return
         finally:
             typing.cancel()
+            waiting.cancel()
         if not writer.started:
             await reply.say(EMPTY_ANSWER)
             return
@@ -239,6 +254,11 @@ class Adapter:
         if isinstance(error, GatewayRefused):
             return REFUSED.format(reason=error.message.rstrip("."))
         return UNAVAILABLE
+
+    async def _say_still_waiting(self, reply: Reply) -> None:
+        await asyncio.sleep(self.waiting_notice_after)
+        with contextlib.suppress(Exception):
+            await reply.notice(STILL_WAITING)
 
     async def _keep_typing(self, reply: Reply) -> None:
         with contextlib.suppress(Exception):

@@ -42,6 +42,9 @@ class MessageReply(Reply):
     async def finish(self, index: int, text: str) -> None:
         await self._write(index, text)
 
+    async def notice(self, text: str) -> None:
+        await self.message.channel.send(text, allowed_mentions=_NO_MENTIONS)
+
     async def say_help(self, text: str) -> None:
         await self.message.reply(embed=help_embed(text), mention_author=False)
 
@@ -73,6 +76,10 @@ class InteractionReply(Reply):
 
     async def finish(self, index: int, text: str) -> None:
         await self._write(index, text)
+
+    async def notice(self, text: str) -> None:
+        # Only the asker sees it, beside the deferred response's own "thinking".
+        await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=_NO_MENTIONS)
 
     async def say_help(self, text: str) -> None:
         await self.interaction.edit_original_response(embed=help_embed(text))

@@ -38,6 +38,7 @@ class BotRuntime:
             Deduplicator(self.gateway),
             self.metrics,
             stream_interval=settings.stream_interval,
+            waiting_notice_after=settings.waiting_notice_seconds,
         )
         # Set by the platform module once it is connected and receiving events.
         self.connected = False

@@ -42,6 +42,12 @@ class BotSettings(BaseSettings):
     stream_interval: float = Field(
         1.0, gt=0, description="Seconds between updates of an answer being streamed."
     )
+    waiting_notice_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds without a first word of the answer (a model scaled to zero "
+        "waking, a busy one) after which the bot says, once, that the answer is coming.",
+    )
     log_level: str = "info"
     log_content: bool = Field(False, description="Log message text; for debugging only.")
 

@@ -108,6 +108,11 @@ class SlackReply(Reply):
                 self.native = False
         await self._post_or_update(index, text, preview=True)
 
+    async def notice(self, text: str) -> None:
+        await self.client.chat_postMessage(
+            channel=self.channel, thread_ts=self.thread_ts, text=text
+        )
+
     async def finish(self, index: int, text: str) -> None:
         if index in self.streams:
             stream = self.streams.pop(index)

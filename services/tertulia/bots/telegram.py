@@ -81,6 +81,9 @@ class TelegramReply(Reply):
         else:
             self.sent[index] = await self._send(text, parse_mode=None)
 
+    async def notice(self, text: str) -> None:
+        await self._send(text, parse_mode=None)
+
     async def finish(self, index: int, text: str) -> None:
         formatted = to_telegram_html(text)
         try:

@@ -13,7 +13,8 @@ waiting request, which measured as a throughput collapse at 256 concurrent strea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+import logging
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,10 @@ from tertulia.gateway.errors import (
     GatewayError,
 )
 from tertulia.gateway.metrics import GatewayMetrics
-from tertulia.gateway.routing import Router
+from tertulia.gateway.routing import Pick, Router
 from tertulia.gateway.settings import BackendSettings
+
+logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5.0
 _BACKOFF_SECONDS = 0.2
@@ -145,6 +148,9 @@ class Backend:
             self._headers["Authorization"] = f"Bearer {settings.api_key_file.read_text().strip()}"
         self._session: aiohttp.ClientSession | None = None
         self._model = settings.model
+        # Awaited before a request while the router knows no replica (autoscale.py holds it
+        # until one is ready); None: the request goes to the Service.
+        self.hold: Callable[[], Awaitable[None]] | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -180,8 +186,8 @@ class Backend:
             self._model = models[0]
         return self._model
 
-    async def list_models(self) -> list[str]:
-        response, release = await self._send("GET", "/models")
+    async def list_models(self, hold: bool = True) -> list[str]:
+        response, release = await self._send("GET", "/models", hold=hold)
         try:
             body = await self._read_json(response)
         finally:
@@ -217,20 +223,39 @@ class Backend:
                 release()
         return BackendStream(response, self._metrics, release)
 
+    @property
+    def asleep(self) -> bool:
+        """Whether the model is scaled to zero (or not yet up) and requests wait for it."""
+        return self.hold is not None and not self.router.replicas
+
     async def ping(self) -> None:
-        """Raise unless the model server answers /models."""
-        await self.list_models()
+        """Raise unless the model server answers /models (never held: a probe)."""
+        await self.list_models(hold=False)
 
     async def _send(
-        self, method: str, path: str, body: dict[str, Any] | None = None, key: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        key: str | None = None,
+        hold: bool = True,
     ) -> tuple[aiohttp.ClientResponse, Callable[[], None]]:
         """The response, and what to call once it is read or closed: the replica's request
         counts as in flight until then. A replica that cannot be reached gives way to the
-        next (its conversations go to their neighbours on the ring)."""
+        next (its conversations go to their neighbours on the ring). At zero replicas the
+        request waits for one, when the model scales from zero."""
         data = None if body is None else to_json(body)
-        pick = self.router.pick(key)
-        candidates = [pick.url, *pick.fallbacks]
-        for attempt in range(self._settings.retries + 1):
+        waiter = self.hold if hold else None
+        attempt = 0
+        candidates: list[str] = []
+        pick = Pick(self.router.url)
+        while True:
+            if waiter is not None and not self.router.replicas:
+                await waiter()
+                candidates, attempt = [], 0
+            if not candidates:
+                pick = self.router.pick(key)
+                candidates = [pick.url, *pick.fallbacks]
             url = candidates[attempt % len(candidates)]
             release = self._lease(url)
             try:
@@ -242,14 +267,25 @@ class Backend:
                 return response, release
             except _NOT_SENT as error:
                 release()
+                if url != self.router.url:
+                    # Gone, most likely, while the lookup still lists it: left out a while,
+                    # and at zero replicas left the request waits for one.
+                    self.router.eject(url)
+                    if waiter is not None and not self.router.replicas:
+                        continue
                 if attempt == self._settings.retries:
+                    logger.warning(
+                        "the model server could not be reached",
+                        extra={"replica": url, "error": str(error)},
+                    )
                     self._metrics.backend_errors.labels("unavailable").inc()
                     raise BackendUnavailable(
                         "the model server is unreachable; try again shortly",
                         retry_after=RETRY_AFTER_SECONDS,
                     ) from error
+                attempt += 1
                 if len(candidates) == 1:
-                    await asyncio.sleep(_BACKOFF_SECONDS * 2**attempt)
+                    await asyncio.sleep(_BACKOFF_SECONDS * 2 ** (attempt - 1))
             except TimeoutError as error:
                 release()
                 self._metrics.backend_errors.labels("timeout").inc()
@@ -267,7 +303,6 @@ class Backend:
                 release()
                 self._metrics.backend_errors.labels("interrupted").inc()
                 raise BackendFailed("the connection to the model server failed") from error
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _lease(self, url: str) -> Callable[[], None]:
         """Count a request in flight on `url` (a replica's, or the Service's); the function

@@ -23,6 +23,11 @@ class GatewayMetrics:
     backend_replicas: Gauge
     backend_in_flight: Gauge
     routed: Counter
+    queued: Gauge
+    queue_wait_seconds: Histogram
+    load: Gauge
+    desired_replicas: Gauge
+    scale_events: Counter
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -98,6 +103,38 @@ class GatewayMetrics:
                 "round_robin (no conversation, or routing round-robin) or service (no replica "
                 "known: through the Service).",
                 ["outcome"],
+                registry=registry,
+            ),
+            queued=Gauge(
+                "tertulia_gateway_queued_requests",
+                "Requests this gateway holds while no model replica is ready (scaling from zero).",
+                registry=registry,
+            ),
+            queue_wait_seconds=Histogram(
+                "tertulia_gateway_queue_wait_seconds",
+                "How long held requests waited for a model replica, by outcome: served "
+                "(a replica came), timeout or full (answered 503).",
+                ["outcome"],
+                buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+                registry=registry,
+            ),
+            load=Gauge(
+                "tertulia_gateway_autoscaler_load",
+                "Requests in flight to the model or waiting for it, across every gateway "
+                "replica, as the autoscaler last counted them.",
+                registry=registry,
+            ),
+            desired_replicas=Gauge(
+                "tertulia_gateway_autoscaler_desired_replicas",
+                "The model replicas the autoscaler last asked for (set by the gateway that "
+                "leads the autoscaling).",
+                registry=registry,
+            ),
+            scale_events=Counter(
+                "tertulia_gateway_scale_events",
+                "Changes the autoscaler made to the model's replicas, by direction: up, down, "
+                "wake (from zero, for a held request).",
+                ["direction"],
                 registry=registry,
             ),
         )

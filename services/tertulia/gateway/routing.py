@@ -17,8 +17,10 @@ import itertools
 import logging
 import math
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +37,16 @@ POINTS_PER_REPLICA = 160
 # conversation that hashes to it goes to the next replica on the ring (HAProxy's
 # hash-balance-factor 125; the bound of Mirrokni, Thorup and Zadimoghaddam).
 BALANCE = 1.25
+# Seconds between lookups of the replicas while requests wait for one.
+HURRIED_REFRESH_SECONDS = 0.5
+# Failed lookups in a row after which the replicas known are forgotten: requests then go to
+# the Service (or wait for a replica, when the model autoscales) rather than to pods that
+# may be long gone.
+STALE_LOOKUPS = 5
+# Seconds a replica that could not be connected to is left out (see Router.eject): longer
+# than a cluster DNS keeps listing a pod that has gone (its TTL, 5 s in CoreDNS, plus a lookup).
+EJECT_SECONDS = 10.0
+RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 def _point(text: str) -> int:
@@ -102,8 +114,13 @@ class Router:
         self.url = url.rstrip("/")
         self.routing: Routing = routing
         self._ring = Ring([])
+        # What the lookup lists, and those of them left out for a while (see eject).
+        self._listed: tuple[str, ...] = ()
+        self._ejected: dict[str, float] = {}
         self._load: dict[str, int] = {}
         self._turn = itertools.count()
+        # Set while some replica is ready: what a request held at zero replicas waits on.
+        self.ready = asyncio.Event()
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -113,10 +130,33 @@ class Router:
         return self._load.get(replica, 0)
 
     def update(self, replicas: Sequence[str]) -> bool:
-        """The replicas now ready; whether they changed."""
-        if tuple(sorted(set(replicas))) == self._ring.replicas:
+        """The replicas now ready; whether the ones requests may go to changed."""
+        self._listed = tuple(sorted(set(replicas)))
+        now = time.monotonic()
+        self._ejected = {
+            replica: until
+            for replica, until in self._ejected.items()
+            if until > now and replica in self._listed
+        }
+        return self._rebuild()
+
+    def eject(self, replica: str, seconds: float = EJECT_SECONDS) -> None:
+        """Leave out `replica`, which a connection could not reach, for `seconds` or until
+        the lookup no longer lists it: the DNS may list a pod for a few seconds after it has
+        gone, and each request would wait out its connection timeout."""
+        if replica in self._listed:
+            self._ejected[replica] = time.monotonic() + seconds
+            self._rebuild()
+
+    def _rebuild(self) -> bool:
+        usable = [replica for replica in self._listed if replica not in self._ejected]
+        if tuple(usable) == self._ring.replicas:
             return False
-        self._ring = Ring(replicas)
+        self._ring = Ring(usable)
+        if self._ring.replicas:
+            self.ready.set()
+        else:
+            self.ready.clear()
         return True
 
     def pick(self, key: str | None) -> Pick:
@@ -178,27 +218,66 @@ async def resolve(name: str) -> list[str]:
     return sorted({str(entry[4][0]) for entry in found})
 
 
+def qualified(name: str, resolv_conf: Path = RESOLV_CONF) -> str:
+    """A Service's name (NAME.NAMESPACE.svc) made absolute in the cluster's domain, which the
+    pod's resolver searches (svc.DOMAIN): looked up as given, the resolver also tries it bare
+    after the search domains, and a cluster DNS that cannot reach an upstream (an air-gapped
+    cluster) then fails the whole lookup ("temporary failure") instead of saying that the
+    Service lists no pod. Other names, and names outside a pod, are left as they are."""
+    if not name.endswith(".svc"):
+        return name
+    try:
+        lines = resolv_conf.read_text().splitlines()
+    except OSError:
+        return name
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["search"]:
+            for domain in words[1:]:
+                if domain.startswith("svc."):
+                    return f"{name}.{domain[4:].rstrip('.')}."
+    return name
+
+
 async def follow_replicas(
-    router: Router, name: str, interval: float, metrics: GatewayMetrics | None = None
+    router: Router,
+    name: str,
+    interval: float,
+    metrics: GatewayMetrics | None = None,
+    hurried: Callable[[], bool] = lambda: False,
 ) -> None:
     """Keep `router`'s replicas those `name` resolves to (a DNS name, or several, comma
-    separated, or addresses), looked up every `interval` s. A lookup that fails keeps the
-    replicas known (a DNS hiccup is not every pod gone)."""
-    names = [part.strip() for part in name.split(",") if part.strip()]
+    separated, or addresses), looked up every `interval` s, or every half second while
+    `hurried()` (requests wait for a replica). A lookup that fails keeps the replicas known
+    (a DNS hiccup is not every pod gone) for STALE_LOOKUPS lookups, then forgets them."""
+    names = [qualified(part.strip()) for part in name.split(",") if part.strip()]
+    failures = 0
     while True:
+        addresses: list[str] | None = None
         try:
             addresses = [address for one in names for address in await resolve(one)]
+            failures = 0
         except OSError as error:
-            logger.warning("cannot look up the model replicas", extra={"error": str(error)})
-        else:
+            failures += 1
+            logger.warning(
+                "cannot look up the model replicas",
+                extra={"error": str(error), "failures": failures},
+            )
+            if failures >= STALE_LOOKUPS:
+                addresses = []
+        if addresses is not None:
             before = set(router.replicas)
             urls = replica_urls(router.url, addresses)
             if router.update(urls):
-                logger.info("model replicas changed", extra={"replicas": len(urls)})
+                logger.info("model replicas changed", extra={"replicas": urls})
             if metrics is not None:
                 metrics.backend_replicas.set(len(urls))
                 for gone in before - set(urls):
                     if not router.load(gone):
                         with contextlib.suppress(KeyError):
                             metrics.backend_in_flight.remove(gone)
-        await asyncio.sleep(interval)
+        pause = interval
+        while pause > 0:
+            step = min(pause, HURRIED_REFRESH_SECONDS)
+            await asyncio.sleep(step)
+            pause = 0 if hurried() else pause - step

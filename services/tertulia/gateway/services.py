@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from tertulia.gateway.autoscale import Autoscaler
 from tertulia.gateway.backend import Backend
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline.auth import ApiKeys
@@ -31,6 +32,7 @@ class Services:
     api_keys: ApiKeys
     moderator: Moderator
     retriever: Retriever | None = None
+    autoscaler: Autoscaler | None = None
     # Whether the store failed a moment ago: requests then skip it (pipeline/outage.py).
     outage: StoreOutage = field(default_factory=StoreOutage)
 
@@ -46,16 +48,24 @@ async def open_services(
         )
     store = open_store(settings.redis_url, settings.redis_password_file, settings.redis_ca_file)
     backend = Backend(settings.backend, metrics)
-    follower = None
+    tasks = []
+    autoscaler = None
+    if settings.autoscaling.enabled:
+        autoscaler = Autoscaler(settings.autoscaling, backend.router, store, metrics)
+        backend.hold = autoscaler.hold
+        tasks.append(asyncio.create_task(autoscaler.run(), name="autoscale-the-model"))
     if settings.backend.replicas:
-        follower = asyncio.create_task(
-            follow_replicas(
-                backend.router,
-                settings.backend.replicas,
-                settings.backend.replicas_refresh_seconds,
-                metrics,
-            ),
-            name="follow-model-replicas",
+        tasks.append(
+            asyncio.create_task(
+                follow_replicas(
+                    backend.router,
+                    settings.backend.replicas,
+                    settings.backend.replicas_refresh_seconds,
+                    metrics,
+                    hurried=lambda: autoscaler is not None and autoscaler.waiting > 0,
+                ),
+                name="follow-model-replicas",
+            )
         )
     guard = None
     if settings.moderation.guard_url is not None:
@@ -74,12 +84,15 @@ async def open_services(
             api_keys=ApiKeys(settings.api_keys_dir),
             moderator=Moderator(settings.moderation, metrics, guard),
             retriever=retriever,
+            autoscaler=autoscaler,
         )
     finally:
-        if follower is not None:
-            follower.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await follower
+                await task
+        if autoscaler is not None:
+            await autoscaler.aclose()
         await backend.aclose()
         await store.aclose()
         if guard is not None:

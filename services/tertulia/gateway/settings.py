@@ -70,6 +70,66 @@ class BackendSettings(_Section):
     )
 
 
+class KubernetesSettings(_Section):
+    """How the gateway reaches the Kubernetes API: its pod's ServiceAccount by default."""
+
+    api_url: str = Field(
+        "",
+        description="The API server's URL; empty: https://$KUBERNETES_SERVICE_HOST:"
+        "$KUBERNETES_SERVICE_PORT, as every pod is told.",
+    )
+    token_file: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        description="A bearer token, read again for each request (kubelet rotates it).",
+    )
+    ca_file: Path | None = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+        description="The CA that signed the API server's certificate.",
+    )
+
+
+class AutoscalingSettings(_Section):
+    """The model's replicas follow the requests in flight, counted across every gateway
+    replica (through Redis), by the ChatBot's scale subresource; at zero replicas a request
+    is held until one is ready. See autoscale.py."""
+
+    enabled: bool = False
+    chatbot: str = Field("", description="The ChatBot whose scale subresource is moved.")
+    namespace: str = Field("", description="Its namespace.")
+    min_replicas: int = Field(1, ge=0, le=64, description="Fewest replicas; 0 scales to zero.")
+    max_replicas: int = Field(4, ge=1, le=64, description="Most replicas.")
+    target_in_flight: float = Field(
+        4.0, gt=0, description="Requests in flight (or waiting) per replica to aim for."
+    )
+    scale_down_delay_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="Replicas go only once the load has called for fewer for this long: the "
+        "most replicas any moment of this window asked for is what is kept.",
+    )
+    interval_seconds: float = Field(
+        2.0, gt=0, le=60, description="Seconds between the autoscaler's decisions."
+    )
+    queue_length: int = Field(
+        100, ge=0, description="Requests one gateway holds while no replica is ready."
+    )
+    queue_timeout_seconds: float = Field(
+        240.0,
+        gt=0,
+        description="How long a held request waits for a replica before it is answered 503 "
+        "with Retry-After; longer than a replica takes to load its weights.",
+    )
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+
+    @model_validator(mode="after")
+    def _sane(self) -> AutoscalingSettings:
+        if self.enabled and not (self.chatbot and self.namespace):
+            raise ValueError("autoscaling needs the ChatBot's name and namespace")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.min_replicas must not exceed max_replicas")
+        return self
+
+
 class MemorySettings(_Section):
     """Per-conversation history, kept in Redis."""
 
@@ -214,6 +274,7 @@ class GatewaySettings(BaseSettings):
     log_level: str = "info"
     log_content: bool = Field(False, description="Log message text; for debugging only.")
     backend: BackendSettings = Field(default_factory=BackendSettings)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
@@ -225,6 +286,8 @@ class GatewaySettings(BaseSettings):
     def _tls_for_a_ca(self) -> GatewaySettings:
         if self.redis_ca_file is not None and not (self.redis_url or "").startswith("rediss://"):
             raise ValueError("redis_ca_file is for a TLS Redis: redis_url must be rediss://")
+        if self.autoscaling.enabled and not self.backend.replicas:
+            raise ValueError("autoscaling needs backend.replicas, to see the replicas it makes")
         return self
 
     @classmethod

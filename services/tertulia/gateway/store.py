@@ -85,6 +85,8 @@ class Store(Protocol):
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict: ...
 
+    async def share_load(self, member: str, load: int, ttl_seconds: float) -> tuple[int, bool]: ...
+
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -198,6 +200,39 @@ redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
+"""
+
+# The autoscaler's view of the load (autoscale.py): each gateway's requests in flight or
+# waiting, one field per gateway in a hash, with the moment it goes stale in a sorted set (a
+# gateway that died stops counting within the TTL); and which gateway leads, the one that holds
+# the lock key. One round trip: this gateway's count in, the total and whether it leads out.
+# KEYS: the loads, their expiries, the lock; ARGV: this gateway, its load, the TTL in seconds.
+LOAD_KEY = "tertulia:load"
+LOAD_INDEX_KEY = "tertulia:load:fresh"
+LEADER_KEY = "tertulia:autoscaler"
+_LOAD_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #stale > 0 then
+  redis.call('HDEL', KEYS[1], unpack(stale))
+  redis.call('ZREM', KEYS[2], unpack(stale))
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+local total = 0
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  total = total + tonumber(value)
+end
+local ttl = math.ceil(tonumber(ARGV[3]) * 1000)
+local leads = 0
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ttl) then
+  leads = 1
+elseif redis.call('GET', KEYS[3]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  leads = 1
+end
+return {total, leads}
 """
 
 
@@ -316,6 +351,7 @@ class RedisStore:
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._append = self._redis.register_script(_APPEND_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
+        self._load = self._redis.register_script(_LOAD_SCRIPT)
 
     async def history(self, key: str) -> list[Turn]:
         with _unavailable():
@@ -358,6 +394,15 @@ class RedisStore:
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         return (await self.admit(buckets, None, 0)).verdict
+
+    async def share_load(self, member: str, load: int, ttl_seconds: float) -> tuple[int, bool]:
+        """Report this gateway's load; the total of every live gateway's, and whether this
+        one leads the autoscaling (it holds the lock, renewed by each report)."""
+        with _unavailable():
+            total, leads = await self._load(
+                keys=[LOAD_KEY, LOAD_INDEX_KEY, LEADER_KEY], args=[member, load, ttl_seconds]
+            )
+        return int(total), bool(leads)
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -432,6 +477,10 @@ class InProcessStore:
             for bucket, tokens in zip(buckets, levels, strict=True):
                 self._buckets[bucket.key] = (tokens - 1, now)
             return BucketVerdict(True, 0.0)
+
+    async def share_load(self, member: str, load: int, ttl_seconds: float) -> tuple[int, bool]:
+        # One process: its own load is all of it, and it leads.
+        return load, True
 
     async def ping(self) -> None:
         return None

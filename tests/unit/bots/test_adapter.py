@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from typing import Any
@@ -14,6 +15,7 @@ from tertulia.bots.adapter import (
     FORGETFUL,
     HELP_TEXT,
     RESET_DONE,
+    STILL_WAITING,
     UNAVAILABLE,
     Adapter,
     IncomingMessage,
@@ -32,6 +34,7 @@ class RecordingReply(Reply):
         self.final: dict[int, str] = {}
         self.typed = 0
         self.helped = False
+        self.notices: list[str] = []
 
     async def typing(self) -> None:
         self.typed += 1
@@ -42,6 +45,9 @@ class RecordingReply(Reply):
 
     async def finish(self, index: int, text: str) -> None:
         self.final[index] = text
+
+    async def notice(self, text: str) -> None:
+        self.notices.append(text)
 
     async def say_help(self, text: str) -> None:
         self.helped = True
@@ -201,3 +207,32 @@ async def test_a_redelivered_event_is_answered_once() -> None:
 def test_conversation_ids_are_ones_the_gateway_accepts() -> None:
     odd = message(channel="chat #1", thread="1700000000.000100")
     assert odd.conversation_id == "slack:chat__1:1700000000.000100"
+
+
+async def test_an_answer_slow_to_begin_is_announced_once_and_then_given() -> None:
+    async def slow(_: httpx.Request) -> httpx.Response:
+        # The gateway holds the request while the model scales from zero.
+        await asyncio.sleep(0.3)
+        return httpx.Response(200, content=sse(["Hello ", "there."]))
+
+    gateway = GatewayClient("http://gateway", "key", transport=httpx.MockTransport(slow))
+    adapter = Adapter(
+        gateway,
+        Deduplicator(None),
+        BotMetrics(),
+        stream_interval=0.0,
+        typing_interval=0.05,
+        waiting_notice_after=0.1,
+    )
+    reply = RecordingReply()
+    await adapter.handle(message(), reply)
+    assert reply.notices == [STILL_WAITING]
+    assert reply.pieces == ["Hello there."]
+    assert reply.typed >= 2, "the typing state was not kept up while waiting"
+
+    quick, _ = adapter_for(lambda _: httpx.Response(200, content=sse(["Hi."])))
+    quick.waiting_notice_after = 0.1
+    reply = RecordingReply()
+    await quick.handle(message(), reply)
+    await asyncio.sleep(0.2)
+    assert reply.notices == [] and reply.pieces == ["Hi."]

@@ -209,3 +209,28 @@ async def test_a_stream_counts_on_its_replica_until_it_is_closed(fake: FakeBacke
         await client.complete(BODY, key="c1")
         assert client.router.load(url) == 0
         await client.aclose()
+
+
+async def test_a_replica_gone_while_still_listed_is_left_out_and_at_zero_the_request_waits(
+    fake: FakeBackend,
+) -> None:
+    async with serving(fake) as alive:
+        gone = f"http://127.0.0.1:{free_port()}/v1"
+        client = backend(alive, retries=2, model="fake")
+        # Scaled to zero a moment ago: the lookup still lists the pod that went.
+        client.router.update([gone])
+        waited: list[tuple[str, ...]] = []
+
+        async def hold() -> None:
+            # What the autoscaler's hold sees, then a replica woken and listed.
+            waited.append(client.router.replicas)
+            client.router.update([alive])
+
+        client.hold = hold
+        answer = await client.complete(BODY, key="conversation")
+        assert answer["choices"][0]["message"]["content"]
+        # One try on the gone replica, which was then left out, and the request waited for
+        # one rather than failing.
+        assert waited == [()]
+        assert len(fake.requests) == 1
+        await client.aclose()

@@ -6,10 +6,20 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from tertulia.gateway.routing import Ring, Router, bounded_choice, replica_urls, resolve
+from tertulia.gateway import routing
+from tertulia.gateway.routing import (
+    Ring,
+    Router,
+    bounded_choice,
+    follow_replicas,
+    qualified,
+    replica_urls,
+    resolve,
+)
 
 KEYS = [f"conversation-{index}" for index in range(3000)]
 THREE = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1", "http://10.0.0.3:8000/v1"]
@@ -144,3 +154,78 @@ def test_a_name_without_addresses_is_no_replicas_and_a_failed_lookup_raises(
     assert asyncio.run(resolve("gone.svc")) == []
     with pytest.raises(socket.gaierror):
         asyncio.run(resolve("flaky.svc"))
+
+
+def test_a_services_name_is_looked_up_absolute_in_the_pods_cluster_domain(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(
+        "search chat.svc.example.internal svc.example.internal example.internal\n"
+        "nameserver 10.96.0.10\noptions ndots:5\n"
+    )
+    # Absolute: the resolver does not also try the bare name, which an air-gapped cluster's
+    # DNS fails rather than answering that the Service has no ready pod.
+    assert qualified("bot-model-replicas.chat.svc", resolv) == (
+        "bot-model-replicas.chat.svc.example.internal."
+    )
+    assert qualified("10.0.0.7", resolv) == "10.0.0.7"
+    assert qualified("model.example.com", resolv) == "model.example.com"
+    # Outside a pod: as given.
+    assert qualified("bot-model-replicas.chat.svc", tmp_path / "none") == (
+        "bot-model-replicas.chat.svc"
+    )
+
+
+async def test_replicas_outlive_a_few_failed_lookups_but_not_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = Router("http://model:8000/v1")
+    answers: list[list[str] | OSError] = [["10.1.0.8"], *[OSError("Temporary failure")] * 7]
+    # The replicas known before each lookup: what the one before left.
+    known: list[int] = []
+    done = asyncio.Event()
+
+    async def lookup(name: str) -> list[str]:
+        known.append(len(router.replicas))
+        if not answers:
+            done.set()
+            await asyncio.Event().wait()
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(routing, "resolve", lookup)
+    follower = asyncio.create_task(follow_replicas(router, "model-replicas", 0.001))
+    await asyncio.wait_for(done.wait(), 5)
+    follower.cancel()
+    # Taken; kept through STALE_LOOKUPS - 1 failures in a row; forgotten at the next.
+    stale = routing.STALE_LOOKUPS
+    assert known == [0] + [1] * stale + [0] * (len(known) - 1 - stale), known
+    assert not router.ready.is_set()
+
+
+def test_an_ejected_replica_is_left_out_until_its_time_is_up_or_it_is_no_longer_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("tertulia.gateway.routing.time.monotonic", lambda: now[0])
+    router = Router("http://model:8000/v1")
+    router.update(THREE)
+    router.eject(THREE[0], seconds=10)
+    assert router.replicas == tuple(THREE[1:])
+    # Still listed by the next lookups: still left out, for its time.
+    now[0] += 5
+    router.update(THREE)
+    assert THREE[0] not in router.replicas
+    now[0] += 6
+    router.update(THREE)
+    assert router.replicas == tuple(THREE)
+    # Every replica left out: none ready, so a request waits (or goes to the Service).
+    for replica in THREE:
+        router.eject(replica)
+    assert router.replicas == () and not router.ready.is_set()
+    assert router.pick("key").url == "http://model:8000/v1"
+    # A replica no longer listed is forgotten with its ejection; listed again, it is used.
+    router.update([FOURTH])
+    router.update([FOURTH, THREE[0]])
+    assert router.replicas == tuple(sorted([FOURTH, THREE[0]])) and router.ready.is_set()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tertulia.gateway.settings import GatewaySettings
 from tertulia.operator.api import ChatBot, LocalRef, SourceSpec
 from tertulia.operator.plan import ObjectRef
 from tertulia.operator.render import render_all
@@ -55,7 +56,8 @@ def test_rendered_example_matches_its_golden_file(path: Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_the_kinds_never_pruned_are_the_same_whatever_the_spec(path: Path) -> None:
     # The operator prunes every owned kind but these, and is not granted their deletion:
-    # each ChatBot has exactly this one ServiceAccount and this one ConfigMap.
+    # each ChatBot has exactly these ServiceAccounts (its workloads', its gateway's) and
+    # this one ConfigMap.
     bot = load(path)
     never_pruned = {
         (m["kind"], m["metadata"]["name"])
@@ -64,6 +66,7 @@ def test_the_kinds_never_pruned_are_the_same_whatever_the_spec(path: Path) -> No
     }
     assert never_pruned == {
         ("ServiceAccount", f"{bot.name}-workload"),
+        ("ServiceAccount", f"{bot.name}-gateway"),
         ("ConfigMap", f"{bot.name}-gateway"),
     }
 
@@ -164,6 +167,58 @@ def test_the_gateway_routes_over_the_model_pods_a_headless_service_lists_when_re
     spec["model"]["routing"] = "round-robin"
     spread = bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
     assert gateway_config(spread)["backend"]["routing"] == "round-robin"
+
+
+def test_an_autoscaling_gateway_may_move_its_own_chatbots_scale_and_nothing_else() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    gateway_pod = manifests["Deployment", bot.child("gateway")]["spec"]["template"]["spec"]
+    # Without autoscaling: no Role, and no API token in the gateway's pods.
+    assert gateway_pod["serviceAccountName"] == bot.child("gateway")
+    assert gateway_pod["automountServiceAccountToken"] is False
+    assert not [ref for ref in manifests if ref[0] in ("Role", "RoleBinding")]
+    assert "autoscaling" not in gateway_config(bot)
+
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    spec["model"]["autoscaling"] = {"maxReplicas": 3, "scaleDownDelaySeconds": 60}
+    scaled = bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+    manifests = by_ref(render_all(scaled, image=IMAGE))
+    gateway_pod = manifests["Deployment", bot.child("gateway")]["spec"]["template"]["spec"]
+    assert gateway_pod["automountServiceAccountToken"] is True
+    role = manifests["Role", bot.child("autoscaler")]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["tertulia.dev"],
+            "resources": ["chatbots/scale"],
+            "resourceNames": [bot.name],
+            "verbs": ["get", "patch"],
+        },
+        {
+            "apiGroups": ["tertulia.dev"],
+            "resources": ["chatbots/status"],
+            "resourceNames": [bot.name],
+            "verbs": ["patch"],
+        },
+    ]
+    binding = manifests["RoleBinding", bot.child("autoscaler")]
+    assert binding["roleRef"]["name"] == bot.child("autoscaler")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": bot.child("gateway"), "namespace": bot.namespace}
+    ]
+    assert gateway_config(scaled)["autoscaling"] == {
+        "enabled": True,
+        "chatbot": bot.name,
+        "namespace": bot.namespace,
+        "min_replicas": 0,
+        "max_replicas": 3,
+        "target_in_flight": 4,
+        "scale_down_delay_seconds": 60,
+        "queue_length": 100,
+        "queue_timeout_seconds": 240,
+    }
+    # What the gateway reads: its settings accept the section as rendered.
+    settings = GatewaySettings.model_validate(gateway_config(scaled))
+    assert settings.autoscaling.enabled and settings.autoscaling.max_replicas == 3
 
 
 def test_gateway_config_carries_the_spec_and_a_changed_config_rolls_the_pods() -> None:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tertulia.operator.api import ChatBot
+from tertulia.operator.api import GROUP, PLURAL, ChatBot
 from tertulia.operator.render.common import (
     METRICS_PORT,
     Manifest,
@@ -83,7 +83,7 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
     backend_key = backend_key_volume(bot)
     if backend_key is not None:
         backend["api_key_file"] = backend_key[2]
-    return {
+    config: dict[str, Any] = {
         "host": "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "port": PORT,
         "model_name": bot.name,
@@ -117,6 +117,78 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
             "grace_seconds": gateway.drain_seconds,
         },
     }
+    scaling = spec.model.autoscaling
+    if scaling is not None:
+        config["autoscaling"] = {
+            "enabled": True,
+            "chatbot": bot.name,
+            "namespace": bot.namespace,
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_in_flight": scaling.target_in_flight,
+            "scale_down_delay_seconds": scaling.scale_down_delay_seconds,
+            "queue_length": scaling.queue_length,
+            "queue_timeout_seconds": scaling.queue_timeout_seconds,
+        }
+    return config
+
+
+def gateway_account(bot: ChatBot) -> str:
+    """The gateway's ServiceAccount: its token is mounted only while it autoscales the model."""
+    return bot.child(COMPONENT)
+
+
+def render_gateway_access(bot: ChatBot) -> list[Manifest]:
+    """The gateway's ServiceAccount, always there (like the workload one, never pruned), and,
+    while it autoscales the model, a Role that lets it read and set its own ChatBot's scale
+    and write the autoscaler's part of its status: nothing else."""
+    manifests: list[Manifest] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(bot, COMPONENT, gateway_account(bot)),
+            "automountServiceAccountToken": False,
+        }
+    ]
+    if bot.spec.model.autoscaling is None:
+        return manifests
+    name = bot.child("autoscaler")
+    rbac = "rbac.authorization.k8s.io"
+    manifests += [
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "Role",
+            "metadata": metadata(bot, COMPONENT, name),
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{PLURAL}/scale"],
+                    "resourceNames": [bot.name],
+                    "verbs": ["get", "patch"],
+                },
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "resourceNames": [bot.name],
+                    "verbs": ["patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(bot, COMPONENT, name),
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": gateway_account(bot),
+                    "namespace": bot.namespace,
+                }
+            ],
+        },
+    ]
+    return manifests
 
 
 def gateway_secrets(bot: ChatBot) -> list[str]:
@@ -201,9 +273,13 @@ def render_gateway(
         + gateway.drain_seconds
         + KILL_MARGIN_SECONDS,
         topologySpreadConstraints=spread(bot, COMPONENT),
+        serviceAccountName=gateway_account(bot),
+        # An API token only to move the model's scale subresource.
+        automountServiceAccountToken=bot.spec.model.autoscaling is not None,
     )
     replicas = gateway.autoscaling.min_replicas if gateway.autoscaling else gateway.replicas
     manifests = [
+        *render_gateway_access(bot),
         config_map,
         deployment(
             bot,

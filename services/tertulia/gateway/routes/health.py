@@ -35,8 +35,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
-    """Ready when the model server answers, and the store too unless every feature using it
-    answers without it (`checks.store.without` says how); a failing knowledge base degrades
+    """Ready when the model server answers (or is scaled to zero, to be woken), and the
+    store too unless every feature using it answers without it (`checks.store.without` says
+    how); a failing knowledge base degrades
     the answers (no context) without taking the gateway out of service. A gateway that is
     stopping says so, whatever its dependencies, so it leaves its Service's endpoints."""
     drain = request.app.state.drain
@@ -51,6 +52,9 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
         pings.append(services.retriever.ping)
     results = await asyncio.gather(*(_check(ping) for ping in pings))
     checks = dict(zip(names, results, strict=True))
+    if services.backend.asleep:
+        # Scaled to zero: a request wakes the model and waits for it, so the gateway serves.
+        checks["backend"] = {"status": "up", "replicas": "0: a request wakes the model"}
     settings = services.settings
     checks["store"]["kind"] = "redis" if settings.redis_url else "in-process"
     # Without its store the gateway answers on, unless a feature is set to refuse.
