@@ -31,12 +31,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from tertulia.gateway.errors import BackendUnavailable, GatewayError
 from tertulia.gateway.metrics import GatewayMetrics
-from tertulia.gateway.routing import Router
+from tertulia.gateway.routing import HURRIED_REFRESH_SECONDS, Router
 from tertulia.gateway.settings import AutoscalingSettings, KubernetesSettings
 from tertulia.gateway.store import Store
 
@@ -225,6 +226,8 @@ class Autoscaler:
         )
         self.waiting = 0
         self._waking: asyncio.Task[None] | None = None
+        # Set once the model's Service takes connections, while requests wait (see hold).
+        self._service = asyncio.Event()
         self._reported: tuple[int, str] | None = None
         self._last_scale = ""
 
@@ -233,8 +236,10 @@ class Autoscaler:
         return sum(self.router.load(replica) for replica in self.router.replicas) + self.waiting
 
     async def hold(self) -> None:
-        """Return once the model has a ready replica; wake it if it has none. 503 with
-        Retry-After when too many requests wait already, or a replica takes too long."""
+        """Return once the model has a ready replica (the lookup lists one, or its Service
+        takes connections: the request then goes through the Service); wake it if it has
+        none. 503 with Retry-After when too many requests wait already, or a replica takes
+        too long."""
         if self.router.replicas:
             return
         settings = self.settings
@@ -250,9 +255,10 @@ class Autoscaler:
         started = time.monotonic()
         outcome = "timeout"
         if self._waking is None or self._waking.done():
+            self._service.clear()
             self._waking = asyncio.create_task(self._wake(), name="wake-the-model")
         try:
-            await asyncio.wait_for(self.router.ready.wait(), settings.queue_timeout_seconds)
+            await asyncio.wait_for(self._ready(), settings.queue_timeout_seconds)
             outcome = "served"
         except TimeoutError:
             raise BackendUnavailable(
@@ -265,7 +271,47 @@ class Autoscaler:
             self.metrics.queued.dec()
             self.metrics.queue_wait_seconds.labels(outcome).observe(time.monotonic() - started)
 
+    async def _ready(self) -> None:
+        """Until the lookup lists a replica or the Service takes a connection."""
+        listed = asyncio.create_task(self.router.ready.wait())
+        reachable = asyncio.create_task(self._service.wait())
+        try:
+            await asyncio.wait([listed, reachable], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listed.cancel()
+            reachable.cancel()
+
+    async def _probe_service(self) -> None:
+        """While requests wait: whether the model's Service takes a connection, every half
+        second. A Service without a ready pod refuses at once (kube-proxy rejects), so this
+        sees the first replica as soon as the node's rules do, before the cluster DNS's
+        cache of the headless name's empty answer (5 s in CoreDNS) has run out."""
+        parts = urlsplit(self.router.url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        while not self._service.is_set():
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(HURRIED_REFRESH_SECONDS)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            self._service.set()
+
     async def _wake(self) -> None:
+        probe = asyncio.create_task(self._probe_service(), name="probe-the-model-service")
+        try:
+            await self._scale_from_zero()
+            await asyncio.wait_for(self.router.ready.wait(), self.settings.queue_timeout_seconds)
+        except TimeoutError:
+            pass
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
+    async def _scale_from_zero(self) -> None:
         try:
             if await self.target.wake():
                 self.metrics.scale_events.labels("wake").inc()

@@ -246,11 +246,14 @@ class Backend:
         request waits for one, when the model scales from zero."""
         data = None if body is None else to_json(body)
         waiter = self.hold if hold else None
+        # Waits for a replica: one, and one more if the replica it got had gone.
+        waits = 2 if waiter is not None else 0
         attempt = 0
         candidates: list[str] = []
         pick = Pick(self.router.url)
         while True:
-            if waiter is not None and not self.router.replicas:
+            if waiter is not None and waits and not self.router.replicas:
+                waits -= 1
                 await waiter()
                 candidates, attempt = [], 0
             if not candidates:
@@ -271,7 +274,7 @@ class Backend:
                     # Gone, most likely, while the lookup still lists it: left out a while,
                     # and at zero replicas left the request waits for one.
                     self.router.eject(url)
-                    if waiter is not None and not self.router.replicas:
+                    if waits and not self.router.replicas:
                         continue
                 if attempt == self._settings.retries:
                     logger.warning(

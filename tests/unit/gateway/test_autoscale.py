@@ -15,6 +15,7 @@ from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.routing import Router
 from tertulia.gateway.settings import AutoscalingSettings
 from tertulia.gateway.store import InProcessStore
+from tests.testbed.process import free_port
 
 REPLICA = "http://10.0.0.1:8000/v1"
 
@@ -228,3 +229,24 @@ async def test_a_gateway_that_does_not_lead_reports_its_load_and_sets_nothing() 
     assert await scaler.tick() is None
     assert scale.sets == [] and scale.statuses == []
     assert scaler.metrics.load._value.get() == 7
+
+
+async def test_held_requests_go_on_through_the_service_once_it_takes_connections() -> None:
+    # The cluster DNS may go on saying the headless name has no pod for seconds after the
+    # first is Ready; the Service (kube-proxy) takes connections sooner.
+    port = free_port()
+    scale = FakeScale(0)
+    scaler = autoscaler(scale)
+    scaler.router = Router(f"http://127.0.0.1:{port}/v1")
+    held = asyncio.create_task(scaler.hold())
+    await asyncio.sleep(0.7)
+    assert not held.done(), "went on before the Service took connections"
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", port)
+    try:
+        await asyncio.wait_for(held, 2)
+        assert scaler.router.replicas == ()
+        # Later requests of the same wake go on at once.
+        await asyncio.wait_for(scaler.hold(), 0.5)
+    finally:
+        server.close()
+        await scaler.aclose()
