@@ -1090,7 +1090,7 @@ def test_an_idle_model_scales_to_zero_and_held_requests_wake_it(
                 "minReplicas": 0,
                 "maxReplicas": 2,
                 "targetInFlight": 4,
-                "scaleDownDelaySeconds": 15,
+                "scaleDownDelaySeconds": 10,
             }
         },
     )
@@ -1103,7 +1103,7 @@ def test_an_idle_model_scales_to_zero_and_held_requests_wake_it(
         interval=1,
     )
     asleep = chatbot(cluster)
-    assert "no requests for 15 s" in asleep["status"]["autoscaling"]["reason"]
+    assert "no requests for 10 s" in asleep["status"]["autoscaling"]["reason"]
     model = condition(cluster, "ModelReady")
     assert (model["status"], model["reason"]) == ("True", "ScaledToZero"), model
     # The gateway stays in service at zero replicas: the ChatBot is Ready.

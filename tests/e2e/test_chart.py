@@ -123,12 +123,14 @@ def test_each_documented_values_file_renders_what_the_api_server_accepts(
 
 def chatbot_under_test(namespace: str) -> dict[str, Any]:
     """The GPU example with Slack and a knowledge base, plus an Ingress, an HPA (and so a
-    PodDisruptionBudget) and knowledge-base backups (a CronJob): a ChatBot that makes every
-    kind of child the operator owns."""
+    PodDisruptionBudget), knowledge-base backups (a CronJob) and model autoscaling (the
+    gateway's Role and RoleBinding): a ChatBot that makes every kind of child the operator
+    owns."""
     body = chatbot_document(REPO / "manifests" / "examples" / "vllm-gpu-slack-kb.yaml")
     body["metadata"]["namespace"] = namespace
     body["spec"]["gateway"]["ingress"] = {"host": "chat.example.com"}
     body["spec"]["gateway"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    body["spec"]["model"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2}
     body["spec"]["knowledgeBase"]["backup"] = {"schedule": "0 4 * * *", "storage": "1Gi"}
     return body
 
@@ -137,7 +139,7 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
     """What the operator must manage, in a fresh namespace; TimeoutError at the first step
     it cannot do: build a complete stack to Ready with an Event, put back a deleted Service,
     re-ingest changed documents, delete the Deployment of a platform dropped from the spec,
-    and delete what a dropped knowledge base, Ingress, autoscaler and model cache leave."""
+    and delete what a dropped knowledge base, Ingress, autoscalers and model cache leave."""
     api = control_plane.api_client()
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     batch = client.BatchV1Api(api)
@@ -216,9 +218,10 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
             "knowledgeBase": {"enabled": False, "sources": None},
             # One gateway replica: no disruption budget left.
             "gateway": {"ingress": None, "autoscaling": None, "replicas": 1},
-            "model": {"cache": {"accessMode": "ReadWriteMany"}},
+            "model": {"cache": {"accessMode": "ReadWriteMany"}, "autoscaling": None},
         }
     )
+    rbac = client.RbacAuthorizationV1Api(api)
     cache = f"{name}-model-cache"
     eventually(
         lambda: (
@@ -230,6 +233,8 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
             and f"{name}-knowledge-backups"
             not in names(core.list_namespaced_persistent_volume_claim)
             and not names(networking.list_namespaced_ingress)
+            and not names(rbac.list_namespaced_role)
+            and not names(rbac.list_namespaced_role_binding)
             and not any(
                 "knowledge-base" in n for n in names(networking.list_namespaced_network_policy)
             )
@@ -237,7 +242,8 @@ def operator_checks(control_plane: ControlPlane, timeout: float) -> None:
             and cache in names(core.list_namespaced_persistent_volume_claim)
         ),
         timeout,
-        "the knowledge base, Ingress and autoscaler deleted, the model on a shared cache",
+        "the knowledge base, Ingress, autoscalers and the gateway's Role deleted, the model "
+        "on a shared cache",
     )
     patch({"model": {"cache": None}})
     eventually(
@@ -306,6 +312,11 @@ UNREACHED = {
     # A status write that lost a race (409) re-reads the ChatBot; the race cannot be forced
     # from outside the operator (tests/unit/operator/test_converge.py plays it).
     ("tertulia.dev", "chatbots", "get"),
+    # Held only to grant them: the gateway's Role lets it move its ChatBot's scale, and the
+    # API server lets a role be granted only by an account that holds what it grants. The
+    # operator never moves a scale itself.
+    ("tertulia.dev", "chatbots/scale", "get"),
+    ("tertulia.dev", "chatbots/scale", "patch"),
 }
 
 
