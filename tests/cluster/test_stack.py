@@ -483,6 +483,17 @@ def test_scaling_to_two_replicas_gives_two_model_pods_that_both_serve(
     eventually(
         lambda: chatbot(cluster)["status"]["model"]["readyReplicas"] == 2, 60, "readyReplicas 2"
     )
+    # The gateway routes over both once its lookup lists them (the cluster DNS may answer
+    # from its cache for a few seconds), as its metrics tell.
+    eventually(
+        lambda: (
+            gateway_metric(cluster, "tertulia_gateway_backend_replicas")
+            == 2 * gateway_ready_pods(cluster)
+        ),
+        60,
+        "the gateway to route over both replicas",
+        interval=1,
+    )
     before = {
         pod.metadata.name: model_metric(cluster, pod, "prompt_tokens_total") for pod in models
     }

@@ -161,8 +161,16 @@ async def test_the_gateway_scales_the_model_from_zero_to_its_maximum_and_back_by
         found = chatbot(control_plane, namespace, BOT)
         assert found["spec"]["model"]["replicas"] == 3
         assert "capped at the maximum, 3" in found["status"]["autoscaling"]["reason"]
-        table = kubectl(control_plane, "get", "chatbot", BOT, "-n", namespace, "--no-headers")
-        assert table.stdout.split()[3] == "3", "the READY column"
+        # The READY column follows once the operator has seen the pods.
+        await until(
+            lambda: (
+                kubectl(
+                    control_plane, "get", "chatbot", BOT, "-n", namespace, "--no-headers"
+                ).stdout.split()[3]
+                == "3"
+            ),
+            "the READY column to say 3",
+        )
 
         # Idle again (no delay here): back to zero, and the pods go.
         for _ in range(7):
