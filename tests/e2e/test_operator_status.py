@@ -91,7 +91,8 @@ def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
     row = kubectl(control_plane, "get", "chatbot", "harbour", "-n", namespace, "--no-headers")
     assert row.stdout.split()[6] == "Unschedulable", "the REASON column"
     # Other Warnings may come first (an Event per condition that turns, and the other pods'
-    # own: the memory pod waits for its volume's claim): wait for the model pod's.
+    # own: the memory pod waits for its volume's claim; a model pod may first wait for its
+    # own claim): wait for the one that says the GPUs are short.
     warned = eventually(
         lambda: [
             e
@@ -99,10 +100,11 @@ def test_a_model_no_node_can_hold_says_what_the_scheduler_said(
             if e.type == "Warning"
             and e.reason == "Unschedulable"
             and e.message.startswith("pod harbour-model-")
+            and "Insufficient nvidia.com/gpu" in e.message
         ],
-        what="an Unschedulable Warning Event about a model pod",
+        what="an Unschedulable Warning Event about a model pod short of GPUs",
     )
-    assert any("Insufficient nvidia.com/gpu" in e.message for e in warned), warned
+    assert warned
 
     body["spec"]["model"].update(gpus=2, replicas=1)
     assert apply(control_plane, namespace, body).returncode == 0

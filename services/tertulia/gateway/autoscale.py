@@ -113,8 +113,13 @@ class ScaleTarget:
         self._settings = settings
         url = settings.api_url or _in_cluster_url()
         verify: ssl.SSLContext | bool = True
-        if settings.ca_file is not None:
+        if settings.ca_file is not None and settings.ca_file.is_file():
             verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        elif settings.ca_file is not None:
+            # Not in a pod with its ServiceAccount mounted: each round fails and says why.
+            logger.warning(
+                "no CA file for the Kubernetes API", extra={"path": str(settings.ca_file)}
+            )
         self._client = httpx.AsyncClient(base_url=url, verify=verify, timeout=10.0)
         self._path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{chatbot}"
 
@@ -165,7 +170,14 @@ class ScaleTarget:
     async def _request(
         self, method: str, path: str, json: Any = None, content_type: str = ""
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self._settings.token_file.read_text().strip()}"}
+        try:
+            token = self._settings.token_file.read_text().strip()
+        except OSError as error:
+            # No token mounted (the pod's ServiceAccount token is mounted only with
+            # autoscaling), or run outside a cluster without `kubernetes.token_file`.
+            reason = f"cannot read the API token {self._settings.token_file}: {error.strerror}"
+            raise ScaleFailed(0, reason) from error
+        headers = {"Authorization": f"Bearer {token}"}
         if content_type:
             headers["Content-Type"] = content_type
         content = None if json is None else httpx.Request("POST", "/", json=json).content
@@ -330,6 +342,8 @@ class Autoscaler:
                 await self.tick()
             except (ScaleFailed, GatewayError) as error:
                 logger.warning("autoscaling failed this time", extra={"error": str(error)})
+            except Exception:  # anything else: logged, and the next round tries again
+                logger.exception("autoscaling failed this time")
             await asyncio.sleep(self.settings.interval_seconds)
 
     async def tick(self) -> Decision | None:

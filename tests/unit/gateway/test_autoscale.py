@@ -5,15 +5,22 @@ deciding, with the Kubernetes API faked (the e2e and cluster tiers use the real 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tertulia.gateway.autoscale import Autoscaler, Recommender, ScaleFailed, recommend
+from tertulia.gateway.autoscale import (
+    Autoscaler,
+    Recommender,
+    ScaleFailed,
+    ScaleTarget,
+    recommend,
+)
 from tertulia.gateway.errors import BackendUnavailable
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.routing import Router
-from tertulia.gateway.settings import AutoscalingSettings
+from tertulia.gateway.settings import AutoscalingSettings, KubernetesSettings
 from tertulia.gateway.store import InProcessStore
 from tests.testbed.process import free_port
 
@@ -250,3 +257,31 @@ async def test_held_requests_go_on_through_the_service_once_it_takes_connections
     finally:
         server.close()
         await scaler.aclose()
+
+
+async def test_a_missing_token_is_a_scale_failure_the_rounds_outlive(tmp_path: Path) -> None:
+    target = ScaleTarget(
+        "bot",
+        "ns",
+        KubernetesSettings(api_url="https://127.0.0.1:1", token_file=tmp_path / "none"),
+    )
+    try:
+        with pytest.raises(ScaleFailed) as raised:
+            await target.replicas()
+        assert "cannot read the API token" in str(raised.value)
+    finally:
+        await target.aclose()
+    scale = FakeScale(1)
+    scaler = autoscaler(scale, interval_seconds=0.01)
+    rounds = 0
+
+    async def broken() -> int:
+        nonlocal rounds
+        rounds += 1
+        raise KeyError("spec")
+
+    scale.replicas = broken  # type: ignore[method-assign]
+    running = asyncio.create_task(scaler.run())
+    await asyncio.sleep(0.1)
+    assert not running.done() and rounds > 1, "an unexpected error stopped the autoscaler"
+    running.cancel()
