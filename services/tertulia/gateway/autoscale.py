@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -129,12 +130,7 @@ class ScaleTarget:
         return int(response.json().get("spec", {}).get("replicas", 0))
 
     async def scale(self, replicas: int) -> None:
-        await self._request(
-            "PATCH",
-            "/scale",
-            json={"spec": {"replicas": replicas}},
-            content_type="application/merge-patch+json",
-        )
+        await self._request("PATCH", "/scale", {"spec": {"replicas": replicas}})
 
     async def wake(self) -> bool:
         """One replica if there are none; whether this call set it. The patch holds only over
@@ -147,9 +143,7 @@ class ScaleTarget:
             "spec": {"replicas": 1},
         }
         try:
-            await self._request(
-                "PATCH", "/scale", json=patch, content_type="application/merge-patch+json"
-            )
+            await self._request("PATCH", "/scale", patch)
         except ScaleFailed as error:
             if error.status == 409:
                 return False
@@ -157,19 +151,15 @@ class ScaleTarget:
         return True
 
     async def report(self, status: dict[str, Any]) -> None:
-        await self._request(
-            "PATCH",
-            "/status",
-            json={"status": {"autoscaling": status}},
-            content_type="application/merge-patch+json",
-        )
+        await self._request("PATCH", "/status", {"status": {"autoscaling": status}})
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def _request(
-        self, method: str, path: str, json: Any = None, content_type: str = ""
+        self, method: str, path: str, patch: dict[str, Any] | None = None
     ) -> httpx.Response:
+        """One call on the ChatBot's `path`; `patch`, a JSON merge patch, is its body."""
         try:
             token = self._settings.token_file.read_text().strip()
         except OSError as error:
@@ -178,9 +168,10 @@ class ScaleTarget:
             reason = f"cannot read the API token {self._settings.token_file}: {error.strerror}"
             raise ScaleFailed(0, reason) from error
         headers = {"Authorization": f"Bearer {token}"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        content = None if json is None else httpx.Request("POST", "/", json=json).content
+        content = None
+        if patch is not None:
+            headers["Content-Type"] = "application/merge-patch+json"
+            content = json.dumps(patch).encode()
         try:
             response = await self._client.request(
                 method, self._path + path, content=content, headers=headers
