@@ -31,12 +31,15 @@ TELEGRAM_API = "https://api.telegram.org"
 RATE_LIMIT_RETRIES = 5
 
 _FENCE = re.compile(r"```([\w+-]*)\n?(.*?)(?:```|\Z)", re.DOTALL)
-_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_INLINE_CODE = re.compile(r"(`[^`\n]+`)")
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+# *a* or _a_ on one line, not inside a word (snake_case) nor around spaces (2 * 3 * 4).
+_ITALIC = re.compile(r"(?<![\w*_])([*_])(?=[^\s*_])([^\n]+?)(?<=[^\s*_])\1(?![\w*_])")
 
 
 def to_telegram_html(markdown: str) -> str:
-    """The model's Markdown as the HTML subset Telegram accepts: code blocks, code, bold."""
+    """The model's Markdown as the HTML subset Telegram accepts: code blocks, code, bold,
+    italics."""
     parts: list[str] = []
     position = 0
     for match in _FENCE.finditer(markdown):
@@ -50,9 +53,15 @@ def to_telegram_html(markdown: str) -> str:
 
 
 def _inline_html(text: str) -> str:
-    escaped = html.escape(text, quote=False)
-    escaped = _INLINE_CODE.sub(r"<code>\1</code>", escaped)
-    return _BOLD.sub(r"<b>\1</b>", escaped)
+    parts: list[str] = []
+    # The split keeps the code spans at the odd places; their text is taken as it is.
+    for index, part in enumerate(_INLINE_CODE.split(text)):
+        escaped = html.escape(part.strip("`") if index % 2 else part, quote=False)
+        if index % 2:
+            parts.append(f"<code>{escaped}</code>")
+        else:
+            parts.append(_ITALIC.sub(r"<i>\2</i>", _BOLD.sub(r"<b>\1</b>", escaped)))
+    return "".join(parts)
 
 
 class TelegramReply(Reply):
@@ -82,7 +91,8 @@ class TelegramReply(Reply):
             self.sent[index] = await self._send(text, parse_mode=None)
 
     async def notice(self, text: str) -> None:
-        await self._send(text, parse_mode=None)
+        # Markdown, like an answer: shown in italics, not with its underscores.
+        await self._send(to_telegram_html(text), parse_mode=ParseMode.HTML)
 
     async def finish(self, index: int, text: str) -> None:
         formatted = to_telegram_html(text)

@@ -187,7 +187,9 @@ class Backend:
         return self._model
 
     async def list_models(self, hold: bool = True) -> list[str]:
-        response, release = await self._send("GET", "/models", hold=hold)
+        # Not a generation: it does not count as load, for routing or for the autoscaler (a
+        # readiness probe in flight must not wake a model scaled to zero).
+        response, release = await self._send("GET", "/models", hold=hold, counted=False)
         try:
             body = await self._read_json(response)
         finally:
@@ -239,11 +241,12 @@ class Backend:
         body: dict[str, Any] | None = None,
         key: str | None = None,
         hold: bool = True,
+        counted: bool = True,
     ) -> tuple[aiohttp.ClientResponse, Callable[[], None]]:
         """The response, and what to call once it is read or closed: the replica's request
-        counts as in flight until then. A replica that cannot be reached gives way to the
-        next (its conversations go to their neighbours on the ring). At zero replicas the
-        request waits for one, when the model scales from zero."""
+        counts as in flight until then (unless not `counted`). A replica that cannot be
+        reached gives way to the next (its conversations go to their neighbours on the ring).
+        At zero replicas the request waits for one, when the model scales from zero."""
         data = None if body is None else to_json(body)
         waiter = self.hold if hold else None
         # Waits for a replica: one, and one more if the replica it got had gone.
@@ -260,7 +263,7 @@ class Backend:
                 pick = self.router.pick(key)
                 candidates = [pick.url, *pick.fallbacks]
             url = candidates[attempt % len(candidates)]
-            release = self._lease(url)
+            release = self._lease(url) if counted else _uncounted
             try:
                 response = await self.session.request(method, url + path, data=data)
                 # Counted once, as sent: a request its own replica could not take went to
@@ -384,3 +387,7 @@ def _error_message(body: Any, fallback: str) -> str:
     else:
         message = body.get("detail") if isinstance(body, dict) else None
     return str(message or fallback)[:500]
+
+
+def _uncounted() -> None:
+    """The end of a request that was never counted in flight."""

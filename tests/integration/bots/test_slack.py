@@ -14,7 +14,7 @@ import httpx
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, UNAVAILABLE
+from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, STILL_WAITING, UNAVAILABLE
 from tertulia.bots.slack import MESSAGE_LIMIT, UPDATES_PER_MINUTE, MethodBudget, SlackReply
 from tests.fakes import slack
 from tests.fakes.platform import SentMessage
@@ -324,6 +324,22 @@ def test_a_streamed_answer_longer_than_one_markdown_text_arrives_whole(
     assert message.text == answer
     # Streamed natively to its end, not posted again after a refusal.
     assert message.extra.get("streaming") is False
+
+
+def test_the_still_waiting_notice_is_a_message_of_its_own_in_the_thread(
+    fake_slack: slack.FakeSlack,
+) -> None:
+    async def answer_slowly() -> SlackReply:
+        client = AsyncWebClient(token=slack.BOT_TOKEN, base_url=f"{fake_slack.base_url}/api/")
+        reply = reply_to(fake_slack, client, MethodBudget(UPDATES_PER_MINUTE), "U0JOE")
+        await reply.notice(STILL_WAITING)
+        await reply.finish(0, "The answer.")
+        return reply
+
+    reply = asyncio.run(answer_slowly())
+    notice, answer = fake_slack.sent(reply.channel)
+    assert notice.text == STILL_WAITING and answer.text == "The answer."
+    assert notice.thread == answer.thread == reply.thread_ts
 
 
 def test_several_answers_updating_at_once_stay_within_chat_update_s_tier(

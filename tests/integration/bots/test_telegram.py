@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 
 import pytest
+from telegram import Bot, Message
 
-from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, UNAVAILABLE
+from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, STILL_WAITING, UNAVAILABLE
 from tertulia.bots.split import split_message
-from tertulia.bots.telegram import to_telegram_html
+from tertulia.bots.telegram import TelegramReply, to_telegram_html
 from tests.fakes import telegram
 from tests.fakes.platform import SentMessage
 from tests.integration.bots.conftest import Gateway
@@ -265,3 +267,25 @@ def test_gateway_outage_gets_a_friendly_message(
         assert reply.text == UNAVAILABLE
     finally:
         process.stop()
+
+
+def test_the_still_waiting_notice_is_a_message_of_its_own_before_the_answer(
+    fake_telegram: telegram.FakeTelegram,
+) -> None:
+    group = new_group()
+    update = fake_telegram.text_update(group, new_user(), "@tertulia_bot hello")
+
+    async def answer_slowly() -> None:
+        # The reply driven directly: the Bot API calls are python-telegram-bot's own.
+        async with Bot(telegram.TOKEN, base_url=f"{fake_telegram.base_url}/bot") as bot:
+            reply = TelegramReply(Message.de_json(update["message"], bot), 4096, 1)
+            await reply.notice(STILL_WAITING)
+            await reply.finish(0, "The answer.")
+
+    asyncio.run(answer_slowly())
+    notice, answer = fake_telegram.sent(str(group))
+    # In italics, as the other platforms show it, not with Markdown's underscores.
+    assert notice.extra["parse_mode"] == "HTML"
+    assert notice.text == as_shown(STILL_WAITING) and "_" not in notice.text
+    assert answer.text == "The answer."
+    assert answer.extra["reply_to"] == update["message"]["message_id"]

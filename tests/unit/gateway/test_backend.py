@@ -234,3 +234,24 @@ async def test_a_replica_gone_while_still_listed_is_left_out_and_at_zero_the_req
         assert waited == [()]
         assert len(fake.requests) == 1
         await client.aclose()
+
+
+async def test_a_probe_in_flight_is_not_load_but_a_completion_is() -> None:
+    # A replica that takes connections and never answers: both requests stay in flight.
+    server = await asyncio.start_server(lambda _r, _w: None, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    client = backend("http://model.invalid:8000/v1", model="m")
+    client.router.update([url])
+    probe = asyncio.create_task(client.ping())
+    await asyncio.sleep(0.2)
+    # A readiness probe would otherwise count as a request, and wake a model scaled to zero.
+    assert client.router.load(url) == 0
+    completion = asyncio.create_task(client.complete(BODY, key="c1"))
+    await asyncio.sleep(0.2)
+    assert client.router.load(url) == 1
+    for task in (probe, completion):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    server.close()
+    await client.aclose()
