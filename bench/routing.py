@@ -95,6 +95,13 @@ def served(replica: ManagedProcess) -> int:
     return len(re.findall(r"launch_slot_: .*processing task", text))
 
 
+def routed(url: str) -> dict[str, int]:
+    """The gateway's count of requests by how their replica was chosen."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(r'^tertulia_gateway_routed_total\{outcome="(\w+)"\} (\S+)$', metrics, re.M)
+    return {outcome: int(float(value)) for outcome, value in found}
+
+
 def prompt_tokens(address: str, port: int) -> float:
     """Prompt tokens the replica has computed (llama.cpp's counter)."""
     metrics = httpx.get(f"http://{address}:{port}/metrics", timeout=10).text
@@ -161,6 +168,7 @@ def run(workdir: Path, routing: str) -> tuple[list[Turn], list[int], float]:
             raise failures[0]
         counts = [served(replica) for replica in replicas]
         computed = sum(prompt_tokens(address, port) for address in ADDRESSES)
+        print(f"{routing}: requests by how their replica was chosen: {routed(url)}", flush=True)
     finally:
         gateway.stop()
         redis.stop()

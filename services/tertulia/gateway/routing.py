@@ -2,6 +2,12 @@
 (consistent hashing with bounded load), so the engine's prefix cache holds the conversation's
 history; or round-robin, for engines without such a cache.
 
+A conversation's replica, its home, is chosen once: the first replica on its way round the
+ring that holds fewer than its bound of the conversations active on this gateway (those seen
+in the last HOME_IDLE_SECONDS), and kept until it leaves, a joining replica becomes the
+conversation's owner on the ring, or the conversation has been idle that long. A request
+whose home is over its bound of the requests in flight goes to the next replica, this once.
+
 The replicas are the ready pods of the model's headless Service, as its DNS name lists them
 (only ready pods are published), looked up again every few seconds: the gateway needs no
 access to the Kubernetes API for it.
@@ -18,7 +24,8 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -46,6 +53,9 @@ STALE_LOOKUPS = 5
 # Seconds a replica that could not be connected to is left out (see Router.eject): longer
 # than a cluster DNS keeps listing a pod that has gone (its TTL, 5 s in CoreDNS, plus a lookup).
 EJECT_SECONDS = 10.0
+# Seconds after its last request that a conversation no longer counts on its replica (an
+# engine's cache has moved on by then, or the user has).
+HOME_IDLE_SECONDS = 600.0
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
@@ -82,10 +92,10 @@ class Ring:
                     return
 
 
-def bounded_choice(order: list[str], load: dict[str, int], balance: float = BALANCE) -> str:
-    """The first replica of `order` (a key's way round the ring) with room for one more
-    request: its requests in flight below `balance` times the even share of all of them,
-    this one included."""
+def bounded_choice(order: list[str], load: Mapping[str, int], balance: float = BALANCE) -> str:
+    """The first replica of `order` (a key's way round the ring) with room for one more: its
+    load (conversations, or requests in flight) below `balance` times the even share of all
+    of it, this one included."""
     if not order:
         raise ValueError("no replicas")
     total = sum(load.get(replica, 0) for replica in order) + 1
@@ -118,6 +128,10 @@ class Router:
         self._listed: tuple[str, ...] = ()
         self._ejected: dict[str, float] = {}
         self._load: dict[str, int] = {}
+        # Each active conversation's replica and when it was last used, oldest first; and
+        # the count of them each replica holds.
+        self._homes: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._residents: Counter[str] = Counter()
         self._turn = itertools.count()
         # Set while some replica is ready: what a request held at zero replicas waits on.
         self.ready = asyncio.Event()
@@ -128,6 +142,11 @@ class Router:
 
     def load(self, replica: str) -> int:
         return self._load.get(replica, 0)
+
+    def in_flight(self) -> int:
+        """Every request in flight: on the replicas, on replicas that have left, and those
+        sent to the Service (`url`)."""
+        return sum(self._load.values())
 
     def update(self, replicas: Sequence[str]) -> bool:
         """The replicas now ready; whether the ones requests may go to changed."""
@@ -152,7 +171,13 @@ class Router:
         usable = [replica for replica in self._listed if replica not in self._ejected]
         if tuple(usable) == self._ring.replicas:
             return False
+        joined = set(usable) - set(self._ring.replicas)
         self._ring = Ring(usable)
+        # Conversations leave a replica that has gone, and go to one that joined where it is
+        # their owner now: the moves consistent hashing makes, and no others.
+        for key, (home, _) in list(self._homes.items()):
+            if home not in usable or (joined and next(self._ring.order(key)) in joined):
+                self._leave(key)
         if self._ring.replicas:
             self.ready.set()
         else:
@@ -165,12 +190,42 @@ class Router:
             return Pick(self.url)
         if self.routing == "affinity" and key:
             order = list(self._ring.order(key))
+            home = self._home(key, order)
+            order = [home, *(replica for replica in order if replica != home)]
             chosen = bounded_choice(order, self._load)
             rest = [replica for replica in order if replica != chosen]
-            return Pick(chosen, rest, affinity=chosen == order[0])
+            return Pick(chosen, rest, affinity=chosen == home)
         start = next(self._turn) % len(replicas)
         rotated = [*replicas[start:], *replicas[:start]]
         return Pick(rotated[0], rotated[1:])
+
+    def home(self, key: str) -> str | None:
+        """The replica conversation `key` is kept on, if it is active."""
+        found = self._homes.get(key)
+        return found[0] if found else None
+
+    def _home(self, key: str, order: list[str]) -> str:
+        """`key`'s replica: the one it has, or the first on its way round the ring within
+        its bound of the active conversations."""
+        now = time.monotonic()
+        while self._homes:
+            oldest, (_, seen) = next(iter(self._homes.items()))
+            if seen > now - HOME_IDLE_SECONDS:
+                break
+            self._leave(oldest)
+        found = self._homes.get(key)
+        home = found[0] if found else bounded_choice(order, self._residents)
+        if not found:
+            self._residents[home] += 1
+        self._homes[key] = (home, now)
+        self._homes.move_to_end(key)
+        return home
+
+    def _leave(self, key: str) -> None:
+        home, _ = self._homes.pop(key)
+        self._residents[home] -= 1
+        if not self._residents[home]:
+            del self._residents[home]
 
     def acquire(self, replica: str) -> None:
         """One more request in flight on `replica`."""

@@ -229,3 +229,52 @@ def test_an_ejected_replica_is_left_out_until_its_time_is_up_or_it_is_no_longer_
     router.update([FOURTH])
     router.update([FOURTH, THREE[0]])
     assert router.replicas == tuple(sorted([FOURTH, THREE[0]])) and router.ready.is_set()
+
+
+def test_conversations_stay_within_their_bound_per_replica_and_keep_their_replica() -> None:
+    router = Router("http://model:8000/v1")
+    router.update(THREE)
+    keys = KEYS[:24]
+    # The ring alone spreads these 24 unevenly (12, 5 and 7 in one benchmark's run).
+    owned = Counter(next(Ring(THREE).order(key)) for key in keys)
+    homes = {key: router.pick(key).url for key in keys}
+    held = Counter(homes.values())
+    assert max(held.values()) <= 10, held  # ceil(1.25 * 24 / 3)
+    assert max(owned.values()) > max(held.values()), (owned, held)
+    # Later turns go to the same replica, whatever each replica's conversations are now.
+    for _ in range(3):
+        for key in reversed(keys):
+            assert router.pick(key).url == homes[key]
+
+
+def test_a_joining_replica_takes_only_conversations_it_now_owns_and_a_leaving_one_its_own() -> None:
+    router = Router("http://model:8000/v1")
+    router.update(THREE)
+    keys = KEYS[:60]
+    before = {key: router.pick(key).url for key in keys}
+    router.update([*THREE, FOURTH])
+    after = {key: router.pick(key).url for key in keys}
+    moved = {key for key in keys if after[key] != before[key]}
+    assert moved and all(after[key] == FOURTH for key in moved)
+    assert all(next(Ring([*THREE, FOURTH]).order(key)) == FOURTH for key in moved)
+    router.update(THREE)
+    again = {key: router.pick(key).url for key in keys}
+    assert all(again[key] == after[key] for key in keys if after[key] != FOURTH)
+    assert all(again[key] in THREE for key in moved)
+
+
+def test_an_idle_conversation_no_longer_counts_on_its_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("tertulia.gateway.routing.time.monotonic", lambda: now[0])
+    router = Router("http://model:8000/v1")
+    router.update(THREE)
+    home = router.pick("c1").url
+    assert router.home("c1") == home
+    now[0] += routing.HOME_IDLE_SECONDS - 1
+    router.pick("c2")
+    assert router.home("c1") == home
+    now[0] += 2
+    router.pick("c2")  # each pick lets the idle ones go
+    assert router.home("c1") is None and router.home("c2") is not None
