@@ -7,12 +7,15 @@ The cluster lives for the package; when it stops, the host must be as it was bef
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes.model_hub import FakeModelHub
@@ -25,6 +28,44 @@ from tests.testbed.paths import REPO_ROOT
 # The chat model and the embedding model, as the stand-in hub serves them.
 CHAT_MODEL = "testbed/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDING_MODEL = "testbed/all-MiniLM-L6-v2-GGUF/all-MiniLM-L6-v2.F16.gguf"
+
+
+def chat_model_spec(hub: str) -> dict[str, Any]:
+    """A ChatBot's `spec.model`: llama.cpp serving the chat model from the stand-in hub at
+    `hub`, small enough for the real node."""
+    return {
+        "engine": "llamacpp",
+        "source": f"hf://{CHAT_MODEL}",
+        # The stand-in hub, as a mirror or an air-gapped hub is named.
+        "env": [{"name": "HF_ENDPOINT", "value": hub}],
+        "maxModelLen": 2048,
+        "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+    }
+
+
+def streamed_answer(
+    url: str, headers: dict[str, str], body: dict[str, Any], timeout: float = 300
+) -> tuple[int, str, float]:
+    """A streamed chat completion through the gateway: its status, its text (or the error's
+    body, or the error), and when (monotonic) its first word came (0 without one)."""
+    first, text = 0.0, []
+    try:
+        with httpx.stream(
+            "POST", url, json={**body, "stream": True}, headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                return response.status_code, response.read().decode(), 0.0
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    for choice in json.loads(line.removeprefix("data: "))["choices"]:
+                        if choice["delta"].get("content"):
+                            first = first or time.monotonic()
+                            text.append(choice["delta"]["content"])
+    except httpx.HTTPError as error:
+        return 0, f"{type(error).__name__}: {error}", 0.0
+    return 200, "".join(text), first
+
+
 # GPU nodes beside the real one, tainted as GPU pools are: CPU pods stay on the real node.
 KWOK_NODES = (FakeNode("gpu-node-0", cpu="64", memory="512Gi", gpus=8),)
 

@@ -34,7 +34,12 @@ import yaml
 from kubernetes import client
 
 from tertulia.gateway.store import hashed_key
-from tests.cluster.conftest import CHAT_MODEL, EMBEDDING_MODEL
+from tests.cluster.conftest import (
+    CHAT_MODEL,
+    EMBEDDING_MODEL,
+    chat_model_spec,
+    streamed_answer,
+)
 from tests.fakes import slack, telegram
 from tests.fakes.model_hub import FakeModelHub
 from tests.testbed.kube import ControlPlane
@@ -223,12 +228,7 @@ def stack(
         "metadata": {"name": BOT, "namespace": NAMESPACE},
         "spec": {
             "model": {
-                "engine": "llamacpp",
-                "source": f"hf://{CHAT_MODEL}",
-                # The stand-in hub, as a mirror or an air-gapped hub is named.
-                "env": [{"name": "HF_ENDPOINT", "value": hub}],
-                "maxModelLen": 2048,
-                "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+                **chat_model_spec(hub),
                 # A claim per replica (ReadWriteOnce, the local class), each filled once.
                 "cache": {"size": "1Gi"},
             },
@@ -1134,20 +1134,9 @@ def test_an_idle_model_scales_to_zero_and_held_requests_wake_it(
             "model": BOT,
             "messages": [{"role": "user", "content": f"Say hello to boat {index}."}],
             "max_tokens": 8,
-            "stream": True,
             "user": f"wake-{index}",
         }
-        first, text = 0.0, []
-        with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as response:
-            if response.status_code != 200:
-                return response.status_code, response.read().decode(), time.monotonic()
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    for choice in json.loads(line.removeprefix("data: "))["choices"]:
-                        if choice["delta"].get("content"):
-                            first = first or time.monotonic()
-                            text.append(choice["delta"]["content"])
-        return 200, "".join(text), first
+        return streamed_answer(url, headers, body)
 
     asked = time.monotonic()
     with ThreadPoolExecutor(6) as pool:

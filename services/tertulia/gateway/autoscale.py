@@ -235,8 +235,9 @@ class Autoscaler:
         self._last_scale = ""
 
     def load(self) -> int:
-        """This gateway's requests in flight to the model, and those waiting for it."""
-        return sum(self.router.load(replica) for replica in self.router.replicas) + self.waiting
+        """This gateway's requests in flight to the model (to a replica, one that has left,
+        or the Service), and those waiting for it."""
+        return self.router.in_flight() + self.waiting
 
     async def hold(self) -> None:
         """Return once the model has a ready replica (the lookup lists one, or its Service
@@ -300,6 +301,7 @@ class Autoscaler:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+            logger.info("the model's Service takes connections: held requests go on")
             self._service.set()
 
     async def _wake(self) -> None:

@@ -313,8 +313,8 @@ class Backend:
     def _lease(self, url: str) -> Callable[[], None]:
         """Count a request in flight on `url` (a replica's, or the Service's); the function
         that ends it, once."""
-        if url == self.router.url:
-            return lambda: None
+        # The Service's too: the autoscaler counts them (requests a scale from zero let go
+        # through the Service before the replica's name resolved, say).
         self.router.acquire(url)
         gauge = self._metrics.backend_in_flight.labels(url)
         gauge.inc()

@@ -91,8 +91,8 @@ class GatewayMetrics:
             ),
             backend_in_flight=Gauge(
                 "tertulia_gateway_backend_in_flight",
-                "Requests in flight to each model server replica (its address), streams "
-                "until their last token.",
+                "Requests in flight to each model server replica (its address), or to the "
+                "model's Service while no replica is known, streams until their last token.",
                 ["replica"],
                 registry=registry,
             ),

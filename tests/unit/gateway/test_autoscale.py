@@ -285,3 +285,17 @@ async def test_a_missing_token_is_a_scale_failure_the_rounds_outlive(tmp_path: P
     await asyncio.sleep(0.1)
     assert not running.done() and rounds > 1, "an unexpected error stopped the autoscaler"
     running.cancel()
+
+
+async def test_requests_through_the_service_or_on_a_replica_that_left_count_as_load() -> None:
+    scaler = autoscaler(FakeScale(1))
+    router = scaler.router
+    # Held requests a scale from zero let go through the Service (its name resolved first).
+    router.acquire(router.url)
+    router.update([REPLICA])
+    router.acquire(REPLICA)
+    router.update([])  # the replica left with its request still streaming
+    assert scaler.load() == 2
+    router.release(REPLICA)
+    router.release(router.url)
+    assert scaler.load() == 0

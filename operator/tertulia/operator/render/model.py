@@ -26,8 +26,10 @@ from tertulia.operator.render.common import (
 COMPONENT = "model"
 
 PORTS = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080}
-# The startup probe's period; spec.model.startupTimeoutSeconds bounds its attempts.
-STARTUP_PERIOD = 10
+# The startup probe's period; spec.model.startupTimeoutSeconds bounds its attempts. Short, as
+# KubeAI's: a replica is Ready within 2 s of loading its model (the readiness probe runs at
+# once when the startup probe succeeds), which a request held at zero replicas waits for.
+STARTUP_PERIOD = 2
 DEFAULT_LLAMACPP_CONTEXT = 8192
 
 
