@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -92,11 +92,12 @@ def test_each_conversation_stays_on_one_replica_and_a_killed_one_hands_it_on(
                 status, replica = turn(conversation, index)
                 assert status == 200
                 home.setdefault(conversation, set()).add(replica)
-        # Each conversation on one replica, the one that owns it on the ring: all three used.
+        # Each conversation on one replica, all three used, none holding more than its bound
+        # of the conversations (ceil(1.25 * 9 / 3)): its owner on the ring, or the next one
+        # when the owner's share was full as the conversation began.
         assert all(len(used) == 1 for used in home.values()), home
-        assert all(
-            home[name] == {urlsplit(url).hostname} for url, names in owned.items() for name in names
-        ), home
+        held = Counter(next(iter(used)) for used in home.values())
+        assert max(held.values()) <= 4, home
         owners = {next(iter(used)) for used in home.values()}
         assert owners == set(ADDRESSES), home
 

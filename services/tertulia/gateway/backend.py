@@ -245,23 +245,31 @@ class Backend:
     ) -> tuple[aiohttp.ClientResponse, Callable[[], None]]:
         """The response, and what to call once it is read or closed: the replica's request
         counts as in flight until then (unless not `counted`). A replica that cannot be
-        reached gives way to the next (its conversations go to their neighbours on the ring).
-        At zero replicas the request waits for one, when the model scales from zero."""
+        reached is left out and gives way to the next (its conversations go to their
+        neighbours on the ring), without counting as a retry: the lookup may still list pods
+        that have gone, and each one left out shortens the list. With none left the request
+        waits for one when the model scales from zero, and goes to the Service otherwise. A
+        replica that took the request and closed the connection without an answer (a pod
+        stopping) gives it, once, to the next."""
         data = None if body is None else to_json(body)
         waiter = self.hold if hold else None
         # Waits for a replica: one, and one more if the replica it got had gone.
         waits = 2 if waiter is not None else 0
         attempt = 0
+        resent = False
         candidates: list[str] = []
-        pick = Pick(self.router.url)
+        # The request's first choice, which the routed metric reports against.
+        pick, first = Pick(self.router.url), True
         while True:
             if waiter is not None and waits and not self.router.replicas:
                 waits -= 1
                 await waiter()
-                candidates, attempt = [], 0
+                candidates, attempt, first = [], 0, True
             if not candidates:
-                pick = self.router.pick(key)
-                candidates = [pick.url, *pick.fallbacks]
+                again = self.router.pick(key)
+                if first:
+                    pick, first = again, False
+                candidates = [again.url, *again.fallbacks]
             url = candidates[attempt % len(candidates)]
             release = self._lease(url) if counted else _uncounted
             try:
@@ -275,10 +283,11 @@ class Backend:
                 release()
                 if url != self.router.url:
                     # Gone, most likely, while the lookup still lists it: left out a while,
-                    # and at zero replicas left the request waits for one.
+                    # and the request picks again among the others (or, with none, waits
+                    # for one or goes to the Service).
                     self.router.eject(url)
-                    if waits and not self.router.replicas:
-                        continue
+                    candidates = []
+                    continue
                 if attempt == self._settings.retries:
                     logger.warning(
                         "the model server could not be reached",
@@ -298,6 +307,15 @@ class Backend:
                 raise BackendTimeout("the model server did not answer in time") from error
             except aiohttp.ClientConnectionError as error:
                 release()
+                if not resent and url != self.router.url:
+                    # Closed before any answer: nothing reached the client, and a pod that
+                    # is stopping will not answer; the next replica takes it (the same one
+                    # when it is the only one: a connection the server closed as it was
+                    # reused).
+                    resent = True
+                    if len(candidates) > 1:
+                        candidates.remove(url)
+                    continue
                 # The server went away mid-request (a restart, a pod deleted): it will be
                 # back, so the client is told when to try again.
                 self._metrics.backend_errors.labels("interrupted").inc()

@@ -255,3 +255,51 @@ async def test_a_probe_in_flight_is_not_load_but_a_completion_is() -> None:
             await task
     server.close()
     await client.aclose()
+
+
+async def test_replicas_the_lookup_lists_after_they_went_are_left_out_without_using_retries(
+    fake: FakeBackend,
+) -> None:
+    async with serving(fake) as alive:
+        gone = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(3)]
+        client = backend(alive, retries=0, model="fake")
+        # Pods of a scale-down, still listed (the cluster DNS caches its answers for a while).
+        client.router.update([*gone, alive])
+        for index in range(8):
+            answer = await client.complete(BODY, key=f"conversation-{index}")
+            assert answer["choices"][0]["message"]["content"]
+        assert client.router.replicas == (alive,)
+        assert len(fake.requests) == 8
+        await client.aclose()
+
+
+async def test_a_replica_that_closes_without_answering_gives_the_request_to_the_next_once(
+    fake: FakeBackend,
+) -> None:
+    took: list[int] = []
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Reads the request and goes, as a pod that is stopping may.
+        await reader.readuntil(b"\r\n\r\n")
+        took.append(1)
+        writer.close()
+
+    stopping = await asyncio.start_server(drop, "127.0.0.1", 0)
+    dropping = f"http://127.0.0.1:{stopping.sockets[0].getsockname()[1]}/v1"
+    async with serving(fake) as alive:
+        client = backend(alive, model="fake")
+        client.router.update([dropping, alive])
+        keys = [f"c{index}" for index in range(40)]
+        own = [key for key in keys if client.router.pick(key).url == dropping]
+        assert own, "no conversation hashed to the dropping replica"
+        for key in own:
+            answer = await client.complete(BODY, key=key)
+            assert answer["choices"][0]["message"]["content"]
+        assert len(took) == len(own) and len(fake.requests) == len(own)
+        # Alone, it is tried twice, then the client is told to come back.
+        client.router.update([dropping])
+        with pytest.raises(BackendUnavailable, match="lost"):
+            await client.complete(BODY, key=own[0])
+        assert len(took) == len(own) + 2
+        await client.aclose()
+    stopping.close()
