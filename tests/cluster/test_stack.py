@@ -1069,12 +1069,21 @@ def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_d
         "the deleted pod to follow the new primary",
         interval=2,
     )
-    role = run(
-        cluster, "kubectl", "exec", "-n", NAMESPACE, primary, "-c", "redis", "--",
-        "redis-cli", "ROLE",
-    )  # fmt: skip
-    logs = [container_log(cluster, primary, container) for container in ("redis", "sentinel")]
-    assert role.split()[0] == "slave", "\n".join([role, *logs])
+
+    def role() -> str:
+        """What the pod's own Redis says it is ("" while it takes no connections)."""
+        result = cluster.run_tool(
+            "kubectl", "exec", "-n", NAMESPACE, primary, "-c", "redis", "--",
+            "redis-cli", "ROLE",
+        )  # fmt: skip
+        return result.stdout if result.returncode == 0 else ""
+
+    # Its Redis may take connections a moment after its Sentinel has it follow.
+    try:
+        eventually(lambda: role().startswith("slave"), 60, "the pod's Redis a replica", interval=2)
+    except TimeoutError:
+        logs = [container_log(cluster, primary, c) for c in ("redis", "sentinel")]
+        raise AssertionError("\n".join([role(), *logs])) from None
     run(cluster, "kubectl", "delete", "chatbot", HA_BOT, "-n", NAMESPACE, "--wait=true")
 
 
