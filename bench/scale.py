@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -53,7 +52,13 @@ from tertulia.gateway.store import RedisStore
 from tertulia.operator.api import GROUP, PLURAL, VERSION
 from tertulia.operator.crd import chatbot_crd
 from tertulia.operator.kube import Cluster as KubeCluster
-from tests.cluster.conftest import CHAT_MODEL, KWOK_NODES, chat_model_spec, streamed_answer
+from tests.cluster.conftest import (
+    CHAT_MODEL,
+    KWOK_NODES,
+    built_images,
+    chat_model_spec,
+    streamed_answer,
+)
 from tests.fakes.model_hub import FakeModelHub
 from tests.testbed.kube import ControlPlane
 from tests.testbed.servers import smollm2_model_path, start_operator, start_redis
@@ -462,24 +467,11 @@ def measure_real(node: RealNode) -> None:
     figure("scale", f"{name}: load step: answers failed", errors, "", "0", errors == 0)
 
 
-def image_archives() -> tuple[Path, ...]:
-    """The images `make images` builds, as docker-archives (a no-op when nothing changed)."""
-    result = subprocess.run(
-        ["bash", str(REPO / "hack" / "build-images.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return tuple(sorted(Path(result.stdout.strip().splitlines()[-1]).glob("*.tar")))
-
-
 def on_real_node() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-node-") as folder:
         workdir = Path(folder)
         # Only the real node takes pods without a GPU (the kwok node is a tainted GPU pool).
-        plane = ControlPlane(
-            workdir / "cluster", KWOK_NODES, real_node=True, images=image_archives()
-        )
+        plane = ControlPlane(workdir / "cluster", KWOK_NODES, real_node=True, images=built_images())
         with plane:
             assert plane.namespace is not None
             hub = FakeModelHub({CHAT_MODEL: smollm2_model_path()})

@@ -70,8 +70,7 @@ def streamed_answer(
 KWOK_NODES = (FakeNode("gpu-node-0", cpu="64", memory="512Gi", gpus=8),)
 
 
-@pytest.fixture(scope="session")
-def image_archives() -> list[Path]:
+def built_images() -> tuple[Path, ...]:
     """The images `make images` builds, as docker-archives (a no-op when nothing changed)."""
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "hack" / "build-images.sh")],
@@ -79,20 +78,24 @@ def image_archives() -> list[Path]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    folder = Path(result.stdout.strip().splitlines()[-1])
-    return sorted(folder.glob("*.tar"))
+    return tuple(sorted(Path(result.stdout.strip().splitlines()[-1]).glob("*.tar")))
+
+
+@pytest.fixture(scope="session")
+def image_archives() -> tuple[Path, ...]:
+    return built_images()
 
 
 @pytest.fixture(scope="package")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory, image_archives: list[Path]
+    tmp_path_factory: pytest.TempPathFactory, image_archives: tuple[Path, ...]
 ) -> Iterator[ControlPlane]:
     before = host_state()
     plane = ControlPlane(
         tmp_path_factory.mktemp("cluster"),
         nodes=KWOK_NODES,
         real_node=True,
-        images=tuple(image_archives),
+        images=image_archives,
     )
     with plane:
         yield plane

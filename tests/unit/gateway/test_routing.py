@@ -204,20 +204,26 @@ async def test_replicas_outlive_a_few_failed_lookups_but_not_many(
     assert not router.ready.is_set()
 
 
-def test_an_ejected_replica_is_left_out_until_its_time_is_up_or_it_is_no_longer_listed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [100.0]
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The routing module's monotonic clock, set by the test: `clock[0]`."""
+    now = [1000.0]
     monkeypatch.setattr("tertulia.gateway.routing.time.monotonic", lambda: now[0])
+    return now
+
+
+def test_an_ejected_replica_is_left_out_until_its_time_is_up_or_it_is_no_longer_listed(
+    clock: list[float],
+) -> None:
     router = Router("http://model:8000/v1")
     router.update(THREE)
     router.eject(THREE[0], seconds=10)
     assert router.replicas == tuple(THREE[1:])
     # Still listed by the next lookups: still left out, for its time.
-    now[0] += 5
+    clock[0] += 5
     router.update(THREE)
     assert THREE[0] not in router.replicas
-    now[0] += 6
+    clock[0] += 6
     router.update(THREE)
     assert router.replicas == tuple(THREE)
     # Every replica left out: none ready, so a request waits (or goes to the Service).
@@ -263,18 +269,14 @@ def test_a_joining_replica_takes_only_conversations_it_now_owns_and_a_leaving_on
     assert all(again[key] in THREE for key in moved)
 
 
-def test_an_idle_conversation_no_longer_counts_on_its_replica(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [1000.0]
-    monkeypatch.setattr("tertulia.gateway.routing.time.monotonic", lambda: now[0])
+def test_an_idle_conversation_no_longer_counts_on_its_replica(clock: list[float]) -> None:
     router = Router("http://model:8000/v1")
     router.update(THREE)
     home = router.pick("c1").url
     assert router.home("c1") == home
-    now[0] += routing.HOME_IDLE_SECONDS - 1
+    clock[0] += routing.HOME_IDLE_SECONDS - 1
     router.pick("c2")
     assert router.home("c1") == home
-    now[0] += 2
+    clock[0] += 2
     router.pick("c2")  # each pick lets the idle ones go
     assert router.home("c1") is None and router.home("c2") is not None
