@@ -72,6 +72,22 @@ def _member(person: dict[str, Any] | None = None) -> dict[str, Any]:
     return member
 
 
+def _text_channel(channel_id: str) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "type": 0,
+        "guild_id": GUILD_ID,
+        "name": "general",
+        "position": 0,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": None,
+        "topic": None,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+    }
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -217,7 +233,10 @@ class FakeDiscord(FakePlatform):
         reference = (body.get("message_reference") or {}).get("message_id")
         reference = str(reference) if reference is not None else None
         sent = SentMessage(
-            channel_id, message_id, body.get("content") or "", extra={"reply_to": reference}
+            channel_id,
+            message_id,
+            body.get("content") or "",
+            extra={"reply_to": reference, "flags": body.get("flags", 0)},
         )
         self._keep_embeds(sent, body)
         self.add_message(sent)
@@ -372,21 +391,7 @@ class FakeDiscord(FakePlatform):
                     "flags": 0,
                 }
             ],
-            "channels": [
-                {
-                    "id": CHANNEL_ID,
-                    "type": 0,
-                    "guild_id": GUILD_ID,
-                    "name": "general",
-                    "position": 0,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                    "parent_id": None,
-                    "topic": None,
-                    "last_message_id": None,
-                    "rate_limit_per_user": 0,
-                }
-            ],
+            "channels": [_text_channel(CHANNEL_ID)],
             "members": [_member(BOT_USER)],
             "threads": [],
             "voice_states": [],
@@ -417,6 +422,28 @@ class FakeDiscord(FakePlatform):
         message_id: str | None = None,
     ) -> dict[str, Any]:
         """A user's message arriving as MESSAGE_CREATE; in #general or in a direct message."""
+        message = self.message_payload(
+            content,
+            author=author,
+            bot=bot,
+            direct=direct,
+            mention_bot=mention_bot,
+            message_id=message_id,
+        )
+        self._send("MESSAGE_CREATE", message)
+        return message
+
+    def message_payload(
+        self,
+        content: str,
+        *,
+        author: str,
+        bot: bool = False,
+        direct: bool = False,
+        mention_bot: bool = False,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A user's message as Discord delivers it, not sent anywhere."""
         person = user(author, bot=bot)
         message: dict[str, Any] = {
             "id": message_id or self.snowflake(),
@@ -438,26 +465,35 @@ class FakeDiscord(FakePlatform):
         if not direct:
             message["guild_id"] = GUILD_ID
             message["member"] = _member()
-        self._send("MESSAGE_CREATE", message)
         return message
 
     def run_command(self, name: str, author: str, **options: str) -> str:
         """A slash command as INTERACTION_CREATE; returns the interaction token."""
         command = next(c for c in self.commands if c["name"] == name)
+        interaction = self.interaction_payload(name, command["id"], author, CHANNEL_ID, **options)
+        self._send("INTERACTION_CREATE", interaction)
+        return str(interaction["token"])
+
+    def interaction_payload(
+        self, name: str, command_id: str, author: str, channel_id: str, **options: str
+    ) -> dict[str, Any]:
+        """A slash command's interaction as Discord delivers it, not sent anywhere; its
+        responses and follow-ups land in `channel_id`."""
         token = "aW50ZXJhY3Rpb24" + secrets.token_hex(16)
         interaction = {
             "id": self.snowflake(),
             "application_id": APPLICATION_ID,
             "type": 2,
             "data": {
-                "id": command["id"],
+                "id": command_id,
                 "name": name,
                 "type": 1,
                 "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
             },
             "guild_id": GUILD_ID,
-            "channel_id": CHANNEL_ID,
-            "channel": {"id": CHANNEL_ID, "type": 0, "guild_id": GUILD_ID, "name": "general"},
+            "channel_id": channel_id,
+            # Discord sends the channel with the permissions the asker has in it.
+            "channel": {**_text_channel(channel_id), "permissions": _ALL_PERMISSIONS, "flags": 0},
             "member": {**_member(user(author)), "permissions": _ALL_PERMISSIONS},
             "token": token,
             "version": 1,
@@ -470,9 +506,8 @@ class FakeDiscord(FakePlatform):
             "context": 0,
         }
         with self._lock:
-            self._interactions[token] = CHANNEL_ID
-        self._send("INTERACTION_CREATE", interaction)
-        return token
+            self._interactions[token] = channel_id
+        return interaction
 
     def _interaction_channel(self, token: str) -> str:
         with self._lock:

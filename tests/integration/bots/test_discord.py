@@ -3,13 +3,18 @@ REST API; behind it the real gateway and model."""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import discord.http as discord_http
 import pytest
+from discord import Client as DiscordClient
+from discord import Intents, Interaction
 
-from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, UNAVAILABLE
+from tertulia.bots.adapter import HELP_TEXT, RESET_DONE, STILL_WAITING, UNAVAILABLE
+from tertulia.bots.discord import InteractionReply, MessageReply
 from tertulia.bots.split import split_message
 from tests.fakes import discord
 from tests.fakes.platform import SentMessage
@@ -233,3 +238,63 @@ def test_gateway_outage_gets_a_friendly_message(
             eventually(lambda: [m.text for m in fake.sent()] == [UNAVAILABLE], timeout=60)
         finally:
             process.stop()
+
+
+def drive(fake: discord.FakeDiscord, steps: Callable[[DiscordClient], Awaitable[None]]) -> None:
+    """Our reply classes driven directly: the REST calls are discord.py's own, logged in to
+    the fake with the bot's token, no gateway connection."""
+
+    async def run() -> None:
+        client = DiscordClient(intents=Intents.none())
+        await client.login(discord.TOKEN)
+        try:
+            await steps(client)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+def test_the_still_waiting_notice_is_a_message_of_its_own_before_the_reply(
+    fake_discord: discord.FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_http.Route, "BASE", f"{fake_discord.base_url}/api/v10")
+    asked = fake_discord.message_payload("Tell me everything.", author=new_user(), direct=True)
+
+    async def answer_slowly(client: DiscordClient) -> None:
+        channel = client.get_partial_messageable(int(asked["channel_id"]))
+        message = client._connection.create_message(channel=channel, data=asked)
+        reply = MessageReply(message, 300)
+        await reply.notice(STILL_WAITING)
+        await reply.finish(0, "The answer.")
+
+    drive(fake_discord, answer_slowly)
+    notice, answer = fake_discord.sent(asked["channel_id"])
+    assert notice.text == STILL_WAITING and notice.extra["reply_to"] is None
+    assert answer.text == "The answer." and answer.extra["reply_to"] == asked["id"]
+
+
+def test_a_slash_command_s_notice_is_seen_by_the_asker_alone(
+    fake_discord: discord.FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_http.Route, "BASE", f"{fake_discord.base_url}/api/v10")
+    channel = fake_discord.snowflake()
+    payload = fake_discord.interaction_payload(
+        "ask", fake_discord.snowflake(), new_user(), channel, question="Tell me everything."
+    )
+
+    async def answer_slowly(client: DiscordClient) -> None:
+        interaction: Interaction[DiscordClient] = Interaction(
+            data=payload,
+            state=client._connection,
+        )
+        await interaction.response.defer(thinking=True)
+        reply = InteractionReply(interaction, 300)
+        await reply.notice(STILL_WAITING)
+        await reply.finish(0, "The answer.")
+
+    drive(fake_discord, answer_slowly)
+    notice, answer = fake_discord.sent(channel)
+    assert notice.text == STILL_WAITING and notice.extra["flags"] & 64  # ephemeral
+    # The answer is the deferred response itself, edited: not one more message.
+    assert answer.text == "The answer." and answer.id == f"original-{payload['token']}"
