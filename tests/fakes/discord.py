@@ -16,7 +16,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiohttp
 from aiohttp import web
@@ -70,6 +70,15 @@ def _member(person: dict[str, Any] | None = None) -> dict[str, Any]:
     if person is not None:
         member["user"] = person
     return member
+
+
+class MessageOptions(TypedDict, total=False):
+    """How a user's message differs from a plain one in #general."""
+
+    bot: bool
+    direct: bool
+    mention_bot: bool
+    message_id: str | None
 
 
 def _text_channel(channel_id: str) -> dict[str, Any]:
@@ -412,24 +421,10 @@ class FakeDiscord(FakePlatform):
         self.call(send())
 
     def post_message(
-        self,
-        content: str,
-        *,
-        author: str,
-        bot: bool = False,
-        direct: bool = False,
-        mention_bot: bool = False,
-        message_id: str | None = None,
+        self, content: str, *, author: str, **options: Unpack[MessageOptions]
     ) -> dict[str, Any]:
         """A user's message arriving as MESSAGE_CREATE; in #general or in a direct message."""
-        message = self.message_payload(
-            content,
-            author=author,
-            bot=bot,
-            direct=direct,
-            mention_bot=mention_bot,
-            message_id=message_id,
-        )
+        message = self.message_payload(content, author=author, **options)
         self._send("MESSAGE_CREATE", message)
         return message
 
