@@ -2,7 +2,12 @@
 (llama-server with the operator's arguments and a 16k context, Gemma 3 270M, a thread each)
 on three addresses sharing a port, as a headless Service lists pods, behind the gateway;
 concurrent multi-turn conversations whose history grows past 1,500 tokens, each turn
-streamed through /chat/stream.
+streamed through /chat/stream. Their users read each answer and write the next message for a
+while (a minute on average), as people in a chat do, and arrive spread over that minute: the
+replicas are loaded, not flooded. Without that pause each conversation sends its next turn the
+moment an answer ends, every replica's queue stays full, and time to first token measures the
+queue (by Little's law, conversations over throughput) rather than the work a cached prefix
+saves; the run prints the requests per second offered and served, to show which it measured.
 
 Each routing gets fresh replicas (empty caches) and conversations of its own. Figures, from
 turn 4 on: time to first token and total time, p50 and p95, for each; the ratio of their TTFT
@@ -42,6 +47,9 @@ TURNS = sized(6, 4)
 WORDS = sized(240, 20)
 FROM_TURN = 4  # turns before this one warm the caches and are not counted
 ANSWER_TOKENS = 16
+# Seconds a user takes to read an answer and write the next message, on average (each pause
+# drawn between half and one and a half times it, the same draws for both routings).
+THINK_SECONDS = sized(60.0, 0.5)
 # Each replica's context: its slots share one KV pool (llama.cpp's unified KV), which must
 # hold the conversations in its slots at once (spec.model.maxModelLen renders --ctx-size).
 CONTEXT = 16384
@@ -61,6 +69,7 @@ VOCABULARY = [
 class Turn:
     conversation: int
     index: int
+    sent: float  # time.monotonic() as it was sent
     first_token: float
     total: float
 
@@ -149,12 +158,17 @@ def run(workdir: Path, routing: str) -> tuple[list[Turn], list[int], float]:
     texts = {(c, t): message(rng, c, t) for c in range(CONVERSATIONS) for t in range(1, TURNS + 1)}
 
     def converse(conversation: int) -> None:
+        pauses = random.Random(f"pauses-{conversation}")
         try:
+            time.sleep(conversation * THINK_SECONDS / CONVERSATIONS)
             for index in range(1, TURNS + 1):
+                if index > 1:
+                    time.sleep(pauses.uniform(0.5, 1.5) * THINK_SECONDS)
+                sent = time.monotonic()
                 first, total = stream_turn(
                     url, f"{routing}-{conversation}", texts[conversation, index]
                 )
-                turns.append(Turn(conversation, index, first, total))
+                turns.append(Turn(conversation, index, sent, first, total))
         except BaseException as error:  # reported after the run
             failures.append(error)
 
@@ -175,6 +189,12 @@ def run(workdir: Path, routing: str) -> tuple[list[Turn], list[int], float]:
         for replica in replicas:
             replica.stop()
     return turns, counts, computed
+
+
+def rate(turns: list[Turn]) -> float:
+    """Requests per second over the run, from the first request sent to the last answer."""
+    span = max(turn.sent + turn.total for turn in turns) - min(turn.sent for turn in turns)
+    return len(turns) / span
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -199,7 +219,8 @@ def main() -> None:
         print(
             f"{routing:>11}: TTFT p50 {p50[routing]:.2f} s, p95 {percentile(ttft, 0.95):.2f} s; "
             f"total p50 {statistics.median(total):.2f} s, p95 {percentile(total, 0.95):.2f} s; "
-            f"requests per replica {counts}; prompt tokens computed {computed:.0f}"
+            f"requests per replica {counts}; prompt tokens computed {computed:.0f}; "
+            f"TTFT mean {statistics.fmean(ttft):.2f} s; {rate(turns):.2f} requests/s"
         )
         figure("routing", f"{routing} TTFT p50 (turn {FROM_TURN}+)", p50[routing], "s")
         figure("routing", f"{routing} TTFT p95", percentile(ttft, 0.95), "s")
