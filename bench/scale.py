@@ -226,6 +226,10 @@ async def measure(control_plane: ControlPlane, redis_url: str, workdir: Path) ->
             lambda: cluster.asked() == expected and len(cluster.ready_pods()) == expected,
             f"{expected} ready replicas",
         )
+        # The load goes on for a few of the autoscaler's rounds: an overshoot or a flap would
+        # show in what the lookups see (they sample every half second, and may not yet have
+        # seen the last replicas come).
+        await asyncio.sleep(max(5.0, 3 * INTERVAL))
         most = max(seen)
         print(f"load step 1 -> {STEP}: {expected} replicas Ready in {followed:.1f} s; most {most}")
         figure("scale", f"kwok: load step 1 -> {STEP}: replicas Ready", followed, "s",
