@@ -7,7 +7,8 @@ while (a minute on average), as people in a chat do, and arrive spread over that
 replicas are loaded, not flooded. Without that pause each conversation sends its next turn the
 moment an answer ends, every replica's queue stays full, and time to first token measures the
 queue (by Little's law, conversations over throughput) rather than the work a cached prefix
-saves; the run prints the requests per second offered and served, to show which it measured.
+saves; the run prints the requests served a second, which in a saturated run is all the
+replicas can do, to show which it measured.
 
 Each routing gets fresh replicas (empty caches) and conversations of its own. Figures, from
 turn 4 on: time to first token and total time, p50 and p95, for each; the ratio of their TTFT
