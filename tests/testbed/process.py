@@ -9,6 +9,7 @@ import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,8 +26,34 @@ def _ephemeral_ports_start() -> int:
         return 32768
 
 
+# Ports handed out lately, by any test process on this machine: a file each.
+_HANDED_OUT = Path(tempfile.gettempdir()) / "tertulia-test-ports"
+_HANDED_OUT_SECONDS = 600
+
+
+def reserve_port(port: int) -> bool:
+    """Whether no test process has had `port` in the last ten minutes; if so, it is this
+    one's now. Two workers choosing at random may otherwise pick the same free port, and the
+    second server to bind it fails ('address already in use', or one server's health checks
+    reaching the other's port)."""
+    _HANDED_OUT.mkdir(exist_ok=True)
+    mark = _HANDED_OUT / str(port)
+    try:
+        os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        pass
+    # Handed out long ago: cleared, for a later pick to take afresh (not this one: two
+    # processes finding it stale at once must not both have it).
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - mark.stat().st_mtime > _HANDED_OUT_SECONDS:
+            mark.unlink()
+    return False
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that no other test
+    process has been given lately (`reserve_port`).
 
     Chosen below the ephemeral range (and the NodePort one): a port the kernel hands out
     (bind to 0) may be taken by any outgoing connection before the server binds it, which
@@ -36,6 +63,8 @@ def free_port() -> int:
     end = min(30000, _ephemeral_ports_start())
     for _ in range(200):
         port = random.randrange(end // 2, end)
+        if not reserve_port(port):
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))

@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 import httpx
 
 from tests.testbed.paths import binary, cache_dir
-from tests.testbed.process import ManagedProcess, free_port, port_open
+from tests.testbed.process import ManagedProcess, free_port, port_open, reserve_port
 
 LLAMA_MODEL_ALIAS = "gemma3-270m"
 
@@ -317,7 +317,7 @@ def _free_port_pair() -> int:
     """A free port whose next port is free too."""
     for _ in range(50):
         port = free_port()
-        if port < 65535 and not port_open(port + 1):
+        if port < 65535 and not port_open(port + 1) and reserve_port(port + 1):
             return port
     raise RuntimeError("no two consecutive free ports found")
 
