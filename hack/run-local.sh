@@ -9,8 +9,11 @@ TERTULIA="${REPO_ROOT}/.venv/bin/tertulia"
 GATEWAY_PORT="${TERTULIA_GATEWAY_PORT:-8080}"
 MODEL_PORT="${TERTULIA_MODEL_PORT:-8000}"
 LOG="$(mktemp -t tertulia-up.XXXXXX.log)"
+# This run's key for the terminal chat: `tertulia up` makes a new one each run.
+KEYS="$(mktemp -d -t tertulia-keys.XXXXXX)"
 args=(up -f "${REPO_ROOT}/manifests/examples/local.yaml" --port "${GATEWAY_PORT}"
-  --model-port "${MODEL_PORT}" --docs "${REPO_ROOT}/docs" --docs "${REPO_ROOT}/README.md")
+  --model-port "${MODEL_PORT}" --docs "${REPO_ROOT}/docs" --docs "${REPO_ROOT}/README.md"
+  --key-file "${KEYS}/api-key")
 [[ -n "${TERTULIA_DATA_DIR:-}" ]] && args+=(--data-dir "${TERTULIA_DATA_DIR}")
 
 # The knowledge base needs Weaviate's server: built once from its Go module when Go is here
@@ -28,6 +31,7 @@ up=$!
 stop() {
   trap - INT TERM EXIT
   kill -INT "${up}" 2>/dev/null && wait "${up}" 2>/dev/null
+  rm -rf "${KEYS}"
   log "stopped; the stack's log was ${LOG}"
 }
 trap stop INT TERM EXIT
@@ -41,5 +45,7 @@ until grep -q '^ready: ' "${LOG}"; do
   sleep 0.5
 done
 grep -E '^(warning|knowledge base):' "${LOG}" >&2 || true
-log "web chat: http://127.0.0.1:${GATEWAY_PORT}/ · API: http://127.0.0.1:${GATEWAY_PORT}/docs"
-"${TERTULIA}" chat --url "http://127.0.0.1:${GATEWAY_PORT}"
+# The web chat's address carries this run's web key (after #, so it never reaches a log).
+web="$(grep -o 'http://127\.0\.0\.1:[0-9]*/#key=[A-Za-z0-9_-]*' "${LOG}" | head -n 1)"
+log "web chat: ${web} · API: http://127.0.0.1:${GATEWAY_PORT}/docs"
+"${TERTULIA}" chat --url "http://127.0.0.1:${GATEWAY_PORT}" --key-file "${KEYS}/api-key"

@@ -28,9 +28,16 @@ _MARKER_BY_FOLDER = {
 }
 
 
+def tier(path: Path) -> str:
+    """The tier of a test module: its folder under tests/, or under tests/security/ (each
+    attack runs in the tier of the component it attacks)."""
+    parts = path.parts
+    return parts[1] if parts[0] == "security" and len(parts) > 2 else parts[0]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        folder = item.path.relative_to(TESTS_ROOT).parts[0]
+        folder = tier(item.path.relative_to(TESTS_ROOT))
         if folder in _MARKER_BY_FOLDER:
             item.add_marker(_MARKER_BY_FOLDER[folder])
 
@@ -50,8 +57,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Scheduling |
     class TierScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            tier = Path(module).relative_to("tests").parts[0]
-            return tier if tier in _ONE_SCOPE else module
+            found = tier(Path(module).relative_to("tests"))
+            return found if found in _ONE_SCOPE else module
 
     return TierScheduling(config, log)
 

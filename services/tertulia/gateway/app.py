@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from tertulia.gateway.drain import Drain
 from tertulia.gateway.errors import install_error_handlers
 from tertulia.gateway.fastlane import FastLane, post_route
+from tertulia.gateway.gate import Gate
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.middleware import RequestContextMiddleware
 from tertulia.gateway.pipeline.retrieval import Retriever, WeaviateRetriever
@@ -66,7 +67,7 @@ def create_app(
     app.state.metrics = GatewayMetrics.create()
     # Started by the server on SIGTERM (serving.py); /readyz and the middleware read it.
     app.state.drain = Drain()
-    if fast_lane:  # added first, so it runs inside the request-context middleware
+    if fast_lane:  # added first, so it runs inside the gate
         app.add_middleware(
             FastLane,
             routes=[
@@ -75,13 +76,10 @@ def create_app(
                 post_route(completions.router, "/v1/chat/completions"),
             ],
         )
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=app.state.metrics,
-        drain=app.state.drain,
-        max_body_bytes=settings.limits.max_body_bytes,
-        max_upload_bytes=settings.knowledge_base.max_upload_bytes,
-    )
+    # Who is calling, before anything reads the body; inside the request context, so a
+    # refusal is counted and logged like any answer.
+    app.add_middleware(Gate)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, drain=app.state.drain)
     install_error_handlers(app)
     routers = [
         chat.router,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from tertulia.gateway.gate import identity_of
 from tertulia.gateway.pipeline.auth import Identity, presented_key
 from tertulia.gateway.services import Services
 from tertulia.gateway.settings import GatewaySettings
@@ -27,6 +28,10 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_app_settings)]
 
 
 async def authenticate(request: Request, services: ServicesDep) -> Identity:
+    """The identity the gate decided (gate.py); from the key alone where no gate ran."""
+    decided = identity_of(request.scope)
+    if decided is not None:
+        return decided
     return services.api_keys.identify(presented_key(request.headers))
 
 

@@ -68,6 +68,13 @@ class Unauthorized(GatewayError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class MisdirectedRequest(GatewayError):
+    """A Host header the gateway does not answer to (a DNS rebinding page, in local mode)."""
+
+    status_code = 400
+    code = "unknown_host"
+
+
 class Forbidden(GatewayError):
     status_code = 403
     code = "forbidden"
@@ -143,6 +150,13 @@ class BackendUnavailable(GatewayError):
 class MemoryUnavailable(GatewayError):
     status_code = 503
     code = "memory_unavailable"
+
+
+class ModerationUnavailable(GatewayError):
+    """The guard model cannot answer and `moderation.guard_failure` is `refuse`."""
+
+    status_code = 503
+    code = "moderation_unavailable"
 
 
 class BackendTimeout(GatewayError):

@@ -25,13 +25,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tertulia.gateway.errors import GatewayError, error_response
-from tertulia.gateway.pipeline.auth import Identity, presented_key
+from tertulia.gateway.gate import identity_of
+from tertulia.gateway.pipeline.auth import presented_key
 from tertulia.gateway.services import Services
 
 
 class FastLane:
-    """Pure ASGI, inside the request-context middleware: request ids, the body limit, metrics
-    and the access log apply to both lanes alike.
+    """Pure ASGI, inside the request-context middleware and the gate: request ids, the
+    caller's identity, the body limit, metrics and the access log apply to both lanes alike.
 
     `routes` are the FastAPI routes it serves: POST endpoints taking `request` (their body
     model), `identity` and `services`.
@@ -67,7 +68,7 @@ class FastLane:
         scope["route"] = route  # as FastAPI sets it: the metrics read its path template
         services: Services = scope["app"].state.services
         try:
-            identity: Identity = services.api_keys.identify(presented_key(headers))
+            identity = identity_of(scope) or services.api_keys.identify(presented_key(headers))
             result = await route.endpoint(request=request, identity=identity, services=services)
         except GatewayError as error:
             result = error_response(error)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from tertulia.gateway.autoscale import Autoscaler
 from tertulia.gateway.backend import Backend
 from tertulia.gateway.metrics import GatewayMetrics
-from tertulia.gateway.pipeline.auth import ApiKeys
+from tertulia.gateway.pipeline.auth import ApiKeys, WebSessions
 from tertulia.gateway.pipeline.moderation import Moderator
 from tertulia.gateway.pipeline.outage import StoreOutage
 from tertulia.gateway.pipeline.retrieval import Retriever
@@ -30,6 +30,7 @@ class Services:
     backend: Backend
     store: Store
     api_keys: ApiKeys
+    sessions: WebSessions
     moderator: Moderator
     retriever: Retriever | None = None
     autoscaler: Autoscaler | None = None
@@ -75,13 +76,15 @@ async def open_services(
             ),
             metrics,
         )
+    api_keys = ApiKeys(settings.api_keys_dir)
     try:
         yield Services(
             settings=settings,
             metrics=metrics,
             backend=backend,
             store=store,
-            api_keys=ApiKeys(settings.api_keys_dir),
+            api_keys=api_keys,
+            sessions=WebSessions(api_keys, settings.web_chat_identity),
             moderator=Moderator(settings.moderation, metrics, guard),
             retriever=retriever,
             autoscaler=autoscaler,

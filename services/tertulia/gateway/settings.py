@@ -165,10 +165,28 @@ class RateLimitSettings(_Section):
     )
 
 
+class EventClaimSettings(_Section):
+    """The bots' event claims (/events), bounded so no flood of event ids can fill Redis."""
+
+    claims_per_minute: float = Field(
+        600.0, gt=0, description="Sustained rate of claims for one API key."
+    )
+    burst: int = Field(100, ge=1, description="Claims one API key may make at once.")
+    max_claims_per_key: int = Field(
+        10_000,
+        ge=100,
+        description="Claims kept per API key; past it, those soonest to expire go first.",
+    )
+
+
 class ModerationSettings(_Section):
     """Blocked terms on input and output, and an optional guard model."""
 
-    blocked_terms: list[str] = Field(default_factory=list, description="Matched as whole words.")
+    blocked_terms: list[str] = Field(
+        default_factory=list,
+        description="Matched as whole words in every text the model is given and in its "
+        "answers, after folding case, width, accents and invisible characters.",
+    )
     refusal: str = Field(
         "Sorry, I can't help with that.", description="What a blocked answer is replaced with."
     )
@@ -176,6 +194,12 @@ class ModerationSettings(_Section):
         None, description="OpenAI-compatible URL of a guard model (Llama Guard style)."
     )
     guard_model: str = Field("", description="Model id of the guard model.")
+    guard_failure: Literal["refuse", "allow"] = Field(
+        "refuse",
+        description="When the guard model cannot answer: `refuse` the request with 503 and "
+        "Retry-After (fail closed), or `allow` it unchecked by the guard (fail open); "
+        "blocked terms are checked either way.",
+    )
 
 
 class LimitSettings(_Section):
@@ -225,6 +249,13 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the gateway answers to (the Host header, its port aside); "
+        "any other is refused with 400 before anything else. Empty: any. Local mode sets "
+        "127.0.0.1 and localhost, so a web page on another name that resolves to this "
+        "machine (DNS rebinding) cannot use the gateway.",
+    )
     model_name: str = Field("tertulia", description="The model id clients see at /v1/models.")
     system_prompt: str = "You are a helpful assistant. Answer clearly and briefly."
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -261,6 +292,13 @@ class GatewaySettings(BaseSettings):
         description="API key identities allowed the /admin API (knowledge base ingestion).",
     )
     web_chat: bool = Field(True, description="Serve the web chat page at /.")
+    web_chat_identity: str = Field(
+        "web",
+        min_length=1,
+        description="The API key identity whose key opens web chat sessions (any browser "
+        "when keys are off): each browser then acts as its own user, `web:<id>`. No other "
+        "key opens one, the admin's least of all.",
+    )
     metrics_port: int | None = Field(
         None,
         ge=1,
@@ -277,6 +315,7 @@ class GatewaySettings(BaseSettings):
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    events: EventClaimSettings = Field(default_factory=EventClaimSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     knowledge_base: KnowledgeBaseSettings = Field(default_factory=KnowledgeBaseSettings)

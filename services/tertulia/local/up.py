@@ -49,6 +49,9 @@ class Plan:
     knowledge: bool = False
     documents: list[Path] = field(default_factory=list)
     platforms: dict[str, dict[str, Path]] = field(default_factory=dict)
+    # Where the terminal chat's key for this run is written, and the run's keys by identity.
+    key_file: Path = Path()
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 def _load(path: Path) -> Any:
@@ -66,6 +69,18 @@ def _load(path: Path) -> Any:
         return ChatBot.from_body(body)
     except Exception as error:  # pydantic's ValidationError names the field
         raise typer.BadParameter(f"{path}: {error}") from None
+
+
+def inside(folder: Path, *names: str) -> Path:
+    """`folder/names...`, refused when it would lead outside `folder` (a name with `..` or
+    a `/`, or a link out): a spec's names choose files to read, never any file."""
+    path = folder.joinpath(*names)
+    resolved, root = path.resolve(), folder.resolve()
+    if any(name in ("", ".", "..") or "/" in name for name in names) or not (
+        resolved == root or resolved.is_relative_to(root)
+    ):
+        raise typer.BadParameter(f"{'/'.join(names)!r} would be read from outside {folder}")
+    return path
 
 
 def weaviate_binary() -> Path | None:
@@ -94,6 +109,7 @@ def plan(bot: Any, spec_file: Path, options: dict[str, Any]) -> Plan:
         weaviate_grpc_port=options["model_port"] + 3,
         data_dir=options["data_dir"] or Path.home() / ".local" / "share" / "tertulia" / bot.name,
     )
+    result.key_file = options.get("key_file") or result.data_dir / "api-key"
     model = options["model"] or spec.model.name or SMOLLM2
     runnable = model in PACKAGED or model.startswith(HF_PREFIX) or model.endswith(".gguf")
     if options["model"] is None and (spec.model.engine != "llamacpp" or not runnable):
@@ -122,7 +138,7 @@ def plan(bot: Any, spec_file: Path, options: dict[str, Any]) -> Plan:
             # A source named N is read from the folder N beside the spec file.
             for source in knowledge.sources:
                 ref = source.config_map or source.persistent_volume_claim
-                folder = spec_file.parent / ref.name
+                folder = inside(spec_file.parent, ref.name)
                 if folder.is_dir():
                     result.documents.append(folder)
                 else:
@@ -135,7 +151,7 @@ def plan(bot: Any, spec_file: Path, options: dict[str, Any]) -> Plan:
         # By the file name the bot reads (bot-token, token, ...): SECRETS/SECRET-NAME/KEY.
         # The gateway key is local mode's own.
         files = {
-            file: secrets_dir / ref.name / ref.key
+            file: inside(secrets_dir, ref.name, ref.key)
             for file, ref in refs.items()
             if file != GATEWAY_KEY_FILE
         }
@@ -157,7 +173,6 @@ def bot_environment(bot: Any, platform: str) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     cluster_only = {
         "TERTULIA_BOT_GATEWAY_URL",
-        "TERTULIA_BOT_GATEWAY_KEY_FILE",
         "TERTULIA_BOT_SECRETS_DIR",
         "TERTULIA_BOT_HEALTH_PORT",
     }
@@ -211,7 +226,42 @@ def _model_args(model: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _gateway_config(bot: Any, local: Plan, redis_url: str | None, key_file: Path) -> dict[str, Any]:
+# The gateway answers only requests addressed to this machine by name or loopback address:
+# a page of another site whose name an attacker points at 127.0.0.1 (DNS rebinding) sends its
+# own name as Host, and is refused before anything else.
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
+# The identities local mode makes keys for, besides the bots': the terminal chat's, the web
+# chat's (traded for a session cookie) and the admin API's.
+LOCAL_IDENTITIES = ("local", "web", "admin")
+
+
+def issue_keys(folder: Path, identities: list[str]) -> dict[str, str]:
+    """A new random key per identity for this run, as files the gateway reads (its keys
+    Secret's layout), readable by this user alone."""
+    import secrets as random
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys = {}
+    for identity in identities:
+        keys[identity] = random.token_urlsafe(32)
+        path = folder / identity
+        path.write_text(keys[identity])
+        path.chmod(0o600)
+    return keys
+
+
+def write_key_file(path: Path, key: str) -> None:
+    """The terminal chat's key where `tertulia chat --key-file` reads it; this user's alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+
+
+def _gateway_config(
+    bot: Any, local: Plan, redis_url: str | None, key_file: Path, keys_dir: Path
+) -> dict[str, Any]:
     """The operator's gateway settings for this spec, pointed at the local processes."""
     from tertulia.operator.render.gateway import gateway_config
 
@@ -219,13 +269,15 @@ def _gateway_config(bot: Any, local: Plan, redis_url: str | None, key_file: Path
     config.update(
         host="127.0.0.1",
         port=local.gateway_port,
+        allowed_hosts=LOOPBACK_HOSTS,
         redis_url=redis_url,
         # A local Redis of its own, without a password; metrics and docs on the one port.
         redis_password_file=None,
         redis_ca_file=None,
         metrics_port=None,
         api_docs=True,
-        api_keys_dir=None,
+        # Keys made for this run: no other program on the machine can use the gateway.
+        api_keys_dir=str(keys_dir),
         backend={"url": f"http://127.0.0.1:{local.model_port}/v1", "model": ""},
         # No Service to leave: Ctrl-C stops at once, once the answers in flight are done.
         shutdown={**config["shutdown"], "drain_delay_seconds": 0},
@@ -258,10 +310,12 @@ async def _run(bot: Any, local: Plan, console: Console, workdir: Path) -> int:
                 await started
             return 0
         started.result()
+        url = f"http://127.0.0.1:{local.gateway_port}"
         console.print(
-            f"[bold green]ready[/]: chat at http://127.0.0.1:{local.gateway_port}/ "
-            f"or `tertulia chat --url http://127.0.0.1:{local.gateway_port}`; Ctrl-C stops",
+            f"[bold green]ready[/]: chat at {url}/#key={local.keys['web']} or `tertulia chat "
+            f"--url {url} --key-file {local.key_file}`; Ctrl-C stops",
             highlight=False,
+            soft_wrap=True,
         )
         exited = asyncio.create_task(supervisor.watch())
         await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -281,6 +335,8 @@ async def _run(bot: Any, local: Plan, console: Console, workdir: Path) -> int:
 async def _start_all(
     bot: Any, local: Plan, supervisor: Supervisor, console: Console, workdir: Path
 ) -> None:
+    from tertulia.operator.render.platforms import GATEWAY_KEY_FILE
+
     tertulia = str(Path(sys.executable).with_name("tertulia"))
     redis_url = None
     if local.redis:
@@ -306,8 +362,13 @@ async def _start_all(
     key_file = workdir / "weaviate-key"
     if local.knowledge:
         await _start_knowledge_base(local, supervisor, key_file)
+    keys_dir = workdir / "api-keys"
+    local.keys = issue_keys(keys_dir, [*LOCAL_IDENTITIES, *local.platforms])
+    write_key_file(local.key_file, local.keys["local"])
     config_file = workdir / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump(_gateway_config(bot, local, redis_url, key_file)))
+    config_file.write_text(
+        yaml.safe_dump(_gateway_config(bot, local, redis_url, key_file, keys_dir))
+    )
     gateway_url = f"http://127.0.0.1:{local.gateway_port}"
     await supervisor.start(
         Child(
@@ -326,6 +387,8 @@ async def _start_all(
         for key, path in files.items():
             (secrets / key).write_bytes(path.read_bytes())
             (secrets / key).chmod(0o600)
+        (secrets / GATEWAY_KEY_FILE).write_text(local.keys[platform])
+        (secrets / GATEWAY_KEY_FILE).chmod(0o600)
         health = _free_port()
         await supervisor.start(
             Child(
@@ -334,6 +397,7 @@ async def _start_all(
                 env={
                     **bot_environment(bot, platform),
                     "TERTULIA_BOT_GATEWAY_URL": gateway_url,
+                    "TERTULIA_BOT_GATEWAY_KEY_FILE": str(secrets / GATEWAY_KEY_FILE),
                     "TERTULIA_BOT_SECRETS_DIR": str(secrets),
                     "TERTULIA_BOT_HEALTH_HOST": "127.0.0.1",
                     "TERTULIA_BOT_HEALTH_PORT": str(health),
@@ -463,12 +527,19 @@ def up(
         Path | None,
         typer.Option(help="Where Weaviate keeps its data [~/.local/share/tertulia/NAME]."),
     ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where this run's key for `tertulia chat` is written (readable by you "
+            "alone) [DATA_DIR/api-key]."
+        ),
+    ] = None,
 ) -> None:
     """Run the ChatBot's whole stack on this machine, without Kubernetes."""
     console = Console(highlight=False)
     bot = _load(file)
     options = {"port": port, "model_port": model_port, "model": model, "docs": docs or [],
-               "secrets": secrets, "data_dir": data_dir}  # fmt: skip
+               "secrets": secrets, "data_dir": data_dir, "key_file": key_file}  # fmt: skip
     local = plan(bot, file, options)
     busy = [
         str(number)

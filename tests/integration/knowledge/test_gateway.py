@@ -39,7 +39,7 @@ def stack(tmp_path: Path, embeddings_url: str, llama_url: str, redis_url: str) -
     keys.mkdir()
     admin_key, client_key = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     (keys / "admin").write_text(admin_key)
-    (keys / "web").write_text(client_key)
+    (keys / "app").write_text(client_key)
     gateway, url = start_gateway(
         tmp_path,
         {

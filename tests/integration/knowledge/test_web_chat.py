@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
 from tests.integration.knowledge.conftest import start_harbour_gateway
+from tests.testbed.browser import headless_chromium
 from tests.testbed.process import eventually
 from tests.testbed.servers import WeaviateAddress, start_fake_backend, start_gateway
 
@@ -103,20 +102,8 @@ def scripted(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,800",
-    ):
-        options.add_argument(argument)  # fmt: skip
-    # Debian's chromedriver, matched to its chromium; nothing is downloaded.
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(options=options, service=service)
-    yield driver
-    driver.quit()
+    with headless_chromium() as driver:
+        yield driver
 
 
 def _open(browser: webdriver.Chrome, url: str) -> None:

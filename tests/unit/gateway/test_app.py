@@ -66,10 +66,10 @@ async def test_chat_stream_sends_meta_tokens_and_done_with_the_whole_reply(
 async def test_conversations_are_visible_and_deletable_by_their_owner_only(
     gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    keys = write_keys(tmp_path / "keys", {"bots": "key-bots", "web": "key-web"})
+    keys = write_keys(tmp_path / "keys", {"bots": "key-bots", "app": "key-app"})
     client = await gateway(api_keys_dir=keys)
     bots = {"Authorization": "Bearer key-bots"}
-    web = {"X-API-Key": "key-web"}
+    web = {"X-API-Key": "key-app"}
     await client.post(
         "/chat", json={"message": "mine", "conversation_id": "c", "user": "ana"}, headers=bots
     )
@@ -228,6 +228,21 @@ async def test_openai_models_and_non_streaming_completion(
     assert sent["seed"] == 7
     assert unknown.status_code == 422
     assert "logprobz" in unknown.text
+
+
+async def test_a_developer_message_goes_upstream_as_a_system_message(
+    gateway: GatewayFactory, fake: FakeBackend
+) -> None:
+    client = await gateway(system_prompt="Be kind.")
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+
+    answered = await client.post("/v1/chat/completions", json={"messages": messages})
+
+    assert answered.status_code == 200
+    assert fake.requests[-1]["messages"][:2] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "system", "content": "Be brief."},
+    ]
 
 
 async def test_openai_stream_is_passed_through_with_usage_only_when_asked(

@@ -30,17 +30,24 @@ def test_examples_come_from_section_headings_one_document_after_another() -> Non
     assert example_questions([]) == []
 
 
-async def test_the_welcome_names_the_model_and_needs_the_key(
+async def test_the_welcome_names_the_model_to_a_browser_with_a_session(
     gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     keys = write_keys(tmp_path / "keys", {"web": "k-web"})
     client = await gateway(model_name="harbour-bot", api_keys_dir=keys)
 
     refused = await client.get("/web/welcome")
-    welcome = await client.get("/web/welcome", headers={"Authorization": "Bearer k-web"})
+    bare = await client.get("/web/welcome", headers={"Authorization": "Bearer k-web"})
+    opened = await client.post("/web/session", headers={"Authorization": "Bearer k-web"})
+    welcome = await client.get("/web/welcome")  # with the session's cookie
     page = await client.get("/")
 
     assert refused.status_code == 401
+    # The web chat's key opens sessions and does nothing else.
+    assert bare.status_code == 403
+    assert opened.status_code == 204
+    cookie = opened.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
     assert welcome.json() == {
         "model": "harbour-bot",
         "knowledge_base": None,

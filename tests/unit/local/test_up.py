@@ -122,9 +122,13 @@ def test_the_gateway_is_configured_as_the_operator_would_but_pointed_at_local_pr
     file = EXAMPLES / "local.yaml"
     bot = _load(file)
     local = plan(bot, file, _options(port=9000, model_port=9100))
-    config = _gateway_config(bot, local, "redis://127.0.0.1:7000/0", tmp_path / "key")
+    keys = tmp_path / "keys"
+    config = _gateway_config(bot, local, "redis://127.0.0.1:7000/0", tmp_path / "key", keys)
     settings = GatewaySettings.model_validate(config)
-    assert settings.port == 9000 and settings.api_keys_dir is None
+    assert settings.port == 9000 and settings.host == "127.0.0.1"
+    # Keys of this run only, and no other host name than this machine's own.
+    assert settings.api_keys_dir == keys
+    assert settings.allowed_hosts == ["127.0.0.1", "localhost"]
     assert str(settings.backend.url) == "http://127.0.0.1:9100/v1"
     assert settings.system_prompt.startswith("You are Tertulia's local assistant")
     assert str(settings.knowledge_base.weaviate_url) == "http://127.0.0.1:9102/"

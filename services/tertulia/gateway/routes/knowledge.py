@@ -1,9 +1,10 @@
 """The admin API of the knowledge base: ingest, list, delete and search documents.
 
 Only the identities in `admin_identities` may call it (any caller when API keys are off,
-which is for local use only). Bulk ingestion of folders is `tertulia kb ingest`; this API
-takes documents in the request body, text or base64 (PDF), up to
-`knowledge_base.max_upload_bytes`.
+which is for local use only); the gate (gate.py) refuses everyone else before their body is
+read. Bulk ingestion of folders is `tertulia kb ingest`; this API takes documents in the
+request body, text or base64 (PDF), up to `knowledge_base.max_upload_bytes`, a size only an
+admin may send.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tertulia.gateway.errors import (
     KnowledgeBaseDisabled,
     KnowledgeBaseUnavailable,
 )
+from tertulia.gateway.pipeline.auth import is_admin
 from tertulia.gateway.pipeline.retrieval import WeaviateRetriever
 from tertulia.gateway.schemas import ErrorBody
 from tertulia.knowledge.documents import SUFFIXES, kind_of
@@ -41,7 +43,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 async def knowledge_base(services: ServicesDep, identity: IdentityDep) -> WeaviateRetriever:
-    if services.api_keys.enabled and identity.name not in services.settings.admin_identities:
+    # The gate refused the others before reading their bodies; checked again where it counts.
+    if not is_admin(identity, services.api_keys, services.settings):
         raise Forbidden(f"identity {identity.name!r} may not use the admin API")
     if not isinstance(services.retriever, WeaviateRetriever):
         raise KnowledgeBaseDisabled("the knowledge base is not enabled for this gateway")

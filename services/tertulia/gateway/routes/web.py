@@ -1,19 +1,24 @@
 """The web chat at `/`: one self-contained page that streams answers from `/chat/stream`,
 renders them as Markdown, cites their sources, and keeps the conversation across reloads;
-`/web/welcome` tells it which model and knowledge base it talks to. Off with
-`web_chat: false`."""
+`/web/welcome` tells it which model and knowledge base it talks to, and `/web/session` trades
+the web chat's key for a session cookie, so each browser is a user of its own and no key
+stays in the page. Off with `web_chat: false`."""
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import logging
+import re
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
 
 from tertulia.gateway.deps import IdentityDep, ServicesDep, SettingsDep
-from tertulia.gateway.errors import NotFound
+from tertulia.gateway.errors import Forbidden, NotFound
+from tertulia.gateway.pipeline.auth import SESSION_COOKIE
 from tertulia.gateway.schemas import KnowledgeBaseInfo, Welcome
 
 logger = logging.getLogger(__name__)
@@ -27,29 +32,65 @@ async def _web_chat_on(settings: SettingsDep) -> None:
 router = APIRouter(include_in_schema=False, dependencies=[Depends(_web_chat_on)])
 
 PAGE = Path(__file__).resolve().parents[1] / "static" / "chat.html"
-# The page's script and style are inline; it talks only to this gateway.
-_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 # Without a knowledge base, or while it cannot be read.
 GENERAL_EXAMPLES = ["What can you help me with?", "Explain a topic you know well, briefly."]
 
 
 @functools.cache
-def _page() -> str:
-    return PAGE.read_text()
+def _page() -> tuple[str, dict[str, str]]:
+    """The page, and its headers: a Content-Security-Policy that allows its own script and
+    style by their hashes and nothing inline besides, so text that reached the page could
+    not run even if it were ever parsed as HTML; it talks only to this gateway."""
+    page = PAGE.read_text()
+    allowed: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, body in _INLINE.findall(page):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        allowed[tag].append(f"'sha256-{digest}'")
+    policy = (
+        f"default-src 'none'; script-src {' '.join(allowed['script'])}; "
+        f"style-src {' '.join(allowed['style'])}; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    return page, headers
 
 
 @router.get("/")
 async def web_chat() -> HTMLResponse:
-    return HTMLResponse(_page(), headers=_HEADERS)
+    page, headers = _page()
+    return HTMLResponse(page, headers=headers)
+
+
+@router.post("/web/session", status_code=204)
+async def open_session(request: Request, identity: IdentityDep, services: ServicesDep) -> Response:
+    """A session cookie for this browser, for the web chat's key (`Authorization: Bearer`),
+    or renewed for a valid session; any browser gets one when keys are off. The browser keeps
+    its id, and so its history, while its cookie stays valid."""
+    sessions = services.sessions
+    if services.api_keys.enabled and identity.name != sessions.identity:
+        raise Forbidden(
+            f"the {identity.name!r} API key does not open the web chat: use the "
+            f"{sessions.identity!r} key"
+        )
+    value = sessions.issue(sessions.cookie(request.headers))
+    response = Response(status_code=204)
+    forwarded = request.headers.get("x-forwarded-proto", "")
+    response.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=services.settings.memory.ttl_seconds,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https" or forwarded.split(",")[0].strip() == "https",
+    )
+    return response
 
 
 @router.get("/web/welcome")
