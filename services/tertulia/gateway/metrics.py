@@ -80,7 +80,8 @@ class GatewayMetrics:
             ),
             moderated=Counter(
                 "tertulia_gateway_moderated",
-                "Messages blocked by moderation, by direction (input or output).",
+                "Texts blocked by moderation, by direction: input (a request refused), output "
+                "(an answer replaced) or passage (a retrieved passage left out of the prompt).",
                 ["direction"],
                 registry=registry,
             ),

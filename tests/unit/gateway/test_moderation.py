@@ -10,7 +10,7 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from tertulia.gateway.backend import Backend
-from tertulia.gateway.errors import ContentBlocked
+from tertulia.gateway.errors import ContentBlocked, ModerationUnavailable
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline.moderation import Moderator, fold, normalise
 from tertulia.gateway.settings import BackendSettings, ModerationSettings
@@ -18,11 +18,19 @@ from tests.fakes.openai_backend import FakeBackend
 
 
 def moderator(
-    *terms: str, guard_url: str | None = None, metrics: GatewayMetrics | None = None
+    *terms: str,
+    guard_url: str | None = None,
+    metrics: GatewayMetrics | None = None,
+    guard_failure: str = "refuse",
 ) -> Moderator:
     metrics = metrics or GatewayMetrics.create()
-    settings = ModerationSettings(
-        blocked_terms=list(terms), guard_url=guard_url, guard_model="guard"
+    settings = ModerationSettings.model_validate(
+        {
+            "blocked_terms": list(terms),
+            "guard_url": guard_url,
+            "guard_model": "guard",
+            "guard_failure": guard_failure,
+        }
     )
     guard = (
         Backend(BackendSettings(url=guard_url, model="guard", retries=0), metrics)
@@ -83,18 +91,60 @@ async def test_blocked_input_raises_content_blocked_and_is_counted() -> None:
     )
 
 
-def test_output_scanner_catches_a_term_split_across_deltas() -> None:
+def test_output_scanner_holds_back_the_start_of_a_term_until_it_is_settled() -> None:
     scanner = moderator("contraband").scanner()
-    assert [scanner.feed(delta) for delta in ["We sell contra", "band", " here"]] == [
-        False,
-        True,
-        True,
-    ]
+    # "contra" may be the start of the term: nothing of it is sent.
+    assert scanner.feed("We sell contra") == "We sell "
+    # The whole term, but "contrabands" would not be it: still held.
+    assert scanner.feed("band") == ""
+    # A space settles it: blocked, and no part of it ever went out.
+    assert scanner.feed(" here") is None
+
+
+def test_output_scanner_releases_a_longer_word_once_it_is_not_a_term() -> None:
+    scanner = moderator("contraband").scanner()
+    assert scanner.feed("the contra") == "the "
+    assert scanner.feed("bandist says") == "contrabandist says"
+    assert scanner.finish() == ""
+
+
+def test_output_scanner_blocks_a_term_that_ends_the_answer() -> None:
+    scanner = moderator("contraband").scanner()
+    assert scanner.feed("buy contraband") == "buy "
+    assert scanner.finish() is None
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        "contra\u200bband",  # zero-width space
+        "contra\u200dband",  # zero-width joiner
+        "contra\u00adband",  # soft hyphen
+        "con\u2060traband",  # word joiner
+        "contr\ufeffaband",  # zero-width no-break space
+        "c\u0301ontraband",  # a combining accent
+    ],
+)
+def test_a_term_split_by_an_invisible_character_is_still_the_term(split: str) -> None:
+    checker = moderator("contraband")
+    assert checker.blocked_term(f"buy {split} now") == "contraband"
+    scanner = checker.scanner()
+    released = [scanner.feed(character) for character in f"buy {split} now"]
+    assert None in released
+    assert "".join(part for part in released if part) == "buy "
+
+
+async def test_every_text_given_is_checked() -> None:
+    checker = moderator("contraband")
+    await checker.check_input("hello", "", "fine context")
+    with pytest.raises(ContentBlocked):
+        await checker.check_input("hello", "about con\u200btraband")
 
 
 def test_output_scanner_without_terms_never_blocks() -> None:
     scanner = moderator().scanner()
-    assert not scanner.feed("anything at all")
+    assert scanner.feed("anything at all") == "anything at all"
+    assert scanner.finish() == ""
 
 
 async def test_guard_model_saying_unsafe_blocks_the_message(
@@ -120,21 +170,33 @@ async def test_guard_model_saying_safe_lets_the_message_through(
     assert await checker.output_allowed("hi there")
 
 
-async def test_failing_guard_model_lets_the_message_through_and_counts_the_error(
+async def test_a_failing_guard_model_refuses_with_503_by_default_and_counts_the_error(
     fake: FakeBackend, fake_url: str
 ) -> None:
     fake.config.fail_status = 500
     metrics = GatewayMetrics.create()
     checker = moderator(guard_url=fake_url, metrics=metrics)
 
-    await checker.check_input("hello")
+    with pytest.raises(ModerationUnavailable) as raised:
+        await checker.check_input("hello")
 
+    assert raised.value.status_code == 503
+    assert raised.value.headers["Retry-After"]
     assert (
         metrics.registry.get_sample_value(
             "tertulia_gateway_backend_errors_total", {"kind": "guard"}
         )
         == 1
     )
+
+
+async def test_a_failing_guard_model_set_to_allow_lets_the_message_through(
+    fake: FakeBackend, fake_url: str
+) -> None:
+    fake.config.fail_status = 500
+    checker = moderator(guard_url=fake_url, guard_failure="allow")
+
+    await checker.check_input("hello")
 
 
 _WORDS = [
@@ -156,7 +218,7 @@ _WORDS = [
 
 @examples(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(pieces=st.lists(st.sampled_from(_WORDS), max_size=40), cuts=st.randoms())
-def test_streaming_scan_finds_exactly_what_a_scan_of_the_whole_text_finds(
+def test_a_stream_sends_what_the_whole_text_allows_and_never_part_of_a_term(
     pieces: list[str], cuts: Any
 ) -> None:
     scanning = moderator("secret", "pass word", "cafe")
@@ -165,29 +227,34 @@ def test_streaming_scan_finds_exactly_what_a_scan_of_the_whole_text_finds(
     points = sorted(cuts.sample(range(len(text) + 1), min(len(text), 8)))
     deltas = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
     scanner = scanning.scanner()
-    seen = ""
+    sent = ""
+    blocked = False
     for delta in deltas:
-        seen += delta
-        # True at the first delta that completes a term, as the whole text says; the
-        # stream stops there.
-        found = scanner.feed(delta)
-        assert found == (scanning.blocked_term(seen) is not None), (deltas, seen)
-        if found:
+        released = scanner.feed(delta)
+        if released is None:
+            blocked = True
             break
+        sent += released
+    if not blocked:
+        rest = scanner.finish()
+        blocked = rest is None
+        sent += rest or ""
+    whole = normalise(text)
+    found = scanning.matches(whole)
+    # Blocked exactly when the whole text holds a term...
+    assert blocked == bool(found), (deltas, sent)
+    if found:
+        # ...and not one character of that term was sent.
+        assert len(normalise(sent)) <= found[0].start(), (deltas, sent)
+    else:
+        assert sent == text, deltas
 
 
-def test_streaming_scan_normalises_each_delta_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tertulia.gateway.pipeline import moderation
-
-    normalised: list[int] = []
-
-    def counting(text: str) -> str:
-        normalised.append(len(text))
-        return normalise(text)
-
+def test_a_stream_holds_back_no_more_than_a_term(monkeypatch: pytest.MonkeyPatch) -> None:
     scanner = moderator("forbidden").scanner()
-    monkeypatch.setattr(moderation, "normalise", counting)
-    answer = ["word "] * 5000
-    assert not any(scanner.feed(delta) for delta in answer)
-    # Linear: each character once, not the whole answer again on every token.
-    assert sum(normalised) == len("".join(answer))
+    held = []
+    for delta in ["word ", "for", "bid ", "for "] * 2000:
+        assert scanner.feed(delta) is not None
+        held.append(len(scanner._pending))
+    # Each token costs the few characters held, not the whole answer again.
+    assert max(held) <= len("forbidden")

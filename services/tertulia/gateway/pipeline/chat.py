@@ -89,7 +89,7 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
     check_text("message", request.message, settings.limits.max_message_chars, required=True)
     if request.context is not None:
         check_text("context", request.context, settings.limits.max_context_chars)
-    await services.moderator.check_input(request.message)
+    await services.moderator.check_input(request.message, request.context or "")
     conversation_id = request.conversation_id or uuid.uuid4().hex
     key = known or conversation_key(identity, user, conversation_id)
     history = fit_history(admission.history, settings.memory.max_tokens)
@@ -100,6 +100,7 @@ async def prepare(services: Services, identity: Identity, request: ChatRequest) 
         settings.knowledge_base.top_k,
         request.filters,
     )
+    passages = services.moderator.allowed_passages(passages)
     logger.info(
         "chat prepared",
         extra={
@@ -186,6 +187,7 @@ async def stream_events(
         meta["notice"] = prepared.notice
     yield sse("meta", meta)
     parts: list[str] = []
+    tokens = 0
     finish_reason = "stop"
     usage: Usage | None = None
     scanner = services.moderator.scanner()
@@ -196,28 +198,39 @@ async def stream_events(
                     break
                 delta = event.text()
                 if delta:
-                    if not parts:
+                    if not tokens:
                         services.metrics.first_token_seconds.observe(
                             time.monotonic() - prepared.started
                         )
-                    parts.append(delta)
-                    if scanner.feed(delta):
-                        services.moderator.count_output_block()
+                    tokens += 1
+                    released = scanner.feed(delta)
+                    if released is None:
                         finish_reason = CONTENT_FILTER
                         break
-                    yield sse("token", {"text": delta})
+                    if released:
+                        parts.append(released)
+                        yield sse("token", {"text": released})
                 finish_reason = event.finish_reason() or finish_reason
                 if event.usage():
                     usage = Usage.model_validate(event.usage())
+        if finish_reason != CONTENT_FILTER:
+            rest = scanner.finish()
+            if rest is None:
+                finish_reason = CONTENT_FILTER
+            elif rest:
+                parts.append(rest)
+                yield sse("token", {"text": rest})
     except GatewayError as error:
         logger.warning("stream failed", extra={"code": error.code, "reason": error.message})
         yield sse("error", error.body()["error"])
         return
     finally:
         await stream.aclose()
+    if finish_reason == CONTENT_FILTER:
+        services.moderator.count_output_block()
     reply = services.moderator.refusal if finish_reason == CONTENT_FILTER else "".join(parts)
     # llama.cpp does not report usage in streams; there each chunk carries one token.
-    count_tokens(services, usage or Usage(completion_tokens=len(parts)))
+    count_tokens(services, usage or Usage(completion_tokens=tokens))
     # The user has the answer: a memory failure now must not take it back.
     done: dict[str, Any] = {
         "conversation_id": prepared.conversation_id,

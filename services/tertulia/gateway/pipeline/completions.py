@@ -5,6 +5,7 @@ the backend's stream is passed through event by event.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import AsyncIterator
@@ -47,7 +48,8 @@ async def prepare_completion(
         if message.role in ("system", "developer"):
             limit = settings.limits.max_context_chars + settings.limits.max_message_chars
         check_text(f"messages[{index}].content", message.text(), limit)
-    await services.moderator.check_input(user_messages[-1].text())
+    # Every message is the model's to read, the client's system and assistant turns too.
+    await services.moderator.check_input(*(message.text() for message in request.messages))
 
     passages = await retrieve(
         services.retriever,
@@ -55,10 +57,16 @@ async def prepare_completion(
         user_messages[-1].text(),
         settings.knowledge_base.top_k,
     )
+    passages = services.moderator.allowed_passages(passages)
     body = request.model_dump(
         exclude_none=True, exclude={"model", "stream", "stream_options", "max_completion_tokens"}
     )
     messages = body["messages"]
+    for message in messages:
+        # OpenAI's newer name for the system role, which not every engine knows (llama.cpp's
+        # Python server refuses it with a 500).
+        if message["role"] == "developer":
+            message["role"] = "system"
     # The passages lead the last user message, as on the simple API.
     if passages:
         last = max(i for i, message in enumerate(request.messages) if message.role == "user")
@@ -94,6 +102,12 @@ async def passthrough(
         async with aclosing(stream.events()) as events:
             async for event in events:
                 if event.done:
+                    rest = scanner.finish()
+                    if rest is None:
+                        yield from_blocked(services, last)
+                        break
+                    if rest:
+                        yield _chunk(last, choices=[_content_choice(rest, None)])
                     if client_wants_usage and usage is None:
                         # The engine ignored stream_options (llama-cpp-python does): the client
                         # still gets the usage chunk it asked for, counted as the gateway can.
@@ -102,15 +116,23 @@ async def passthrough(
                     break
                 last = event.data or last
                 delta = event.text()
+                raw = event.raw
                 if delta:
                     if not deltas:
                         services.metrics.first_token_seconds.observe(time.monotonic() - started)
                     deltas += 1
-                if delta and scanner.feed(delta):
-                    services.moderator.count_output_block()
-                    yield _filtered_chunk(event.data or {}, services.moderator.refusal)
-                    yield b"data: [DONE]\n\n"
-                    break
+                if delta or (scanner.holding and event.finish_reason()):
+                    released = scanner.feed(delta)
+                    if released is not None and event.finish_reason():
+                        rest = scanner.finish()
+                        released = None if rest is None else released + rest
+                    if released is None:
+                        yield from_blocked(services, event.data or last)
+                        break
+                    if released != delta:
+                        # Part of the text is held back (or released with it): the chunk
+                        # as the engine sent it, carrying what may be sent now.
+                        raw = _with_content(event.data or {}, released)
                 if event.usage():
                     usage = Usage.model_validate(event.usage())
                     if not event.data or not event.data.get("choices"):
@@ -118,7 +140,7 @@ async def passthrough(
                         if client_wants_usage:
                             yield event.raw
                         continue
-                yield event.raw
+                yield raw
     except GatewayError as error:
         yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
     finally:
@@ -135,9 +157,25 @@ def _usage_chunk(template: dict[str, Any], usage: Usage) -> bytes:
     return _chunk(template, choices=[], usage=usage.model_dump())
 
 
-def _filtered_chunk(template: dict[str, Any], refusal: str) -> bytes:
-    choice = {"index": 0, "delta": {"content": "\n" + refusal}, "finish_reason": CONTENT_FILTER}
-    return _chunk(template, choices=[choice])
+def from_blocked(services: Services, template: dict[str, Any]) -> bytes:
+    """The end of a stream whose answer turned to a blocked term: the refusal, as a last
+    chunk with finish_reason content_filter, and [DONE]."""
+    services.moderator.count_output_block()
+    choice = _content_choice("\n" + services.moderator.refusal, CONTENT_FILTER)
+    return _chunk(template, choices=[choice]) + b"data: [DONE]\n\n"
+
+
+def _content_choice(text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": 0, "delta": {"content": text}, "finish_reason": finish_reason}
+
+
+def _with_content(data: dict[str, Any], text: str) -> bytes:
+    """The chunk `data` with its first choice's content replaced by `text`."""
+    chunk = copy.deepcopy(data)
+    choices = chunk.get("choices") or [{"index": 0, "delta": {}}]
+    choices[0].setdefault("delta", {})["content"] = text
+    chunk["choices"] = choices
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 def _chunk(template: dict[str, Any], **fields: Any) -> bytes:
