@@ -13,7 +13,7 @@ import redis.asyncio as redis
 
 from tertulia.gateway.pipeline.prompt import estimate_tokens
 from tertulia.gateway.store import (
-    CLAIMS_KEY,
+    CLAIMS_PREFIX,
     LEADER_KEY,
     LOAD_INDEX_KEY,
     LOAD_KEY,
@@ -27,6 +27,9 @@ from tertulia.gateway.store import (
 )
 from tertulia.operator.render.memory import EVICTION_POLICY
 from tests.testbed.servers import start_redis
+
+# One API key's claims.
+CLAIMS = f"{CLAIMS_PREFIX}:test"
 
 
 @pytest.fixture(params=["redis", "in-process"])
@@ -156,7 +159,7 @@ async def test_a_full_memory_evicts_old_conversations_never_limits_or_claims(
         bucket = Bucket(key(), "user", rate_per_second=1 / 3600, capacity=1)
         assert (await store.admit([bucket], None, 0)).verdict.allowed
         assert not (await store.admit([bucket], None, 0)).verdict.allowed
-        assert await store.claim("event-1", 900)
+        assert await store.claim(CLAIMS, "event-1", 900, 100)
         reply = "r" * 10_000
         conversations = [key() for _ in range(3 * cap // len(reply))]
         for conversation in conversations:
@@ -167,7 +170,7 @@ async def test_a_full_memory_evicts_old_conversations_never_limits_or_claims(
         assert info["evicted_keys"] > len(conversations) // 2
         assert len(await store.history(conversations[-1])) == 2
         assert not (await store.admit([bucket], None, 0)).verdict.allowed
-        assert not await store.claim("event-1", 900)
+        assert not await store.claim(CLAIMS, "event-1", 900, 100)
     finally:
         await store.aclose()
         await client.aclose()
@@ -180,24 +183,24 @@ async def test_buckets_full_again_and_expired_claims_are_cleared(redis_url: str)
     store = RedisStore(redis_url)
     client = redis.Redis.from_url(redis_url)
     try:
-        await client.delete(RATE_KEY, RATE_INDEX_KEY, CLAIMS_KEY)
+        await client.delete(RATE_KEY, RATE_INDEX_KEY, CLAIMS)
         # Full again half a second after their one request.
         buckets = [Bucket(key(), "user", rate_per_second=2.0, capacity=1) for _ in range(40)]
         for bucket in buckets:
             assert (await store.admit([bucket], None, 0)).verdict.allowed
-        assert await store.claim("event-old", 1)
+        assert await store.claim(CLAIMS, "event-old", 1, 100)
         assert await client.hlen(RATE_KEY) == 40
         # Neither has a TTL: a volatile-* policy never evicts them.
-        assert await client.ttl(RATE_KEY) == await client.ttl(CLAIMS_KEY) == -1
+        assert await client.ttl(RATE_KEY) == await client.ttl(CLAIMS) == -1
         await asyncio.sleep(1.1)
 
         for _ in range(3):
             await store.admit([], None, 0)
-        assert await store.claim("event-new", 60)
+        assert await store.claim(CLAIMS, "event-new", 60, 100)
 
         assert await client.hlen(RATE_KEY) == 0
         assert await client.zcard(RATE_INDEX_KEY) == 0
-        assert await client.zrange(CLAIMS_KEY, 0, -1) == [b"event-new"]
+        assert await client.zrange(CLAIMS, 0, -1) == [b"event-new"]
     finally:
         await store.aclose()
         await client.aclose()

@@ -81,7 +81,7 @@ class Store(Protocol):
 
     async def clear(self, key: str) -> bool: ...
 
-    async def claim(self, key: str, ttl_seconds: int) -> bool: ...
+    async def claim(self, claims: str, event: str, ttl_seconds: int, cap: int) -> bool: ...
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict: ...
 
@@ -98,11 +98,13 @@ class Store(Protocol):
 # evicted is a limit reset, a claim evicted is an event answered twice. So they live in keys
 # without a TTL, which volatile-* policies never evict, and expire by the scripts' own clean-up:
 # all buckets in one hash (field: the bucket, value: "tokens at"), indexed by the moment each
-# is full again, after which it is the same as absent; all claims in one sorted set scored by
-# their expiry.
+# is full again, after which it is the same as absent; each API key's claims in a sorted set
+# of its own scored by their expiry. Keys that never expire must never grow without bound, or
+# Redis at its memory limit would evict conversations to make room for them: a key's claims
+# are capped (the soonest to expire go first) and rate limited, and expire within the hour.
 RATE_KEY = "tertulia:rate"
 RATE_INDEX_KEY = "tertulia:rate:full"
-CLAIMS_KEY = "tertulia:events"
+CLAIMS_PREFIX = "tertulia:events"
 # Buckets removed per request at most, once full again: more than requests add, so the hash
 # holds only the buckets in use.
 _RATE_CLEANUP = 16
@@ -180,8 +182,8 @@ return reply
 """.replace("@CLEANUP@", str(_RATE_CLEANUP))
 
 # The first claim of an event within its window: expired claims go first, all at once (a
-# sorted set removes a range in one step).
-# KEYS: the claims; ARGV: the event's key, the window in seconds.
+# sorted set removes a range in one step), and past the cap the claims soonest to expire.
+# KEYS: the key's claims; ARGV: the event, the window in seconds, the cap.
 _CLAIM_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
@@ -190,6 +192,10 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then
+  redis.call('ZPOPMIN', KEYS[1], over)
+end
 return 1
 """
 
@@ -387,10 +393,11 @@ class RedisStore:
         with _unavailable():
             return bool(await self._redis.delete(key))
 
-    async def claim(self, key: str, ttl_seconds: int) -> bool:
-        """True for the first claim of `key` within `ttl_seconds`, False for the others."""
+    async def claim(self, claims: str, event: str, ttl_seconds: int, cap: int) -> bool:
+        """True for the first claim of `event` within `ttl_seconds`, False for the others;
+        `claims` (one API key's) keeps at most `cap` of them."""
         with _unavailable():
-            return bool(await self._claim(keys=[CLAIMS_KEY], args=[key, ttl_seconds]))
+            return bool(await self._claim(keys=[claims], args=[event, ttl_seconds, cap]))
 
     async def take(self, buckets: list[Bucket]) -> BucketVerdict:
         return (await self.admit(buckets, None, 0)).verdict
@@ -419,7 +426,7 @@ class InProcessStore:
     def __init__(self) -> None:
         self._conversations: dict[str, tuple[float, list[str]]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
-        self._claims: dict[str, float] = {}
+        self._claims: dict[str, dict[str, float]] = {}
         self._lock = asyncio.Lock()
 
     async def history(self, key: str) -> list[Turn]:
@@ -441,14 +448,18 @@ class InProcessStore:
     async def clear(self, key: str) -> bool:
         return self._conversations.pop(key, None) is not None
 
-    async def claim(self, key: str, ttl_seconds: int) -> bool:
+    async def claim(self, claims: str, event: str, ttl_seconds: int, cap: int) -> bool:
         now = time.monotonic()
+        held = self._claims.setdefault(claims, {})
         # Expired claims go as new ones arrive, so the map stays the size of one window.
-        for stale in [k for k, expires in self._claims.items() if expires <= now]:
-            del self._claims[stale]
-        if key in self._claims:
+        for stale in [k for k, expires in held.items() if expires <= now]:
+            del held[stale]
+        if event in held:
             return False
-        self._claims[key] = now + ttl_seconds
+        held[event] = now + ttl_seconds
+        if len(held) > cap:
+            for soonest in sorted(held, key=held.__getitem__)[: len(held) - cap]:
+                del held[soonest]
         return True
 
     async def admit(self, buckets: list[Bucket], key: str | None, budget_tokens: int) -> Admission:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tertulia.gateway.errors import RateLimited
 from tertulia.gateway.metrics import GatewayMetrics
 from tertulia.gateway.pipeline import outage
 from tertulia.gateway.pipeline.auth import Identity
 from tertulia.gateway.settings import GatewaySettings, RateLimitSettings
 from tertulia.gateway.store import Bucket, BucketVerdict, Store, hashed_key
+
+if TYPE_CHECKING:
+    from tertulia.gateway.services import Services
 
 
 def buckets_for(settings: RateLimitSettings, identity: Identity, user: str) -> list[Bucket]:
@@ -58,3 +63,17 @@ def refuse_over_limit(verdict: BucketVerdict, metrics: GatewayMetrics) -> None:
         f"too many requests for {whose}; retry in {verdict.retry_after:.1f} s",
         retry_after=verdict.retry_after,
     )
+
+
+async def claim_budget(services: Services, identity: Identity) -> None:
+    """Take one event claim from the API key's bucket for claims, or raise 429 with
+    Retry-After. Unlike chat requests this is never waived: claims are stored in keys Redis
+    does not evict, so their rate is part of what bounds Redis's memory."""
+    settings = services.settings.events
+    bucket = Bucket(
+        hashed_key("tertulia:rate:events", identity.name),
+        "key",
+        settings.claims_per_minute / 60,
+        settings.burst,
+    )
+    refuse_over_limit(await services.store.take([bucket]), services.metrics)
