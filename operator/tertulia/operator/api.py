@@ -42,23 +42,42 @@ class Spec(BaseModel):
     )
 
 
+# What the API server accepts as the name of a Secret, ConfigMap or claim (a DNS-1123
+# subdomain), and as a key of a Secret or ConfigMap (not `.` or `..`, nor starting with `..`).
+# A reference is checked at admission, so no spec can name a path (`../../kube-system/...`)
+# that the operator would read or a pod would mount.
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+OBJECT_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+# One segment of a path inside a model source: anything but `.` and `..`, never empty; and a
+# claim's name. Written without backslashes, which CEL string literals would take as escapes.
+_SEGMENT = r"(?:[^/.]|[.][^/.]|[.][.][^/])[^/]*"
+_CLAIM = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+
+
+def object_name(description: str) -> Any:
+    """The field of an object's name in the ChatBot's namespace."""
+    return Field(min_length=1, max_length=253, pattern=OBJECT_NAME, description=description)
+
+
 class SecretKeyRef(Spec):
     """A key of a Secret in the ChatBot's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+    name: str = object_name("Name of the Secret.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=OBJECT_KEY, description="Key within the Secret."
+    )
 
 
 class SecretRef(Spec):
     """A Secret in the ChatBot's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    name: str = object_name("Name of the Secret.")
 
 
 class LocalRef(Spec):
     """A ConfigMap or PersistentVolumeClaim in the ChatBot's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the object.")
+    name: str = object_name("Name of the object.")
 
 
 # Kubernetes core types passed through to the pods as they are; the API server validates
@@ -184,14 +203,16 @@ class ModelSpec(Spec):
             ),
             rule(
                 "self.engine != 'llamacpp' || !has(self.source) || "
-                "self.source.matches('^(hf://[^/]+/[^/]+/.+|https?://[^/]+/.+|pvc://[^/]+/.+)$')",
+                f"self.source.matches('^(hf://{_SEGMENT}/{_SEGMENT}(/{_SEGMENT})+|"
+                f"https?://[^/]+/.+|pvc://{_CLAIM}(/{_SEGMENT})+)$')",
                 "llama.cpp loads one GGUF file: hf://OWNER/REPO/FILE.gguf, https://HOST/FILE.gguf "
                 "or pvc://CLAIM/PATH/FILE.gguf",
                 ".source",
             ),
             rule(
                 "self.engine != 'vllm' || !has(self.source) || "
-                "self.source.matches('^(hf://[^/]+/[^/]+/?|pvc://[^/]+(/.*)?)$')",
+                f"self.source.matches('^(hf://{_SEGMENT}/{_SEGMENT}/?|"
+                f"pvc://{_CLAIM}(/{_SEGMENT})*/?)$')",
                 "vLLM loads a repository: hf://OWNER/REPO or pvc://CLAIM/PATH",
                 ".source",
             ),
@@ -504,7 +525,13 @@ class IngressSpec(Spec):
     """An Ingress in front of the gateway."""
 
     host: str = Field(min_length=1, max_length=253, description="Host name to serve.")
-    tls_secret_name: str | None = Field(None, description="Secret with the TLS certificate.")
+    tls_secret_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=OBJECT_NAME,
+        description="Secret with the TLS certificate.",
+    )
     class_name: str | None = Field(
         None, description="IngressClass; the cluster's default when unset."
     )
@@ -610,7 +637,7 @@ class EmbeddingSpec(Spec):
     model: str = Field("BAAI/bge-small-en-v1.5", min_length=1, description="Embedding model id.")
     source: str = Field(
         DEFAULT_EMBEDDING_SOURCE,
-        pattern=r"^(hf://[^/]+/[^/]+/.+|https?://[^/]+/.+)$",
+        pattern=rf"^(hf://{_SEGMENT}/{_SEGMENT}(/{_SEGMENT})+|https?://[^/]+/.+)$",
         description="The GGUF the operator's embeddings server (llama.cpp on CPU) loads, "
         "fetched like model.source: hf://OWNER/REPO/FILE.gguf or https://HOST/FILE.gguf. "
         "Unused with endpoint.",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 from typing import Any, cast
+from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -52,9 +53,22 @@ PAGE_SIZE = 500
 COLLECTIONS = {**OWNED_KINDS, ("v1", "Secret"): "secrets"}
 
 
+def api_path(root: str, *segments: str) -> str:
+    """An API path: `root` (the operator's own constant) and each segment quoted, so no name
+    from a spec, however it is spelt, can reach another path (`..`, `/`, `?`)."""
+    return "/".join([root, *(quote(segment, safe="") for segment in segments)])
+
+
+def group_root(api_version: str) -> str:
+    return f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+
+
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    root = "/apis" if "/" in api_version else "/api"
-    return f"{root}/{api_version}/namespaces/{namespace}/{COLLECTIONS[api_version, kind]}"
+    collection = COLLECTIONS[api_version, kind]
+    return api_path(group_root(api_version), "namespaces", namespace, collection)
+
+
+CHATBOTS_ROOT = f"/apis/{GROUP}/{VERSION}"
 
 
 def _status_message(error: ApiException) -> str:
@@ -112,16 +126,32 @@ class Cluster:
         path = collection_path(manifest["apiVersion"], manifest["kind"], metadata["namespace"])
         self.request(
             "PATCH",
-            f"{path}/{metadata['name']}",
+            api_path(path, metadata["name"]),
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
 
+    def held_by(self, manifest: Manifest, owner_uid: str) -> bool | None:
+        """Whether the object a manifest names exists and is `owner_uid`'s (its owner
+        references name it): None when there is none, False when another holds the name."""
+        metadata = manifest["metadata"]
+        path = collection_path(manifest["apiVersion"], manifest["kind"], metadata["namespace"])
+        try:
+            found = self.request("GET", api_path(path, metadata["name"]))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        owners = found.get("metadata", {}).get("ownerReferences") or []
+        return any(owner.get("uid") == owner_uid for owner in owners)
+
     def delete(self, namespace: str, ref: ObjectRef) -> None:
         path = collection_path(ref.api_version, ref.kind, namespace)
         try:
-            self.request("DELETE", f"{path}/{ref.name}", body={"propagationPolicy": "Background"})
+            self.request(
+                "DELETE", api_path(path, ref.name), body={"propagationPolicy": "Background"}
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -150,7 +180,9 @@ class Cluster:
         exist. Its values are never kept or returned. A Secret read here is labelled for the
         operator's watch (WATCH_LABEL), which sees only labelled Secrets."""
         try:
-            secret = self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            secret = self.request(
+                "GET", api_path("/api/v1", "namespaces", namespace, "secrets", name)
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -168,10 +200,24 @@ class Cluster:
             return
         self.request(
             "PATCH",
-            f"/api/v1/namespaces/{namespace}/{collection}/{metadata['name']}",
+            api_path("/api/v1", "namespaces", namespace, collection, metadata["name"]),
             body={"metadata": {"labels": {WATCH_LABEL: "true"}}},
             content_type="application/merge-patch+json",
         )
+
+    def unwatch(self, namespace: str, collection: str, name: str) -> None:
+        """Take the watch label off a user's Secret or ConfigMap that no ChatBot names any
+        more: the operator leaves nothing of its own on objects it does not own."""
+        try:
+            self.request(
+                "PATCH",
+                api_path("/api/v1", "namespaces", namespace, collection, name),
+                body={"metadata": {"labels": {WATCH_LABEL: None}}},
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     def list_all(self, path: str, selector: str = "") -> list[dict[str, Any]]:
         """Every object of a collection, read in pages."""
@@ -191,7 +237,7 @@ class Cluster:
         """A ChatBot as the API server holds it now; None when it is gone."""
         try:
             return self.request(
-                "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+                "GET", api_path(CHATBOTS_ROOT, "namespaces", namespace, PLURAL, name)
             )
         except ApiException as error:
             if error.status == 404:
@@ -201,7 +247,9 @@ class Cluster:
     def config_map_digest(self, namespace: str, name: str) -> str:
         """A hash of a ConfigMap's content, so a Job over it can be named by its version."""
         try:
-            config_map = self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+            config_map = self.request(
+                "GET", api_path("/api/v1", "namespaces", namespace, "configmaps", name)
+            )
         except ApiException as error:
             if error.status == 404:
                 return MISSING
@@ -215,7 +263,7 @@ class Cluster:
         its log's last lines), its lines joined; empty when no Pod said anything."""
         listing = self.request(
             "GET",
-            f"/api/v1/namespaces/{namespace}/pods",
+            api_path("/api/v1", "namespaces", namespace, "pods"),
             query=[("labelSelector", f"batch.kubernetes.io/job-name={job}")],
         )
         said = []
@@ -246,7 +294,7 @@ class Cluster:
         """Add keys to a Secret, leaving those it has as they are."""
         self.request(
             "PATCH",
-            f"/api/v1/namespaces/{namespace}/secrets/{name}",
+            api_path("/api/v1", "namespaces", namespace, "secrets", name),
             body={"stringData": values},
             content_type="application/merge-patch+json",
         )
@@ -266,7 +314,7 @@ class Cluster:
         try:
             self.request(
                 "PATCH",
-                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+                api_path(CHATBOTS_ROOT, "namespaces", namespace, PLURAL, name, "status"),
                 body=body,
                 content_type="application/merge-patch+json",
             )

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -122,7 +122,8 @@ class ScaleTarget:
                 "no CA file for the Kubernetes API", extra={"path": str(settings.ca_file)}
             )
         self._client = httpx.AsyncClient(base_url=url, verify=verify, timeout=10.0)
-        self._path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{chatbot}"
+        where = (quote(namespace, safe=""), quote(chatbot, safe=""))
+        self._path = f"/apis/{GROUP}/{VERSION}/namespaces/{where[0]}/{PLURAL}/{where[1]}"
 
     async def replicas(self) -> int:
         """The replicas the ChatBot asks for now (its scale's spec)."""
