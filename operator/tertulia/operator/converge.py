@@ -35,17 +35,16 @@ from tertulia.operator.render.knowledge import (
     backup_secrets,
     generated_knowledge_base_key,
     knowledge_base_key,
-    knowledge_base_secret,
 )
 from tertulia.operator.render.memory import COMPONENT as MEMORY
 from tertulia.operator.render.memory import (
     generated_memory_password,
-    memory_secret,
     memory_secrets,
 )
 from tertulia.operator.render.platforms import secret_refs
 from tertulia.operator.seen import IngestJob, Observed
 from tertulia.operator.status import (
+    CONFLICT,
     IngestRun,
     MissingSecret,
     Refusal,
@@ -89,6 +88,9 @@ class Known:
     missing_sources: list[str] = field(default_factory=list)  # ConfigMaps not there yet
     refused: list[Refusal] = field(default_factory=list)
     failed_ingest: tuple[str, str] | None = None  # a failed Job's name, and what it said
+    # Children seen to carry this ChatBot's owner reference (or made by it): applied without
+    # looking first. Any other is looked up once, and left alone if another holds its name.
+    owned: set[ObjectRef] = field(default_factory=set)
 
 
 _known: dict[tuple[str, str], Known] = {}
@@ -111,8 +113,8 @@ def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: ko
     The caller holds the ChatBot's lock."""
     state = known(bot.namespace, bot.name)
     kube = cluster()
-    generate_keys(kube, bot, body)
-    missing, versions = check_secrets(kube, bot)
+    held = generate_keys(kube, bot, body)
+    missing, versions = check_secrets(kube, bot, skip={item.name for item in held})
     announce(body, "SecretNotFound", missing, state.missing)
     state.inputs = Inputs(
         ready_platforms=frozenset(secret_refs(bot)) - {item.platform for item in missing},
@@ -120,8 +122,10 @@ def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: ko
         secret_versions=versions,
     )
     desired = render(bot, state.inputs)
-    refused = apply_each(kube, desired)
-    announce(body, "ApplyFailed", refused, state.refused)
+    refused = held + apply_each(kube, bot, desired, state, held)
+    conflicts = [item for item in refused if item.reason == CONFLICT]
+    announce(body, CONFLICT, conflicts, state.refused)
+    announce(body, "ApplyFailed", [r for r in refused if r not in conflicts], state.refused)
     prune(kube, bot, desired, body)
     if bot.generation != previous.observed_generation:
         kopf.info(
@@ -139,43 +143,55 @@ def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: ko
     return state
 
 
-def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> None:
-    """The API keys of the gateway (one per bot, and the admin's), Redis's password and
-    Weaviate's key, made once when the spec names none; a key an older Secret lacks is added,
-    and none that exists is ever changed."""
+def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> list[Refusal]:
+    """The API keys of the gateway (one per bot, the web chat's and the admin's), Redis's
+    password and Weaviate's key, made once when the spec names none; a key an older Secret
+    lacks is added, and none that exists is ever changed. A Secret of one of those names that
+    this ChatBot does not own is left untouched and returned as a conflict: the pods that
+    would mount it are not applied."""
+    held: list[Refusal] = []
     if bot.spec.gateway.api_keys_secret_ref is None:
+        keys = generated_api_keys(bot, {key: secrets.token_urlsafe(32) for key in GENERATED_KEYS})
         name = api_keys_secret(bot)
-        found = kube.secret_keys(bot.namespace, name)
-        if found is None and kube.create(
-            generated_api_keys(bot, {key: secrets.token_urlsafe(32) for key in GENERATED_KEYS})
-        ):
+        if kube.create(keys):
             kopf.info(body, reason="Created", message=f"generated API keys in Secret {name}")
-        elif found is not None and (lacking := [k for k in GENERATED_KEYS if k not in found[1]]):
+        elif (conflict := _held_elsewhere(kube, bot, keys)) is not None:
+            held.append(conflict)
+        elif (found := kube.secret_keys(bot.namespace, name)) is not None and (
+            lacking := [key for key in GENERATED_KEYS if key not in found[1]]
+        ):
             kube.add_keys(bot.namespace, name, {key: secrets.token_urlsafe(32) for key in lacking})
             kopf.info(
                 body,
                 reason="Updated",
                 message=f"added the API keys {', '.join(lacking)} to Secret {name}",
             )
-    if bot.spec.gateway.memory.external is None and kube.create(
-        generated_memory_password(bot, secrets.token_urlsafe(32))
-    ):
-        kopf.info(
-            body,
-            reason="Created",
-            message=f"generated Redis's password in Secret {memory_secret(bot)}",
-        )
+    made: list[tuple[Manifest, str]] = []
+    if bot.spec.gateway.memory.external is None:
+        made.append((generated_memory_password(bot, secrets.token_urlsafe(32)), "Redis's password"))
     knowledge = bot.spec.knowledge_base
-    if (
-        knowledge.enabled
-        and knowledge.external is None
-        and kube.create(generated_knowledge_base_key(bot, secrets.token_urlsafe(32)))
-    ):
-        kopf.info(
-            body,
-            reason="Created",
-            message=f"generated Weaviate's API key in Secret {knowledge_base_secret(bot)}",
-        )
+    if knowledge.enabled and knowledge.external is None:
+        key = generated_knowledge_base_key(bot, secrets.token_urlsafe(32))
+        made.append((key, "Weaviate's API key"))
+    for manifest, what in made:
+        name = manifest["metadata"]["name"]
+        if kube.create(manifest):
+            kopf.info(body, reason="Created", message=f"generated {what} in Secret {name}")
+        elif (conflict := _held_elsewhere(kube, bot, manifest)) is not None:
+            held.append(conflict)
+    return held
+
+
+def _held_elsewhere(kube: Cluster, bot: ChatBot, manifest: Manifest) -> Refusal | None:
+    """A conflict when an object of the manifest's name exists without this ChatBot as its
+    owner; None when it is this ChatBot's (or gone)."""
+    if kube.held_by(manifest, bot.uid) is not False:
+        return None
+    return _not_applied(
+        manifest,
+        f"a {manifest['kind']} of that name exists and is not this ChatBot's; it is left "
+        "untouched (rename or delete it, or rename the ChatBot)",
+    )
 
 
 def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
@@ -194,11 +210,39 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
     return found
 
 
-def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dict[str, str]]:
+def named_objects(bot: ChatBot) -> set[tuple[str, str]]:
+    """The Secrets and ConfigMaps of the ChatBot's namespace it reads, as (collection, name):
+    those the operator labels for its watch."""
+    named = {("secrets", name) for name, _ in read_secrets(bot)}
+    if bot.spec.knowledge_base.enabled:
+        named |= {
+            ("configmaps", source.config_map.name)
+            for source in bot.spec.knowledge_base.sources
+            if source.config_map is not None
+        }
+    return named
+
+
+def release_unnamed(
+    kube: Cluster, labelled: set[tuple[str, str]], bots: list[ChatBot], namespace: str
+) -> list[tuple[str, str]]:
+    """Take the watch label off the labelled Secrets and ConfigMaps that none of `bots` (the
+    namespace's ChatBots) names any more; those released."""
+    named = set().union(*(named_objects(bot) for bot in bots)) if bots else set()
+    released = sorted(labelled - named)
+    for collection, name in released:
+        kube.unwatch(namespace, collection, name)
+    return released
+
+
+def check_secrets(
+    kube: Cluster, bot: ChatBot, skip: set[str] | None = None
+) -> tuple[list[MissingSecret], dict[str, str]]:
     """The platforms' keys that are missing (and an external Redis's, as `memory`'s, and an
     external Weaviate's or the backup bucket's, as `knowledge-base`'s), and the versions of
-    the Secrets that exist (each read once)."""
-    names = dict.fromkeys(name for name, _ in read_secrets(bot))
+    the Secrets that exist (each read once). Those in `skip`, held by another owner, are not
+    read, nor labelled."""
+    names = dict.fromkeys(name for name, _ in read_secrets(bot) if name not in (skip or ()))
     found = {name: kube.secret_keys(bot.namespace, name) for name in names}
     versions = {name: state[0] for name, state in found.items() if state is not None}
     needed = [
@@ -215,7 +259,7 @@ def check_secrets(kube: Cluster, bot: ChatBot) -> tuple[list[MissingSecret], dic
     missing = [
         MissingSecret(owner, ref.name, ref.key)
         for owner, ref in needed
-        if (state := found[ref.name]) is None or ref.key not in state[1]
+        if ref.name in found and ((state := found[ref.name]) is None or ref.key not in state[1])
     ]
     return missing, versions
 
@@ -243,16 +287,37 @@ def render(bot: ChatBot, inputs: Inputs) -> list[Manifest]:
     )
 
 
-def apply_each(kube: Cluster, manifests: Iterable[Manifest]) -> list[Refusal]:
+def apply_each(
+    kube: Cluster,
+    bot: ChatBot,
+    manifests: Iterable[Manifest],
+    state: Known,
+    held: list[Refusal] | None = None,
+) -> list[Refusal]:
     """Apply every object on its own: one the API server refuses (an invalid pass-through
     field, an immutable field changed) is reported and the others are still applied. Any
     status counts: an invalid field inside a pass-through object fails server-side apply's
     conversion with a 500, and a passing server error is as well reported and retried. Only
-    a lost connection stops the converge."""
+    a lost connection stops the converge.
+
+    Nothing is taken over: a child not known to be this ChatBot's is looked up first, and one
+    that another holds (an app's own Deployment of the same name) is left as it is and
+    reported as a conflict, as is a workload that would mount a Secret another holds."""
     refused = []
+    foreign = {item.name for item in held or [] if item.kind == "Secret"}
     for manifest in manifests:
+        ref = ObjectRef.of(manifest)
+        mounted = sorted(name for name in foreign if _mounts_secret(manifest, name))
+        if mounted:
+            refused.append(_not_applied(manifest, f"it would mount Secret {mounted[0]}, "
+                                        "which is not this ChatBot's"))  # fmt: skip
+            continue
+        if ref not in state.owned and (conflict := _held_elsewhere(kube, bot, manifest)):
+            refused.append(conflict)
+            continue
         try:
             kube.apply(manifest)
+            state.owned.add(ref)
         except ApiException as error:
             refused.append(
                 Refusal(
@@ -263,6 +328,32 @@ def apply_each(kube: Cluster, manifests: Iterable[Manifest]) -> list[Refusal]:
                 )
             )
     return refused
+
+
+def _not_applied(manifest: Manifest, why: str) -> Refusal:
+    metadata = manifest["metadata"]
+    return Refusal(
+        manifest["kind"],
+        metadata["name"],
+        metadata["labels"].get("app.kubernetes.io/component", ""),
+        why,
+        reason=CONFLICT,
+    )
+
+
+def _mounts_secret(found: Any, name: str) -> bool:
+    """Whether a manifest reads the Secret `name` anywhere: a volume, a projected source, an
+    environment variable's secretKeyRef."""
+    if isinstance(found, dict):
+        if found.get("secretName") == name:
+            return True
+        reference = found.get("secretKeyRef") or found.get("secret")
+        if isinstance(reference, dict) and reference.get("name") == name:
+            return True
+        return any(_mounts_secret(value, name) for value in found.values())
+    if isinstance(found, list):
+        return any(_mounts_secret(item, name) for item in found)
+    return False
 
 
 def prune(kube: Cluster, bot: ChatBot, desired: list[Manifest], body: kopf.Body) -> None:
@@ -286,7 +377,8 @@ def put_back(bot: ChatBot, ref: ObjectRef) -> None:
         return  # not converged by this process yet: its reconcile will apply everything
     for manifest in render(bot, state.inputs):
         if ObjectRef.of(manifest) == ref:
-            refused = apply_each(cluster(), [manifest])
+            held = [item for item in state.refused if item.kind == "Secret"]
+            refused = apply_each(cluster(), bot, [manifest], state, held)
             state.refused = [r for r in state.refused if (r.kind, r.name) != (ref.kind, ref.name)]
             state.refused.extend(refused)
             return

@@ -27,6 +27,7 @@ from tertulia.operator.converge import (
     known,
     put_back,
     read_secrets,
+    release_unnamed,
     write_status,
 )
 from tertulia.operator.plan import ObjectRef
@@ -152,6 +153,18 @@ def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any)
     SEEN.saw(event["object"], deleted)
     if deleted:
         forget(namespace, name)
+    if deleted or event.get("type") == "MODIFIED":
+        release_labels(namespace)
+
+
+def release_labels(namespace: str) -> None:
+    """The watch label off the users' Secrets and ConfigMaps of `namespace` that no ChatBot
+    names any more (one deleted, or a spec that dropped a reference)."""
+    bots = [parsed[0] for parent in SEEN.chatbots(namespace) if (parsed := _parse(parent))]
+    if len(bots) < len(SEEN.chatbots(namespace)):
+        return  # a ChatBot whose spec cannot be read may name any of them: keep them all
+    for collection, name in release_unnamed(cluster(), SEEN.labelled(namespace), bots, namespace):
+        _log.info("released %s %s/%s: no ChatBot names it", collection, namespace, name)
 
 
 @kopf.on.startup()
@@ -285,6 +298,7 @@ def _on_secret_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) 
     """A Secret a ChatBot's pods read was created, rotated or deleted: the ChatBot is
     converged, so its status says so within seconds and the pods that read it roll."""
     kind = event.get("type")
+    SEEN.saw_labelled("secrets", event["object"], kind == "DELETED")
     if kind not in ("ADDED", "MODIFIED", "DELETED"):
         return  # the initial listing: resume converges every ChatBot anyway
     labels = (event["object"].get("metadata") or {}).get("labels") or {}
@@ -299,6 +313,7 @@ def _on_secret_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) 
 @kopf.on.event("", "v1", "configmaps", labels={"app.kubernetes.io/managed-by": kopf.ABSENT})
 def _on_source_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
     """A ConfigMap of documents changed: its ChatBots run a new ingest Job over it."""
+    SEEN.saw_labelled("configmaps", event["object"], event.get("type") == "DELETED")
     if event.get("type") not in ("MODIFIED", "ADDED"):
         return  # the initial listing (resume reconciles) or a deletion (the Job keeps its run)
     for parent in SEEN.chatbots(namespace):

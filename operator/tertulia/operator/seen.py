@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot
-from tertulia.operator.render.common import MANAGED_BY
+from tertulia.operator.render.common import MANAGED_BY, WATCH_LABEL
 from tertulia.operator.status import Trouble, Workload, claim_trouble, pod_trouble
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_LABEL = "app.kubernetes.io/managed-by"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 # What is listed at startup, cluster-wide: the ChatBots, and the children status reads.
@@ -81,6 +82,9 @@ class Seen:
         # (namespace, pod name) -> the trouble last announced: a crash loop comes and goes
         # with every restart, and is announced once
         self._announced: dict[Key, Trouble] = {}
+        # namespace -> the users' Secrets and ConfigMaps carrying the operator's watch label,
+        # as (collection, name): the label comes off those no ChatBot names any more
+        self._labelled: dict[str, set[Key]] = {}
 
     def fill(self, kind: str, items: list[dict[str, Any]]) -> None:
         """The objects of one kind as a listing gave them (a list's items carry no kind)."""
@@ -146,6 +150,23 @@ class Seen:
         else:
             pods[name] = (component, trouble)
         return (before[1] if before else None) != trouble
+
+    def saw_labelled(self, collection: str, body: dict[str, Any], deleted: bool) -> None:
+        """A Secret or ConfigMap the watch label selects, as an event carried it: kept when it
+        is a user's (the operator's own go with their ChatBot)."""
+        metadata = body.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+        labels = metadata.get("labels") or {}
+        with self._lock:
+            held = self._labelled.setdefault(namespace, set())
+            if deleted or WATCH_LABEL not in labels or labels.get(MANAGED_LABEL) == MANAGED_BY:
+                held.discard((collection, name))
+            else:
+                held.add((collection, name))
+
+    def labelled(self, namespace: str) -> set[Key]:
+        with self._lock:
+            return set(self._labelled.get(namespace, set()))
 
     def to_announce(self, pod: dict[str, Any], deleted: bool) -> Trouble | None:
         """The pod's trouble, when it is not the one last announced for that pod."""

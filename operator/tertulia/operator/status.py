@@ -126,15 +126,23 @@ class IngestRun:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A child the API server refused to apply: its kind, name, component, and why."""
+    """A child that was not applied: its kind, name, component, and why. `reason` is
+    ApplyFailed when the API server refused it, Conflict when another owner holds its name
+    (the operator never takes over an object it did not create)."""
 
     kind: str
     name: str
     component: str
     message: str
+    reason: str = "ApplyFailed"
 
     def describe(self) -> str:
+        if self.reason == CONFLICT:
+            return f"{self.kind} {self.name} was not applied: {self.message}"
         return f"{self.kind} {self.name} was refused: {self.message}"
+
+
+CONFLICT = "Conflict"
 
 
 # The condition a child's refusal shows on, by its component; others show on Ready.
@@ -326,19 +334,23 @@ def compute_status(
         else:
             results["PlatformsReady"] = (True, "Ready", f"serving {', '.join(platforms)}")
     unplaced = []
+    conflicted = any(refusal.reason == CONFLICT for refusal in refused or [])
     for kind, found in _by_condition(refused or []).items():
         message = "; ".join(refusal.describe() for refusal in found)
         if kind in results:
-            results[kind] = (False, "ApplyFailed", message)
+            results[kind] = (False, found[0].reason, message)
         else:
             unplaced.append(message)
     all_ready = all(ok for ok, _, _ in results.values()) and not unplaced
     unready = [kind for kind, (ok, _, _) in results.items() if not ok]
-    # Ready's reason is the first unready component's, so `kubectl get` shows it.
+    # Ready's reason is the first unready component's, so `kubectl get` shows it; a conflict
+    # first of all, as only the user can settle it.
     first = results[unready[0]][1] if unready else "Waiting"
+    if conflicted:
+        first = CONFLICT
     results["Ready"] = (
         all_ready,
-        "Ready" if all_ready else ("ApplyFailed" if unplaced else first),
+        "Ready" if all_ready else ("ApplyFailed" if unplaced and not conflicted else first),
         "every component is Ready"
         if all_ready
         else "; ".join([*unplaced, *([f"not Ready yet: {', '.join(unready)}"] if unready else [])]),

@@ -10,10 +10,10 @@ from kubernetes.client.exceptions import ApiException
 
 import tertulia.operator.converge as converge_module
 from tertulia.operator.api import ChatBotStatus
-from tertulia.operator.converge import apply_each, check_secrets, forget, write_status
+from tertulia.operator.converge import Known, apply_each, check_secrets, forget, write_status
 from tertulia.operator.render import render_all
 from tertulia.operator.seen import Observed
-from tertulia.operator.status import Workload, compute_status
+from tertulia.operator.status import Refusal, Workload, compute_status
 from tests.unit.operator.test_render import (
     IMAGE,
     REPO,
@@ -27,11 +27,15 @@ from tests.unit.operator.test_render import (
 
 class Refusing:
     """Applies everything but the objects named in `refuse` (by kind and name), answered
-    with the status given there."""
+    with the status given there; the names in `foreign` exist and are another's."""
 
-    def __init__(self, refuse: dict[tuple[str, str], int]) -> None:
+    def __init__(
+        self, refuse: dict[tuple[str, str], int], foreign: set[tuple[str, str]] | None = None
+    ) -> None:
         self.refuse = refuse
+        self.foreign = foreign or set()
         self.applied: list[tuple[str, str]] = []
+        self.looked_up: list[tuple[str, str]] = []
 
     def apply(self, manifest: dict[str, Any]) -> None:
         ref = (manifest["kind"], manifest["metadata"]["name"])
@@ -39,15 +43,21 @@ class Refusing:
             raise ApiException(status=self.refuse[ref], reason=f"{ref[1]} is invalid: because")
         self.applied.append(ref)
 
+    def held_by(self, manifest: dict[str, Any], owner_uid: str) -> bool | None:
+        ref = (manifest["kind"], manifest["metadata"]["name"])
+        self.looked_up.append(ref)
+        return False if ref in self.foreign else None
+
 
 def test_one_refused_child_does_not_stop_the_others() -> None:
-    manifests = render_all(example("all-platforms"), image=IMAGE)
+    bot = example("all-platforms")
+    manifests = render_all(bot, image=IMAGE)
     refs = [(m["kind"], m["metadata"]["name"]) for m in manifests]
     # The model's workload, early: everything after it must still be applied.
     model = ("StatefulSet", "tertulia-model")
     assert refs.index(model) < len(refs) // 2
     kube = Refusing({model: 422})
-    refused = apply_each(kube, manifests)
+    refused = apply_each(kube, bot, manifests, Known())
     assert [(r.kind, r.name, r.component, r.message) for r in refused] == [
         (*model, "model", "tertulia-model is invalid: because")
     ]
@@ -56,12 +66,49 @@ def test_one_refused_child_does_not_stop_the_others() -> None:
 
 def test_a_server_error_is_reported_too_and_the_rest_applied() -> None:
     # Server-side apply answers 500 when a pass-through field fails its conversion.
-    manifests = render_all(example("all-platforms"), image=IMAGE)
+    bot = example("all-platforms")
+    manifests = render_all(bot, image=IMAGE)
     first = (manifests[0]["kind"], manifests[0]["metadata"]["name"])
     kube = Refusing({first: 500})
-    refused = apply_each(kube, manifests)
+    refused = apply_each(kube, bot, manifests, Known())
     assert [(r.kind, r.name) for r in refused] == [first]
     assert len(kube.applied) == len(manifests) - 1
+
+
+def test_a_child_whose_name_another_holds_is_left_alone_as_a_conflict() -> None:
+    bot = example("all-platforms")
+    manifests = render_all(bot, image=IMAGE)
+    gateway = ("Deployment", "tertulia-gateway")
+    kube = Refusing({}, foreign={gateway})
+    state = Known()
+
+    refused = apply_each(kube, bot, manifests, state)
+
+    assert [(r.kind, r.name, r.reason) for r in refused] == [(*gateway, "Conflict")]
+    assert "not this ChatBot's" in refused[0].message
+    assert gateway not in kube.applied
+    assert len(kube.applied) == len(manifests) - 1
+    # What it applied is known to be its own: the next converge looks up only the conflict.
+    kube.looked_up.clear()
+    apply_each(kube, bot, manifests, state)
+    assert kube.looked_up == [gateway]
+
+
+def test_a_workload_that_would_mount_a_secret_another_holds_is_not_applied() -> None:
+    bot = example("all-platforms")
+    manifests = render_all(bot, image=IMAGE)
+    held = [Refusal("Secret", "tertulia-api-keys", "gateway", "another's", reason="Conflict")]
+    kube = Refusing({})
+
+    refused = apply_each(kube, bot, manifests, Known(), held)
+
+    # The gateway and every bot read the generated keys; nothing else does.
+    skipped = {(r.kind, r.name) for r in refused}
+    assert ("Deployment", "tertulia-gateway") in skipped
+    assert {("Deployment", f"tertulia-{p}") for p in ("slack", "discord", "telegram")} <= skipped
+    assert all("Secret tertulia-api-keys" in r.message for r in refused)
+    assert not skipped & set(kube.applied)
+    assert ("StatefulSet", "tertulia-model") in kube.applied
 
 
 class Secrets:

@@ -40,7 +40,9 @@ from tertulia.operator.render.model import (
 COMPONENT = "gateway"
 # The API key identities of the bots, one per platform (render/platforms.py mounts them).
 BOT_IDENTITIES = ("slack", "discord", "telegram")
-GENERATED_KEYS = ("admin", *BOT_IDENTITIES)
+# The web chat's key: traded by a browser for a session of its own (never the admin's).
+WEB_IDENTITY = "web"
+GENERATED_KEYS = ("admin", WEB_IDENTITY, *BOT_IDENTITIES)
 PORT = 8080
 CONFIG_PATH = "/etc/tertulia"
 KEYS_PATH = "/etc/tertulia/api-keys"
@@ -59,7 +61,8 @@ def api_keys_secret(bot: ChatBot) -> str:
 
 def generated_api_keys(bot: ChatBot, keys: dict[str, str]) -> Manifest:
     """The Secret of API keys the operator makes when the spec names none: one per platform,
-    the key its bot presents, and `admin`, for the knowledge base's admin API."""
+    the key its bot presents; `web`, which opens the web chat; and `admin`, for the knowledge
+    base's admin API."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -226,7 +229,7 @@ def render_gateway(
             },
         },
         {"name": "api-keys", "secret": {"secretName": api_keys_secret(bot)}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]
     backend_key = backend_key_volume(bot)
     if backend_key is not None:
