@@ -51,6 +51,11 @@ CHART = REPO_ROOT / "charts" / "tertulia"
 OPERATOR_NAMESPACE = "tertulia-system"
 RELEASE = "tertulia"
 NAMESPACE = "chat"
+# Both the operator's namespace and the ChatBots' enforce the restricted Pod Security profile.
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 BOT = "harbour"
 GROUP, VERSION, PLURAL = "tertulia.dev", "v1alpha1", "chatbots"
 INSTANCE = f"app.kubernetes.io/instance={BOT}"
@@ -175,10 +180,7 @@ def operator(cluster: ControlPlane) -> Iterator[None]:
         {
             "metadata": {
                 "name": OPERATOR_NAMESPACE,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
+                "labels": RESTRICTED,
             }
         }
     )
@@ -192,8 +194,9 @@ def operator(cluster: ControlPlane) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def namespace(cluster: ControlPlane) -> str:
-    """The namespace of the module's ChatBots."""
-    core(cluster).create_namespace({"metadata": {"name": NAMESPACE}})
+    """The namespace of the module's ChatBots, enforcing the restricted Pod Security profile
+    as the operator's does: every pod of the stack, model servers included, is admitted."""
+    core(cluster).create_namespace({"metadata": {"name": NAMESPACE, "labels": RESTRICTED}})
     return NAMESPACE
 
 

@@ -499,7 +499,8 @@ def test_redis_memory_follows_its_limit_and_can_run_without_a_claim() -> None:
     assert arguments[arguments.index("--maxmemory") + 1] == str(3 * 2**29)
     assert arguments[arguments.index("--appendonly") + 1] == "no"
     assert "volumeClaimTemplates" not in redis
-    assert {"name": "data", "emptyDir": {}} in redis["template"]["spec"]["volumes"]
+    data = {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert data in redis["template"]["spec"]["volumes"]
 
 
 def with_memory(bot: ChatBot, memory: dict[str, Any]) -> ChatBot:

@@ -131,7 +131,7 @@ def test_without_a_cache_replicas_share_nothing_and_roll() -> None:
     assert workload["spec"]["replicas"] == 3
     assert "strategy" not in workload["spec"]
     volumes = workload["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "cache", "emptyDir": {}} in volumes
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}} in volumes
 
 
 def test_a_read_write_once_cache_gives_each_replica_a_claim_of_its_own() -> None:

@@ -329,7 +329,8 @@ def render_memory(
         }
     ]
     if not memory.persistent:
-        volumes.insert(0, {"name": "data", "emptyDir": {}})
+        # The size a claim would have had: what Redis writes there is bounded by it too.
+        volumes.insert(0, {"name": "data", "emptyDir": {"sizeLimit": memory.storage}})
     containers = [container]
     extra: dict[str, Any] = {}
     if high_availability(bot):

@@ -79,6 +79,24 @@ CACHE_PATH = "/models"
 CLAIM_PATH = "/weights"
 # The image's user (services/Dockerfile): a new volume becomes its group's to write.
 FETCH_USER = 10001
+# Every model server runs under the restricted Pod Security profile: not root, no
+# capabilities, a read-only root filesystem, its home, /tmp and caches on volumes. The user
+# per engine, as (uid, gid). vLLM's image ships a `vllm` user, UID 2000 in group 0, whose
+# home is group-0 writable (vllm-project/vllm docker/Dockerfile, "Non-root support";
+# docker/entrypoints/vllm-nonroot-entrypoint.sh). The llama.cpp server image
+# (.devops/cpu.Dockerfile) and Ollama's (Dockerfile) define no user and need none of root's
+# rights: they run as the weights fetcher's user, which the volumes are made writable for.
+ENGINE_USERS = {
+    "vllm": (2000, 0),
+    "ollama": (FETCH_USER, FETCH_USER),
+    "llamacpp": (FETCH_USER, FETCH_USER),
+}
+# Each engine's home (its caches default below it), on a volume of its own.
+ENGINE_HOMES = {"vllm": "/home/vllm", "ollama": "/home/ollama", "llamacpp": "/home/llama"}
+# Size limits of the scratch volumes; the cache's, without a claim, is the claim's default.
+HOME_LIMIT = "1Gi"
+TMP_LIMIT = {"vllm": "8Gi", "ollama": "2Gi", "llamacpp": "1Gi"}
+CACHE_LIMIT = "50Gi"
 # Settings in spec.model.env that say how to reach the hub, for every download of the ChatBot
 # (the embeddings server's too).
 HUB_SETTINGS = ("HF_ENDPOINT", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
@@ -158,17 +176,36 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     if container["image"] is None:
         container["image"] = images.mirrored(_default_image(model), registry)
     container.setdefault("ports", [{"name": "http", "containerPort": port}])
-    container["env"] = [*container.get("env", []), *model.env]
+    home = ENGINE_HOMES[model.engine]
+    container["env"] = [{"name": "HOME", "value": home}, *container.get("env", []), *model.env]
     container["resources"] = _resources(model)
+    container["securityContext"] = restricted_container_security()
     cache_mount = container.pop("cache_path")
     container["volumeMounts"] = [
         *container.get("volumeMounts", []),
         {"name": "cache", "mountPath": cache_mount},
+        {"name": "home", "mountPath": home},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir of its own
+    ]
+    volumes += [
+        {"name": "home", "emptyDir": {"sizeLimit": HOME_LIMIT}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_LIMIT[model.engine]}},
     ]
     per_replica = model.cache is not None and model.cache.access_mode == "ReadWriteOnce"
     if not per_replica:
         volumes.append(_cache_volume(bot))
-    extra: dict[str, Any] = {}
+    user, group = ENGINE_USERS[model.engine]
+    extra: dict[str, Any] = {
+        # A new volume is made the user's group's to write, once.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": user,
+            "runAsGroup": group,
+            "fsGroup": user,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+    }
     source = parse(model.source) if model.source else None
     if source is not None and source.scheme == "pvc":
         volume, mount = claim_volume(source)
@@ -177,11 +214,6 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     elif source is not None and source.downloads and model.engine == "llamacpp":
         env = [*_token_env(model, "HF_TOKEN"), *model.env]
         extra["initContainers"] = [fetch_weights(source, image, env)]
-        # The fetcher runs as the image's user: a new volume is made its group's, once.
-        extra["securityContext"] = {
-            "fsGroup": FETCH_USER,
-            "fsGroupChangePolicy": "OnRootMismatch",
-        }
     if model.runtime_class_name:
         extra["runtimeClassName"] = model.runtime_class_name
     if model.priority_class_name:
@@ -312,7 +344,7 @@ def _resources(model: ModelSpec) -> dict[str, Any]:
 
 def _cache_volume(bot: ChatBot) -> dict[str, Any]:
     if bot.spec.model.cache is None:
-        return {"name": "cache", "emptyDir": {}}
+        return {"name": "cache", "emptyDir": {"sizeLimit": CACHE_LIMIT}}
     return {"name": "cache", "persistentVolumeClaim": {"claimName": bot.child("model-cache")}}
 
 
@@ -349,9 +381,14 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
         "image": model.image,
         "args": args,
         "env": [
+            # Under a UID the image may not list in /etc/passwd, getpass.getuser() (torch's
+            # caches) must not look it up: as vLLM's own non-root entrypoint sets it.
+            {"name": "USER", "value": "vllm"},
+            {"name": "LOGNAME", "value": "vllm"},
             {"name": "HF_HOME", "value": "/cache/huggingface"},
             # Compiled kernels and graphs: kept with the weights, so a restart skips them.
             {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+            {"name": "TRITON_CACHE_DIR", "value": "/cache/triton"},
             *_token_env(model, "HF_TOKEN"),
         ],
         **_probes(model, "/health", port),
