@@ -258,3 +258,49 @@ def test_a_status_write_over_the_version_it_came_from_is_taken(
 
     assert len(store.writes) == 1
     assert store.writes[0]["phase"] == "Ready"
+
+
+def test_an_api_path_quotes_every_segment_so_no_name_reaches_another_path() -> None:
+    from tertulia.operator.kube import api_path
+
+    assert api_path("/api/v1", "namespaces", "chat", "secrets", "tg") == (
+        "/api/v1/namespaces/chat/secrets/tg"
+    )
+    climbing = api_path("/api/v1", "namespaces", "chat", "secrets", "../../kube-system/x")
+    assert climbing == "/api/v1/namespaces/chat/secrets/..%2F..%2Fkube-system%2Fx"
+    assert api_path("/api/v1", "namespaces", "a?b=c", "secrets") == (
+        "/api/v1/namespaces/a%3Fb%3Dc/secrets"
+    )
+
+
+class Labels:
+    def __init__(self) -> None:
+        self.released: list[tuple[str, str, str]] = []
+
+    def unwatch(self, namespace: str, collection: str, name: str) -> None:
+        self.released.append((namespace, collection, name))
+
+
+@pytest.mark.parametrize(
+    ("labelled", "bots", "released"),
+    [
+        # Every labelled object named by some ChatBot of the namespace: none released.
+        ({("secrets", "slack"), ("secrets", "tertulia-api-keys")}, ["all-platforms"], []),
+        # The last ChatBot gone: every user object it had labelled.
+        ({("secrets", "slack"), ("configmaps", "faq")}, [], ["configmaps/faq", "secrets/slack"]),
+        # One no ChatBot names, beside one still named.
+        (
+            {("secrets", "slack"), ("secrets", "old-token")},
+            ["all-platforms"],
+            ["secrets/old-token"],
+        ),
+    ],
+)
+def test_the_watch_label_is_released_from_what_no_chatbot_names(
+    labelled: set[tuple[str, str]], bots: list[str], released: list[str]
+) -> None:
+    from tertulia.operator.converge import release_unnamed
+
+    kube = Labels()
+    release_unnamed(kube, labelled, [example(name) for name in bots], "chat")
+    assert [f"{collection}/{name}" for _, collection, name in kube.released] == released
