@@ -13,6 +13,7 @@ from urllib.parse import quote
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tertulia.common.logging import redact
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot
 from tertulia.operator.plan import Manifest, ObjectRef
 from tertulia.operator.render.common import MANAGED_BY, WATCH_LABEL
@@ -274,7 +275,7 @@ class Cluster:
                     said.append((ended.get("finishedAt") or "", ended["message"]))
         if not said:
             return ""
-        lines = [line.strip() for line in max(said)[1].splitlines() if line.strip()]
+        lines = [line.strip() for line in redact(max(said)[1]).splitlines() if line.strip()]
         return "; ".join(lines[-MESSAGE_LINES:])
 
     def create(self, manifest: Manifest) -> bool:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tertulia.common.logging import redact
 from tertulia.operator.api import (
     CONDITION_TYPES,
     ChatBot,
@@ -110,7 +111,9 @@ def claim_trouble(name: str, storage_class: str | None) -> Trouble:
 
 
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    """A container's last words as a condition carries them: the last line, cut, and without
+    anything shaped like a token (a crashing bot's last line may quote its URL)."""
+    lines = [line.strip() for line in redact(text).splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     return last if len(last) <= LAST_WORDS else f"{last[:LAST_WORDS]}…"
 

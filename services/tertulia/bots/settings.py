@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tertulia.common.logging import protect
+
 
 class MissingSecret(RuntimeError):
     """A token file is absent or empty; the message names the file, never a value."""
@@ -59,6 +61,8 @@ class BotSettings(BaseSettings):
             raise MissingSecret(f"the token file {path} does not exist") from None
         if not value:
             raise MissingSecret(f"the token file {path} is empty")
+        # No log line of this process may carry it (the Telegram SDK's URLs do).
+        protect(value)
         return value
 
     def optional_secret(self, name: str) -> str | None:

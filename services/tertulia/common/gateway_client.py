@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from tertulia.common import sse
+from tertulia.common.logging import protect
 
 # Attempts again to open a connection, after httpcore's short backoff.
 CONNECT_RETRIES = 2
@@ -93,7 +94,7 @@ def read_key(path: Path | None) -> str | None:
     """The API key from a mounted Secret file, or None when none is configured."""
     if path is None:
         return None
-    return path.read_text().strip() or None
+    return protect(path.read_text().strip() or None)
 
 
 class GatewayClient:

@@ -24,6 +24,7 @@ from pydantic_core import from_json, to_json
 from starlette.types import Receive, Scope, Send
 
 from tertulia.common import sse
+from tertulia.common.logging import protect
 from tertulia.gateway.errors import (
     BackendFailed,
     BackendRejected,
@@ -145,7 +146,8 @@ class Backend:
         self.router = Router(str(settings.url), settings.routing)
         self._headers = {"Content-Type": "application/json"}
         if settings.api_key_file is not None:
-            self._headers["Authorization"] = f"Bearer {settings.api_key_file.read_text().strip()}"
+            key = protect(settings.api_key_file.read_text().strip())
+            self._headers["Authorization"] = f"Bearer {key}"
         self._session: aiohttp.ClientSession | None = None
         self._model = settings.model
         # Awaited before a request while the router knows no replica (autoscale.py holds it

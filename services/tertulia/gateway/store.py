@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 
+from tertulia.common.logging import protect
 from tertulia.gateway.errors import MemoryUnavailable
 from tertulia.gateway.pipeline.prompt import estimate_tokens
 
@@ -524,7 +525,7 @@ def open_store(
     name, with the same password for them), else this process."""
     if not redis_url:
         return InProcessStore()
-    password = password_file.read_text().strip() if password_file else None
+    password = protect(password_file.read_text().strip()) if password_file else None
     return RedisStore(redis_url, password, ca_file)
 
 

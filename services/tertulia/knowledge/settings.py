@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from tertulia.common.logging import protect
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -104,4 +106,5 @@ def collection_name(name: str) -> str:
 
 
 def read_secret(path: Path | None) -> str | None:
-    return path.read_text().strip() if path is not None else None
+    """A value from a mounted Secret, registered so that no log line carries it."""
+    return protect(path.read_text().strip()) if path is not None else None

@@ -137,6 +137,17 @@ def test_a_crash_loop_carries_the_exit_and_only_the_last_log_line() -> None:
     assert "Traceback" not in found.message
 
 
+def test_a_crash_loops_last_line_reaches_the_status_without_its_token() -> None:
+    said = (
+        "telegram.error.InvalidToken: GET https://api.telegram.org/"
+        "bot7000000001:AAFakeTelegramTokenForTheTestBed000000/getMe returned 401\n"
+    )
+    found = pod_trouble(crash_looping("helpdesk-telegram-5c4", said))
+    assert found is not None
+    assert "AAFakeTelegram" not in found.message
+    assert "bot7000000001:[redacted]/getMe returned 401" in found.message
+
+
 def test_a_long_last_line_is_cut() -> None:
     found = pod_trouble(crash_looping("p", "x" * 5000))
     assert found is not None

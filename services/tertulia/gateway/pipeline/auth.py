@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 
+from tertulia.common.logging import protect
 from tertulia.gateway.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class ApiKeys:
             if path.name.startswith(".") or not path.is_file():
                 continue
             value = path.read_text().strip()
+            protect(value)
             if value:
                 keys.append((value.encode(), Identity(path.name)))
         self._keys = keys
