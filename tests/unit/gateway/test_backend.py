@@ -30,7 +30,9 @@ async def test_connection_errors_are_retried_then_reported_as_503(
     async def no_wait(seconds: float) -> None:
         waits.append(seconds)
 
-    monkeypatch.setattr("tertulia.gateway.backend.asyncio.sleep", no_wait)
+    # The backoff alone: patching asyncio.sleep would stop every sleep of the process (a
+    # loop elsewhere then spins and fills `waits`, as seen once in a full run).
+    monkeypatch.setattr("tertulia.gateway.backend.back_off", no_wait)
     client = backend(f"http://127.0.0.1:{free_port()}/v1", model="m", retries=2)
 
     with pytest.raises(BackendUnavailable) as raised:
