@@ -239,6 +239,12 @@ class ModelSpec(Spec):
                 ".gpuMemoryUtilization",
             ),
             rule(
+                "!has(self.sha256) || (self.engine == 'llamacpp' && has(self.source) && "
+                "!self.source.startsWith('pvc://'))",
+                "sha256 checks a file llama.cpp downloads: an hf:// or https:// source",
+                ".sha256",
+            ),
+            rule(
                 "self.engine != 'endpoint' || has(self.endpoint)",
                 "endpoint is required when engine is endpoint",
                 ".endpoint",
@@ -285,6 +291,14 @@ class ModelSpec(Spec):
         "tokenSecretRef as HF_TOKEN, and HF_ENDPOINT from env for a mirror), or "
         "pvc://CLAIM/PATH/FILE.gguf, read from a claim. vLLM: hf://OWNER/REPO or "
         "pvc://CLAIM/PATH. Ollama: ollama://NAME:TAG.",
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The SHA-256 of the file `source` downloads (64 lowercase hex digits): "
+        "checked after the download and each time a pod starts, so a file that changed on the "
+        "hub or on the volume is never served. Only for a downloaded file (llama.cpp's "
+        "hf:// or https:// source).",
     )
     endpoint: str | None = Field(
         None,

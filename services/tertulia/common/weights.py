@@ -12,7 +12,10 @@ A source is a URL, as KubeAI spells them:
 The operator uses `parse` and `cache_path` to render the model server; the init container it
 adds runs `tertulia model fetch`, which downloads into the cache volume: resumable after a
 restart, one replica at a time when several share the volume, and complete or absent (the
-file appears under its name only once every byte has arrived).
+file appears under its name only once every byte has arrived). With a SHA-256 the file is
+checked after the download and on every start (a cached file that no longer matches is
+fetched again); no download grows past a size cap (the volume's), and an https:// source is
+never followed to plain http.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
+
+from tertulia.common.logging import protect
 
 if TYPE_CHECKING:
     import httpx
@@ -108,12 +114,43 @@ class FetchFailed(RuntimeError):
     """The server refused or broke off; the message names the URL and status, never a token."""
 
 
+_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+}  # fmt: skip
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+
+
+def size_in_bytes(quantity: str) -> int:
+    """A Kubernetes quantity of bytes (`50Gi`, `500M`, `1073741824`) as bytes."""
+    found = _QUANTITY.match(quantity.strip())
+    if found is None:
+        raise ValueError(f"{quantity!r} is not a size such as 50Gi or 500M")
+    return int(float(found.group(1)) * _UNITS[found.group(2) or ""])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     # Replicas that share the cache volume fetch one at a time; the others then find the file.
     with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a downloaded file must be: its SHA-256 (hex) when known, and at most how big."""
+
+    sha256: str | None = None
+    max_bytes: int | None = None
 
 
 def fetch(
@@ -123,18 +160,25 @@ def fetch(
     token: str | None = None,
     endpoint: str | None = None,
     timeout: float = 60.0,
+    limits: Limits | None = None,
 ) -> Path:
     """The file of `source` in `cache`, downloaded first if it is not there yet. A partial
-    download left by an earlier attempt continues where it stopped."""
+    download left by an earlier attempt continues where it stopped. With `limits.sha256` a
+    cached file is checked first and fetched again when it does not match; a download is
+    checked before it takes the file's name."""
     import httpx
 
+    limits = limits or Limits()
     if not source.downloads:
         raise FetchFailed(f"{source.url} is not a single file to download")
     target = cache / cache_path(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.with_name(target.name + ".lock")):
         if target.is_file():
-            return target
+            if limits.sha256 is None or sha256_of(target) == limits.sha256:
+                return target
+            # Changed on the volume since it was fetched: not what the spec names.
+            target.unlink()
         partial = target.with_name(target.name + ".partial")
         url = download_url(source, endpoint)
         headers = {"User-Agent": "tertulia-model-fetch"}
@@ -142,7 +186,7 @@ def fetch(
             # httpx drops it when the hub redirects to another host (its file CDN).
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return _download(url, headers, partial, target, timeout)
+            return _download(url, headers, partial, target, timeout, limits)
         except httpx.HTTPError as error:
             # Connection refused, a name that does not resolve, a stream cut: the next try
             # resumes from what arrived.
@@ -150,12 +194,24 @@ def fetch(
 
 
 def _download(
-    url: str, headers: dict[str, str], partial: Path, target: Path, timeout: float
+    url: str,
+    headers: dict[str, str],
+    partial: Path,
+    target: Path,
+    timeout: float,
+    limits: Limits,
 ) -> Path:
     """GET `url` into `partial`, resuming what it holds, then rename it to `target`."""
     import httpx
 
-    with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+    def no_downgrade(request: httpx.Request) -> None:
+        # A redirect from https to plain http would hand the file (and whatever a proxy on
+        # the way does with it) to the network unprotected: refused before it is sent.
+        if url.startswith("https://") and request.url.scheme != "https":
+            raise FetchFailed(f"GET {url}: refused a redirect to {request.url.scheme}://")
+
+    hooks = {"request": [no_downgrade]}
+    with httpx.Client(follow_redirects=True, timeout=timeout, event_hooks=hooks) as client:
         for _attempt in range(2):
             offset = partial.stat().st_size if partial.exists() else 0
             request_headers = dict(headers)
@@ -170,13 +226,27 @@ def _download(
                     raise FetchFailed(f"GET {url}: HTTP {response.status_code}")
                 resumed = response.status_code == 206
                 expected = _expected_size(response, offset if resumed else 0)
+                cap = limits.max_bytes
+                if cap is not None and expected is not None and expected > cap:
+                    raise FetchFailed(f"GET {url}: {expected} bytes, over the cap of {cap}")
                 with partial.open("ab" if resumed else "wb") as out:
+                    written = offset if resumed else 0
                     for chunk in response.iter_bytes(_CHUNK):
+                        written += len(chunk)
+                        if cap is not None and written > cap:
+                            out.close()
+                            partial.unlink()
+                            raise FetchFailed(f"GET {url}: more than the cap of {cap} bytes")
                         out.write(chunk)
                 size = partial.stat().st_size
                 if expected is not None and size != expected:
                     raise FetchFailed(
                         f"GET {url}: got {size} of {expected} bytes; the next try resumes"
+                    )
+                if limits.sha256 is not None and (found := sha256_of(partial)) != limits.sha256:
+                    partial.unlink()
+                    raise FetchFailed(
+                        f"GET {url}: its SHA-256 is {found}, not {limits.sha256}; nothing kept"
                     )
                 partial.replace(target)
                 return target
@@ -204,18 +274,30 @@ def fetch_command(
     cache: Annotated[Path, typer.Option(help="The cache folder (the model's volume).")] = Path(
         "/models"
     ),
+    sha256: Annotated[
+        str | None,
+        typer.Option(help="The file's SHA-256: checked after the download and on every run."),
+    ] = None,
+    max_size: Annotated[
+        str | None,
+        typer.Option(help="The most a download may be, as a quantity (50Gi): the volume's size."),
+    ] = None,
 ) -> None:
     """Download a model file into the cache once; later runs find it and return at once.
     Reads HF_TOKEN and HF_ENDPOINT as the Hugging Face tools do."""
     try:
         parsed = parse(source)
+        if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise InvalidSource(f"--sha256 {sha256!r} is not 64 lowercase hex digits")
+        limits = Limits(sha256, size_in_bytes(max_size) if max_size else None)
         path = fetch(
             parsed,
             cache,
-            token=os.environ.get("HF_TOKEN") or None,
+            token=protect(os.environ.get("HF_TOKEN") or None),
             endpoint=os.environ.get("HF_ENDPOINT") or None,
+            limits=limits,
         )
-    except (InvalidSource, FetchFailed) as error:
+    except (InvalidSource, FetchFailed, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     except OSError as error:

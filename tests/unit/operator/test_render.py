@@ -371,7 +371,9 @@ def test_without_an_embeddings_endpoint_the_operator_runs_one_for_the_gateway_an
     server = manifests["Deployment", "harbour-embeddings"]["spec"]["template"]["spec"]
     fetch = server["initContainers"][0]
     assert fetch["image"] == IMAGE
-    assert fetch["args"] == ["model", "fetch", kb.embedding.source, "--cache", "/models"]
+    assert fetch["args"] == [
+        "model", "fetch", kb.embedding.source, "--cache", "/models", "--max-size", "2Gi"
+    ]  # fmt: skip
     assert "--embeddings" in server["containers"][0]["args"]
     config = yaml.safe_load(manifests["ConfigMap", "harbour-gateway"]["data"]["gateway.yaml"])
     url = "http://harbour-embeddings.bots.svc:8080/v1"

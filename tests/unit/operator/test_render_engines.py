@@ -8,7 +8,7 @@ import pytest
 
 from tertulia.operator.api import CacheSpec, ChatBot
 from tertulia.operator.render import render_all
-from tests.unit.operator.test_render import IMAGE, by_ref, example
+from tests.unit.operator.test_render import IMAGE, by_ref, example, with_spec
 
 
 def with_model(bot: ChatBot, **changes: Any) -> ChatBot:
@@ -179,3 +179,21 @@ def test_per_replica_claims_hold_the_llamacpp_download_and_its_fetcher_can_write
     (fetch,) = pod["initContainers"]
     assert {"name": "cache", "mountPath": "/models"} in fetch["volumeMounts"]
     assert pod["securityContext"]["fsGroup"] == 10001
+
+
+def test_a_downloaded_model_is_checked_against_its_pin_and_capped_at_its_volume() -> None:
+    bot = with_spec(
+        example("cpu-ollama"),
+        {
+            "model": {
+                "engine": "llamacpp",
+                "name": None,
+                "source": "hf://owner/repo/model.gguf",
+                "sha256": "a" * 64,
+                "cache": {"size": "20Gi"},
+            }
+        },
+    )
+    model = next(m for m in render_all(bot, image=IMAGE) if m["kind"] == "StatefulSet")
+    fetch = model["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["args"][-4:] == ["--max-size", "20Gi", "--sha256", "a" * 64]

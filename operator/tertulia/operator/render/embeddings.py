@@ -27,6 +27,8 @@ from tertulia.operator.render.model import (
 )
 
 COMPONENT = "embeddings"
+# The embedding model's volume: a BERT-sized GGUF is tens of megabytes.
+CACHE_SIZE = "2Gi"
 PORT = 8080
 
 
@@ -81,8 +83,8 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
     pod = pod_spec(
         bot,
         [container],
-        initContainers=[fetch_weights(source, image, hub_env(bot.spec.model))],
-        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}}],
+        initContainers=[fetch_weights(source, image, hub_env(bot.spec.model), max_size=CACHE_SIZE)],
+        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}}],
         securityContext={
             "runAsNonRoot": True,
             "runAsUser": FETCH_USER,

@@ -106,13 +106,22 @@ def hub_env(model: ModelSpec) -> list[dict[str, Any]]:
     return [item for item in model.env if item.get("name") in HUB_SETTINGS]
 
 
-def fetch_weights(source: ModelSource, image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+def fetch_weights(
+    source: ModelSource,
+    image: str,
+    env: list[dict[str, Any]],
+    *,
+    max_size: str,
+    sha256: str | None = None,
+) -> dict[str, Any]:
     """The init container that downloads `source` into the cache volume once
-    (`tertulia model fetch`); `env` carries HF_TOKEN and HF_ENDPOINT when set."""
+    (`tertulia model fetch`), no larger than the volume (`max_size`), checking `sha256`
+    when given, at every start; `env` carries HF_TOKEN and HF_ENDPOINT when set."""
+    checks = ["--max-size", max_size, *(["--sha256", sha256] if sha256 else [])]
     return {
         "name": "fetch-weights",
         "image": image,
-        "args": ["model", "fetch", source.url, "--cache", CACHE_PATH],
+        "args": ["model", "fetch", source.url, "--cache", CACHE_PATH, *checks],
         "env": env,
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
@@ -213,7 +222,10 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
         container["volumeMounts"].append(mount)
     elif source is not None and source.downloads and model.engine == "llamacpp":
         env = [*_token_env(model, "HF_TOKEN"), *model.env]
-        extra["initContainers"] = [fetch_weights(source, image, env)]
+        size = model.cache.size if model.cache is not None else CACHE_LIMIT
+        extra["initContainers"] = [
+            fetch_weights(source, image, env, max_size=size, sha256=model.sha256)
+        ]
     if model.runtime_class_name:
         extra["runtimeClassName"] = model.runtime_class_name
     if model.priority_class_name:
