@@ -684,6 +684,27 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": {"name": "m"}, "gateway": {"memory": {"replicas": 2}}},
         "spec.gateway.memory.replicas",
     ),
+    (
+        "a key for a model server that checks none",
+        {"model": {"engine": "ollama", "name": "m", "requireApiKey": True}},
+        "spec.model.requireApiKey",
+    ),
+    (
+        "a key for an embeddings endpoint the operator does not run",
+        {
+            "model": {"name": "m"},
+            "knowledgeBase": {
+                "enabled": True,
+                "embedding": {"endpoint": "https://embed.example/v1", "requireApiKey": True},
+            },
+        },
+        "spec.knowledgeBase.embedding.requireApiKey",
+    ),
+    (
+        "a pinned digest of weights nothing downloads",
+        {"model": {"engine": "vllm", "name": "m", "sha256": "a" * 64}},
+        "spec.model.sha256",
+    ),
 ]
 
 

@@ -245,6 +245,13 @@ class ModelSpec(Spec):
                 ".sha256",
             ),
             rule(
+                "!has(self.requireApiKey) || !self.requireApiKey || self.engine == 'llamacpp' "
+                "|| self.engine == 'vllm'",
+                "requireApiKey needs a server that checks keys, llama.cpp or vLLM (Ollama checks "
+                "none; an endpoint's key is apiKeySecretRef)",
+                ".requireApiKey",
+            ),
+            rule(
                 "self.engine != 'endpoint' || has(self.endpoint)",
                 "endpoint is required when engine is endpoint",
                 ".endpoint",
@@ -394,6 +401,13 @@ class ModelSpec(Spec):
     )
     api_key_secret_ref: SecretKeyRef | None = Field(
         None, description="A bearer token the gateway sends to the endpoint (engine endpoint)."
+    )
+    require_api_key: bool = Field(
+        False,
+        description="The model server refuses any request without a key the operator "
+        "generates (Secret NAME-server-keys, key `model`) and gives the gateway alone: a pod "
+        "that gets past the NetworkPolicies still cannot use the model. llama.cpp and vLLM; "
+        "llama.cpp then also asks it on /metrics, which is not scraped.",
     )
 
     @property
@@ -593,6 +607,13 @@ class GatewaySpec(Spec):
     )
     rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Rate limits.")
     moderation: ModerationSpec = Field(default_factory=ModerationSpec, description="Moderation.")
+    allowed_clients: list[KubernetesObject] = Field(
+        default_factory=list,
+        description="Who else may call the gateway's API, besides its bots and the ingress "
+        "controllers the operator's chart names: core/v1 NetworkPolicyPeers "
+        "(podSelector, namespaceSelector, ipBlock), e.g. an in-cluster application. Its "
+        "NetworkPolicy refuses everyone else.",
+    )
     api_keys_secret_ref: SecretRef | None = Field(
         None,
         description="A Secret with one key per client identity holding its API key. When unset "
@@ -648,6 +669,16 @@ DEFAULT_EMBEDDING_SOURCE = "hf://ChristianAzinn/bge-small-en-v1.5-gguf/bge-small
 class EmbeddingSpec(Spec):
     """The embedding model, served through an OpenAI-compatible /v1/embeddings."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "!has(self.requireApiKey) || !self.requireApiKey || !has(self.endpoint)",
+                "requireApiKey is for the embeddings server the operator runs, not an endpoint",
+                ".requireApiKey",
+            )
+        )
+    )
+
     model: str = Field("BAAI/bge-small-en-v1.5", min_length=1, description="Embedding model id.")
     source: str = Field(
         DEFAULT_EMBEDDING_SOURCE,
@@ -667,6 +698,12 @@ class EmbeddingSpec(Spec):
         description="The embeddings server's image (llama.cpp); the pinned default when unset.",
     )
     resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
+    require_api_key: bool = Field(
+        False,
+        description="The embeddings server refuses any request without a key the operator "
+        "generates (Secret NAME-server-keys, key `embeddings`) and gives the gateway and the "
+        "ingest Job alone; its /metrics then asks the key too and is not scraped.",
+    )
 
 
 class S3BackupSpec(Spec):

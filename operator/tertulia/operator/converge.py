@@ -41,6 +41,12 @@ from tertulia.operator.render.memory import (
     generated_memory_password,
     memory_secrets,
 )
+from tertulia.operator.render.model import (
+    SERVER_KEYS,
+    generated_server_keys,
+    needs_server_keys,
+    server_keys_secret,
+)
 from tertulia.operator.render.platforms import secret_refs
 from tertulia.operator.seen import IngestJob, Observed
 from tertulia.operator.status import (
@@ -56,6 +62,8 @@ IMAGE = os.environ.get("TERTULIA_IMAGE", f"ghcr.io/tertulia/tertulia:{version('t
 INSTALLATION = Installation(
     registry=os.environ.get("TERTULIA_IMAGE_REGISTRY", ""),
     scrapers=json.loads(os.environ.get("TERTULIA_METRICS_SCRAPERS") or "null"),
+    gateway_clients=json.loads(os.environ.get("TERTULIA_GATEWAY_CLIENTS") or "[]"),
+    egress=os.environ.get("TERTULIA_EGRESS") or "open",
 )
 
 _cluster: Cluster | None = None
@@ -166,6 +174,17 @@ def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> list[Refusal]
                 reason="Updated",
                 message=f"added the API keys {', '.join(lacking)} to Secret {name}",
             )
+    if needs_server_keys(bot):
+        keys = generated_server_keys(bot, {key: secrets.token_urlsafe(32) for key in SERVER_KEYS})
+        name = keys["metadata"]["name"]
+        if kube.create(keys):
+            kopf.info(body, reason="Created", message=f"generated the servers' keys in {name}")
+        elif (conflict := _held_elsewhere(kube, bot, keys)) is not None:
+            held.append(conflict)
+        elif (found := kube.secret_keys(bot.namespace, name)) is not None and (
+            lacking := [key for key in SERVER_KEYS if key not in found[1]]
+        ):
+            kube.add_keys(bot.namespace, name, {key: secrets.token_urlsafe(32) for key in lacking})
     made: list[tuple[Manifest, str]] = []
     if bot.spec.gateway.memory.external is None:
         made.append((generated_memory_password(bot, secrets.token_urlsafe(32)), "Redis's password"))
@@ -207,6 +226,8 @@ def read_secrets(bot: ChatBot) -> list[tuple[str, str | None]]:
     found.extend((ref.name, None) for ref in backup_secrets(bot))
     if bot.spec.model.api_key_secret_ref is not None:
         found.append((bot.spec.model.api_key_secret_ref.name, None))
+    if needs_server_keys(bot):
+        found.append((server_keys_secret(bot), None))
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from tertulia.operator.api import CacheSpec, ChatBot
 from tertulia.operator.render import render_all
@@ -197,3 +198,68 @@ def test_a_downloaded_model_is_checked_against_its_pin_and_capped_at_its_volume(
     model = next(m for m in render_all(bot, image=IMAGE) if m["kind"] == "StatefulSet")
     fetch = model["spec"]["template"]["spec"]["initContainers"][0]
     assert fetch["args"][-4:] == ["--max-size", "20Gi", "--sha256", "a" * 64]
+
+
+def test_the_servers_keys_go_to_the_servers_and_to_those_who_call_them() -> None:
+    bot = with_spec(
+        example("cpu-ollama"),
+        {
+            "model": {
+                "engine": "llamacpp",
+                "name": None,
+                "source": "hf://owner/repo/model.gguf",
+                "requireApiKey": True,
+            },
+            "knowledgeBase": {
+                "enabled": True,
+                "embedding": {"requireApiKey": True},
+                "sources": [{"configMap": {"name": "faq"}}],
+            },
+        },
+    )
+    manifests = by_ref(render_all(bot, image=IMAGE, source_digests={"faq": "0123abcd"}))
+    model = manifests["StatefulSet", "helpdesk-model"]["spec"]["template"]["spec"]
+    server = model["containers"][0]
+    key_file = server["args"][server["args"].index("--api-key-file") + 1]
+    assert key_file == "/etc/tertulia/server-key-model/model"
+    assert {"name": "model-key", "secret": {"secretName": "helpdesk-server-keys",
+            "items": [{"key": "model", "path": "model"}]}} in model["volumes"]  # fmt: skip
+    embeddings = manifests["Deployment", "helpdesk-embeddings"]["spec"]["template"]["spec"]
+    assert "/etc/tertulia/server-key-embeddings/embeddings" in embeddings["containers"][0]["args"]
+    # The gateway sends both keys; the ingest Job the embeddings' one.
+    config = yaml.safe_load(manifests["ConfigMap", "helpdesk-gateway"]["data"]["gateway.yaml"])
+    assert config["backend"]["api_key_file"] == key_file
+    assert config["knowledge_base"]["embedding"]["api_key_file"] == (
+        "/etc/tertulia/server-key-embeddings/embeddings"
+    )
+    gateway = manifests["Deployment", "helpdesk-gateway"]["spec"]["template"]["spec"]
+    mounted = {m["mountPath"] for m in gateway["containers"][0]["volumeMounts"]}
+    assert {"/etc/tertulia/server-key-model", "/etc/tertulia/server-key-embeddings"} <= mounted
+    ingest = next(m for ref, m in manifests.items() if ref[0] == "Job")
+    ingest_mounts = ingest["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert "/etc/tertulia/server-key-embeddings" in {m["mountPath"] for m in ingest_mounts}
+    # llama.cpp asks the key on /metrics too: neither is offered to the scrapers.
+    assert (
+        "tertulia.dev/metrics" not in manifests["Service", "helpdesk-model"]["metadata"]["labels"]
+    )
+    assert (
+        "tertulia.dev/metrics"
+        not in manifests["Service", "helpdesk-embeddings"]["metadata"]["labels"]
+    )
+
+
+def test_vllm_reads_its_key_from_the_environment_and_keeps_its_metrics_open() -> None:
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"model": {"requireApiKey": True}})
+    manifests = by_ref(render_all(bot, image=IMAGE))
+    workload = next(
+        m
+        for ref, m in manifests.items()
+        if ref[1].endswith("-model") and ref[0] in ("Deployment", "StatefulSet")
+    )
+    env = workload["spec"]["template"]["spec"]["containers"][0]["env"]
+    key = next(item for item in env if item["name"] == "VLLM_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["key"] == "model"
+    service = next(
+        m for ref, m in manifests.items() if ref[0] == "Service" and ref[1].endswith("-model")
+    )
+    assert service["metadata"]["labels"]["tertulia.dev/metrics"] == "prometheus"

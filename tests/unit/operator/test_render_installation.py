@@ -167,3 +167,80 @@ def test_scrapers_reach_the_metrics_of_the_components_behind_a_policy() -> None:
     # Without scrapers, only the clients.
     plain = by_ref(render_all(bot, image=IMAGE))
     assert len(plain["NetworkPolicy", "tertulia-model-ingress"]["spec"]["ingress"]) == 1
+
+
+NGINX = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+
+
+def test_the_gateways_api_is_for_its_bots_the_ingress_controllers_and_its_named_clients() -> None:
+    app = {"podSelector": {"matchLabels": {"app": "shop"}}}
+    bot = with_spec(example("all-platforms"), {"gateway": {"allowedClients": [app]}})
+    installation = Installation(scrapers=MONITORING, gateway_clients=[NGINX])
+    policy = by_ref(render_all(bot, image=IMAGE, installation=installation))[
+        "NetworkPolicy", "tertulia-gateway-ingress"
+    ]["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    api, metrics = policy["ingress"]
+    selected = [peer["podSelector"]["matchLabels"] for peer in api["from"] if "podSelector" in peer]
+    bots = [labels["app.kubernetes.io/component"] for labels in selected if "app" not in labels]
+    assert sorted(bots) == ["discord", "slack", "telegram"]
+    assert NGINX in api["from"] and app in api["from"]
+    assert api["ports"] == [{"port": "http", "protocol": "TCP"}]
+    # The metrics port for the scrapers alone, and nothing else for them.
+    assert metrics == {"from": [MONITORING], "ports": [{"port": "metrics", "protocol": "TCP"}]}
+
+
+def test_nothing_reaches_a_bot_but_the_platforms_webhook_calls_and_the_scrapers() -> None:
+    manifests = by_ref(
+        render_all(
+            example("all-platforms"), image=IMAGE, installation=Installation(scrapers=MONITORING)
+        )
+    )
+    # Slack in events mode and Telegram with a webhook: the platform calls their webhook port.
+    for platform in ("slack", "telegram"):
+        rules = manifests["NetworkPolicy", f"tertulia-{platform}-ingress"]["spec"]["ingress"]
+        assert {"ports": [{"port": 8443, "protocol": "TCP"}]} in rules
+    # Discord connects out: nothing but the scrapers on its health port.
+    discord = manifests["NetworkPolicy", "tertulia-discord-ingress"]["spec"]
+    assert discord["policyTypes"] == ["Ingress"]
+    assert discord["ingress"] == [
+        {"from": [MONITORING], "ports": [{"port": 8081, "protocol": "TCP"}]}
+    ]
+    # Without scrapers: no ingress at all.
+    plain = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    assert plain["NetworkPolicy", "tertulia-discord-ingress"]["spec"]["ingress"] == []
+
+
+def test_restricted_egress_lets_each_component_open_only_what_it_needs() -> None:
+    bot = with_spec(example("all-platforms"), {"knowledgeBase": {"enabled": True}})
+    open_ = by_ref(render_all(bot, image=IMAGE))
+    assert not [ref for ref in open_ if ref[1].endswith("-egress")]
+    manifests = by_ref(render_all(bot, image=IMAGE, installation=Installation(egress="restricted")))
+
+    def reachable(component: str) -> list[str]:
+        rules = manifests["NetworkPolicy", f"tertulia-{component}-egress"]["spec"]["egress"]
+        return sorted(
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for rule in rules
+            for peer in rule.get("to") or []
+            if "podSelector" in peer
+        )
+
+    assert reachable("gateway") == ["embeddings", "knowledge-base", "memory", "model"]
+    for platform in ("slack", "discord", "telegram"):
+        assert reachable(platform) == ["gateway"]
+        rules = manifests["NetworkPolicy", f"tertulia-{platform}-egress"]["spec"]["egress"]
+        internet = [
+            rule for rule in rules if any("ipBlock" in peer for peer in rule.get("to") or [])
+        ]
+        (https,) = internet
+        assert https["ports"] == [{"port": 443, "protocol": "TCP"}]
+        assert "10.0.0.0/8" in https["to"][0]["ipBlock"]["except"]
+    assert reachable("ingest") == ["embeddings", "knowledge-base"]
+    assert reachable("memory") == [] and reachable("knowledge-base") == []
+    # Every one may ask DNS.
+    for ref, manifest in manifests.items():
+        if ref[0] == "NetworkPolicy" and ref[1].endswith("-egress"):
+            dns = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+            assert dns in manifest["spec"]["egress"], ref

@@ -45,7 +45,7 @@ def render_all(
             secret_versions=secret_versions,
         ),
         *render_platforms(bot, image=image, only=ready_platforms, secret_versions=secret_versions),
-        *render_network_policies(bot, scrapers=installation.scrapers),
+        *render_network_policies(bot, installation),
     ]
     for manifest in manifests:
         _say_why_on_failure(manifest)

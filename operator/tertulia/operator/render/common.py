@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tertulia.operator.api import GROUP, KIND, VERSION, ChatBot
@@ -269,8 +269,12 @@ def http_probe(path: str, port: int | str, **timing: int) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Installation:
     """What the operator's installation adds to every render: the registry its third-party
-    images are mirrored in (empty: their upstream names), and who may scrape the metrics
-    of components behind a NetworkPolicy (a core/v1 NetworkPolicyPeer; none when None)."""
+    images are mirrored in (empty: their upstream names), who may scrape the metrics of
+    components behind a NetworkPolicy (a core/v1 NetworkPolicyPeer; none when None), who
+    else may call every gateway's API (the ingress controllers: NetworkPolicyPeers), and
+    whether egress is restricted too (`restricted`) or left open (`open`)."""
 
     registry: str = ""
     scrapers: dict[str, Any] | None = None
+    gateway_clients: list[dict[str, Any]] = field(default_factory=list)
+    egress: str = "open"

@@ -23,6 +23,7 @@ from tertulia.operator.render.model import (
     FETCH_USER,
     fetch_weights,
     hub_env,
+    server_key_volume,
     weights_file,
 )
 
@@ -80,11 +81,17 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH, "readOnly": True}],
     }
+    volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}}]
+    if embedding.require_api_key:
+        volume, mount, path = server_key_volume(bot, COMPONENT)
+        volumes.append(volume)
+        container["volumeMounts"].append(mount)
+        args += ["--api-key-file", path]
     pod = pod_spec(
         bot,
         [container],
         initContainers=[fetch_weights(source, image, hub_env(bot.spec.model), max_size=CACHE_SIZE)],
-        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}}],
+        volumes=volumes,
         securityContext={
             "runAsNonRoot": True,
             "runAsUser": FETCH_USER,
@@ -92,4 +99,6 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     )
-    return [deployment(bot, COMPONENT, 1, pod), service(bot, COMPONENT, PORT, metrics="http")]
+    # llama.cpp asks its key on /metrics too: with one, the scrapers cannot read them.
+    metrics = None if embedding.require_api_key else "http"
+    return [deployment(bot, COMPONENT, 1, pod), service(bot, COMPONENT, PORT, metrics=metrics)]

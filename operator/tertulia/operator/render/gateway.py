@@ -25,6 +25,7 @@ from tertulia.operator.render.common import (
     spread,
 )
 from tertulia.operator.render.knowledge import (
+    embedding_key_volume,
     key_volume,
     knowledge_base_key,
     knowledge_base_settings,
@@ -33,8 +34,10 @@ from tertulia.operator.render.memory import ca_volume, memory_secrets, password_
 from tertulia.operator.render.model import (
     backend_key_volume,
     model_base_url,
+    needs_server_keys,
     replicas_address,
     served_model_name,
+    server_keys_secret,
 )
 
 COMPONENT = "gateway"
@@ -195,12 +198,15 @@ def render_gateway_access(bot: ChatBot) -> list[Manifest]:
 
 
 def gateway_secrets(bot: ChatBot) -> list[str]:
-    """The Secrets the gateway reads: API keys, Weaviate's key, the endpoint's key."""
+    """The Secrets the gateway reads: API keys, Weaviate's key, the endpoint's key, the
+    keys of the servers the operator runs."""
     names = [api_keys_secret(bot), *memory_secrets(bot)]
     if bot.spec.knowledge_base.enabled:
         names.append(knowledge_base_key(bot)[0])
     if bot.spec.model.api_key_secret_ref is not None:
         names.append(bot.spec.model.api_key_secret_ref.name)
+    if needs_server_keys(bot):
+        names.append(server_keys_secret(bot))
     return names
 
 
@@ -246,6 +252,10 @@ def render_gateway(
         volume, mount = key_volume(bot)
         volumes.append(volume)
         mounts.append(mount)
+        embedding_key = embedding_key_volume(bot)
+        if embedding_key is not None:
+            volumes.append(embedding_key[0])
+            mounts.append(embedding_key[1])
     container = {
         "name": COMPONENT,
         "image": gateway.image or image,

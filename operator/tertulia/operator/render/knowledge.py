@@ -27,7 +27,9 @@ from tertulia.operator.render.common import (
     spread,
     stateful_set,
 )
-from tertulia.operator.render.embeddings import embeddings_url
+from tertulia.operator.render.embeddings import COMPONENT as EMBEDDINGS
+from tertulia.operator.render.embeddings import embeddings_url, runs_embeddings_server
+from tertulia.operator.render.model import server_key_volume
 
 COMPONENT = "knowledge-base"
 INGEST = "ingest"
@@ -175,10 +177,22 @@ def knowledge_base_settings(bot: ChatBot) -> dict[str, Any]:
         "api_key_file": f"{KEY_PATH}/{KEY}",
         "collection": bot.name,
         "replication_factor": knowledge.replicas,
-        "embedding": {"url": embeddings_url(bot), "model": knowledge.embedding.model},
+        "embedding": {
+            "url": embeddings_url(bot),
+            "model": knowledge.embedding.model,
+            **({"api_key_file": key[2]} if (key := embedding_key_volume(bot)) else {}),
+        },
         "alpha": knowledge.alpha,
         "top_k": knowledge.top_k,
     }
+
+
+def embedding_key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+    """The embeddings server's key, for those who call it (the gateway, the ingest Job), as
+    a volume, its mount and the file to read; None when the server asks none."""
+    if runs_embeddings_server(bot) and bot.spec.knowledge_base.embedding.require_api_key:
+        return server_key_volume(bot, EMBEDDINGS)
+    return None
 
 
 def key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -434,6 +448,10 @@ def _ingest_job(bot: ChatBot, image: str, source_digests: dict[str, str]) -> Man
     key, key_mount = key_volume(bot)
     volumes: list[dict[str, Any]] = [key]
     mounts: list[dict[str, Any]] = [key_mount]
+    embedding_key = embedding_key_volume(bot)
+    if embedding_key is not None:
+        volumes.append(embedding_key[0])
+        mounts.append(embedding_key[1])
     paths = []
     for index, source in enumerate(knowledge.sources):
         volume = f"source-{index}"

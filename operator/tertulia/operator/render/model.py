@@ -43,10 +43,52 @@ def model_base_url(bot: ChatBot) -> str:
 
 
 BACKEND_KEY_PATH = "/etc/tertulia/backend"
+# The keys the operator makes for the servers it runs (spec.model.requireApiKey,
+# knowledgeBase.embedding.requireApiKey): one Secret, a key per server.
+SERVER_KEYS = ("model", "embeddings")
+SERVER_KEY_PATH = "/etc/tertulia/server-key"
+
+
+def server_keys_secret(bot: ChatBot) -> str:
+    return bot.child("server-keys")
+
+
+def needs_server_keys(bot: ChatBot) -> bool:
+    knowledge = bot.spec.knowledge_base
+    return bot.spec.model.require_api_key or (
+        knowledge.enabled and knowledge.embedding.require_api_key
+    )
+
+
+def generated_server_keys(bot: ChatBot, keys: dict[str, str]) -> Manifest:
+    """The keys the model and embeddings servers ask of every request, made once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(bot, COMPONENT, server_keys_secret(bot), watched=True),
+        "type": "Opaque",
+        "stringData": keys,
+    }
+
+
+def server_key_volume(bot: ChatBot, server: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A server's generated key as a volume, its mount, and the file to read."""
+    volume = {
+        "name": f"{server}-key",
+        "secret": {
+            "secretName": server_keys_secret(bot),
+            "items": [{"key": server, "path": server}],
+        },
+    }
+    mount = {"name": f"{server}-key", "mountPath": f"{SERVER_KEY_PATH}-{server}", "readOnly": True}
+    return volume, mount, f"{SERVER_KEY_PATH}-{server}/{server}"
 
 
 def backend_key_volume(bot: ChatBot) -> tuple[dict[str, Any], dict[str, Any], str] | None:
-    """The model server's API key Secret as a volume, its mount, and the file to read."""
+    """The key the gateway sends the model server, as a volume, its mount, and the file to
+    read: the endpoint's, or the one the operator made for its own server."""
+    if bot.spec.model.require_api_key:
+        return server_key_volume(bot, "model")
     ref = bot.spec.model.api_key_secret_ref
     if ref is None:
         return None
@@ -241,9 +283,11 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
         **extra,
     )
     pod = {key: value for key, value in pod.items() if value is not None}
-    # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do.
+    # Ollama serves no Prometheus metrics; vLLM and llama.cpp (with --metrics) do, but
+    # llama.cpp asks its key on /metrics too, which a scraper has not.
+    scraped = model.engine == "vllm" or (model.engine == "llamacpp" and not model.require_api_key)
     manifests = [
-        service(bot, COMPONENT, port, metrics="http" if model.engine != "ollama" else None),
+        service(bot, COMPONENT, port, metrics="http" if scraped else None),
         headless_service(
             bot,
             COMPONENT,
@@ -364,7 +408,11 @@ def _token_env(model: ModelSpec, variable: str) -> list[dict[str, Any]]:
     if model.token_secret_ref is None:
         return []
     ref = model.token_secret_ref
-    return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+    return [_secret_env(variable, ref.name, ref.key)]
+
+
+def _secret_env(variable: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
 def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -402,6 +450,13 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
             {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
             {"name": "TRITON_CACHE_DIR", "value": "/cache/triton"},
             *_token_env(model, "HF_TOKEN"),
+            # `vllm serve --api-key` reads VLLM_API_KEY; it guards /v1 alone (/health and
+            # /metrics stay open to the kubelet and the scrapers).
+            *(
+                [_secret_env("VLLM_API_KEY", server_keys_secret(bot), "model")]
+                if model.require_api_key
+                else []
+            ),
         ],
         **_probes(model, "/health", port),
         # Tensor-parallel workers talk through shared memory.
@@ -474,14 +529,20 @@ def _llamacpp(
         *(["--n-gpu-layers", "999"] if model.gpu_count else []),
         *model.args,
     ]  # fmt: skip
-    container = {
+    volumes: list[dict[str, Any]] = []
+    container: dict[str, Any] = {
         "name": "llama-server",
         "image": model.image,
         "args": args,
-        **_probes(model, "/health", port),
+        **_probes(model, "/health", port),  # /health asks no key
         "cache_path": CACHE_PATH,
     }
-    return container, []
+    if model.require_api_key:
+        volume, mount, path = server_key_volume(bot, "model")
+        volumes.append(volume)
+        container["volumeMounts"] = [mount]
+        args += ["--api-key-file", path]
+    return container, volumes
 
 
 _ENGINES = {"vllm": _vllm, "ollama": _ollama, "llamacpp": _llamacpp}

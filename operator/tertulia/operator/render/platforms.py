@@ -44,6 +44,12 @@ def secret_refs(bot: ChatBot) -> dict[str, dict[str, SecretKeyRef]]:
     return needed
 
 
+def receives_http(spec: object) -> bool:
+    """Whether the platform calls the bot (Slack's events mode, Telegram's webhooks) rather
+    than the bot calling out (Socket Mode, long polling, Discord's gateway)."""
+    return getattr(spec, "mode", None) in ("events", "webhook")
+
+
 def render_platforms(
     bot: ChatBot,
     *,
@@ -95,8 +101,8 @@ def _platform(
     mode = getattr(spec, "mode", None)
     if mode:
         env.append({"name": "TERTULIA_BOT_MODE", "value": mode})
-    receives_http = mode in ("events", "webhook")
-    if receives_http:
+    webhook = receives_http(spec)
+    if webhook:
         ports.append({"name": "webhook", "containerPort": WEBHOOK_PORT})
         env.append({"name": "TERTULIA_BOT_WEBHOOK_PORT", "value": str(WEBHOOK_PORT)})
     if isinstance(spec, TelegramSpec) and spec.webhook_url:
@@ -137,6 +143,6 @@ def _platform(
             annotations=secrets_version(secret_versions, read),
         )
     ]
-    if receives_http:
+    if webhook:
         manifests.append(service(bot, platform, WEBHOOK_PORT, "webhook"))
     return manifests
