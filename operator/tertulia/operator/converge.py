@@ -158,33 +158,17 @@ def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> list[Refusal]
     this ChatBot does not own is left untouched and returned as a conflict: the pods that
     would mount it are not applied."""
     held: list[Refusal] = []
+    sets: list[tuple[Manifest, tuple[str, ...], str]] = []
     if bot.spec.gateway.api_keys_secret_ref is None:
-        keys = generated_api_keys(bot, {key: secrets.token_urlsafe(32) for key in GENERATED_KEYS})
-        name = api_keys_secret(bot)
-        if kube.create(keys):
-            kopf.info(body, reason="Created", message=f"generated API keys in Secret {name}")
-        elif (conflict := _held_elsewhere(kube, bot, keys)) is not None:
-            held.append(conflict)
-        elif (found := kube.secret_keys(bot.namespace, name)) is not None and (
-            lacking := [key for key in GENERATED_KEYS if key not in found[1]]
-        ):
-            kube.add_keys(bot.namespace, name, {key: secrets.token_urlsafe(32) for key in lacking})
-            kopf.info(
-                body,
-                reason="Updated",
-                message=f"added the API keys {', '.join(lacking)} to Secret {name}",
-            )
+        keys = {key: secrets.token_urlsafe(32) for key in GENERATED_KEYS}
+        sets.append((generated_api_keys(bot, keys), GENERATED_KEYS, "API keys"))
     if needs_server_keys(bot):
-        keys = generated_server_keys(bot, {key: secrets.token_urlsafe(32) for key in SERVER_KEYS})
-        name = keys["metadata"]["name"]
-        if kube.create(keys):
-            kopf.info(body, reason="Created", message=f"generated the servers' keys in {name}")
-        elif (conflict := _held_elsewhere(kube, bot, keys)) is not None:
+        keys = {key: secrets.token_urlsafe(32) for key in SERVER_KEYS}
+        sets.append((generated_server_keys(bot, keys), SERVER_KEYS, "the servers' keys"))
+    for manifest, wanted, what in sets:
+        conflict = _keys_made(kube, bot, body, manifest, wanted, what)
+        if conflict is not None:
             held.append(conflict)
-        elif (found := kube.secret_keys(bot.namespace, name)) is not None and (
-            lacking := [key for key in SERVER_KEYS if key not in found[1]]
-        ):
-            kube.add_keys(bot.namespace, name, {key: secrets.token_urlsafe(32) for key in lacking})
     made: list[tuple[Manifest, str]] = []
     if bot.spec.gateway.memory.external is None:
         made.append((generated_memory_password(bot, secrets.token_urlsafe(32)), "Redis's password"))
@@ -199,6 +183,31 @@ def generate_keys(kube: Cluster, bot: ChatBot, body: kopf.Body) -> list[Refusal]
         elif (conflict := _held_elsewhere(kube, bot, manifest)) is not None:
             held.append(conflict)
     return held
+
+
+def _keys_made(
+    kube: Cluster,
+    bot: ChatBot,
+    body: kopf.Body,
+    manifest: Manifest,
+    wanted: tuple[str, ...],
+    what: str,
+) -> Refusal | None:
+    """A Secret of generated keys made, or the keys an older one lacks added to it; a
+    conflict when another holds its name."""
+    name = manifest["metadata"]["name"]
+    if kube.create(manifest):
+        kopf.info(body, reason="Created", message=f"generated {what} in Secret {name}")
+        return None
+    conflict = _held_elsewhere(kube, bot, manifest)
+    if conflict is not None:
+        return conflict
+    found = kube.secret_keys(bot.namespace, name)
+    lacking = [key for key in wanted if found is not None and key not in found[1]]
+    if lacking:
+        kube.add_keys(bot.namespace, name, {key: secrets.token_urlsafe(32) for key in lacking})
+        kopf.info(body, reason="Updated", message=f"added {', '.join(lacking)} to Secret {name}")
+    return None
 
 
 def _held_elsewhere(kube: Cluster, bot: ChatBot, manifest: Manifest) -> Refusal | None:
