@@ -38,13 +38,11 @@ ensure_uv() {
 }
 
 sync_environment() {
-  # llama-cpp-python compiles from source once (about 5 minutes on 2 cores); uv keeps the
-  # built wheel in its cache, keyed by the locked hash, so later syncs only link it.
-  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  # Every dependency is a wheel from the lock: nothing compiles (llama.cpp is built once,
+  # apart, by hack/build-llama-server.sh).
   export UV_PYTHON_DOWNLOADS=never
-  # uv revalidates a cached download once its HTTP freshness has run out, and an index that
-  # sends short lifetimes then makes it rebuild llama-cpp-python: an offline attempt first
-  # reuses what the cache holds, and only what is missing is fetched.
+  # uv revalidates a cached download once its HTTP freshness has run out: an offline attempt
+  # first reuses what the cache holds, and only what is missing is fetched.
   (cd "${REPO_ROOT}" && { "${UV}" sync --quiet --locked --all-extras --offline 2>/dev/null \
     || "${UV}" sync --quiet --locked --all-extras; })
 }

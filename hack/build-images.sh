@@ -8,8 +8,8 @@
 # bases, and the third-party images the operator renders (`tertulia operator images`), are
 # local stand-ins under the same names, with the upstream entrypoints, ports, users and paths
 # (hack/images/*/Containerfile): a Debian bookworm base from mmdebstrap, uv from its
-# hash-checked wheel, Debian's redis-server, the test bed's Weaviate build, and llama-server
-# built from the llama.cpp that the locked llama-cpp-python vendors.
+# hash-checked wheel, Debian's redis-server, the test bed's Weaviate build, and the one
+# llama-server build of hack/build-llama-server.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 IMAGES_DIR="${TERTULIA_CACHE}/images"
@@ -87,39 +87,6 @@ debian_base() {
   rm -f "${CONTEXT}/rootfs.tar"
 }
 
-llama_server() {
-  # llama-server of the release the operator pins, from the sdist uv.lock pins (checked
-  # against its hash), for any x86-64 with AVX2: not -march=native, which on a CPU with AMX
-  # compiles in ggml's AMX kernels, and they crash on the first matrix multiplication.
-  [[ -x "${LLAMA_SERVER_DIR}/llama-server" ]] && return
-  log "building llama-server ${LLAMACPP_RELEASE} (first run only)"
-  local work="${CONTEXT}/llama.cpp"
-  mkdir -p "${work}"
-  "${REPO_ROOT}/.venv/bin/python" - "${REPO_ROOT}/uv.lock" "${work}/sdist.tar.gz" <<'PYTHON'
-import hashlib, sys, tomllib, urllib.request
-lock, target = sys.argv[1], sys.argv[2]
-sdist = next(p for p in tomllib.load(open(lock, "rb"))["package"] if p["name"] == "llama-cpp-python")["sdist"]
-data = urllib.request.urlopen(sdist["url"], timeout=300).read()
-if "sha256:" + hashlib.sha256(data).hexdigest() != sdist["hash"]:
-    sys.exit(f"{sdist['url']} does not match the hash in uv.lock")
-open(target, "wb").write(data)
-PYTHON
-  tar -xzf "${work}/sdist.tar.gz" -C "${work}" --strip-components=1
-  # The compiler's warnings go to a log, shown when the build fails.
-  if ! { cmake -S "${work}/vendor/llama.cpp" -B "${work}/build" -DCMAKE_BUILD_TYPE=Release \
-      -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
-      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
-      && cmake --build "${work}/build" --target llama-server -j "$(nproc)"; } \
-      >"${work}/build.log" 2>&1; then
-    tail -n 40 "${work}/build.log" >&2
-    die "building llama-server failed"
-  fi
-  mkdir -p "${LLAMA_SERVER_DIR}"
-  install -m 0755 "${work}/build/bin/llama-server" "${LLAMA_SERVER_DIR}/llama-server"
-  rm -rf "${work}"
-}
-
 save() {
   # save IMAGE: a docker-archive named after it, written again only when the image changed.
   local image name id
@@ -140,11 +107,9 @@ while read -r role image; do
 done < <("${REPO_ROOT}/.venv/bin/tertulia" operator images)
 APP_VERSION="$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "${REPO_ROOT}/charts/tertulia/Chart.yaml")"
 BIN="${TESTBED_DIR}/bin"
-# The release in the tag the operator renders (server-bNNNN); the binary is built for any
-# x86-64 with AVX2, as upstream's CPU image is for its baseline, so one cache serves every
-# machine.
-LLAMACPP_RELEASE="${THIRD_PARTY[model-llamacpp]##*-}"
-LLAMA_SERVER_DIR="${TERTULIA_CACHE}/llama-server/${LLAMACPP_RELEASE}-avx2"
+# The release in the tag the operator renders (server-bNNNN) is the one hack/versions.env pins.
+[[ "${THIRD_PARTY[model-llamacpp]##*-}" == "${LLAMACPP_RELEASE}" ]] \
+  || die "the operator renders ${THIRD_PARTY[model-llamacpp]}; hack/versions.env pins ${LLAMACPP_RELEASE}"
 
 debian_base
 stand_in docker.io/library/python:3.11.14-slim-bookworm python
@@ -159,7 +124,6 @@ build "ghcr.io/tertulia/operator:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_R
 save "ghcr.io/tertulia/operator:${APP_VERSION}"
 build "ghcr.io/tertulia/tertulia:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/services/Dockerfile"
 save "ghcr.io/tertulia/tertulia:${APP_VERSION}"
-llama_server
-stand_in "${THIRD_PARTY[model-llamacpp]}" llama-server "${LLAMA_SERVER_DIR}/llama-server"
+stand_in "${THIRD_PARTY[model-llamacpp]}" llama-server "$(bash "${REPO_ROOT}/hack/build-llama-server.sh")"
 save "${THIRD_PARTY[model-llamacpp]}"
 echo "${ARCHIVES}"

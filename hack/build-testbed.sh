@@ -133,6 +133,8 @@ case "${1:-}" in
     build_node
     ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
     ln -sf "${MOTO_DIR}/bin/moto_server" "${BIN}/moto_server"
+    # The model and embeddings servers of the integration tier.
+    ln -sf "$(bash "${REPO_ROOT}/hack/build-llama-server.sh")" "${BIN}/llama-server"
     ;;
 esac
 echo "${BIN}"

@@ -17,6 +17,8 @@ MOTO_DIR="${TERTULIA_CACHE}/moto/$(sha256sum "${REPO_ROOT}/hack/s3/requirements.
 COREDNS_DIR="${TERTULIA_CACHE}/coredns/${COREDNS_VERSION}"
 KUBE_ROUTER_DIR="${TERTULIA_CACHE}/kube-router/${KUBE_ROUTER_VERSION}-$(sha256sum "${REPO_ROOT}/hack/kube-router/go.sum" | cut -c1-8)"
 UV_DIR="${TERTULIA_CACHE}/uv/${UV_VERSION}"
+# For any x86-64 with AVX2, so one cache serves every machine (hack/build-llama-server.sh).
+LLAMA_SERVER_DIR="${TERTULIA_CACHE}/llama-server/${LLAMACPP_RELEASE}-avx2"
 UV="${UV_DIR}/bin/uv"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }

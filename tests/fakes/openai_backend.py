@@ -51,7 +51,7 @@ class FakeBackendConfig:
     cut_after_tokens: int = -1
     # End streams without the final `data: [DONE]`, as a broken engine would.
     omit_done: bool = False
-    # Honour `stream_options.include_usage` (False: ignore it, as llama-cpp-python does).
+    # Honour `stream_options.include_usage` (False: ignore it, as some engines do).
     stream_usage: bool = True
     embedding_dimensions: int = 16
     model: str = MODEL_ID

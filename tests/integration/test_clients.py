@@ -154,7 +154,7 @@ def test_the_async_sdk_streams_and_completes(gateway: str) -> None:
                 async for chunk in stream
                 if chunk.choices and chunk.choices[0].delta.content
             ]
-            # One at a time: llama-cpp-python's server cuts a stream short for a newer request.
+            # One at a time, as a person asks.
             completion = await client.chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "user", "content": "Name one thing a harbour has."}],

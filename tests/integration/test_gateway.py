@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.testbed.pki import issue, write_pki
-from tests.testbed.process import ManagedProcess, free_port
+from tests.testbed.process import ManagedProcess, eventually, free_port
 from tests.testbed.servers import (
     start_fake_backend,
     start_gateway,
@@ -433,6 +433,9 @@ def test_sigterm_drains_the_gateway_and_every_answer_in_flight_completes(
         tmp_path,
         {
             **SETTINGS,
+            # Answers long enough that most are still streaming when the signal comes: the
+            # model server answers four at once.
+            "MAX_TOKENS": "96",
             "BACKEND__URL": instruct_url,
             "SHUTDOWN__DRAIN_DELAY_SECONDS": "3",
             # The model answers one at a time: the last of 21 may wait minutes on a busy CPU.
@@ -440,21 +443,29 @@ def test_sigterm_drains_the_gateway_and_every_answer_in_flight_completes(
         },
         name="draining-gateway",
     )
-    started = threading.Semaphore(0)
     finished: list[tuple[int, list[tuple[str, dict[str, Any]]]]] = []
 
     def ask(index: int) -> None:
         body = {"message": f"Tell me about boat number {index}.", "conversation_id": f"d{index}"}
         with httpx.stream("POST", f"{url}/chat/stream", json=body, timeout=600) as response:
-            started.release()
             finished.append((response.status_code, list(read_events(response))))
+
+    def in_flight() -> float:
+        """Requests the gateway has sent to the model server and not yet seen end."""
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("tertulia_gateway_backend_in_flight{")
+        )
 
     workers = [threading.Thread(target=ask, args=(index,)) for index in range(streams)]
     try:
         for worker in workers:
             worker.start()
-        for _ in range(streams):
-            assert started.acquire(timeout=60), "every stream has its answer's headers"
+        # Every request on its way to the model server (which answers four at once, the
+        # rest waiting their turn there) before the signal.
+        eventually(lambda: in_flight() >= streams, timeout=60, what="every request upstream")
         gateway.popen.send_signal(signal.SIGTERM)
         # The signal landed mid-way: most answers were still to come.
         in_flight_at_signal = streams - len(finished)

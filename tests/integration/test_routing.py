@@ -20,11 +20,12 @@ from tests.testbed.process import ManagedProcess, free_port
 from tests.testbed.servers import start_gateway, start_llama_server, start_redis
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-COMPLETION = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" 200')
+# llama-server writes a line as each task ends: a completion it answered.
+COMPLETION = re.compile(r"\| stop processing:")
 
 
 def served(replica: ManagedProcess) -> int:
-    """Completions the replica has answered, as its access log says."""
+    """Completions the replica has answered, as its log says."""
     return len(COMPLETION.findall(replica.log_path.read_text(errors="replace")))
 
 

@@ -3,7 +3,6 @@ servers, the fake backend, the gateway and the operator."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -16,7 +15,7 @@ from xml.etree import ElementTree
 
 import httpx
 
-from tests.testbed.paths import binary, cache_dir
+from tests.testbed.paths import binary
 from tests.testbed.process import ManagedProcess, free_port, port_open, reserve_port
 
 LLAMA_MODEL_ALIAS = "gemma3-270m"
@@ -83,45 +82,43 @@ def _start_llama_cpp(
     workdir: Path,
     model: Path,
     alias: str,
-    options: list[str],
     timeout: float,
+    *,
+    context: int,
     port: int | None = None,
     host: str = "127.0.0.1",
+    embeddings: bool = False,
+    chat_template: str | None = None,
+    threads: int | None = None,
+    extra: Sequence[str] = (),
 ) -> tuple[ManagedProcess, str]:
-    """llama-cpp-python's OpenAI-compatible server on a free port (or `port`) of `host` (a
-    loopback address); returns its /v1 URL."""
+    """llama.cpp's llama-server, the one build every part uses (local mode's locator finds
+    the test bed's), on a free port (or `port`) of `host` (a loopback address); returns its
+    /v1 URL once /health says the model is loaded."""
+    from tertulia.local.engine import server_args
+
     port = port or free_port()
     process = ManagedProcess(
         name,
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--model_alias",
+        server_args(
+            model,
             alias,
-            *options,
-            # Requests wait their turn, as at llama.cpp's own server: by default a new request
-            # cuts a streaming answer short.
-            "--interrupt_requests",
-            "false",
-            "--n_threads",
-            str(os.cpu_count() or 2),
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ],
+            host=host,
+            port=port,
+            context=context,
+            embeddings=embeddings,
+            chat_template=chat_template,
+            threads=threads,
+            extra=extra,
+        ),
         workdir,
     ).start()
-    base_url = f"http://{host}:{port}/v1"
     process.wait_until(
-        lambda: urllib.request.urlopen(f"{base_url}/models", timeout=2).status == 200,
+        lambda: urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2).status == 200,
         timeout,
-        "serving /v1/models",
+        "serving /health",
     )
-    return process, base_url
+    return process, f"http://{host}:{port}/v1"
 
 
 SENTINEL_NAME = "memory"
@@ -222,52 +219,41 @@ def start_sentinel_group(
 def start_llama_server(
     workdir: Path, timeout: float = 180.0, *, port: int | None = None, host: str = "127.0.0.1"
 ) -> tuple[ManagedProcess, str]:
-    """The chat model server: Gemma 3 270M with its chat format; on `port` to start one again
-    where another was, on `host` (127.0.0.2, ...) for replicas that share a port as pods do."""
-    options = ["--chat_format", "gemma", "--n_ctx", "4096"]
+    """The chat model server: Gemma 3 270M with llama.cpp's gemma chat template (its GGUF, a
+    base model's, has none); on `port` to start one again where another was, on `host`
+    (127.0.0.2, ...) for replicas that share a port as pods do."""
     return _start_llama_cpp(
-        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, options, timeout, port, host
-    )
+        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, timeout,
+        context=4096, port=port, host=host, chat_template="gemma",
+    )  # fmt: skip
 
 
 INSTRUCT_MODEL_ALIAS = "smollm2-135m-instruct"
 
 
-def start_instruct_server(workdir: Path, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
+def start_instruct_server(
+    workdir: Path, timeout: float = 180.0, *, extra: Sequence[str] = ()
+) -> tuple[ManagedProcess, str]:
     """Local mode's default chat model, SmolLM2-135M-Instruct, with the chat template its
-    GGUF carries: it answers in sentences, where Gemma 3 270M (a base model) rambles."""
+    GGUF carries: it answers in sentences, where Gemma 3 270M (a base model) rambles.
+    `extra` adds flags (`--api-key-file`, say)."""
     return _start_llama_cpp(
-        "instruct-server",
-        workdir,
-        smollm2_model_path(),
-        INSTRUCT_MODEL_ALIAS,
-        ["--n_ctx", "4096"],
-        timeout,
-    )
+        "instruct-server", workdir, smollm2_model_path(), INSTRUCT_MODEL_ALIAS, timeout,
+        context=4096, extra=extra,
+    )  # fmt: skip
 
 
 EMBEDDING_MODEL_ALIAS = "all-minilm-l6-v2"
 
 
 def start_embedding_server(workdir: Path, timeout: float = 120.0) -> tuple[ManagedProcess, str]:
-    """The embeddings server: all-MiniLM-L6-v2 at /v1/embeddings."""
+    """The embeddings server: all-MiniLM-L6-v2 at /v1/embeddings, within its 512 positions."""
     from tertulia.knowledge.local_model import embedding_model_path
 
-    options = ["--embedding", "true", "--n_ctx", "512", "--n_batch", "512", "--n_ubatch", "512"]
     return _start_llama_cpp(
-        "embedding-server", workdir, embedding_model_path(), EMBEDDING_MODEL_ALIAS, options, timeout
-    )
-
-
-def llama_cpp_binary() -> Path:
-    """llama.cpp's own server (llama-server) of the release the operator renders, as
-    `make images` builds it into the cache for the real node's image."""
-    from tertulia.operator.render.images import LLAMACPP_RELEASE
-
-    path = cache_dir() / "llama-server" / f"{LLAMACPP_RELEASE}-avx2" / "llama-server"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: `make images` builds it")
-    return path
+        "embedding-server", workdir, embedding_model_path(), EMBEDDING_MODEL_ALIAS, timeout,
+        context=512, embeddings=True,
+    )  # fmt: skip
 
 
 def start_llama_cpp(
@@ -281,36 +267,13 @@ def start_llama_cpp(
     threads: int | None = None,
     timeout: float = 120.0,
 ) -> tuple[ManagedProcess, str]:
-    """llama.cpp's llama-server with the arguments the operator renders for a model
-    (--ctx-size, --metrics; its slots and prompt cache at their defaults), on `host`:`port`;
-    returns its /v1 URL. `threads`: llama.cpp's own default (every core) when None."""
-    port = port or free_port()
-    process = ManagedProcess(
-        f"llama-cpp-{host}",
-        [
-            str(llama_cpp_binary()),
-            "--model",
-            str(model),
-            "--alias",
-            alias,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--ctx-size",
-            str(context),
-            "--metrics",
-            *(["--threads", str(threads)] if threads else []),
-        ],
-        workdir,
-    ).start()
-    base_url = f"http://{host}:{port}/v1"
-    process.wait_until(
-        lambda: urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2).status == 200,
-        timeout,
-        "serving /health",
-    )
-    return process, base_url
+    """llama-server with the arguments the operator renders for a model (--ctx-size,
+    --metrics; its slots and prompt cache at their defaults), on `host`:`port`; returns its
+    /v1 URL. `threads`: llama.cpp's own default (every core) when None."""
+    return _start_llama_cpp(
+        f"llama-cpp-{host}", workdir, model, alias, timeout,
+        context=context, port=port, host=host, threads=threads,
+    )  # fmt: skip
 
 
 def _free_port_pair() -> int:

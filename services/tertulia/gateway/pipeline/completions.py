@@ -109,7 +109,7 @@ async def passthrough(
                     if rest:
                         yield _chunk(last, choices=[_content_choice(rest, None)])
                     if client_wants_usage and usage is None:
-                        # The engine ignored stream_options (llama-cpp-python does): the client
+                        # The engine ignored stream_options: the client
                         # still gets the usage chunk it asked for, counted as the gateway can.
                         yield _usage_chunk(last, Usage(completion_tokens=deltas))
                     yield event.raw
