@@ -16,6 +16,12 @@ args=(up -f "${REPO_ROOT}/manifests/examples/local.yaml" --port "${GATEWAY_PORT}
   --key-file "${KEYS}/api-key")
 [[ -n "${TERTULIA_DATA_DIR:-}" ]] && args+=(--data-dir "${TERTULIA_DATA_DIR}")
 
+# The model and embeddings servers are llama.cpp's llama-server: a llama.cpp install's, or
+# built once from the pinned release (a few minutes, cached by release).
+if [[ -z "${TERTULIA_LLAMA_SERVER:-}" ]] && ! command -v llama-server >/dev/null; then
+  bash "${REPO_ROOT}/hack/build-llama-server.sh" >/dev/null
+fi
+
 # The knowledge base needs Weaviate's server: built once from its Go module when Go is here
 # (a few minutes, cached by version); without it the stack runs with the knowledge base off.
 if [[ -z "${TERTULIA_WEAVIATE_BIN:-}" ]] && ! command -v weaviate-server >/dev/null \

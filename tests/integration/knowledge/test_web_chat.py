@@ -182,7 +182,11 @@ def test_the_web_chat_welcomes_answers_cites_and_keeps_the_conversation(
 
     assert len({length for length in lengths if length > 0}) >= 2, f"no streaming seen: {lengths}"
     conversation = browser.execute_script("return localStorage.getItem('tertulia-conversation')")
-    remembered = httpx.get(f"{gateway}/conversations/{conversation}", timeout=10).json()
+    # Read as the page reads it: with the browser's session, whose user holds the history.
+    session = {"tertulia_session": browser.get_cookie("tertulia_session")["value"]}
+    remembered = httpx.get(
+        f"{gateway}/conversations/{conversation}", cookies=session, timeout=10
+    ).json()
     reply = remembered["turns"][-1]["content"]
     # The model's own words, as the gateway remembered them, are what the page shows.
     assert len(reply.split()) >= 3, f"the model said {reply!r}"
@@ -225,7 +229,7 @@ def test_the_web_chat_welcomes_answers_cites_and_keeps_the_conversation(
     browser.find_element(By.ID, "reset").click()
     eventually(lambda: not _answers(browser), timeout=10, what="the page to clear")
     assert browser.find_element(By.ID, "welcome").is_displayed()
-    gone = httpx.get(f"{gateway}/conversations/{conversation}", timeout=10)
+    gone = httpx.get(f"{gateway}/conversations/{conversation}", cookies=session, timeout=10)
     assert gone.status_code == 404
     assert (
         browser.execute_script("return localStorage.getItem('tertulia-conversation')")

@@ -30,6 +30,7 @@ FACT = "The lighthouse keeper of Punta Brava is called Ismael Ferreira."
 class Local:
     url: str
     port: int
+    model_port: int
     key: str
     web_key: str
     key_file: Path
@@ -71,7 +72,12 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
         web = re.search(r"/#key=([A-Za-z0-9_-]+)", up.log_path.read_text())
         assert web is not None, up.log_tail()
         yield Local(
-            f"http://127.0.0.1:{port}", port, key_file.read_text().strip(), web.group(1), key_file
+            f"http://127.0.0.1:{port}",
+            port,
+            model_port,
+            key_file.read_text().strip(),
+            web.group(1),
+            key_file,
         )
     finally:
         up.popen.send_signal(signal.SIGINT)
@@ -120,6 +126,22 @@ def test_the_web_chats_key_opens_a_session_and_the_admin_api_stays_closed_to_it(
         assert browser.get("/web/welcome").status_code == 200
         listed = browser.get("/admin/knowledge/documents")
         assert listed.status_code == 403
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["model", "embeddings"])
+def test_the_model_and_embeddings_servers_ask_the_runs_key_too(local: Local, offset: int) -> None:
+    """llama-server on loopback, beside the gateway: a page whose name resolves to this
+    machine, or another program, could call it directly; it asks a key only the gateway has."""
+    base = f"http://127.0.0.1:{local.model_port + offset}"
+    assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{base}/v1/models", timeout=10).status_code == 401
+    refused = httpx.post(
+        f"{base}/v1/chat/completions" if offset == 0 else f"{base}/v1/embeddings",
+        json={"messages": [{"role": "user", "content": "hi"}], "input": "hi"},
+        headers={"Authorization": f"Bearer {local.key}"},
+        timeout=30,
+    )
+    assert refused.status_code == 401
 
 
 def test_it_listens_on_loopback_alone_and_its_key_is_the_users_alone(local: Local) -> None:
