@@ -51,6 +51,11 @@ CHART = REPO_ROOT / "charts" / "tertulia"
 OPERATOR_NAMESPACE = "tertulia-system"
 RELEASE = "tertulia"
 NAMESPACE = "chat"
+# The image the gateway and the bots run from (services/Dockerfile), as `make images` tags it.
+WORKLOAD_IMAGE = "ghcr.io/tertulia/tertulia:0.1.0"
+# Where Prometheus runs: the chart names it as the scrapers of the ChatBots' metrics.
+MONITORING = "monitoring"
+SCRAPERS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING}}}
 # Both the operator's namespace and the ChatBots' enforce the restricted Pod Security profile.
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -186,6 +191,7 @@ def operator(cluster: ControlPlane) -> Iterator[None]:
     )
     run(
         cluster, "helm", "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+        "--set-json", f"metrics.scrapers={json.dumps(SCRAPERS)}",
         "--wait", "--timeout", "180s",
     )  # fmt: skip
     yield
@@ -412,27 +418,82 @@ def connects(cluster: ControlPlane, pod: Any, host: str, port: int) -> bool:
         "    sys.exit(f'refused: {error}')\n"
     )
     result = cluster.run_tool(
-        "kubectl", "exec", "-n", NAMESPACE, pod.metadata.name,
+        "kubectl", "exec", "-n", pod.metadata.namespace, pod.metadata.name,
         "-c", pod.spec.containers[0].name, "--", "python", "-c", probe,
     )  # fmt: skip
     return result.returncode == 0
 
 
-def test_network_policies_let_the_bots_reach_the_gateway_alone(
+def bystander(cluster: ControlPlane, namespace: str) -> Any:
+    """A pod of the workload image that only waits, in `namespace` (made if needed): a
+    client the ChatBot's policies did not name."""
+    api = core(cluster)
+    try:
+        api.create_namespace({"metadata": {"name": namespace}})
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+    context = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    api.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "bystander"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "wait",
+                        "image": WORKLOAD_IMAGE,
+                        "command": ["python", "-c", "import time; time.sleep(3600)"],
+                        "securityContext": context,
+                    }
+                ]
+            },
+        },
+    )
+    return eventually(
+        lambda: (
+            (pod := api.read_namespaced_pod("bystander", namespace)).status.phase == "Running"
+            and pod
+        ),
+        timeout=120,
+        what=f"the bystander pod in {namespace}",
+    )
+
+
+def test_network_policies_let_each_component_be_reached_by_its_clients_alone(
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:
     """Enforced by kube-router's policy controller on the real node: a bot (facing the
-    platforms) cannot open Redis or the model server, the gateway can."""
-    redis = (f"{BOT}-memory.{NAMESPACE}.svc", 6379)
-    model = (f"{BOT}-model.{NAMESPACE}.svc", 8080)
-    gateway = (f"{BOT}-gateway.{NAMESPACE}.svc", 8080)
-    (bot,) = pods(cluster, "telegram")
+    platforms) opens the gateway and nothing else of the stack, not another bot; the
+    gateway opens its stores; the scrapers read the metrics ports and not the API; a pod of
+    any other namespace opens nothing."""
+    service = lambda component, port: (f"{BOT}-{component}.{NAMESPACE}.svc", port)  # noqa: E731
+    redis, model = service("memory", 6379), service("model", 8080)
+    embeddings, weaviate = service("embeddings", 8080), service("knowledge-base", 8080)
+    api, metrics = service("gateway", 8080), service("gateway", 9090)
+    (telegram,) = pods(cluster, "telegram")
+    (slack,) = pods(cluster, "slack")
     (gateway_pod,) = pods(cluster, "gateway")
-    assert connects(cluster, bot, *gateway)
-    assert not connects(cluster, bot, *redis)
-    assert not connects(cluster, bot, *model)
-    assert connects(cluster, gateway_pod, *redis)
-    assert connects(cluster, gateway_pod, *model)
+    assert connects(cluster, telegram, *api)
+    for closed in (redis, model, embeddings, weaviate, metrics):
+        assert not connects(cluster, telegram, *closed), closed
+    assert not connects(cluster, telegram, slack.status.pod_ip, 8081), "a bot reached a bot"
+    for open_ in (redis, model, embeddings, weaviate):
+        assert connects(cluster, gateway_pod, *open_), open_
+    scraper = bystander(cluster, MONITORING)
+    assert connects(cluster, scraper, *metrics)
+    assert connects(cluster, scraper, *model)  # llama.cpp serves /metrics on its API port
+    assert not connects(cluster, scraper, *api)
+    assert not connects(cluster, scraper, *redis)
+    outsider = bystander(cluster, "elsewhere")
+    for closed in (api, metrics, model, redis):
+        assert not connects(cluster, outsider, *closed), closed
 
 
 def host_address() -> str:
