@@ -27,8 +27,8 @@ images: install testbed ## Build the images the test bed's real node runs (podma
 run: install ## The local stack (tertulia up) and a terminal chat with it; /quit stops both
 	@bash hack/run-local.sh
 
-test: install testbed images ## Every test: unit, integration (real servers), e2e (control plane), cluster (real node)
-	$(VENV_BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
+test: ## Every test: unit, integration (real servers), e2e (control plane), cluster (real node); ends with where the time went
+	@TEST_WORKERS=$(TEST_WORKERS) bash hack/test.sh $(PYTEST_ARGS)
 
 test-unit: install ## Only the fast, pure tests
 	$(VENV_BIN)/pytest -m unit $(PYTEST_ARGS)

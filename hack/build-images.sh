@@ -111,19 +111,29 @@ BIN="${TESTBED_DIR}/bin"
 [[ "${THIRD_PARTY[model-llamacpp]##*-}" == "${LLAMACPP_RELEASE}" ]] \
   || die "the operator renders ${THIRD_PARTY[model-llamacpp]}; hack/versions.env pins ${LLAMACPP_RELEASE}"
 
-debian_base
-stand_in docker.io/library/python:3.11.14-slim-bookworm python
-stand_in ghcr.io/astral-sh/uv:0.13.9 uv "${UV_DIR}/bin/uv" "${UV_DIR}/bin/uvx"
-stand_in "registry.k8s.io/pause:${PAUSE_VERSION}" pause "${BIN}/pause"
-save "registry.k8s.io/pause:${PAUSE_VERSION}"
-stand_in "${THIRD_PARTY[memory]}" redis
-save "${THIRD_PARTY[memory]}"
-stand_in "${THIRD_PARTY[knowledge-base]}" weaviate "${WEAVIATE_DIR}/weaviate-server"
-save "${THIRD_PARTY[knowledge-base]}"
-build "ghcr.io/tertulia/operator:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/operator/Dockerfile"
-save "ghcr.io/tertulia/operator:${APP_VERSION}"
-build "ghcr.io/tertulia/tertulia:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/services/Dockerfile"
-save "ghcr.io/tertulia/tertulia:${APP_VERSION}"
-stand_in "${THIRD_PARTY[model-llamacpp]}" llama-server "$(bash "${REPO_ROOT}/hack/build-llama-server.sh")"
-save "${THIRD_PARTY[model-llamacpp]}"
+stand_ins() {
+  # The bases and the third-party images: rebuilt only when their recipes or binaries change.
+  debian_base
+  stand_in docker.io/library/python:3.11.14-slim-bookworm python
+  stand_in ghcr.io/astral-sh/uv:0.13.9 uv "${UV_DIR}/bin/uv" "${UV_DIR}/bin/uvx"
+  stand_in "registry.k8s.io/pause:${PAUSE_VERSION}" pause "${BIN}/pause"
+  save "registry.k8s.io/pause:${PAUSE_VERSION}"
+  stand_in "${THIRD_PARTY[memory]}" redis
+  save "${THIRD_PARTY[memory]}"
+  stand_in "${THIRD_PARTY[knowledge-base]}" weaviate "${WEAVIATE_DIR}/weaviate-server"
+  save "${THIRD_PARTY[knowledge-base]}"
+  stand_in "${THIRD_PARTY[model-llamacpp]}" llama-server "$(bash "${REPO_ROOT}/hack/build-llama-server.sh")"
+  save "${THIRD_PARTY[model-llamacpp]}"
+}
+
+project_images() {
+  # The project's own, from its Dockerfiles: a code change rebuilds their last layers.
+  build "ghcr.io/tertulia/operator:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/operator/Dockerfile"
+  save "ghcr.io/tertulia/operator:${APP_VERSION}"
+  build "ghcr.io/tertulia/tertulia:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/services/Dockerfile"
+  save "ghcr.io/tertulia/tertulia:${APP_VERSION}"
+}
+
+timed stand-in-images stand_ins
+timed project-images project_images
 echo "${ARCHIVES}"

@@ -14,32 +14,44 @@ command -v go >/dev/null || die "Go is needed to build the test bed's control pl
 export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
 export CGO_ENABLED=0
 
-build_control_plane() {
+KUBE_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+
+build_kubernetes() {
+  # Every binary of the pinned Kubernetes module (the control plane's and the real node's),
+  # and etcd (the version it pins), in one `go build`: the packages they share compile once
+  # and the links run side by side.
+  local name missing=() packages=()
+  for name in "${KUBE_TOOLS[@]}" etcd; do
+    [[ -x "${BIN}/${name}" ]] || missing+=("${name}")
+  done
+  ((${#missing[@]})) || return 0
+  for name in "${missing[@]}"; do
+    if [[ "${name}" == etcd ]]; then
+      packages+=(go.etcd.io/etcd/server/v3)
+    else
+      packages+=("k8s.io/kubernetes/cmd/${name}")
+    fi
+  done
+  log "building ${missing[*]} (Kubernetes ${KUBERNETES_VERSION}, etcd ${ETCD_VERSION}; first run only)"
   local version_pkg="k8s.io/component-base/version"
   local minor="${KUBERNETES_VERSION#v1.}"
   minor="${minor%%.*}"
   local ldflags="-s -w -X ${version_pkg}.gitVersion=${KUBERNETES_VERSION}"
   ldflags+=" -X ${version_pkg}.gitMajor=1 -X ${version_pkg}.gitMinor=${minor}"
   ldflags+=" -X ${version_pkg}.gitTreeState=clean"
-  local name
-  for name in kube-apiserver kube-controller-manager kube-scheduler "$@"; do
-    if [[ ! -x "${BIN}/${name}" ]]; then
-      log "building ${name} ${KUBERNETES_VERSION} (first run only)"
-      go build -C "${REPO_ROOT}/hack/kube" -ldflags "${ldflags}" -o "${BIN}/${name}.tmp" \
-        "k8s.io/kubernetes/cmd/${name}"
-      mv "${BIN}/${name}.tmp" "${BIN}/${name}"
-    fi
+  local out="${BIN}/.build"
+  rm -rf "${out}" && mkdir -p "${out}"
+  go build -C "${REPO_ROOT}/hack/kube" -ldflags "${ldflags}" -o "${out}/" "${packages[@]}"
+  # go names a binary after its package: etcd's module path ends in server/v3.
+  if [[ -x "${out}/server" ]]; then mv "${out}/server" "${out}/etcd"; fi
+  for name in "${missing[@]}"; do
+    mv "${out}/${name}" "${BIN}/${name}"
   done
-  if [[ ! -x "${BIN}/etcd" ]]; then
-    log "building etcd ${ETCD_VERSION} (first run only)"
-    go build -C "${REPO_ROOT}/hack/kube" -ldflags "-s -w" -o "${BIN}/etcd.tmp" go.etcd.io/etcd/server/v3
-    mv "${BIN}/etcd.tmp" "${BIN}/etcd"
-  fi
+  rmdir "${out}"
 }
 
 build_node() {
-  # The real node's kubelet and kube-proxy come from the same pinned module and flags.
-  build_control_plane kubelet kube-proxy
+  # The real node's kubelet and kube-proxy come with the control plane (build_kubernetes).
   if [[ ! -x "${COREDNS_DIR}/coredns" ]]; then
     log "building coredns ${COREDNS_VERSION} (first run only)"
     mkdir -p "${COREDNS_DIR}"
@@ -115,26 +127,27 @@ unpack_helm_and_kubectl() {
 
 case "${1:-}" in
   weaviate)
-    build_weaviate
+    timed weaviate build_weaviate
     echo "${WEAVIATE_DIR}"
     exit 0
     ;;
   control-plane)
-    build_control_plane
-    build_kwok
-    unpack_helm_and_kubectl
+    timed kubernetes build_kubernetes
+    timed kwok build_kwok
+    timed helm-kubectl unpack_helm_and_kubectl
     ;;
   *)
-    build_control_plane
-    build_kwok
-    build_weaviate
-    install_moto
-    unpack_helm_and_kubectl
-    build_node
+    timed kubernetes build_kubernetes
+    timed kwok build_kwok
+    timed weaviate build_weaviate
+    timed moto install_moto
+    timed helm-kubectl unpack_helm_and_kubectl
+    timed node build_node
     ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
     ln -sf "${MOTO_DIR}/bin/moto_server" "${BIN}/moto_server"
     # The model and embeddings servers of the integration tier.
-    ln -sf "$(bash "${REPO_ROOT}/hack/build-llama-server.sh")" "${BIN}/llama-server"
+    timed llama-server bash "${REPO_ROOT}/hack/build-llama-server.sh" >/dev/null
+    ln -sf "${LLAMA_SERVER_DIR}/llama-server" "${BIN}/llama-server"
     ;;
 esac
 echo "${BIN}"

@@ -23,3 +23,14 @@ UV="${UV_DIR}/bin/uv"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Each step of `make test`'s setup that builds something says how long it took: one line
+# "STEP SECONDS" in the file TERTULIA_TIMINGS names (hack/test.sh prints them at the end).
+timed() {
+  local step="$1" started=${SECONDS}
+  shift
+  "$@"
+  local status=$?
+  [[ -n "${TERTULIA_TIMINGS:-}" ]] && printf '%s %d\n' "${step}" $((SECONDS - started)) >>"${TERTULIA_TIMINGS}"
+  return ${status}
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,35 @@ def tier(path: Path) -> str:
     attack runs in the tier of the component it attacks)."""
     parts = path.parts
     return parts[1] if parts[0] == "security" and len(parts) > 2 else parts[0]
+
+
+# Seconds each tier's tests took (setup, call and teardown), summed over the workers.
+_TIER_SECONDS: dict[str, float] = {}
+_TIER_TESTS: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = Path(report.nodeid.split("::", 1)[0])
+    found = tier(path.relative_to("tests")) if path.parts[:1] == ("tests",) else "other"
+    _TIER_SECONDS[found] = _TIER_SECONDS.get(found, 0.0) + report.duration
+    if report.when == "call":
+        _TIER_TESTS[found] = _TIER_TESTS.get(found, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per tier: its tests' seconds (the tiers run side by side, so they add up to
+    more than the run's wall time), for `make test`'s report too."""
+    if not _TIER_SECONDS or hasattr(terminalreporter.config, "workerinput"):
+        return
+    terminalreporter.section("seconds per tier")
+    timings = os.environ.get("TERTULIA_TIMINGS")
+    for name, seconds in sorted(_TIER_SECONDS.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(
+            f"{name:<12} {seconds:8.1f} s  {_TIER_TESTS.get(name, 0)} tests"
+        )
+        if timings:
+            with open(timings, "a") as out:  # noqa: PTH123 - one line appended
+                out.write(f"tier:{name} {round(seconds)}\n")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make test`: install and build what the tests need (each once, cached by version), run
+# every tier, and end with one line per setup step and per tier: where the time went, so the
+# next change that costs time shows itself.
+#   TEST_WORKERS (2): pytest-xdist workers; further arguments go to pytest.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+TERTULIA_TIMINGS="$(mktemp -t tertulia-timings.XXXXXX)"
+export TERTULIA_TIMINGS
+trap 'rm -f "${TERTULIA_TIMINGS}"' EXIT
+started=${SECONDS}
+
+report() {
+  local status=$1
+  printf '\n== where the time went (seconds)\n'
+  awk '{ printf "  %-26s %7d\n", $1, $2 }' "${TERTULIA_TIMINGS}"
+  printf '  %-26s %7d\n' total $((SECONDS - started))
+  return "${status}"
+}
+
+timed install bash "${REPO_ROOT}/hack/bootstrap.sh"
+timed testbed bash "${REPO_ROOT}/hack/build-testbed.sh" >/dev/null
+timed images bash "${REPO_ROOT}/hack/build-images.sh" >/dev/null
+status=0
+timed pytest "${REPO_ROOT}/.venv/bin/pytest" -n "${TEST_WORKERS:-2}" --dist loadscope \
+  --no-loadscope-reorder "$@" || status=$?
+report "${status}"
