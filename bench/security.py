@@ -34,7 +34,7 @@ from tests.testbed.servers import start_fake_backend, start_gateway, start_redis
 MIB = 1024 * 1024
 CONCURRENT = 10
 BODY_BYTES = 32 * MIB
-FLOOD = sized(200_000, 3_000)
+FLOOD = sized(50_000, 3_000)
 CAP = sized(10_000, 500)
 REDIS_LIMIT = sized(64 * MIB, 8 * MIB)
 

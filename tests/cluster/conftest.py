@@ -22,7 +22,7 @@ from tests.fakes.model_hub import FakeModelHub
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
 from tests.testbed.host import differences, host_state
-from tests.testbed.kube import ControlPlane, FakeNode
+from tests.testbed.kube import REAL_NODE_COMPANIONS, ControlPlane
 from tests.testbed.paths import REPO_ROOT
 
 # The chat model and the embedding model, as the stand-in hub serves them.
@@ -67,7 +67,7 @@ def streamed_answer(
 
 
 # GPU nodes beside the real one, tainted as GPU pools are: CPU pods stay on the real node.
-KWOK_NODES = (FakeNode("gpu-node-0", cpu="64", memory="512Gi", gpus=8),)
+KWOK_NODES = REAL_NODE_COMPANIONS
 
 
 def built_images() -> tuple[Path, ...]:

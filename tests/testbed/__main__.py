@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.testbed.kube import ControlPlane
+from tests.testbed.kube import DEFAULT_NODES, REAL_NODE_COMPANIONS, ControlPlane
 
 
 def main() -> int:
@@ -39,7 +39,11 @@ def main() -> int:
     images: tuple[Path, ...] = ()
     if arguments.real_node is not None:
         images = tuple(sorted(arguments.real_node.glob("*.tar")))
-    plane = ControlPlane(directory, real_node=arguments.real_node is not None, images=images)
+    real = arguments.real_node is not None
+    # With the real node, a developer's pods go to it (kwok's CPU nodes would take them and
+    # never run them): beside it only GPU nodes, tainted, as in the cluster tier.
+    nodes = REAL_NODE_COMPANIONS if real else DEFAULT_NODES
+    plane = ControlPlane(directory, nodes, real_node=real, images=images)
     with plane as control_plane:
         memory = control_plane.resident_memory_mib()
         (directory / "ready").write_text(control_plane.server + "\n")

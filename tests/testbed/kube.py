@@ -102,6 +102,9 @@ DEFAULT_NODES = (
     FakeNode("gpu-node-0", cpu="64", memory="512Gi", gpus=8),
     FakeNode("gpu-node-1", cpu="64", memory="512Gi", gpus=8),
 )
+# Beside the real node: GPU nodes alone, tainted as GPU pools are, so every pod that asks no
+# GPU runs on the real node (a CPU kwok node would take pods that then never run anything).
+REAL_NODE_COMPANIONS = (FakeNode("gpu-node-0", cpu="64", memory="512Gi", gpus=8),)
 
 
 class ControlPlane:
