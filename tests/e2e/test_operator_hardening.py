@@ -293,23 +293,30 @@ def test_an_older_generated_key_secret_gets_the_keys_it_lacks_and_keeps_its_own(
     control_plane: ControlPlane, namespace: str
 ) -> None:
     core = client.CoreV1Api(control_plane.api_client())
-    # As an older release left it: one key shared by every bot.
-    core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "helpdesk-api-keys"},
-            "stringData": {"bots": "old-shared-key", "admin": "old-admin-key"},
-        },
-    )
     create_secrets(control_plane, namespace, {"discord": {"token": "t"}})
     body = load_example("cpu-ollama")
     body["spec"]["platforms"] = {"discord": {"tokenSecretRef": {"name": "discord", "key": "token"}}}
     assert apply(control_plane, namespace, body).returncode == 0
     wait_phase(control_plane, namespace, "helpdesk")
-    data = core.read_namespaced_secret("helpdesk-api-keys", namespace).data
-    assert set(data) == {"bots", "admin", "slack", "discord", "telegram"}
-    assert base64.b64decode(data["admin"]).decode() == "old-admin-key"
-    assert len({data[key] for key in ("slack", "discord", "telegram")}) == 3
+    # As an older release left it (the ChatBot's own, one key shared by every bot): the
+    # keys written since are taken out.
+    secret = core.read_namespaced_secret("helpdesk-api-keys", namespace)
+    admin = secret.data["admin"]
+    secret.data = {"admin": admin, "bots": base64.b64encode(b"old-shared-key").decode()}
+    core.replace_namespaced_secret("helpdesk-api-keys", namespace, secret)
+
+    expected = {"bots", "admin", "web", "slack", "discord", "telegram"}
+    data = eventually(
+        lambda: (
+            (found := core.read_namespaced_secret("helpdesk-api-keys", namespace).data)
+            and set(found) == expected
+            and found
+        ),
+        60,
+        "the keys it lacks added",
+    )
+    assert data["admin"] == admin
+    assert len({data[key] for key in ("web", "slack", "discord", "telegram")}) == 4
     updated = [e for e in events(control_plane, namespace, "helpdesk") if e.reason == "Updated"]
     assert len(updated) == 1 and "discord" in updated[0].message
     assert "old-" not in updated[0].message

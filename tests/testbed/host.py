@@ -4,8 +4,13 @@ before and after a node's life must be equal."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
+
+# The mount point of named network namespaces, made by the first test bed that needs it.
+NETNS_MOUNT = "/run/netns"
 
 # The kernel settings a kubelet, kube-proxy or CNI plugin would change if let loose.
 SYSCTLS = (
@@ -58,12 +63,44 @@ def host_state() -> dict[str, list[str]]:
     }
 
 
+# A test bed's network namespace, cgroups and mounts are named after the process that made it.
+_TEST_BED = re.compile(r"tertulia-(\d+)-[0-9a-f]+")
+
+
 def differences(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[str]:
-    """What changed, one line per item gone or added; empty when the host is as it was."""
+    """What changed, one line per item gone or added; empty when the host is as it was.
+    What another test bed still running holds (another test process's real node, a
+    developer's `make testenv NODE=real`) is not this one's doing, and is left out."""
     changes = []
+    others = {
+        pid
+        for items in after.values()
+        for item in items
+        for pid in map(int, _TEST_BED.findall(item))
+        if pid != os.getpid() and _alive(pid)
+    }
     for aspect, items in before.items():
         gone = sorted(set(items) - set(after[aspect]))
         added = sorted(set(after[aspect]) - set(items))
-        changes += [f"{aspect}: gone {item}" for item in gone]
-        changes += [f"{aspect}: added {item}" for item in added]
+        changes += [f"{aspect}: gone {item}" for item in gone if not _theirs(item, others)]
+        changes += [f"{aspect}: added {item}" for item in added if not _theirs(item, others)]
     return changes
+
+
+def _theirs(item: str, others: set[int]) -> bool:
+    """Whether an item is another live test bed's: named after it, or the /run/netns mount
+    that whichever came first made for the namespaces of both."""
+    if not others:
+        return False
+    named = {int(pid) for pid in _TEST_BED.findall(item)}
+    return bool(named & others) or item.startswith(f"{NETNS_MOUNT} ")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
