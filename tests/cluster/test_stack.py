@@ -1258,7 +1258,17 @@ def test_deleting_the_chatbot_removes_every_pod(
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:
     run(cluster, "kubectl", "delete", "chatbot", BOT, "-n", NAMESPACE, "--wait=false")
-    eventually(lambda: not pods(cluster), 180, "every pod of the ChatBot to go", interval=1)
+    started, last_seen = time.monotonic(), {}
+
+    def gone() -> bool:
+        remaining = pods(cluster)
+        for pod in remaining:
+            last_seen[pod.metadata.name] = round(time.monotonic() - started, 1)
+        return not remaining
+
+    eventually(gone, 180, "every pod of the ChatBot to go", interval=1)
+    # When each pod was last seen: which one a slow deletion waits for.
+    print(f"pods last seen (s after the delete): {last_seen}")
     apps = client.AppsV1Api(cluster.api_client())
     assert not apps.list_namespaced_deployment(NAMESPACE, label_selector=INSTANCE).items
     assert not apps.list_namespaced_stateful_set(NAMESPACE, label_selector=INSTANCE).items

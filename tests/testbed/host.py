@@ -69,15 +69,19 @@ _TEST_BED = re.compile(r"tertulia-(\d+)-[0-9a-f]+")
 
 def differences(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[str]:
     """What changed, one line per item gone or added; empty when the host is as it was.
-    What another test bed still running holds (another test process's real node, a
-    developer's `make testenv NODE=real`) is not this one's doing, and is left out."""
+    What another test bed holds (another test process's real node, a developer's `make
+    testenv NODE=real`, or what a killed one left and a later one cleaned up) is not this
+    one's doing, and is left out."""
     changes = []
+    # Every other test bed's: one still running beside this one, or one whose process was
+    # killed and whose leftovers a later test bed cleans up.
     others = {
         pid
-        for items in after.values()
+        for state in (before, after)
+        for items in state.values()
         for item in items
         for pid in map(int, _TEST_BED.findall(item))
-        if pid != os.getpid() and _alive(pid)
+        if pid != os.getpid()
     }
     for aspect, items in before.items():
         gone = sorted(set(items) - set(after[aspect]))
@@ -88,19 +92,9 @@ def differences(before: dict[str, list[str]], after: dict[str, list[str]]) -> li
 
 
 def _theirs(item: str, others: set[int]) -> bool:
-    """Whether an item is another live test bed's: named after it, or the /run/netns mount
-    that whichever came first made for the namespaces of both."""
+    """Whether an item is another test bed's: named after it, or the /run/netns mount that
+    whichever came first made for the namespaces of both."""
     if not others:
         return False
     named = {int(pid) for pid in _TEST_BED.findall(item)}
     return bool(named & others) or item.startswith(f"{NETNS_MOUNT} ")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
