@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -625,10 +626,31 @@ def stream_answer(url: str, headers: dict[str, str], index: int) -> tuple[int, s
         return response.status_code, last, "".join(text)
 
 
+class Timeline:
+    """When each step of a long test was reached, written beside the cluster's logs: where
+    its time goes (and, for pods that linger, what they said)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.started = path, time.monotonic()
+        path.write_text("")
+
+    def mark(self, step: str) -> None:
+        with self.path.open("a") as out:
+            out.write(f"{time.monotonic() - self.started:7.1f} s  {step}\n")
+
+    def logs(self, cluster: ControlPlane, pod: Any) -> None:
+        said = cluster.run_tool(
+            "kubectl", "logs", "-n", NAMESPACE, pod.metadata.name, "--tail", "15"
+        )  # fmt: skip
+        with self.path.open("a") as out:
+            out.write(f"  {pod.metadata.name} still there, its last lines:\n{said.stdout}\n")
+
+
 def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keeps_one_ready(
     cluster: ControlPlane, stack: dict[str, Any]
 ) -> None:
     custom = client.CustomObjectsApi(cluster.api_client())
+    timeline = Timeline(cluster.workdir / "gateway-roll-timeline.txt")
     # The 20 answers queue on two CPU model servers sharing two cores with the other tiers'
     # servers, so the roll lands while they stream: longer answers than the stack's 48 tokens
     # (80, 160) outlasted the gateway's 120 s wait for a first token. The drain is sized for
@@ -642,6 +664,7 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
         cluster, "kubectl", "rollout", "status", "-n", NAMESPACE,
         f"deployment/{BOT}-gateway", "--timeout=300s",
     )  # fmt: skip
+    timeline.mark("two gateways rolled out on the new settings")
     eventually(
         lambda: gateway_ready_pods(cluster) == 2 and len(pods(cluster, "gateway")) == 2,
         READY_TIMEOUT,
@@ -676,7 +699,12 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
             interval=0.5,
         )
         assert sum(answer.done() for answer in answers) < 20
+        timeline.mark("an old gateway stopping while answers stream")
         results = [answer.result() for answer in answers]
+    timeline.mark("every answer done")
+    for pod in pods(cluster, "gateway"):
+        if pod.metadata.uid in old:
+            timeline.logs(cluster, pod)
     for status, last, text in results:
         assert (status, last) == (200, "[DONE]")
         assert text.strip()
@@ -684,6 +712,7 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
         cluster, "kubectl", "rollout", "status", "-n", NAMESPACE,
         f"deployment/{BOT}-gateway", "--timeout=300s",
     )  # fmt: skip
+    timeline.mark("the roll complete")
     # The old pods, done with their answers, exit.
     eventually(
         lambda: not old & {pod.metadata.uid for pod in pods(cluster, "gateway")},
@@ -691,6 +720,7 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
         "the old gateway pods to exit",
         interval=1,
     )
+    timeline.mark("the old gateways gone")
 
     # A node drain of the gateways: the budget lets one go at a time, and its replacement has
     # nowhere to run (the only node is cordoned), so the other stays, Ready, to the end.
@@ -702,6 +732,7 @@ def test_a_gateway_rolled_while_20_answers_stream_finishes_them_and_a_drain_keep
             "--delete-emptydir-data", "--ignore-daemonsets", "--timeout=30s",
         )  # fmt: skip
         run(cluster, "kubectl", "uncordon", NODE_NAME)
+    timeline.mark("the drain refused by the budget")
     assert drained.returncode != 0, drained.stdout
     assert "disruption budget" in drained.stderr + drained.stdout
     assert len(samples) > 20
