@@ -81,7 +81,24 @@ def test_bases_are_pinned_and_the_final_stage_runs_unprivileged_without_build_to
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     run_lines = " ".join(rest for keyword, rest in final if keyword == "RUN")
-    for tool in ("apt-get install", "gcc", "build-essential", "uv ", "pip install"):
+    for tool in ("gcc", "build-essential", "uv ", "pip install"):
         assert tool not in run_lines, f"the final stage installs {tool}"
+    # The one package it installs: the init that runs as PID 1.
+    installed = re.findall(
+        r"apt-get install -y --no-install-recommends ([\w .-]+?)(?: &&|$)", run_lines
+    )
+    assert run_lines.count("apt-get install") == len(installed)
+    assert {package for found in installed for package in found.split()} <= {"tini"}
     copied_from = [rest for keyword, rest in final if keyword == "COPY"]
     assert all(rest.startswith("--from=build") for rest in copied_from)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.parent.name)
+def test_pid_1_is_an_init_that_passes_signals_on(dockerfile: Path) -> None:
+    """The kernel ignores a signal that PID 1 has no handler for: tertulia as PID 1, stopped
+    while Python starts, would wait out its pod's whole grace period (the cluster tier's
+    gateway roll waited 310 s so)."""
+    final = stages(dockerfile)[-1]
+    entrypoint = json.loads([rest for keyword, rest in final if keyword == "ENTRYPOINT"][-1])
+    assert entrypoint[:3] == ["tini", "--", "tertulia"]
+    assert "tini" in " ".join(rest for keyword, rest in final if keyword == "RUN")
