@@ -13,7 +13,10 @@ started=${SECONDS}
 report() {
   local status=$1
   printf '\n== where the time went (seconds)\n'
-  awk '{ printf "  %-26s %7d\n", $1, $2 }' "${TERTULIA_TIMINGS}"
+  # A step that several scripts run (each checks its cache) is one line: its seconds summed.
+  awk '!($1 in seconds) { order[++n] = $1 } { seconds[$1] += $2 }
+    END { for (i = 1; i <= n; i++) printf "  %-26s %7d\n", order[i], seconds[order[i]] }' \
+    "${TERTULIA_TIMINGS}"
   printf '  %-26s %7d\n' total $((SECONDS - started))
   return "${status}"
 }

@@ -76,6 +76,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # run in one worker, in order, so its fixtures (its servers) are made once; the cluster tier
 # and the e2e tier are one scope each, sharing one real node and one control plane.
 _ONE_SCOPE = ("cluster", "e2e")
+# Modules of those tiers whose tests share nothing (each makes what it needs): every test
+# is a scope of its own, run beside the others (the benchmarks' quick runs: a third of the
+# e2e tier's time).
+_EACH_TEST_A_SCOPE = ("tests/e2e/test_benchmarks.py",)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Scheduling | None:
@@ -87,6 +91,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Scheduling |
     class TierScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
+            if module in _EACH_TEST_A_SCOPE:
+                return nodeid
             found = tier(Path(module).relative_to("tests"))
             return found if found in _ONE_SCOPE else module
 
