@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,6 +230,26 @@ def test_each_example_becomes_ready_with_owned_children(
             ready["metadata"]["uid"],
             True,
         )
+
+    # Converged, it is left alone: children that only the operator writes keep their
+    # versions (a policy applied with `ingress: []`, which the API server drops, changed at
+    # every apply, and the operator put it back many times a second).
+    def versions() -> dict[tuple[str, str], str]:
+        selector = f"app.kubernetes.io/instance={body['metadata']['name']}"
+        api = control_plane.api_client()
+        written = [
+            *client.NetworkingV1Api(api)
+            .list_namespaced_network_policy(namespace, label_selector=selector)
+            .items,
+            *client.CoreV1Api(api)
+            .list_namespaced_config_map(namespace, label_selector=selector)
+            .items,
+        ]
+        return {(type(o).__name__, o.metadata.name): o.metadata.resource_version for o in written}
+
+    before = versions()
+    time.sleep(5)
+    assert versions() == before
 
 
 def test_model_pods_land_on_gpu_nodes_with_their_gpus_and_scale_with_kubectl(

@@ -14,7 +14,7 @@ import yaml
 from tertulia.gateway.settings import GatewaySettings
 from tertulia.operator.api import ChatBot, LocalRef, SourceSpec
 from tertulia.operator.plan import ObjectRef
-from tertulia.operator.render import render_all
+from tertulia.operator.render import Installation, render_all
 from tertulia.operator.render.gateway import gateway_config
 from tests.examples import chatbot_document
 
@@ -90,6 +90,35 @@ def test_every_child_is_owned_labelled_and_uniquely_named(path: Path) -> None:
             "0000-uid",
             True,
         )
+
+
+def empty_lists(value: Any, path: str = "") -> list[str]:
+    """The paths of the empty lists in a manifest."""
+    if isinstance(value, dict):
+        return [
+            found for key, item in value.items() for found in empty_lists(item, f"{path}.{key}")
+        ]
+    if isinstance(value, list):
+        if not value:
+            return [path]
+        return [
+            found for i, item in enumerate(value) for found in empty_lists(item, f"{path}[{i}]")
+        ]
+    return []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+@pytest.mark.parametrize(
+    "installation",
+    [Installation(), Installation(scrapers={"namespaceSelector": {}}, egress="restricted")],
+    ids=["default", "scraped-restricted"],
+)
+def test_no_child_holds_an_empty_list(path: Path, installation: Installation) -> None:
+    """The API server drops an empty list, so each apply of one is a change: a new
+    resourceVersion, a watch event, the operator putting the child back, and so on many
+    times a second (a gateway policy with no clients did so)."""
+    for manifest in render_all(load(path), image=IMAGE, installation=installation):
+        assert empty_lists(manifest) == [], manifest["metadata"]["name"]
 
 
 def test_vllm_requests_its_gpus_and_spans_them_with_tensor_parallelism() -> None:

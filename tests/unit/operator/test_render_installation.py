@@ -207,9 +207,11 @@ def test_nothing_reaches_a_bot_but_the_platforms_webhook_calls_and_the_scrapers(
     assert discord["ingress"] == [
         {"from": [MONITORING], "ports": [{"port": 8081, "protocol": "TCP"}]}
     ]
-    # Without scrapers: no ingress at all.
+    # Without scrapers: no ingress at all (a policy of the Ingress type with no rules).
     plain = by_ref(render_all(example("all-platforms"), image=IMAGE))
-    assert plain["NetworkPolicy", "tertulia-discord-ingress"]["spec"]["ingress"] == []
+    spec = plain["NetworkPolicy", "tertulia-discord-ingress"]["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert "ingress" not in spec
 
 
 def test_restricted_egress_lets_each_component_open_only_what_it_needs() -> None:

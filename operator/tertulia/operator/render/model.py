@@ -164,7 +164,8 @@ def fetch_weights(
         "name": "fetch-weights",
         "image": image,
         "args": ["model", "fetch", source.url, "--cache", CACHE_PATH, *checks],
-        "env": env,
+        # No empty list (see tests/unit/operator/test_render.py: the API server drops it).
+        **({"env": env} if env else {}),
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},

@@ -71,17 +71,22 @@ def _policy(
     direction: str,
     rules: list[dict[str, Any]],
 ) -> Manifest:
-    """A policy over `component`'s pods: only `rules` let traffic in (or out); none, none."""
+    """A policy over `component`'s pods: only `rules` let traffic in (or out); none, none.
+    No rules is no list at all: the API server drops an empty one, so every apply of
+    `ingress: []` changed the stored object (a new resourceVersion, an event, and the
+    operator putting it back: a loop of applies, many a second)."""
     kind = "ingress" if direction == "Ingress" else "egress"
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(bot, component)},
+        "policyTypes": [direction],
+    }
+    if rules:
+        spec[kind] = rules
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": metadata(bot, component, bot.child(f"{component}-{kind}")),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(bot, component)},
-            "policyTypes": [direction],
-            kind: rules,
-        },
+        "spec": spec,
     }
 
 
