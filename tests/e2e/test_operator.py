@@ -237,7 +237,7 @@ def test_each_example_becomes_ready_with_owned_children(
     def versions() -> dict[tuple[str, str], str]:
         selector = f"app.kubernetes.io/instance={body['metadata']['name']}"
         api = control_plane.api_client()
-        written = [
+        written: list[Any] = [
             *client.NetworkingV1Api(api)
             .list_namespaced_network_policy(namespace, label_selector=selector)
             .items,
