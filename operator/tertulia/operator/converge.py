@@ -99,6 +99,9 @@ class Known:
     # Children seen to carry this ChatBot's owner reference (or made by it): applied without
     # looking first. Any other is looked up once, and left alone if another holds its name.
     owned: set[ObjectRef] = field(default_factory=set)
+    # The spec generation this process last converged: a status is recomputed outside a
+    # converge only for it (a newer spec's status is its own converge's to write).
+    converged: int = 0
 
 
 _known: dict[tuple[str, str], Known] = {}
@@ -147,6 +150,7 @@ def converge(bot: ChatBot, previous: ChatBotStatus, observed: Observed, body: ko
     state.missing_sources = sorted(
         name for name, digest in state.inputs.source_digests.items() if digest == MISSING
     )
+    state.converged = bot.generation
     write_status(bot, previous, observed, body)
     return state
 

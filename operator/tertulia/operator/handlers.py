@@ -25,6 +25,7 @@ from tertulia.operator.converge import (
     converge,
     forget,
     known,
+    named_objects,
     put_back,
     read_secrets,
     release_unnamed,
@@ -149,17 +150,40 @@ def reconcile(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+    """A ChatBot's event, under its lock: a converge that waited for the lock reads the
+    ChatBot as this event left it (and skips one deleted), so nothing it labels or applies
+    for an older spec outlives the release below."""
     deleted = event.get("type") == "DELETED"
-    SEEN.saw(event["object"], deleted)
-    if deleted:
-        forget(namespace, name)
-    if deleted or event.get("type") == "MODIFIED":
-        release_labels(namespace)
+    with known(namespace, name).lock:
+        SEEN.saw(event["object"], deleted)
+        if deleted or event.get("type") == "MODIFIED":
+            release_labels(namespace)
+        if deleted:
+            forget(namespace, name)
+        elif event.get("type") == "MODIFIED":
+            _refresh_status(namespace, name)
+
+
+def _refresh_status(namespace: str, name: str) -> None:
+    """The status written again when it is not what the children say. A child's event
+    compares its status with the ChatBot as last seen, which may lag the one on the server
+    (its event still queued): the status read here, from this very event, is current. Only
+    for the generation this process converged; a newer spec's own converge writes its status.
+    The caller holds the ChatBot's lock."""
+    parsed = _seen_parent(namespace, name)
+    if parsed is None:
+        return
+    bot, previous, body = parsed
+    state = known(namespace, name)
+    if state.inputs is None or state.converged != bot.generation:
+        return
+    write_status(bot, previous, SEEN.observed(bot), body)
 
 
 def release_labels(namespace: str) -> None:
     """The watch label off the users' Secrets and ConfigMaps of `namespace` that no ChatBot
-    names any more (one deleted, or a spec that dropped a reference)."""
+    names any more (one deleted, a spec that dropped a reference, or one labelled by a
+    converge that ran as its ChatBot went)."""
     bots = [parsed[0] for parent in SEEN.chatbots(namespace) if (parsed := _parse(parent))]
     if len(bots) < len(SEEN.chatbots(namespace)):
         return  # a ChatBot whose spec cannot be read may name any of them: keep them all
@@ -190,18 +214,15 @@ async def resync_once() -> None:
     server refusing or away) is logged and tried again at the next round: it must not end the
     loop, or no later change that a watch missed would ever be carried out."""
     for parent in SEEN.chatbots():
-        parsed = _parse(parent)
-        if parsed is None:
-            continue
+        namespace, name = parent["metadata"]["namespace"], parent["metadata"]["name"]
         try:
-            await asyncio.to_thread(_converge_locked, *parsed)
+            await asyncio.to_thread(_converge_locked, namespace, name)
         except Exception as error:  # any failure: the next round tries again
-            bot = parsed[0]
             # The type and status only: an API error's body may quote the objects sent.
             _log.warning(
                 "resync of ChatBot %s/%s failed (%s %s); next try in %g s",
-                bot.namespace,
-                bot.name,
+                namespace,
+                name,
                 type(error).__name__,
                 getattr(error, "status", ""),
                 RESYNC_SECONDS,
@@ -225,9 +246,15 @@ def _seen_parent(namespace: str, instance: str) -> tuple[ChatBot, ChatBotStatus,
     return _parse(parent) if parent is not None else None
 
 
-def _converge_locked(bot: ChatBot, previous: ChatBotStatus, body: kopf.Body) -> None:
-    with known(bot.namespace, bot.name).lock:
-        converge(bot, previous, SEEN.observed(bot), body)
+def _converge_locked(namespace: str, name: str) -> None:
+    """Converge a ChatBot as last seen, read under its lock: one deleted, or whose spec
+    changed, while this waited is not converged from an older copy (which would label what
+    its event just released, or apply what its spec no longer asks for)."""
+    with known(namespace, name).lock:
+        parsed = _seen_parent(namespace, name)
+        if parsed is not None:
+            bot, previous, body = parsed
+            converge(bot, previous, SEEN.observed(bot), body)
 
 
 def _on_child_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, **_: Any) -> None:
@@ -304,10 +331,15 @@ def _on_secret_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) 
     labels = (event["object"].get("metadata") or {}).get("labels") or {}
     if kind == "ADDED" and labels.get(MANAGED_LABEL) == MANAGED_BY:
         return  # a key Secret the operator has just generated: nothing to converge
-    for parent in SEEN.chatbots(namespace):
-        parsed = _parse(parent)
-        if parsed is not None and name in {secret for secret, _ in read_secrets(parsed[0])}:
-            _converge_locked(*parsed)
+    readers = [
+        parsed[0]
+        for parent in SEEN.chatbots(namespace)
+        if (parsed := _parse(parent)) and name in {secret for secret, _ in read_secrets(parsed[0])}
+    ]
+    for bot in readers:
+        _converge_locked(bot.namespace, bot.name)
+    if kind == "ADDED" and not readers:
+        release_labels(namespace)  # labelled by a converge that ran as its ChatBot went
 
 
 @kopf.on.event("", "v1", "configmaps", labels={"app.kubernetes.io/managed-by": kopf.ABSENT})
@@ -316,10 +348,12 @@ def _on_source_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) 
     SEEN.saw_labelled("configmaps", event["object"], event.get("type") == "DELETED")
     if event.get("type") not in ("MODIFIED", "ADDED"):
         return  # the initial listing (resume reconciles) or a deletion (the Job keeps its run)
-    for parent in SEEN.chatbots(namespace):
-        parsed = _parse(parent)
-        if parsed is None:
-            continue
-        sources = parsed[0].spec.knowledge_base.sources
-        if any(source.config_map and source.config_map.name == name for source in sources):
-            _converge_locked(*parsed)
+    readers = [
+        parsed[0]
+        for parent in SEEN.chatbots(namespace)
+        if (parsed := _parse(parent)) and ("configmaps", name) in named_objects(parsed[0])
+    ]
+    for bot in readers:
+        _converge_locked(bot.namespace, bot.name)
+    if event.get("type") == "ADDED" and not readers:
+        release_labels(namespace)  # labelled by a converge that ran as its ChatBot went
