@@ -96,6 +96,8 @@ save() {
   if [[ -f "${ARCHIVES}/${name}.tar" && "$(cat "${ARCHIVES}/${name}.id" 2>/dev/null)" == "${id}" ]]; then
     return
   fi
+  # A save cut short (the run stopped) leaves its .tmp, which podman refuses to write over.
+  rm -f "${ARCHIVES}/${name}.tar.tmp"
   podman save --quiet --format docker-archive --output "${ARCHIVES}/${name}.tar.tmp" "${image}"
   mv "${ARCHIVES}/${name}.tar.tmp" "${ARCHIVES}/${name}.tar"
   echo "${id}" >"${ARCHIVES}/${name}.id"
