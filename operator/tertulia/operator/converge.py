@@ -105,6 +105,12 @@ class Known:
 
 
 _known: dict[tuple[str, str], Known] = {}
+
+
+class ChatBotGone(Exception):
+    """The ChatBot was deleted while it was being worked on (the API server answered 404)."""
+
+
 _known_lock = threading.Lock()
 
 
@@ -458,15 +464,23 @@ def write_status(
         if status == previous:
             return
         kube = cluster()
-        if kube.patch_status(
-            bot.namespace, bot.name, status.model_dump(by_alias=True), resource_version
-        ):
+        try:
+            written = kube.patch_status(
+                bot.namespace, bot.name, status.model_dump(by_alias=True), resource_version
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise ChatBotGone(bot.uid) from None
+            raise
+        if written:
             if status.phase != previous.phase:
                 message = next(c.message for c in status.conditions if c.type == "Ready")
                 kopf.info(body, reason=status.phase, message=message)
             return
         fresh = kube.chatbot(bot.namespace, bot.name)
-        if fresh is None or fresh["metadata"].get("generation", 0) != bot.generation:
+        if fresh is None or fresh["metadata"].get("uid") != bot.uid:
+            raise ChatBotGone(bot.uid)
+        if fresh["metadata"].get("generation", 0) != bot.generation:
             return
         previous = ChatBotStatus.model_validate(fresh.get("status") or {})
         resource_version = str(fresh["metadata"]["resourceVersion"])

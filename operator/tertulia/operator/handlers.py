@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from tertulia.operator.api import GROUP, PLURAL, VERSION, ChatBot, ChatBotStatus
 from tertulia.operator.converge import (
+    ChatBotGone,
     body_of,
     cluster,
     converge,
@@ -134,7 +135,13 @@ def reconcile(body: kopf.Body, **_: Any) -> None:
         raise kopf.PermanentError(message) from error
 
     with known(bot.namespace, bot.name).lock:
-        state = converge(bot, previous, SEEN.observed(bot), body)
+        if SEEN.gone(bot.uid):
+            return  # an event queued before the ChatBot's deletion: nothing to converge
+        try:
+            state = converge(bot, previous, SEEN.observed(bot), body)
+        except ChatBotGone:
+            _deleted(bot.namespace, bot.name, bot.uid)
+            return
     if state.missing or state.missing_sources:
         raise kopf.TemporaryError(
             f"waiting for {len(state.missing)} Secret key(s) and "
@@ -153,15 +160,26 @@ def _on_chatbot_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any)
     """A ChatBot's event, under its lock: a converge that waited for the lock reads the
     ChatBot as this event left it (and skips one deleted), so nothing it labels or applies
     for an older spec outlives the release below."""
-    deleted = event.get("type") == "DELETED"
+    body = event["object"]
     with known(namespace, name).lock:
-        SEEN.saw(event["object"], deleted)
-        if deleted or event.get("type") == "MODIFIED":
+        if event.get("type") == "DELETED":
+            _deleted(namespace, name, str(body["metadata"].get("uid")))
+        elif SEEN.saw(body) and event.get("type") == "MODIFIED":
             release_labels(namespace)
-        if deleted:
-            forget(namespace, name)
-        elif event.get("type") == "MODIFIED":
             _refresh_status(namespace, name)
+
+
+def _deleted(namespace: str, name: str, uid: str) -> None:
+    """A ChatBot deleted, known from its DELETED event or from a 404 first (its events
+    queued before the deletion are still to come, each of which would bring it back, and
+    converge it, were it not remembered as gone): forgotten, and the labels it alone put on
+    the users' objects taken off. The caller holds the ChatBot's lock."""
+    SEEN.saw(
+        {"kind": "ChatBot", "metadata": {"namespace": namespace, "name": name, "uid": uid}},
+        deleted=True,
+    )
+    release_labels(namespace)
+    forget(namespace, name)
 
 
 def _refresh_status(namespace: str, name: str) -> None:
@@ -177,7 +195,16 @@ def _refresh_status(namespace: str, name: str) -> None:
     state = known(namespace, name)
     if state.inputs is None or state.converged != bot.generation:
         return
-    write_status(bot, previous, SEEN.observed(bot), body)
+    _write_status(bot, previous, body)
+
+
+def _write_status(bot: ChatBot, previous: ChatBotStatus, body: kopf.Body) -> None:
+    """write_status from the children as seen; a ChatBot found gone is handled as deleted.
+    The caller holds the ChatBot's lock."""
+    try:
+        write_status(bot, previous, SEEN.observed(bot), body)
+    except ChatBotGone:
+        _deleted(bot.namespace, bot.name, bot.uid)
 
 
 def release_labels(namespace: str) -> None:
@@ -254,7 +281,10 @@ def _converge_locked(namespace: str, name: str) -> None:
         parsed = _seen_parent(namespace, name)
         if parsed is not None:
             bot, previous, body = parsed
-            converge(bot, previous, SEEN.observed(bot), body)
+            try:
+                converge(bot, previous, SEEN.observed(bot), body)
+            except ChatBotGone:
+                _deleted(namespace, name, bot.uid)
 
 
 def _on_child_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, **_: Any) -> None:
@@ -275,7 +305,7 @@ def _on_child_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, *
         # just created is as rendered: their events only refresh the status.
         if ref.kind != "Job" and event.get("type") in ("MODIFIED", "DELETED"):
             put_back(bot, ref)
-        write_status(bot, previous, SEEN.observed(bot), body)
+        _write_status(bot, previous, body)
 
 
 # Every kind the operator owns, so any child deleted or edited by hand is put back.
@@ -317,7 +347,7 @@ def _on_pod_event(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, **_
         trouble = SEEN.to_announce(pod, deleted)
         if trouble is not None:
             kopf.warn(body, reason=trouble.reason, message=trouble.message)
-        write_status(bot, previous, SEEN.observed(bot), body)
+        _write_status(bot, previous, body)
 
 
 @kopf.on.event("", "v1", "secrets")

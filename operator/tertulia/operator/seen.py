@@ -63,6 +63,8 @@ class Claim:
 
 
 Key = tuple[str, str]
+# How many deleted ChatBots' uids are remembered (a few dozen bytes each).
+GONE_KEPT = 10_000
 
 
 class Seen:
@@ -85,6 +87,9 @@ class Seen:
         # namespace -> the users' Secrets and ConfigMaps carrying the operator's watch label,
         # as (collection, name): the label comes off those no ChatBot names any more
         self._labelled: dict[str, set[Key]] = {}
+        # The uids of ChatBots known to be deleted, oldest first: the events queued for one
+        # before its deletion (each status write made one) must not bring it back.
+        self._gone: dict[str, None] = {}
 
     def fill(self, kind: str, items: list[dict[str, Any]]) -> None:
         """The objects of one kind as a listing gave them (a list's items carry no kind)."""
@@ -99,11 +104,21 @@ class Seen:
         metadata = body.get("metadata") or {}
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
         if kind == "ChatBot":
+            uid = metadata.get("uid")
             with self._lock:
+                if uid in self._gone:
+                    return False
                 if deleted:
-                    self._chatbots.pop((namespace, name), None)
-                    self._workloads.pop((namespace, name), None)
-                    self._jobs.pop((namespace, name), None)
+                    if uid:
+                        self._gone[uid] = None
+                    if len(self._gone) > GONE_KEPT:
+                        del self._gone[next(iter(self._gone))]
+                    current = self._chatbots.get((namespace, name))
+                    # One made again under the name since (its own uid) stays.
+                    if current is None or current["metadata"].get("uid") == uid:
+                        self._chatbots.pop((namespace, name), None)
+                        self._workloads.pop((namespace, name), None)
+                        self._jobs.pop((namespace, name), None)
                 else:
                     self._chatbots[namespace, name] = {
                         key: dict(body.get(key) or {}) for key in ("metadata", "spec", "status")
@@ -163,6 +178,11 @@ class Seen:
                 held.discard((collection, name))
             else:
                 held.add((collection, name))
+
+    def gone(self, uid: str) -> bool:
+        """Whether the ChatBot of this uid is known to be deleted."""
+        with self._lock:
+            return uid in self._gone
 
     def labelled(self, namespace: str) -> set[Key]:
         with self._lock:

@@ -226,7 +226,12 @@ def test_a_status_from_a_stale_copy_is_computed_again_from_the_newer_one(
             ]
         }
     )
-    meta = {"namespace": bot.namespace, "name": bot.name, "generation": bot.generation}
+    meta = {
+        "namespace": bot.namespace,
+        "name": bot.name,
+        "generation": bot.generation,
+        "uid": bot.uid,
+    }
     store = StatusStore(
         {"metadata": {**meta, "resourceVersion": "7"}, "status": newer.model_dump(by_alias=True)}
     )
@@ -248,7 +253,12 @@ def test_a_status_write_over_the_version_it_came_from_is_taken(
 ) -> None:
     bot = load(REPO / "manifests" / "examples" / "cpu-ollama.yaml")
     forget(bot.namespace, bot.name)
-    meta = {"namespace": bot.namespace, "name": bot.name, "generation": bot.generation}
+    meta = {
+        "namespace": bot.namespace,
+        "name": bot.name,
+        "generation": bot.generation,
+        "uid": bot.uid,
+    }
     store = StatusStore({"metadata": {**meta, "resourceVersion": "5"}, "status": {}})
     monkeypatch.setattr(converge_module, "_cluster", store)
     monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import kopf
 import pytest
 
 from tertulia.operator import converge, handlers
@@ -20,6 +21,7 @@ NAMESPACE = "team"
 # The handlers as plain functions: kopf's decorators type them as its own callbacks.
 on_source_event: Any = handlers._on_source_event
 on_chatbot_event: Any = handlers._on_chatbot_event
+reconcile: Any = handlers.reconcile
 
 
 class Cluster:
@@ -140,3 +142,32 @@ def test_the_chatbots_own_event_writes_a_status_a_child_compared_with_a_stale_co
     finally:
         converge.forget(NAMESPACE, name)
     assert [bot.generation for bot in writes] == ([1] if written else [])
+
+
+def test_a_chatbot_found_gone_by_a_404_is_handled_as_deleted_before_its_deleted_event(
+    seen: Seen, kube: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each status write queues an event; when the ChatBot is deleted, kopf still hands
+    those to the handlers, one by one, before the DELETED. The first 404 ends it: its labels
+    come off at once, and the queued events neither bring it back nor converge it."""
+    body = _chatbot()
+    body["spec"]["knowledgeBase"]["sources"] = [{"configMap": {"name": "faq"}}]
+    name = body["metadata"]["name"]
+    seen.saw(body)
+    seen.saw_labelled("configmaps", _faq(), deleted=False)
+    converged: list[Any] = []
+
+    def gone(bot: Any, *_: Any) -> None:
+        converged.append(bot)
+        raise converge.ChatBotGone(bot.uid)
+
+    monkeypatch.setattr(handlers, "converge", gone)
+    handlers._converge_locked(NAMESPACE, name)
+    assert kube.released == [("configmaps", "faq")]
+    assert seen.chatbot(NAMESPACE, name) is None
+
+    # An event queued before the deletion: the ChatBot stays gone, and is not converged.
+    on_chatbot_event(_event("MODIFIED", body), NAMESPACE, name)
+    reconcile(body=kopf.Body(body))
+    assert seen.chatbot(NAMESPACE, name) is None
+    assert len(converged) == 1

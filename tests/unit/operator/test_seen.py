@@ -92,3 +92,19 @@ def test_chatbots_by_namespace_and_a_deleted_one_takes_its_children_along() -> N
     seen.saw(body, deleted=True)
     assert seen.chatbot("bots", bot.name) is None
     assert seen.observed(bot).workloads == {}
+
+
+def test_a_deleted_chatbots_late_events_do_not_bring_it_back_nor_remove_its_successor() -> None:
+    seen = Seen()
+    old = {"kind": "ChatBot", "metadata": {"namespace": "bots", "name": "shop", "uid": "u1"}}
+    seen.saw(old)
+    seen.saw(old, deleted=True)
+    assert seen.gone("u1")
+    # Events queued before the deletion (its status writes) are processed after it.
+    assert not seen.saw({**old, "status": {"phase": "Ready"}})
+    assert seen.chatbot("bots", "shop") is None
+    # Made again under the name: a late DELETED of the old one leaves the new one.
+    new = {"kind": "ChatBot", "metadata": {"namespace": "bots", "name": "shop", "uid": "u2"}}
+    seen.saw(new)
+    seen.saw(old, deleted=True)
+    assert seen.chatbot("bots", "shop") is not None
