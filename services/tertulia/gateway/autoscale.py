@@ -106,6 +106,11 @@ class Recommender:
         return f"{load} requests in flight or waiting at {self.target:g} per replica"
 
 
+# Reads and conditional patches of the scale before a wake gives up (each 409 is a change
+# made between the two, which a status write makes every few seconds while pods start).
+WAKE_ATTEMPTS = 5
+
+
 class ScaleTarget:
     """The ChatBot's scale subresource and status, through the Kubernetes API."""
 
@@ -135,21 +140,25 @@ class ScaleTarget:
 
     async def wake(self) -> bool:
         """One replica if there are none; whether this call set it. The patch holds only over
-        the version read (another gateway, or a person, may have been first: 409)."""
-        scale = (await self._request("GET", "/scale")).json()
-        if scale.get("spec", {}).get("replicas", 0):  # 0 is left out of a Scale
-            return False
-        patch = {
-            "metadata": {"resourceVersion": scale["metadata"]["resourceVersion"]},
-            "spec": {"replicas": 1},
-        }
-        try:
-            await self._request("PATCH", "/scale", patch)
-        except ScaleFailed as error:
-            if error.status == 409:
+        the version read: a 409 means the ChatBot changed since (most often a status write,
+        the operator's or a gateway's report), so the scale is read again, and left alone
+        once another gateway, or a person, has set replicas."""
+        for _ in range(WAKE_ATTEMPTS):
+            scale = (await self._request("GET", "/scale")).json()
+            if scale.get("spec", {}).get("replicas", 0):  # 0 is left out of a Scale
                 return False
-            raise
-        return True
+            patch = {
+                "metadata": {"resourceVersion": scale["metadata"]["resourceVersion"]},
+                "spec": {"replicas": 1},
+            }
+            try:
+                await self._request("PATCH", "/scale", patch)
+            except ScaleFailed as error:
+                if error.status == 409:
+                    continue
+                raise
+            return True
+        raise ScaleFailed(409, f"the ChatBot changed under each of {WAKE_ATTEMPTS} tries")
 
     async def report(self, status: dict[str, Any]) -> None:
         await self._request("PATCH", "/status", {"status": {"autoscaling": status}})

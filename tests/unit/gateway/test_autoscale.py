@@ -5,9 +5,11 @@ deciding, with the Kubernetes API faked (the e2e and cluster tiers use the real 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tertulia.gateway.autoscale import (
@@ -299,3 +301,37 @@ async def test_requests_through_the_service_or_on_a_replica_that_left_count_as_l
     router.release(REPLICA)
     router.release(router.url)
     assert scaler.load() == 0
+
+
+async def test_a_wake_whose_patch_meets_a_status_write_reads_the_scale_again(
+    tmp_path: Path,
+) -> None:
+    """The scale's patch holds only over the version read; the operator's status writes
+    change that version every few seconds. A 409 is read again, not taken for another
+    gateway's wake (which left the model at zero, the request waiting for nothing)."""
+    token = tmp_path / "token"
+    token.write_text("t")
+    versions = iter(["1", "2"])
+    calls: list[tuple[str, str]] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, request.url.path.rsplit("/", 1)[-1]))
+        if request.method == "GET":
+            return httpx.Response(200, json={"metadata": {"resourceVersion": next(versions)}})
+        sent = json.loads(request.content)["metadata"]["resourceVersion"]
+        if sent == "1":  # a status write came between the read and the patch
+            return httpx.Response(409, json={"message": "the object has been modified"})
+        return httpx.Response(200, json={})
+
+    target = ScaleTarget(
+        "bot", "ns", KubernetesSettings(api_url="https://127.0.0.1:1", token_file=token)
+    )
+    await target.aclose()
+    target._client = httpx.AsyncClient(
+        base_url="https://127.0.0.1:1", transport=httpx.MockTransport(api)
+    )
+    try:
+        assert await target.wake()
+    finally:
+        await target.aclose()
+    assert calls == [("GET", "scale"), ("PATCH", "scale"), ("GET", "scale"), ("PATCH", "scale")]
