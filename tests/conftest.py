@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from xdist.scheduler import Scheduling
 
 TESTS_ROOT = Path(__file__).parent
+# Every llama-server the tests start (the test bed's, local mode's, the benchmarks') takes
+# one thread: a worker's servers share 2 cores with the other workers', and llama.cpp's
+# threads spin while they wait for each other, so servers that each take every core are many
+# times slower (docs/local.md, "Threads"; docs/testbed.md).
+os.environ.setdefault("TERTULIA_LLAMA_THREADS", "1")
 _MARKER_BY_FOLDER = {
     "unit": "unit",
     "integration": "integration",

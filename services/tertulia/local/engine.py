@@ -40,6 +40,23 @@ def llama_server() -> Path:
     )
 
 
+THREADS_VARIABLE = "TERTULIA_LLAMA_THREADS"
+
+
+def threads_from_env() -> int | None:
+    """The threads each llama-server takes when TERTULIA_LLAMA_THREADS says (llama.cpp's
+    default, every core, otherwise). Set it where the servers share the cores with other work:
+    llama.cpp's threads wait for each other by spinning, so two servers that each take every
+    core slow each other down many times over (three servers answering at once on 2 cores:
+    83 s with every core each, 9.3 s with one thread each; docs/local.md)."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise EngineMissing(f"{THREADS_VARIABLE} must be a whole number of threads, at least 1")
+    return int(value)
+
+
 def server_args(
     model: Path,
     alias: str,
@@ -68,6 +85,7 @@ def server_args(
         args += ["--embeddings", "--batch-size", str(context), "--ubatch-size", str(context)]
     if chat_template:
         args += ["--chat-template", chat_template]
+    threads = threads or threads_from_env()
     if threads:
         args += ["--threads", str(threads)]
     return [*args, *extra]

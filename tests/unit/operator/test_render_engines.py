@@ -122,6 +122,25 @@ def test_llamacpp_context_is_the_specs_or_8192() -> None:
     assert args[args.index("--ctx-size") + 1] == "32768"
 
 
+@pytest.mark.parametrize(
+    ("resources", "args", "threads"),
+    [
+        (None, [], "1"),  # the default request, 1 CPU
+        ({"requests": {"cpu": "3"}}, [], "3"),
+        ({"requests": {"cpu": "500m"}}, [], "1"),
+        ({"requests": {"cpu": "2"}, "limits": {"cpu": "2500m"}}, [], "3"),  # the limit first
+        ({"requests": {"cpu": "4"}}, ["--threads", "6"], "6"),  # the spec's own, once
+    ],
+)
+def test_llamacpp_takes_the_threads_its_container_may_use(
+    resources: dict[str, Any] | None, args: list[str], threads: str
+) -> None:
+    bot = with_model(example("all-platforms"), resources=resources, args=args)
+    rendered = model_container(bot)["args"]
+    assert rendered.count("--threads") == 1
+    assert rendered[rendered.index("--threads") + 1] == threads
+
+
 # Scaling with a cache
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 from tertulia.operator.api import GROUP, KIND, VERSION, ChatBot
 
@@ -97,6 +101,19 @@ def secrets_version(versions: dict[str, str] | None, names: Iterable[str]) -> di
     seen = {name: versions.get(name, "") for name in sorted(set(names))}
     digest = hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:16]
     return {SECRETS_ANNOTATION: digest}
+
+
+def cpu_threads(resources: dict[str, Any]) -> int:
+    """The threads a CPU-bound server (llama.cpp) should take: the cores its container may
+    use (its CPU limit, else its request), rounded up, at least one. llama.cpp's default is
+    every core of the node, and its threads spin while they wait for each other: on a shared
+    node, or under a CPU limit, that is many times slower (docs/operator.md, "Threads")."""
+    for section in ("limits", "requests"):
+        amount = (resources.get(section) or {}).get("cpu")
+        if amount is not None:
+            cores: Decimal = parse_quantity(str(amount))  # type: ignore[no-untyped-call]
+            return max(1, math.ceil(cores))
+    return 1
 
 
 def resources(override: dict[str, Any] | None, default: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from tertulia.operator.api import ChatBot
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
+    cpu_threads,
     deployment,
     http_probe,
     pod_spec,
@@ -63,6 +64,11 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "--ubatch-size", "2048",
         "--metrics",
     ]  # fmt: skip
+    limits = resources(
+        embedding.resources,
+        {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+    )
+    args += ["--threads", str(cpu_threads(limits))]
     container: dict[str, Any] = {
         "name": "llama-server",
         "image": embedding.image or images.mirrored(images.LLAMACPP, registry),
@@ -73,10 +79,7 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "livenessProbe": http_probe(
             "/health", PORT, periodSeconds=15, timeoutSeconds=5, failureThreshold=4
         ),
-        "resources": resources(
-            embedding.resources,
-            {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-        ),
+        "resources": limits,
         # llama-server needs no root and writes nothing but its cache.
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH, "readOnly": True}],

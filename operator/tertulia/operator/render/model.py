@@ -11,6 +11,7 @@ from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
     claim_spec,
+    cpu_threads,
     deployment,
     disruption_budget,
     headless_service,
@@ -385,6 +386,14 @@ def _startup_failures(model: ModelSpec) -> int:
     return -(-model.startup_timeout_seconds // STARTUP_PERIOD)
 
 
+def _threads(model: ModelSpec) -> list[str]:
+    """llama.cpp's --threads from the cores the container may use, unless the spec's args
+    set them."""
+    if any(arg in ("-t", "--threads") or arg.startswith("--threads=") for arg in model.args):
+        return []
+    return ["--threads", str(cpu_threads(_resources(model)))]
+
+
 def _resources(model: ModelSpec) -> dict[str, Any]:
     resources: dict[str, Any] = {
         key: dict(value)
@@ -528,6 +537,7 @@ def _llamacpp(
         "--ctx-size", str(model.max_model_len or DEFAULT_LLAMACPP_CONTEXT),
         "--metrics",
         *(["--n-gpu-layers", "999"] if model.gpu_count else []),
+        *_threads(model),
         *model.args,
     ]  # fmt: skip
     volumes: list[dict[str, Any]] = []
