@@ -45,7 +45,7 @@ from tests.testbed.servers import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = tuple(
-    int(n) for n in os.environ.get("BENCH_CHATBOTS", sized("1,10,50,200", "1,3")).split(",")
+    int(n) for n in os.environ.get("BENCH_CHATBOTS", sized("1,10,50,200", "2")).split(",")
 )
 IMAGE = "tertulia:bench"
 # The size the targets are set for.

@@ -77,7 +77,13 @@ def operator(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     control_plane.install_crd(chatbot_crd())
-    running = Operator(control_plane, tmp_path_factory.mktemp("operator"))
+    # A refused child is tried again after 5 s rather than a minute: the tests that refuse
+    # one wait for that retry, and what they prove does not depend on its length.
+    running = Operator(
+        control_plane,
+        tmp_path_factory.mktemp("operator"),
+        env={"TERTULIA_OPERATOR_REFUSED_RETRY_SECONDS": "5"},
+    )
     running.start()
     yield running
     running.stop()

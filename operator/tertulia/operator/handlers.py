@@ -56,7 +56,7 @@ _OWNED = (
 # How often a ChatBot waiting for a Secret looks again.
 SECRET_RETRY_SECONDS = 10.0
 # How often a ChatBot with a child the API server refused tries again.
-REFUSED_RETRY_SECONDS = 60.0
+REFUSED_RETRY_SECONDS = float(os.environ.get("TERTULIA_OPERATOR_REFUSED_RETRY_SECONDS", "60"))
 # The safety net: every ChatBot is converged again this often.
 RESYNC_SECONDS = float(os.environ.get("TERTULIA_OPERATOR_RESYNC_SECONDS", "300"))
 # How many objects' events kopf handles at once.
