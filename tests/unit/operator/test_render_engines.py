@@ -141,6 +141,16 @@ def test_llamacpp_takes_the_threads_its_container_may_use(
     assert rendered[rendered.index("--threads") + 1] == threads
 
 
+@pytest.mark.parametrize("example_name", ["all-platforms", "cpu-ollama", "vllm-gpu-slack-kb"])
+def test_a_deleted_model_pod_serves_on_until_the_dns_has_forgotten_it(example_name: str) -> None:
+    """Every engine: Kubernetes' own sleep before SIGTERM (no shell in the image), longer
+    than CoreDNS's 5 s TTL plus the gateway's 2 s lookup, well within the grace period."""
+    pod = model_workload(example(example_name))["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    seconds = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 5 + 2 < seconds < pod["terminationGracePeriodSeconds"]
+
+
 # Scaling with a cache
 
 

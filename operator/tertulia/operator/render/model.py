@@ -233,6 +233,11 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     container["env"] = [{"name": "HOME", "value": home}, *container.get("env", []), *model.env]
     container["resources"] = _resources(model)
     container["securityContext"] = restricted_container_security()
+    # A deleted pod leaves the headless Service's DNS within its TTL (5 s in CoreDNS) plus a
+    # gateway's lookup; requests routed to it meanwhile are answered before the engine gets
+    # SIGTERM (which ends its streams at once). Kubernetes' own sleep action: no shell needed
+    # in the engine's image (PodLifecycleSleepAction, on by default from 1.30).
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": STOP_DELAY_SECONDS}}}
     cache_mount = container.pop("cache_path")
     container["volumeMounts"] = [
         *container.get("volumeMounts", []),
@@ -384,6 +389,10 @@ def _probes(model: ModelSpec, path: str, port: int) -> dict[str, dict[str, Any]]
 
 def _startup_failures(model: ModelSpec) -> int:
     return -(-model.startup_timeout_seconds // STARTUP_PERIOD)
+
+
+# Seconds a deleted model pod keeps serving before its engine is stopped (see above).
+STOP_DELAY_SECONDS = 15
 
 
 def _threads(model: ModelSpec) -> list[str]:
