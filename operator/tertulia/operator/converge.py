@@ -105,13 +105,11 @@ class Known:
 
 
 _known: dict[tuple[str, str], Known] = {}
+_known_lock = threading.Lock()
 
 
 class ChatBotGone(Exception):
     """The ChatBot was deleted while it was being worked on (the API server answered 404)."""
-
-
-_known_lock = threading.Lock()
 
 
 def known(namespace: str, name: str) -> Known:

@@ -28,7 +28,6 @@ from tertulia.operator.converge import (
     known,
     named_objects,
     put_back,
-    read_secrets,
     release_unnamed,
     write_status,
 )
@@ -361,15 +360,7 @@ def _on_secret_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) 
     labels = (event["object"].get("metadata") or {}).get("labels") or {}
     if kind == "ADDED" and labels.get(MANAGED_LABEL) == MANAGED_BY:
         return  # a key Secret the operator has just generated: nothing to converge
-    readers = [
-        parsed[0]
-        for parent in SEEN.chatbots(namespace)
-        if (parsed := _parse(parent)) and name in {secret for secret, _ in read_secrets(parsed[0])}
-    ]
-    for bot in readers:
-        _converge_locked(bot.namespace, bot.name)
-    if kind == "ADDED" and not readers:
-        release_labels(namespace)  # labelled by a converge that ran as its ChatBot went
+    _converge_readers(namespace, "secrets", name, added=kind == "ADDED")
 
 
 @kopf.on.event("", "v1", "configmaps", labels={"app.kubernetes.io/managed-by": kopf.ABSENT})
@@ -378,12 +369,19 @@ def _on_source_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) 
     SEEN.saw_labelled("configmaps", event["object"], event.get("type") == "DELETED")
     if event.get("type") not in ("MODIFIED", "ADDED"):
         return  # the initial listing (resume reconciles) or a deletion (the Job keeps its run)
+    _converge_readers(namespace, "configmaps", name, added=event.get("type") == "ADDED")
+
+
+def _converge_readers(namespace: str, collection: str, name: str, *, added: bool) -> None:
+    """Converge the ChatBots of `namespace` that read a user's Secret or ConfigMap; one whose
+    label has just appeared and that none reads was labelled by a converge that ran as its
+    ChatBot went, and the label comes off."""
     readers = [
         parsed[0]
         for parent in SEEN.chatbots(namespace)
-        if (parsed := _parse(parent)) and ("configmaps", name) in named_objects(parsed[0])
+        if (parsed := _parse(parent)) and (collection, name) in named_objects(parsed[0])
     ]
     for bot in readers:
         _converge_locked(bot.namespace, bot.name)
-    if event.get("type") == "ADDED" and not readers:
-        release_labels(namespace)  # labelled by a converge that ran as its ChatBot went
+    if added and not readers:
+        release_labels(namespace)

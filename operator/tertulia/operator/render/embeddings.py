@@ -64,11 +64,11 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "--ubatch-size", "2048",
         "--metrics",
     ]  # fmt: skip
-    limits = resources(
+    container_resources = resources(
         embedding.resources,
         {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
     )
-    args += ["--threads", str(cpu_threads(limits))]
+    args += ["--threads", str(cpu_threads(container_resources))]
     container: dict[str, Any] = {
         "name": "llama-server",
         "image": embedding.image or images.mirrored(images.LLAMACPP, registry),
@@ -79,7 +79,7 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "livenessProbe": http_probe(
             "/health", PORT, periodSeconds=15, timeoutSeconds=5, failureThreshold=4
         ),
-        "resources": limits,
+        "resources": container_resources,
         # llama-server needs no root and writes nothing but its cache.
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH, "readOnly": True}],
