@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tertulia.gateway.store import Turn
-from tertulia.knowledge.store import SearchFilters
+from tertulia.knowledge.results import SearchFilters
 
 # Conversation ids are built by clients from platform, channel and thread ids.
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,256}$"

@@ -24,7 +24,8 @@ from tertulia.knowledge.settings import KnowledgeSettings
 
 if TYPE_CHECKING:
     from tertulia.knowledge.ingest import Report
-    from tertulia.knowledge.store import Hit, Store
+    from tertulia.knowledge.results import Hit
+    from tertulia.knowledge.store import Store
 
 T = TypeVar("T")
 
@@ -97,7 +98,7 @@ async def _wait_until_reachable(store: Any, embedder: Any, seconds: float, conso
     embeddings server embeds, for at most `seconds`; what it waits for is said every 15
     seconds, and the last error raised at the deadline."""
     from tertulia.knowledge.embeddings import EmbeddingError
-    from tertulia.knowledge.store import StoreError
+    from tertulia.knowledge.results import StoreError
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -132,7 +133,8 @@ async def _ingest(
 
     from tertulia.knowledge.embeddings import Embedder, EmbeddingError
     from tertulia.knowledge.ingest import Ingestor, Report, collect
-    from tertulia.knowledge.store import Store, StoreError
+    from tertulia.knowledge.results import StoreError
+    from tertulia.knowledge.store import Store
 
     console = Console(stderr=True)
     report = Report()
@@ -212,7 +214,8 @@ def search(
     from rich.console import Console
 
     from tertulia.knowledge.embeddings import Embedder, EmbeddingError
-    from tertulia.knowledge.store import SearchFilters, Store, StoreError, find
+    from tertulia.knowledge.results import SearchFilters, StoreError
+    from tertulia.knowledge.store import Store, find
 
     settings = _settings(collection, weaviate_url)
     weight = settings.alpha if alpha is None else alpha
@@ -267,7 +270,8 @@ def list_documents(collection: Collection = None, weaviate_url: WeaviateUrl = No
 
 def _run_store(settings: KnowledgeSettings, action: Callable[[Store], Awaitable[T]]) -> T:
     """`action` on a store of `settings`, closed after; a StoreError ends the command."""
-    from tertulia.knowledge.store import Store, StoreError
+    from tertulia.knowledge.results import StoreError
+    from tertulia.knowledge.store import Store
 
     async def run() -> T:
         store = Store(settings)

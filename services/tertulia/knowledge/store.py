@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import weaviate
-from pydantic import BaseModel, ConfigDict, Field
 from weaviate import WeaviateAsyncClient
 from weaviate.backup.backup import (
     BackupListReturn,
@@ -40,6 +39,7 @@ from weaviate.collections.classes.data import DataObject
 from weaviate.exceptions import WeaviateBaseError
 
 from tertulia.knowledge.embeddings import Embedder, EmbeddingError
+from tertulia.knowledge.results import Hit, SearchFilters, StoreError
 from tertulia.knowledge.settings import KnowledgeSettings, read_secret
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ logger = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1d3b0e-5c1a-4d7e-9a39-7465727475c1")
 _SEARCHED = ["text", "title", "section"]
 _RETURNED = ["text", "source", "title", "section", "chunk_index"]
-
-
-class StoreError(RuntimeError):
-    """Weaviate failed or refused; the message says what and where, never a key."""
 
 
 class _SearchFailed(StoreError):
@@ -81,39 +77,6 @@ class NewChunk:
     id: uuid.UUID
     properties: dict[str, Any]
     vector: list[float]
-
-
-class Hit(BaseModel):
-    """One passage found, with its metadata and score (higher is better)."""
-
-    text: str
-    source: str
-    title: str
-    section: str
-    chunk_index: int
-    score: float
-
-
-class SearchFilters(BaseModel):
-    """Only passages whose metadata match; `*` and `?` are wildcards."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: str | None = Field(None, max_length=512, description="Source path, e.g. `faq/*`.")
-    title: str | None = Field(None, max_length=512, description="Document title.")
-    section: str | None = Field(None, max_length=512, description="Section heading path.")
-
-    def weaviate(self) -> Any:
-        parts = []
-        if self.source:
-            parts.append(Filter.by_property("source").like(self.source))
-        if self.title:
-            parts.append(Filter.by_property("title").like(self.title))
-        if self.section:
-            parts.append(Filter.by_property("section").like(self.section))
-        if not parts:
-            return None
-        return Filter.all_of(parts) if len(parts) > 1 else parts[0]
 
 
 class Store:

@@ -11,6 +11,7 @@ import pytest
 from weaviate.exceptions import WeaviateBaseError
 
 from tertulia.knowledge import store
+from tertulia.knowledge.results import Hit, StoreError
 from tertulia.knowledge.settings import KnowledgeSettings
 
 
@@ -87,7 +88,7 @@ class NodeClient(FakeClient):
         return Answer()
 
 
-def search(knowledge: store.Store) -> list[store.Hit]:
+def search(knowledge: store.Store) -> list[Hit]:
     return asyncio.run(knowledge.search("tides", None, limit=3, alpha=0.0))
 
 
@@ -111,7 +112,7 @@ def test_a_search_failing_on_a_new_connection_is_not_tried_again(
     NodeClient.gone = {0, 1}
     monkeypatch.setattr(store.Store, "_new_client", lambda self: NodeClient())
     knowledge = store.Store(KnowledgeSettings())
-    with pytest.raises(store.StoreError, match="failed to connect"):
+    with pytest.raises(StoreError, match="failed to connect"):
         search(knowledge)
     assert [client.searches for client in cast(list[NodeClient], FakeClient.made)] == [1]
 
@@ -132,7 +133,7 @@ def test_a_search_whose_channel_is_closed_beneath_it_fails_as_a_search_not_a_can
     # A new client whose channel is closed too: a StoreError, which the chat answers
     # without context, not a CancelledError, which would fail the request.
     NodeClient.closed_beneath = {1, 2}
-    with pytest.raises(store.StoreError, match="was closed"):
+    with pytest.raises(StoreError, match="was closed"):
         search(knowledge)
     NodeClient.closed_beneath = set()
 

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from tertulia.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
+    from tertulia.knowledge.results import SearchFilters
     from tertulia.knowledge.settings import KnowledgeSettings
-    from tertulia.knowledge.store import SearchFilters
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class WeaviateRetriever:
     async def search(
         self, query: str, top_k: int, filters: SearchFilters | None = None
     ) -> list[Passage]:
-        from tertulia.knowledge.store import StoreError, find
+        from tertulia.knowledge.results import StoreError
+        from tertulia.knowledge.store import find
 
         wait = self._paused_until - time.monotonic()
         if wait > 0:

@@ -13,7 +13,7 @@ import base64
 import binascii
 import logging
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,8 +31,10 @@ from tertulia.gateway.pipeline.retrieval import WeaviateRetriever
 from tertulia.gateway.schemas import ErrorBody
 from tertulia.knowledge.documents import SUFFIXES, kind_of
 from tertulia.knowledge.embeddings import EmbeddingError
-from tertulia.knowledge.ingest import Ingestor, Input
-from tertulia.knowledge.store import Hit, SearchFilters, StoreError, find
+from tertulia.knowledge.results import Hit, SearchFilters, StoreError
+
+if TYPE_CHECKING:
+    from tertulia.knowledge.ingest import Input
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ def _unavailable(error: Exception) -> KnowledgeBaseUnavailable:
 
 
 def _inputs(request: IngestRequest) -> list[Input]:
+    from tertulia.knowledge.ingest import Input
+
     inputs = []
     for document in request.documents:
         kind = kind_of_source(document.source)
@@ -126,6 +130,8 @@ def kind_of_source(source: str) -> str:
 @router.post("/documents")
 async def ingest(request: IngestRequest, knowledge: KnowledgeBaseDep) -> IngestReport:
     """Ingest documents: unchanged ones are skipped, changed ones replaced."""
+    from tertulia.knowledge.ingest import Ingestor
+
     inputs = _inputs(request)
     ingestor = Ingestor(knowledge.settings, knowledge.store, knowledge.embedder)
     try:
@@ -164,6 +170,8 @@ async def delete_document(
 @router.post("/search")
 async def search(request: SearchRequest, knowledge: KnowledgeBaseDep) -> list[Hit]:
     """What retrieval finds for a question, with scores: for tuning top_k, alpha and filters."""
+    from tertulia.knowledge.store import find
+
     settings = knowledge.settings
     alpha = settings.alpha if request.alpha is None else request.alpha
     try:
