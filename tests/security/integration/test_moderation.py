@@ -17,7 +17,7 @@ import pytest
 from tertulia.gateway.pipeline.moderation import normalise
 from tests.integration.knowledge.conftest import KnowledgeBase
 from tests.testbed.process import ManagedProcess
-from tests.testbed.servers import start_gateway, start_instruct_server, start_weaviate
+from tests.testbed.servers import start_gateway, start_llama_server, start_weaviate
 
 REFUSAL = "Sorry, that is not something I can discuss."
 SETTINGS = {
@@ -172,7 +172,7 @@ def own_instruct_url(tmp_path: Path) -> Iterator[str]:
     """A llama.cpp server for one test alone. llama.cpp's logits are not bit-identical across
     batch sizes, so the same prompt may be answered in other words while another test's
     request shares the batch, or from a prompt partly cached by another test."""
-    process, url = start_instruct_server(tmp_path / "instruct")
+    process, url = start_llama_server(tmp_path / "instruct")
     yield url
     process.stop()
 
