@@ -682,9 +682,11 @@ class EmbeddingSpec(Spec):
     model: str = Field("BAAI/bge-small-en-v1.5", min_length=1, description="Embedding model id.")
     source: str = Field(
         DEFAULT_EMBEDDING_SOURCE,
-        pattern=rf"^(hf://{_SEGMENT}/{_SEGMENT}(/{_SEGMENT})+|https?://[^/]+/.+)$",
-        description="The GGUF the operator's embeddings server (llama.cpp on CPU) loads, "
-        "fetched like model.source: hf://OWNER/REPO/FILE.gguf or https://HOST/FILE.gguf. "
+        pattern=rf"^(hf://{_SEGMENT}/{_SEGMENT}(/{_SEGMENT})+|https?://[^/]+/.+|"
+        rf"pvc://{_CLAIM}(/{_SEGMENT})+)$",
+        description="The GGUF the operator's embeddings server (llama.cpp on CPU) loads, as "
+        "model.source: hf://OWNER/REPO/FILE.gguf or https://HOST/FILE.gguf, fetched into its "
+        "cache, or pvc://CLAIM/PATH/FILE.gguf, read from a claim (an air-gapped cluster). "
         "Unused with endpoint.",
     )
     endpoint: str | None = Field(
@@ -696,6 +698,23 @@ class EmbeddingSpec(Spec):
     image: str | None = Field(
         None,
         description="The embeddings server's image (llama.cpp); the pinned default when unset.",
+    )
+    context_length: int | None = Field(
+        None,
+        ge=16,
+        le=131072,
+        description="The tokens one input may hold, as the model was trained (512 for the "
+        "BERT family: bge-small, all-MiniLM): the embeddings server's context and batch. "
+        "Unset: the GGUF's own length (llama.cpp's --ctx-size 0) in batches of 512 tokens. "
+        "The gateway and the ingest split a longer text and embed it as its parts' mean.",
+    )
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None,
+        description="How the embeddings server pools the model's token vectors into one "
+        "(llama.cpp's --pooling), as the model card says. Unset: the model card's pooling "
+        "for the models Tertulia knows (cls for BAAI/bge, mixedbread-ai/mxbai-embed and "
+        "Snowflake/snowflake-arctic-embed; mean for sentence-transformers' all-MiniLM and "
+        "all-mpnet, nomic-ai/nomic-embed-text and intfloat/e5), else the GGUF's own.",
     )
     resources: KubernetesObject | None = Field(None, description=RESOURCES_DESCRIPTION)
     require_api_key: bool = Field(

@@ -1,8 +1,16 @@
-"""Embeddings through an OpenAI-compatible /v1/embeddings, in batches, as unit vectors."""
+"""Embeddings through an OpenAI-compatible /v1/embeddings, in batches, as unit vectors.
+
+A text longer than the model's positions (512 tokens for the BERT family) is refused by the
+server; it is split in halves until each part fits, and its embedding is the parts' mean,
+weighted by their length (as OpenAI's cookbook embeds texts longer than a model's maximum
+context: "Embedding texts that are longer than the model's maximum context length"). The
+client cannot count the model's tokens, so the server's refusal is the measure.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import httpx
@@ -12,6 +20,21 @@ from tertulia.knowledge.settings import EmbeddingSettings, read_secret
 
 class EmbeddingError(RuntimeError):
     """The embeddings server failed or answered something that is not embeddings."""
+
+
+class InputTooLong(EmbeddingError):
+    """The server refused an input longer than its model's context."""
+
+
+# How servers refuse an input past the model's context: llama.cpp's `exceed_context_size_error`
+# (400) and, past its batch, "input (N tokens) is too large to process" (500); vLLM's and
+# OpenAI's "maximum context length" (400); Hugging Face TEI's "must have less than N tokens"
+# (413).
+_TOO_LONG_STATUS = {400, 413, 500}
+_TOO_LONG = re.compile(
+    r"exceed_context_size|too large to process|maximum context length|less than \d+ tokens",
+    re.IGNORECASE,
+)
 
 
 class Embedder:
@@ -49,11 +72,35 @@ class Embedder:
         vectors: list[list[float]] = []
         size = self._settings.batch_size
         for start in range(0, len(texts), size):
-            vectors.extend(await self._batch(list(texts[start : start + size])))
+            vectors.extend(await self._fitted(list(texts[start : start + size])))
         return vectors
 
     async def embed_one(self, text: str) -> list[float]:
-        return (await self._batch([text]))[0]
+        return (await self._fitted([text]))[0]
+
+    async def _fitted(self, texts: list[str]) -> list[list[float]]:
+        """The batch's embeddings; a batch that holds a text too long is embedded text by
+        text, and a text too long from its halves."""
+        try:
+            return await self._batch(texts)
+        except InputTooLong:
+            if len(texts) > 1:
+                return [vector for text in texts for vector in await self._fitted([text])]
+            return [await self._split(texts[0])]
+
+    async def _split(self, text: str) -> list[float]:
+        words = text.split()
+        # A text of one long word (or none, as written in scripts without spaces) is split
+        # between characters.
+        pieces: Sequence[str] = words if len(words) > 1 else text
+        if len(pieces) < 2:
+            raise InputTooLong("one character is more than the embedding model's context")
+        half = len(pieces) // 2
+        joiner = " " if pieces is words else ""
+        parts = [joiner.join(pieces[:half]), joiner.join(pieces[half:])]
+        first, second = [(await self._fitted([part]))[0] for part in parts]
+        weights = (half, len(pieces) - half)
+        return _unit([weights[0] * a + weights[1] * b for a, b in zip(first, second, strict=True)])
 
     async def _batch(self, texts: list[str]) -> list[list[float]]:
         body = {"model": await self.model_id(), "input": texts}
@@ -61,6 +108,8 @@ class Embedder:
             response = await self._client.post("/embeddings", json=body)
         except httpx.HTTPError as error:
             raise EmbeddingError(f"the embeddings server cannot be reached: {error!r}") from None
+        if response.status_code in _TOO_LONG_STATUS and _TOO_LONG.search(response.text):
+            raise InputTooLong(f"the embeddings server refused an input: {response.text[:200]}")
         if response.status_code != httpx.codes.OK:
             raise EmbeddingError(
                 f"the embeddings server answered {response.status_code}: {response.text[:200]}"

@@ -65,13 +65,15 @@ def server_args(
     port: int,
     context: int,
     embeddings: bool = False,
+    pooling: str | None = None,
     chat_template: str | None = None,
     threads: int | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """llama-server's command line for one model, as the operator's render has it (the
-    OpenAI-compatible API, /health, --metrics); `embeddings` serves /v1/embeddings, whose
-    inputs are each one chunk, so the batch is the whole context."""
+    OpenAI-compatible API, /health, --metrics); `embeddings` serves /v1/embeddings, each of
+    whose inputs is embedded in one batch, so the batch is the whole context (the model's
+    positions), pooled as `pooling` says."""
     args = [
         str(llama_server()),
         "--model", str(model),
@@ -83,6 +85,8 @@ def server_args(
     ]  # fmt: skip
     if embeddings:
         args += ["--embeddings", "--batch-size", str(context), "--ubatch-size", str(context)]
+        if pooling:
+            args += ["--pooling", pooling]
     if chat_template:
         args += ["--chat-template", chat_template]
     threads = threads or threads_from_env()

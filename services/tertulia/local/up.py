@@ -489,10 +489,11 @@ async def _start_knowledge_base(
             timeout=120,
         )
     )  # fmt: skip
-    # all-MiniLM-L6-v2 has 512 positions: a longer input is refused, never run past them.
+    # all-MiniLM-L6-v2 has 512 positions: a longer input is refused, never run past them (the
+    # embedder splits it); its model card pools by the mean.
     command = server_args(
         embedding_model_path(), "all-minilm-l6-v2", host="127.0.0.1",
-        port=local.embeddings_port, context=512, embeddings=True,
+        port=local.embeddings_port, context=512, embeddings=True, pooling="mean",
         extra=["--api-key-file", str(server_key)],
     )  # fmt: skip
     await supervisor.start(

@@ -25,6 +25,7 @@ class Stack:
     client: dict[str, str]
     weaviate: ManagedProcess
     knowledge_base: KnowledgeBase
+    gateway: ManagedProcess
 
 
 @pytest.fixture
@@ -60,6 +61,7 @@ def stack(tmp_path: Path, embeddings_url: str, llama_url: str, redis_url: str) -
         {"Authorization": f"Bearer {client_key}"},
         weaviate,
         knowledge_base,
+        gateway,
     )
     yield stack
     gateway.stop()
@@ -111,6 +113,21 @@ def test_answers_carry_the_passages_found_as_sources(stack: Stack) -> None:
         timeout=120,
     )
     assert [source["source"] for source in filtered.json()["sources"]] == ["town/market.html"]
+
+    # A question longer than the embedding model's 512 positions (all-MiniLM-L6-v2) is
+    # embedded from its parts: searched by meaning as well as words, and the embeddings
+    # server, which refuses the whole, keeps serving.
+    story = (
+        "My small boat has carried me along this coast for many summers, from one harbour "
+        "to the next, and every evening I look for a quiet berth where she can rest. "
+    )
+    long_question = story * 20 + "What does a small boat pay for a night at the berth?"
+    assert len(long_question.split()) > 600
+    answer = _chat(stack, long_question)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sources"][0]["source"] == "harbour/berths.md"
+    assert "searching with BM25 alone" not in stack.gateway.log_tail(1000)
+    assert httpx.get(stack.knowledge_base.embeddings_url.removesuffix("/v1") + "/health").is_success
 
 
 def test_the_admin_api_lists_searches_and_deletes_and_is_for_admins_only(stack: Stack) -> None:

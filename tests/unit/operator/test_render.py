@@ -415,6 +415,62 @@ def test_without_an_embeddings_endpoint_the_operator_runs_one_for_the_gateway_an
     assert policy_clients(manifests, "harbour-embeddings-ingress") == {"gateway", "ingest"}
 
 
+def _embeddings_args(bot: ChatBot, **embedding: Any) -> list[str]:
+    kb = bot.spec.knowledge_base
+    changed = kb.model_copy(update={"embedding": kb.embedding.model_copy(update=embedding)})
+    spec = bot.spec.model_copy(update={"knowledge_base": changed})
+    manifests = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
+    server = manifests["Deployment", "harbour-embeddings"]["spec"]["template"]["spec"]
+    args: list[str] = server["containers"][0]["args"]
+    return args
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_the_embeddings_server_holds_the_models_positions_and_pools_as_its_card_says() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    # BAAI/bge-small-en-v1.5, the default: its GGUF's 512 positions (llama.cpp's
+    # `--ctx-size 0`: "loaded from model"), an input in one batch, CLS pooling (its card).
+    args = _embeddings_args(bot)
+    assert bot.spec.knowledge_base.embedding.model == "BAAI/bge-small-en-v1.5"
+    assert [_flag(args, flag) for flag in ("--ctx-size", "--batch-size", "--ubatch-size")] == [
+        "0", "512", "512"
+    ]  # fmt: skip
+    assert _flag(args, "--pooling") == "cls"
+    args = _embeddings_args(bot, model="sentence-transformers/all-MiniLM-L6-v2")
+    assert _flag(args, "--pooling") == "mean"
+    # A model Tertulia does not know pools as its GGUF says; a pooling set wins.
+    assert "--pooling" not in _embeddings_args(bot, model="acme/house-embedder")
+    args = _embeddings_args(bot, model="acme/house-embedder", pooling="last", context_length=8192)
+    assert _flag(args, "--pooling") == "last"
+    assert [_flag(args, flag) for flag in ("--ctx-size", "--batch-size", "--ubatch-size")] == [
+        "8192", "8192", "8192"
+    ]  # fmt: skip
+
+
+def test_an_air_gapped_embeddings_server_reads_its_gguf_from_a_claim() -> None:
+    bot = example("vllm-gpu-slack-kb")
+    kb = bot.spec.knowledge_base
+    source = "pvc://models/embedding/bge-small-en-v1.5.Q8_0.gguf"
+    embedding = type(kb.embedding).model_validate({"source": source})  # the API accepts it
+    changed = kb.model_copy(update={"embedding": embedding})
+    spec = bot.spec.model_copy(update={"knowledge_base": changed})
+    manifests = by_ref(render_all(bot.model_copy(update={"spec": spec}), image=IMAGE))
+    pod = manifests["Deployment", "harbour-embeddings"]["spec"]["template"]["spec"]
+    # Nothing fetched: the claim itself, read-only, and the file in it.
+    assert "initContainers" not in pod
+    assert pod["volumes"] == [
+        {"name": "weights", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+    ]
+    container = pod["containers"][0]
+    [mount] = container["volumeMounts"]
+    assert mount["readOnly"] and mount["name"] == "weights"
+    model = container["args"][container["args"].index("--model") + 1]
+    assert model == f"{mount['mountPath']}/embedding/bge-small-en-v1.5.Q8_0.gguf"
+
+
 def test_an_unreadable_document_fails_the_ingest_job_at_once_and_says_why() -> None:
     job = next(
         m for m in render_all(example("vllm-gpu-slack-kb"), image=IMAGE) if m["kind"] == "Job"

@@ -39,9 +39,12 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 # vLLM
 
 
-def test_vllm_takes_the_model_as_its_positional_argument() -> None:
-    args = model_container(example("vllm-gpu-slack-kb"))["args"]
-    # The image's entrypoint is `vllm serve`: the model comes first, and never as --model.
+def test_vllm_is_started_as_vllm_serve_with_the_model_as_its_positional_argument() -> None:
+    container = model_container(example("vllm-gpu-slack-kb"))
+    args = container["args"]
+    # The command is set, not the image's entrypoint (which changed between releases), as
+    # vLLM's production-stack chart sets it: `vllm serve MODEL ...`, never --model.
+    assert container["command"] == ["vllm", "serve"]
     assert args[0] == "Qwen/Qwen2.5-7B-Instruct"
     assert "--model" not in args
     assert args[args.index("--served-model-name") + 1] == "Qwen/Qwen2.5-7B-Instruct"
@@ -135,10 +138,31 @@ def test_llamacpp_context_is_the_specs_or_8192() -> None:
 def test_llamacpp_takes_the_threads_its_container_may_use(
     resources: dict[str, Any] | None, args: list[str], threads: str
 ) -> None:
+    assert _llamacpp_flag("--threads", resources, args) == [threads]
+
+
+def _llamacpp_flag(flag: str, resources: dict[str, Any] | None, args: list[str]) -> list[str]:
+    """Each value llama.cpp's `flag` is given with these resources and spec args."""
     bot = with_model(example("all-platforms"), resources=resources, args=args)
-    rendered = model_container(bot)["args"]
-    assert rendered.count("--threads") == 1
-    assert rendered[rendered.index("--threads") + 1] == threads
+    rendered: list[str] = model_container(bot)["args"]
+    return [rendered[at + 1] for at, arg in enumerate(rendered) if arg == flag]
+
+
+@pytest.mark.parametrize(
+    ("resources", "args", "cache"),
+    [
+        (None, [], "1024"),  # a quarter of the default request, 4 GiB
+        ({"requests": {"memory": "2Gi"}, "limits": {"memory": "6Gi"}}, [], "1536"),  # the limit
+        ({"requests": {"memory": "512Mi"}}, [], "128"),
+        ({"limits": {"memory": "64Gi"}}, [], "8192"),  # never over llama.cpp's own default
+        ({"requests": {"memory": "8Gi"}}, ["--cache-ram", "0"], "0"),  # the spec's own, once
+    ],
+)
+def test_llamacpp_keeps_its_prompt_cache_within_the_containers_memory(
+    resources: dict[str, Any] | None, args: list[str], cache: str
+) -> None:
+    """llama.cpp's host prompt cache takes 8 GiB by default, whatever the pod asked for."""
+    assert _llamacpp_flag("--cache-ram", resources, args) == [cache]
 
 
 @pytest.mark.parametrize("example_name", ["all-platforms", "cpu-ollama", "vllm-gpu-slack-kb"])

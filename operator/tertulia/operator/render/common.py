@@ -116,6 +116,16 @@ def cpu_threads(resources: dict[str, Any]) -> int:
     return 1
 
 
+def memory_mib(resources: dict[str, Any]) -> int | None:
+    """The memory a container may use, in MiB: its limit, else its request; None if neither."""
+    for section in ("limits", "requests"):
+        amount = (resources.get(section) or {}).get("memory")
+        if amount is not None:
+            size: Decimal = parse_quantity(str(amount))  # type: ignore[no-untyped-call]
+            return int(size // (1024 * 1024))
+    return None
+
+
 def resources(override: dict[str, Any] | None, default: dict[str, Any]) -> dict[str, Any]:
     """A container's requests and limits: the spec's when given (whole), else `default`."""
     return dict(override) if override else default

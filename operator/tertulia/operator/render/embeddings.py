@@ -22,6 +22,7 @@ from tertulia.operator.render.common import (
 from tertulia.operator.render.model import (
     CACHE_PATH,
     FETCH_USER,
+    claim_volume,
     fetch_weights,
     hub_env,
     server_key_volume,
@@ -32,6 +33,33 @@ COMPONENT = "embeddings"
 # The embedding model's volume: a BERT-sized GGUF is tens of megabytes.
 CACHE_SIZE = "2Gi"
 PORT = 8080
+# The batch when the context is the GGUF's own: the BERT family's 512 positions. An input
+# longer than the batch is refused ("too large to process") and split by the caller.
+DEFAULT_BATCH = 512
+# The pooling each model card names, by the start of the model's name (its last segment):
+# BAAI/bge-* (CLS), mixedbread-ai/mxbai-embed-* (CLS), Snowflake/snowflake-arctic-embed-* (CLS);
+# sentence-transformers/all-MiniLM-* and all-mpnet-* (mean, their 1_Pooling config),
+# nomic-ai/nomic-embed-text-* (mean), intfloat/e5-* and multilingual-e5-* (average pooling).
+POOLING_BY_MODEL = (
+    ("bge-", "cls"),
+    ("mxbai-embed", "cls"),
+    ("snowflake-arctic-embed", "cls"),
+    ("all-minilm", "mean"),
+    ("all-mpnet", "mean"),
+    ("nomic-embed-text", "mean"),
+    ("e5-", "mean"),
+    ("multilingual-e5-", "mean"),
+)
+
+
+def pooling_of(bot: ChatBot) -> str | None:
+    """The pooling set, else the one the model card names for a model Tertulia knows, else
+    none (llama.cpp reads the GGUF's `pooling_type`)."""
+    embedding = bot.spec.knowledge_base.embedding
+    if embedding.pooling is not None:
+        return embedding.pooling
+    name = embedding.model.rsplit("/", 1)[-1].lower()
+    return next((pooling for start, pooling in POOLING_BY_MODEL if name.startswith(start)), None)
 
 
 def runs_embeddings_server(bot: ChatBot) -> bool:
@@ -57,13 +85,18 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "--alias", embedding.model,
         "--host", "0.0.0.0",  # noqa: S104 - inside its pod, behind its Service
         "--port", str(PORT),
-        # Embedding only; each input is one chunk of at most a few hundred tokens.
         "--embeddings",
-        "--ctx-size", "2048",
-        "--batch-size", "2048",
-        "--ubatch-size", "2048",
+        # The model's trained positions: a larger context lets an input past them reach the
+        # position table (llama.cpp warns "n_ctx_seq > n_ctx_train"). An input is embedded in
+        # one ubatch, so the batch holds the longest input. (tools/server/README.md)
+        "--ctx-size", str(embedding.context_length or 0),
+        "--batch-size", str(embedding.context_length or DEFAULT_BATCH),
+        "--ubatch-size", str(embedding.context_length or DEFAULT_BATCH),
         "--metrics",
     ]  # fmt: skip
+    pooling = pooling_of(bot)
+    if pooling is not None:
+        args += ["--pooling", pooling]
     container_resources = resources(
         embedding.resources,
         {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
@@ -84,7 +117,18 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_PATH, "readOnly": True}],
     }
-    volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}}]
+    volumes: list[dict[str, Any]] = []
+    init_containers: list[dict[str, Any]] = []
+    if source.scheme == "pvc":
+        # Read from the claim where it lies: nothing to fetch, no cache.
+        volume, mount = claim_volume(source)
+        volumes.append(volume)
+        container["volumeMounts"] = [mount]
+    else:
+        volumes.append({"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}})
+        init_containers.append(
+            fetch_weights(source, image, hub_env(bot.spec.model), max_size=CACHE_SIZE)
+        )
     if embedding.require_api_key:
         volume, mount, path = server_key_volume(bot, COMPONENT)
         volumes.append(volume)
@@ -93,8 +137,8 @@ def render_embeddings(bot: ChatBot, *, image: str, registry: str = "") -> list[M
     pod = pod_spec(
         bot,
         [container],
-        initContainers=[fetch_weights(source, image, hub_env(bot.spec.model), max_size=CACHE_SIZE)],
         volumes=volumes,
+        **({"initContainers": init_containers} if init_containers else {}),
         securityContext={
             "runAsNonRoot": True,
             "runAsUser": FETCH_USER,

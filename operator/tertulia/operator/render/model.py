@@ -17,6 +17,7 @@ from tertulia.operator.render.common import (
     headless_service,
     http_probe,
     labels,
+    memory_mib,
     metadata,
     pod_spec,
     restricted_container_security,
@@ -395,6 +396,24 @@ def _startup_failures(model: ModelSpec) -> int:
 STOP_DELAY_SECONDS = 15
 
 
+# llama.cpp's host-memory prompt cache (--cache-ram, ggml-org/llama.cpp#16391) takes up to
+# 8 GiB by default, whatever the container asked for: a quarter of the container's memory
+# (its limit, else its request) leaves the rest to the weights, the KV cache and the compute
+# buffers, and never more than llama.cpp's own default.
+PROMPT_CACHE_SHARE = 4
+PROMPT_CACHE_MAX_MIB = 8192
+
+
+def _prompt_cache(model: ModelSpec) -> list[str]:
+    """llama.cpp's --cache-ram from the container's memory, unless the spec's args set it."""
+    if any(arg in ("-cram", "--cache-ram") or arg.startswith("--cache-ram=") for arg in model.args):
+        return []
+    memory = memory_mib(_resources(model))
+    if memory is None:
+        return []
+    return ["--cache-ram", str(min(PROMPT_CACHE_MAX_MIB, memory // PROMPT_CACHE_SHARE))]
+
+
 def _threads(model: ModelSpec) -> list[str]:
     """llama.cpp's --threads from the cores the container may use, unless the spec's args
     set them."""
@@ -440,8 +459,10 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
     if model.source is not None:
         source = parse(model.source)
         weights = weights_file(source) if source.scheme == "pvc" else source.location
-    # `vllm serve` (the image's entrypoint) takes the model as its positional argument; its
-    # --model flag is deprecated there.
+    # `vllm serve` is set here, not left to the image's entrypoint, which has changed between
+    # releases (python3 -m vllm.entrypoints.openai.api_server before `vllm serve`); as
+    # vllm-project/production-stack's helm/templates/deployment-vllm-multi.yaml sets it. It
+    # takes the model as its positional argument; its --model flag is deprecated there.
     args = [
         weights,
         "--served-model-name", name,
@@ -458,6 +479,7 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
     container = {
         "name": "vllm",
         "image": model.image,
+        "command": ["vllm", "serve"],
         "args": args,
         "env": [
             # Under a UID the image may not list in /etc/passwd, getpass.getuser() (torch's
@@ -547,6 +569,7 @@ def _llamacpp(
         "--metrics",
         *(["--n-gpu-layers", "999"] if model.gpu_count else []),
         *_threads(model),
+        *_prompt_cache(model),
         *model.args,
     ]  # fmt: skip
     volumes: list[dict[str, Any]] = []
