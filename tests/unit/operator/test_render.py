@@ -1029,3 +1029,22 @@ def test_a_node_waits_for_the_first_nodes_name_and_says_so_when_it_never_resolve
     )
     assert never.returncode == 1
     assert "node-0.nowhere.invalid did not resolve within 1 s" in never.stderr
+
+
+def test_weaviate_is_given_the_time_its_own_chart_gives_it() -> None:
+    """weaviate/weaviate-helm's values.yaml: livenessProbe initialDelaySeconds 900, period 10,
+    timeout 3, failureThreshold 30; readinessProbe timeout 3, failureThreshold 3;
+    terminationGracePeriodSeconds 600. A start that reads a large index or a slow disk must
+    not be restarted in a loop."""
+    manifests = by_ref(render_all(example("vllm-gpu-slack-kb"), image=IMAGE))
+    pod = manifests["StatefulSet", "harbour-knowledge-base"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 600
+    [weaviate] = pod["containers"]
+    startup, live = weaviate["startupProbe"], weaviate["livenessProbe"]
+    # A startup probe stands for the chart's 900 s delay without holding back a quick start.
+    assert startup["httpGet"]["path"] == live["httpGet"]["path"] == "/v1/.well-known/live"
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 900
+    assert (live["periodSeconds"], live["timeoutSeconds"], live["failureThreshold"]) == (10, 3, 30)
+    ready = weaviate["readinessProbe"]
+    assert ready["httpGet"]["path"] == "/v1/.well-known/ready"
+    assert (ready["timeoutSeconds"], ready["failureThreshold"]) == (3, 3)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tertulia.knowledge.settings import KnowledgeSettings
 from tertulia.operator.api import CacheSpec, ChatBot
 from tertulia.operator.render import render_all
+from tertulia.operator.render.model import CHUNK_TOKENS
 from tests.unit.operator.test_render import IMAGE, by_ref, example, with_spec
 
 
@@ -102,8 +106,88 @@ def test_ollama_pulls_only_what_its_cache_lacks_then_warms_the_model() -> None:
     assert script.index("ollama show") < script.index("|| ollama pull") < script.index("ollama run")
     # The name reaches the script as $1, never spliced into it.
     assert "llama3.2" not in script
-    # A pull may take as long as the allowance; the kubelet would cut it at 1 second.
+    # One run, until the model is loaded: the kubelet stops it at the allowance, and the
+    # first failure restarts the container, so the allowance bounds the whole start.
     assert probe["timeoutSeconds"] == 3600
+    assert probe["failureThreshold"] == 1
+
+
+def test_ollamas_startup_probe_waits_for_the_server_and_a_pull_that_fails_then_loads(
+    tmp_path: Path,
+) -> None:
+    """The probe's script under /bin/sh, with an `ollama` that answers nothing twice (its
+    server is not up yet), then lacks the model, then fails one pull (a registry's moment):
+    the script tries again, pulls, loads the model, and succeeds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "ollama").write_text(
+        f"""#!/bin/sh
+echo "$*" >> {calls}
+n=$(wc -l < {calls})
+case "$1" in
+  show) exit 1 ;;
+  pull) [ "$n" -ge 6 ] && exit 0 || exit 1 ;;
+  run) exit 0 ;;
+esac
+"""
+    )
+    (bin_dir / "sleep").write_text(f"#!/bin/sh\necho sleep $1 >> {calls}.sleeps\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    probe = model_container(example("cpu-ollama"))["startupProbe"]
+    result = subprocess.run(
+        probe["exec"]["command"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [
+        "show llama3.2:3b", "pull llama3.2:3b",  # no server yet
+        "show llama3.2:3b", "pull llama3.2:3b",  # a pull that failed
+        "show llama3.2:3b", "pull llama3.2:3b",
+        "run llama3.2:3b hi",
+    ]  # fmt: skip
+    assert Path(f"{calls}.sleeps").read_text().splitlines() == ["sleep 5", "sleep 5"]
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "env", "parallel"),
+    [
+        (None, [], "4"),  # the autoscaler's default target
+        ({"targetInFlight": 8}, [], "8"),
+        ({"targetInFlight": 8}, [{"name": "OLLAMA_NUM_PARALLEL", "value": "2"}], "2"),
+    ],
+)
+def test_ollama_serves_as_many_at_once_as_the_gateway_sends_it(
+    autoscaling: dict[str, Any] | None, env: list[dict[str, str]], parallel: str
+) -> None:
+    """Ollama serves one request at a time unless told (envconfig's OLLAMA_NUM_PARALLEL, 1);
+    a variable the spec sets is its own, once."""
+    bot = with_spec(
+        example("cpu-ollama"),
+        {"model": {"env": env, **({"autoscaling": autoscaling} if autoscaling else {})}},
+    )
+    container = model_container(bot)
+    names = [item["name"] for item in container["env"]]
+    assert len(names) == len(set(names))
+    assert env_of(container)["OLLAMA_NUM_PARALLEL"] == parallel
+
+
+def test_ollamas_context_holds_the_history_the_passages_and_the_answer() -> None:
+    """Ollama's default context (4096 or less) cuts a longer prompt from the front, silently."""
+    assert KnowledgeSettings.model_fields["chunk_tokens"].default == CHUNK_TOKENS
+    bot = example("cpu-ollama")
+    gateway = bot.spec.gateway
+    context = int(env_of(model_container(bot))["OLLAMA_CONTEXT_LENGTH"])
+    needed = gateway.memory.max_tokens + gateway.max_tokens + len(gateway.system_prompt) // 4
+    assert context % 1024 == 0 and context >= needed
+    with_knowledge = with_spec(bot, {"knowledgeBase": {"enabled": True, "topK": 8}})
+    longer = int(env_of(model_container(with_knowledge))["OLLAMA_CONTEXT_LENGTH"])
+    assert longer % 1024 == 0 and longer >= needed + 8 * CHUNK_TOKENS
 
 
 def test_ollama_keeps_the_model_loaded_and_takes_the_context_length() -> None:

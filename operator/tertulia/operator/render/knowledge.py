@@ -37,6 +37,12 @@ BACKUP = "knowledge-backup"
 BACKUP_PATH = "/var/lib/weaviate-backups"
 HTTP_PORT = 8080
 GRPC_PORT = 50051
+# Weaviate's chart (weaviate/weaviate-helm, weaviate/values.yaml): livenessProbe
+# initialDelaySeconds 900, terminationGracePeriodSeconds 600.
+STARTUP_SECONDS = 900
+# Probed often while it starts, so a quick start is ready at once.
+STARTUP_PERIOD = 2
+TERMINATION_GRACE_SECONDS = 600
 # Between Weaviate's nodes: membership (gossip), data, and Raft; Weaviate's defaults.
 GOSSIP_PORT = 7000
 DATA_PORT = 7001
@@ -253,8 +259,23 @@ def render_knowledge_base(
             {"name": "http", "containerPort": HTTP_PORT},
             {"name": "grpc", "containerPort": GRPC_PORT},
         ],
-        "readinessProbe": http_probe("/v1/.well-known/ready", "http", periodSeconds=5),
-        "livenessProbe": http_probe("/v1/.well-known/live", "http", periodSeconds=15),
+        # As Weaviate's own chart (weaviate/weaviate-helm, weaviate/values.yaml) runs it: a start
+        # that reads a large index, or a slow disk, has 15 minutes (the chart's liveness
+        # initialDelaySeconds: 900; a startup probe here, so a quick start is not held back),
+        # and a live node busy importing is restarted only after 5 minutes of silence.
+        "startupProbe": http_probe(
+            "/v1/.well-known/live",
+            "http",
+            periodSeconds=STARTUP_PERIOD,
+            timeoutSeconds=3,
+            failureThreshold=STARTUP_SECONDS // STARTUP_PERIOD,
+        ),
+        "readinessProbe": http_probe(
+            "/v1/.well-known/ready", "http", periodSeconds=5, timeoutSeconds=3, failureThreshold=3
+        ),
+        "livenessProbe": http_probe(
+            "/v1/.well-known/live", "http", periodSeconds=10, timeoutSeconds=3, failureThreshold=30
+        ),
         "resources": resources(
             knowledge.resources,
             {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
@@ -277,6 +298,8 @@ def render_knowledge_base(
     replicas = knowledge.replicas
     pod: dict[str, Any] = {
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        # Weaviate flushes its memtables on SIGTERM: the chart's 10 minutes to do it.
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         **({"volumes": volumes} if volumes else {}),
     }
     if replicas > 1:

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from tertulia.common.weights import ModelSource, cache_path, parse
-from tertulia.operator.api import ChatBot, ModelSpec
+from tertulia.operator.api import ChatBot, ModelAutoscalingSpec, ModelSpec
 from tertulia.operator.render import images
 from tertulia.operator.render.common import (
     Manifest,
@@ -510,24 +510,63 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
 # Run in the container by the startup probe, with the model as $1 (never spliced into the
 # script): pull only when the cache lacks the model, so a cached replica starts with the
 # registry unreachable; then load it with one short generation, so the first user does not
-# wait for the load. The server itself is the container's PID 1 and stops on SIGTERM.
+# wait for the load. Until the server answers (it starts beside the probe) or while a pull
+# fails (its error is the probe's output), it tries again every few seconds: one run of the
+# probe lasts until the model is loaded, and the kubelet stops it at startupTimeoutSeconds
+# (a failure, and with a failure threshold of one, a restart), so the allowance bounds the
+# whole start. The server itself is the container's PID 1 and stops on SIGTERM.
+OLLAMA_RETRY_SECONDS = 5
 OLLAMA_PREPARE = (
-    'ollama show "$1" >/dev/null 2>&1 || ollama pull "$1"; ollama run "$1" hi >/dev/null'
+    'until ollama show "$1" >/dev/null 2>&1 || ollama pull "$1" >/dev/null; '
+    f"do sleep {OLLAMA_RETRY_SECONDS}; done; "
+    'ollama run "$1" hi >/dev/null'
 )
+# Ollama serves one request at a time unless told (envconfig: OLLAMA_NUM_PARALLEL, default
+# 1); the gateway sends a replica as many as the autoscaler's target in flight.
+OLLAMA_DEFAULT_PARALLEL = ModelAutoscalingSpec.model_fields["target_in_flight"].default
+# Tokens of a prompt beside the history, the passages and the answer: the system prompt's
+# wrapping, the message itself, each passage's delimiters and title.
+OLLAMA_MESSAGE_TOKENS = 512
+# The largest chunk the ingest writes (the knowledge settings' chunk_tokens).
+CHUNK_TOKENS = 200
+OLLAMA_PASSAGE_OVERHEAD_TOKENS = 50
+
+
+def ollama_context(bot: ChatBot) -> int:
+    """The context a request to Ollama needs (its own default is 4096, or less: a longer prompt
+    is cut from the front, silently): the history's budget, the passages, the system prompt,
+    the message and the answer, rounded up to a multiple of 1024 tokens."""
+    gateway = bot.spec.gateway
+    knowledge = bot.spec.knowledge_base
+    passages = (
+        knowledge.top_k * (CHUNK_TOKENS + OLLAMA_PASSAGE_OVERHEAD_TOKENS)
+        if knowledge.enabled
+        else 0
+    )
+    # About four characters a token in English; three to stay on the safe side.
+    system = len(gateway.system_prompt) // 3 + 1
+    needed = (
+        gateway.memory.max_tokens + passages + system + OLLAMA_MESSAGE_TOKENS + gateway.max_tokens
+    )
+    return -(-needed // 1024) * 1024
 
 
 def _ollama(
     bot: ChatBot, model: ModelSpec, port: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     name = served_model_name(model)
-    env = [
-        {"name": "OLLAMA_HOST", "value": f"0.0.0.0:{port}"},
-        {"name": "OLLAMA_MODELS", "value": "/cache/models"},
+    parallel = model.autoscaling.target_in_flight if model.autoscaling else OLLAMA_DEFAULT_PARALLEL
+    settings = {
+        "OLLAMA_HOST": f"0.0.0.0:{port}",
+        "OLLAMA_MODELS": "/cache/models",
         # Keep the model loaded: by default Ollama unloads it after 5 idle minutes.
-        {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
-    ]
-    if model.max_model_len:
-        env.append({"name": "OLLAMA_CONTEXT_LENGTH", "value": str(model.max_model_len)})
+        "OLLAMA_KEEP_ALIVE": "-1",
+        "OLLAMA_NUM_PARALLEL": str(parallel),
+        "OLLAMA_CONTEXT_LENGTH": str(model.max_model_len or ollama_context(bot)),
+    }
+    # The spec's env sets its own (it follows these): a name twice would be refused.
+    own = {item.get("name") for item in model.env}
+    env = [{"name": key, "value": value} for key, value in settings.items() if key not in own]
     container = {
         "name": "ollama",
         "image": model.image,
@@ -536,10 +575,9 @@ def _ollama(
         "env": env,
         "startupProbe": {
             "exec": {"command": ["/bin/sh", "-c", OLLAMA_PREPARE, "prepare", name]},
-            "periodSeconds": STARTUP_PERIOD,
-            # One run may pull for as long as the allowance: the kubelet stops it after that.
+            # One run, until the model is loaded or the allowance is spent.
             "timeoutSeconds": model.startup_timeout_seconds,
-            "failureThreshold": _startup_failures(model),
+            "failureThreshold": 1,
         },
         "readinessProbe": http_probe(
             "/api/version", port, periodSeconds=10, timeoutSeconds=5, failureThreshold=3
