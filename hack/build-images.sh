@@ -104,7 +104,7 @@ save() {
 }
 
 declare -A THIRD_PARTY
-while read -r role image; do
+while read -r role image _; do
   THIRD_PARTY[${role}]="${image}"
 done < <("${REPO_ROOT}/.venv/bin/tertulia" operator images)
 APP_VERSION="$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "${REPO_ROOT}/charts/tertulia/Chart.yaml")"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import version
 
 from typer.testing import CliRunner
@@ -22,16 +23,28 @@ def test_no_arguments_shows_help_listing_the_subcommands() -> None:
     assert "version" in result.output
 
 
-def test_operator_images_lists_each_image_and_its_name_in_a_mirror() -> None:
+def test_operator_images_lists_each_image_its_name_in_a_mirror_and_why_it_exists() -> None:
     plain = CliRunner().invoke(app, ["operator", "images"])
     mirrored = CliRunner().invoke(app, ["operator", "images", "--registry", "mirror.corp/hub"])
 
     assert plain.exit_code == mirrored.exit_code == 0
-    rows = dict(line.split(" ", 1) for line in plain.stdout.splitlines())
-    assert rows["memory"] == "redis:7.4.6-alpine"
-    mirror_rows = {line.split()[0]: line.split()[1:] for line in mirrored.stdout.splitlines()}
+    # ROLE IMAGE [MIRRORED]  # EVIDENCE: a shell's `read -r role image _` takes the first two.
+    rows = {}
+    for line in plain.stdout.splitlines():
+        row = re.fullmatch(r"(\S+) (\S+)  # (.+)", line)
+        assert row is not None, line
+        rows[row[1]] = (row[2], row[3])
+    assert rows["memory"][0] == "redis:7.4.11-alpine"
+    assert rows["model-vllm"][0].startswith("vllm/vllm-openai:v0.30.0-cu129@sha256:")
+    for image, evidence in rows.values():
+        # The evidence names the registry's repository the image is published in.
+        repository = image.split("@")[0].rsplit(":", 1)[0].removeprefix("cr.weaviate.io/")
+        assert repository.removeprefix("ghcr.io/").split("/")[-1] in evidence, (image, evidence)
+    mirror_rows = {
+        line.split()[0]: line.split("  # ")[0].split()[1:] for line in mirrored.stdout.splitlines()
+    }
     assert mirror_rows["memory"] == [
-        "redis:7.4.6-alpine",
-        "mirror.corp/hub/library/redis:7.4.6-alpine",
+        "redis:7.4.11-alpine",
+        "mirror.corp/hub/library/redis:7.4.11-alpine",
     ]
     assert mirror_rows.keys() == rows.keys()

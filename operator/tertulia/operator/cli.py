@@ -85,11 +85,12 @@ def list_images(
     ] = "",
 ) -> None:
     """Print the third-party images ChatBots run, by role, one per line: what to mirror into
-    a private registry for a cluster without internet access."""
-    from tertulia.operator.render.images import THIRD_PARTY, mirrored
+    a private registry for a cluster without internet access, and after a `#` the evidence
+    that each is published."""
+    from tertulia.operator.render.images import EVIDENCE, THIRD_PARTY, mirrored
 
     for role, image in THIRD_PARTY.items():
         line = f"{role} {image}"
         if registry:
             line += f" {mirrored(image, registry)}"
-        typer.echo(line)
+        typer.echo(f"{line}  # {EVIDENCE[role]}")

@@ -45,8 +45,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("image", "mirror"),
     [
-        ("redis:7.4.6-alpine", "mirror.corp:5000/hub/library/redis:7.4.6-alpine"),
-        ("vllm/vllm-openai:v0.11.0", "mirror.corp:5000/hub/vllm/vllm-openai:v0.11.0"),
+        ("redis:7.4.11-alpine", "mirror.corp:5000/hub/library/redis:7.4.11-alpine"),
+        (
+            "vllm/vllm-openai:v0.30.0-cu129@sha256:a67f",
+            "mirror.corp:5000/hub/vllm/vllm-openai:v0.30.0-cu129@sha256:a67f",
+        ),
         (
             "ghcr.io/ggml-org/llama.cpp:server-b11312",
             "mirror.corp:5000/hub/ggml-org/llama.cpp:server-b11312",

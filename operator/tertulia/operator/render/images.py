@@ -1,20 +1,31 @@
 """The third-party images the operator renders, each pinned to a release tag (never a moving
-one), in one place: `tertulia operator images` lists them for mirroring into a private
-registry, and the test bed builds stand-ins under the same names."""
+one) and by digest where it is known, in one place with the evidence that each exists:
+`tertulia operator images` lists them for mirroring into a private registry, and the test
+bed builds stand-ins under the same names (by tag: a stand-in cannot have the upstream
+digest)."""
 
 from __future__ import annotations
 
-VLLM = "vllm/vllm-openai:v0.11.0"
-OLLAMA = "ollama/ollama:0.12.6"
+# vLLM's CUDA 12.9 build of release v0.30.0, by its Docker Hub index digest: the release's
+# default tag (v0.30.0) is built for CUDA 13 and needs NVIDIA driver 580 or newer, which
+# managed clusters' GPU images do not all have yet.
+VLLM = (
+    "vllm/vllm-openai:v0.30.0-cu129"
+    "@sha256:a67f8f186d4567612ac37a55bd82295006002b18858eb12a8af2f05f86c2ae3f"
+)
+OLLAMA = "ollama/ollama:0.24.0"
 # llama.cpp's published server images: `server-bN` is the CPU build of release N, and
-# `server-cuda-bN` the CUDA one (.github/workflows/docker.yml of ggml-org/llama.cpp). Release
-# b11312 is the llama.cpp that llama-cpp-python 0.3.36 vendors, which the test bed builds.
+# `server-cuda-bN` the CUDA one (.github/workflows/docker.yml of ggml-org/llama.cpp), pushed
+# by a daily build, so not every release has them: b11312 does. It is also the llama.cpp that
+# llama-cpp-python 0.3.36 vendors, which the test bed builds.
 LLAMACPP_RELEASE = "b11312"
 LLAMACPP = f"ghcr.io/ggml-org/llama.cpp:server-{LLAMACPP_RELEASE}"
 LLAMACPP_CUDA = f"ghcr.io/ggml-org/llama.cpp:server-cuda-{LLAMACPP_RELEASE}"
-REDIS = "redis:7.4.6-alpine"
-# The release the test bed builds from source (hack/versions.env: WEAVIATE_VERSION).
-WEAVIATE = "cr.weaviate.io/semitechnologies/weaviate:1.35.2"
+# The 7.4 line's latest patch, past the remote-code-execution fixes that 7.4.6 lacks.
+REDIS = "redis:7.4.11-alpine"
+# The 1.35 line's latest patch, the release the test bed builds from source
+# (hack/versions.env: WEAVIATE_VERSION).
+WEAVIATE = "cr.weaviate.io/semitechnologies/weaviate:1.35.19"
 
 # By the role each plays, as `tertulia operator images` prints them.
 THIRD_PARTY = {
@@ -24,6 +35,27 @@ THIRD_PARTY = {
     "model-llamacpp-cuda": LLAMACPP_CUDA,
     "memory": REDIS,
     "knowledge-base": WEAVIATE,
+}
+
+# Why each pin is an image that exists (llama.cpp, for one, publishes images for some builds
+# only): where it was seen published, as `tertulia operator images` prints it beside each,
+# and the digest where it is known (an image pinned by tag alone has its digest named here
+# when it is known, so a mirror can be checked).
+EVIDENCE = {
+    "model-vllm": "Docker Hub vllm/vllm-openai, tag v0.30.0-cu129, its index digest as public "
+    "deployments pin it (v0.30.0 for CUDA 13: sha256:8a69ffad015f...)",
+    "model-ollama": "Docker Hub ollama/ollama, tag 0.24.0 as public deployments pin it; "
+    "digest not recorded",
+    "model-llamacpp": "ghcr.io/ggml-org/llama.cpp, tag server-b11312 of the daily docker "
+    "workflow, as public deployments pin it; the test bed builds this release",
+    "model-llamacpp-cuda": "ghcr.io/ggml-org/llama.cpp, tag server-cuda-b11312 seen through "
+    "GHCR's registry API by a public project (sha256:6cdf9529..., digest not recorded whole)",
+    "memory": "Docker Hub redis, tag 7.4.11-alpine, index digest "
+    "sha256:ff02b58f971e7d7d156a1267e283fcbbeee91773b6aa36c49dac28ecfe28eadf as public "
+    "deployments pin it (pinned by tag: the test bed runs a stand-in under this name)",
+    "knowledge-base": "cr.weaviate.io semitechnologies/weaviate, tag 1.35.19 as public "
+    "deployments pin it, the release of the Go module github.com/weaviate/weaviate v1.35.19 "
+    "that the test bed builds",
 }
 
 
