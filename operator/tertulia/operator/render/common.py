@@ -108,21 +108,23 @@ def cpu_threads(resources: dict[str, Any]) -> int:
     use (its CPU limit, else its request), rounded up, at least one. llama.cpp's default is
     every core of the node, and its threads spin while they wait for each other: on a shared
     node, or under a CPU limit, that is many times slower (docs/operator.md, "Threads")."""
-    for section in ("limits", "requests"):
-        amount = (resources.get(section) or {}).get("cpu")
-        if amount is not None:
-            cores: Decimal = parse_quantity(str(amount))  # type: ignore[no-untyped-call]
-            return max(1, math.ceil(cores))
-    return 1
+    cores = _limit_or_request(resources, "cpu")
+    return 1 if cores is None else max(1, math.ceil(cores))
 
 
 def memory_mib(resources: dict[str, Any]) -> int | None:
     """The memory a container may use, in MiB: its limit, else its request; None if neither."""
+    size = _limit_or_request(resources, "memory")
+    return None if size is None else int(size // (1024 * 1024))
+
+
+def _limit_or_request(resources: dict[str, Any], name: str) -> Decimal | None:
+    """A container's limit of the resource `name`, else its request, as a number."""
     for section in ("limits", "requests"):
-        amount = (resources.get(section) or {}).get("memory")
+        amount = (resources.get(section) or {}).get(name)
         if amount is not None:
-            size: Decimal = parse_quantity(str(amount))  # type: ignore[no-untyped-call]
-            return int(size // (1024 * 1024))
+            value: Decimal = parse_quantity(str(amount))  # type: ignore[no-untyped-call]
+            return value
     return None
 
 

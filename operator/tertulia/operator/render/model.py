@@ -406,7 +406,7 @@ PROMPT_CACHE_MAX_MIB = 8192
 
 def _prompt_cache(model: ModelSpec) -> list[str]:
     """llama.cpp's --cache-ram from the container's memory, unless the spec's args set it."""
-    if any(arg in ("-cram", "--cache-ram") or arg.startswith("--cache-ram=") for arg in model.args):
+    if _spec_sets(model, "-cram", "--cache-ram"):
         return []
     memory = memory_mib(_resources(model))
     if memory is None:
@@ -417,9 +417,15 @@ def _prompt_cache(model: ModelSpec) -> list[str]:
 def _threads(model: ModelSpec) -> list[str]:
     """llama.cpp's --threads from the cores the container may use, unless the spec's args
     set them."""
-    if any(arg in ("-t", "--threads") or arg.startswith("--threads=") for arg in model.args):
+    if _spec_sets(model, "-t", "--threads"):
         return []
     return ["--threads", str(cpu_threads(_resources(model)))]
+
+
+def _spec_sets(model: ModelSpec, short: str, long: str) -> bool:
+    """Whether the spec's own args give llama.cpp the flag (`-t 4`, `--threads 4`,
+    `--threads=4`): the operator's value then stays out."""
+    return any(arg in (short, long) or arg.startswith(f"{long}=") for arg in model.args)
 
 
 def _resources(model: ModelSpec) -> dict[str, Any]:
