@@ -30,15 +30,17 @@ class Deduplicator:
 
     async def first_delivery(self, platform: str, event_id: str) -> bool:
         key = f"{platform}:{event_id}"
-        first_here = self._first_here(key)
+        if not self._first_here(key):
+            # Never claim again what this process has claimed: a redelivery's claim can reach
+            # the gateway before the first delivery's, and then neither would be answered.
+            return False
         if self.claims is None:
-            return first_here
+            return True
         try:
-            first_anywhere = await self.claims.claim_event(key, self.window_seconds)
+            return await self.claims.claim_event(key, self.window_seconds)
         except GatewayError:
             # The gateway cannot say; the answer itself will report the outage.
-            return first_here
-        return first_here and first_anywhere
+            return True
 
     def _first_here(self, key: str) -> bool:
         now = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tertulia.bots.dedup import Deduplicator
@@ -41,6 +43,29 @@ async def test_while_the_gateway_is_away_the_process_still_catches_a_redelivery(
     # The gateway is back and never saw Ev1: the process's memory still says no.
     claims.down = False
     assert not await bot.first_delivery("slack", "Ev1")
+
+
+async def test_a_redelivery_whose_claim_overtakes_the_first_still_leaves_one_answer() -> None:
+    """Slack's retry can arrive while the first delivery's claim is on its way to the gateway,
+    and its claim can get there first (two connections, served in either order)."""
+    claims = Claims()
+    overtaken = asyncio.Event()
+
+    class Slow(Claims):
+        calls = 0
+
+        async def claim_event(self, event_id: str, ttl_seconds: int) -> bool:
+            self.calls += 1
+            if self.calls == 1:
+                await overtaken.wait()  # the first delivery's claim, held on the wire
+            return await claims.claim_event(event_id, ttl_seconds)
+
+    bot = Deduplicator(Slow())
+    first = asyncio.create_task(bot.first_delivery("slack", "Ev1"))
+    await asyncio.sleep(0)
+    retry = await bot.first_delivery("slack", "Ev1")
+    overtaken.set()
+    assert [await first, retry] == [True, False]
 
 
 @pytest.mark.parametrize("platform", ["slack", "telegram"])
