@@ -322,6 +322,58 @@ def test_deleting_the_chatbot_collects_every_child(
     )
 
 
+def test_the_chatbots_data_waits_for_it_when_retained_and_goes_with_it_otherwise(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    body = load_example("cpu-ollama")
+    body["spec"]["knowledgeBase"] = {"enabled": True, "storage": "1Gi"}
+    body["spec"]["retainDataOnDelete"] = True
+    claims = {"data-helpdesk-memory-0", "data-helpdesk-knowledge-base-0"}
+    api = control_plane.api_client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+
+    def found() -> dict[str, Any]:
+        items = core.list_namespaced_persistent_volume_claim(namespace).items
+        return {str(c.metadata.name): c for c in items if c.metadata.deletion_timestamp is None}
+
+    def statefulsets() -> list[Any]:
+        selector = "app.kubernetes.io/instance=helpdesk"
+        return list(apps.list_namespaced_stateful_set(namespace, label_selector=selector).items)
+
+    assert apply(control_plane, namespace, body).returncode == 0
+    wait_phase(control_plane, namespace, "helpdesk")
+    first = {name: claim.metadata.uid for name, claim in found().items() if name in claims}
+    assert set(first) == claims
+
+    kubectl(control_plane, "delete", "-n", namespace, "chatbot", "helpdesk")
+    eventually(lambda: not statefulsets(), timeout=60, what="the StatefulSets to go")
+    # Kept, and nobody's: no owner whose deletion would take them.
+    kept = found()
+    assert {name: kept[name].metadata.uid for name in claims} == first
+    assert not any(kept[name].metadata.owner_references for name in claims)
+
+    # Created again with the same name, the ChatBot takes its claims back.
+    assert apply(control_plane, namespace, body).returncode == 0
+    wait_phase(control_plane, namespace, "helpdesk")
+    assert {name: found()[name].metadata.uid for name in claims} == first
+
+    # Asked to let them go, each claim is its StatefulSet's, and goes with the ChatBot.
+    body["spec"]["retainDataOnDelete"] = False
+    assert apply(control_plane, namespace, body).returncode == 0
+    owners = {s.metadata.uid for s in statefulsets()}
+
+    def owned() -> bool:
+        now = found()
+        return all(
+            {owner.uid for owner in now[name].metadata.owner_references or []} & owners
+            for name in claims
+        )
+
+    eventually(owned, timeout=60, what="the StatefulSets to own their claims")
+    kubectl(control_plane, "delete", "-n", namespace, "chatbot", "helpdesk")
+    eventually(lambda: not claims & set(found()), timeout=60, what="the claims to go")
+
+
 def test_missing_secret_marks_platforms_not_ready_then_recovers(
     control_plane: ControlPlane, namespace: str
 ) -> None:
@@ -710,6 +762,19 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "two redis servers, too few sentinels to agree",
         {"model": {"name": "m"}, "gateway": {"memory": {"replicas": 2}}},
         "spec.gateway.memory.replicas",
+    ),
+    (
+        "sentinels over redis servers that start empty",
+        {"model": {"name": "m"}, "gateway": {"memory": {"replicas": 3, "persistent": False}}},
+        "spec.gateway.memory.persistent",
+    ),
+    (
+        "a primary that waits for more replicas than it has",
+        {
+            "model": {"name": "m"},
+            "gateway": {"memory": {"replicas": 3, "sentinel": {"minReplicasToWrite": 3}}},
+        },
+        "spec.gateway.memory.sentinel.minReplicasToWrite",
     ),
     (
         "a key for a model server that checks none",

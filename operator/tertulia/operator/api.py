@@ -7,6 +7,7 @@ API server enforces at admission, each naming the field it is about.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,6 +136,14 @@ class CacheSpec(Spec):
     )
 
 
+# What a held request waits for by default: a replica's start without its weights' fetch (a
+# node, an image, loading; on GPUs a 10 GB image and CUDA graphs too), and the fetch, at
+# 128 MiB/s, of a cache's worth of weights.
+CPU_START_SECONDS = 240
+GPU_START_SECONDS = 600
+SECONDS_PER_GIB = 8
+
+
 class ModelAutoscalingSpec(Spec):
     """The gateway scales the model's replicas on the requests in flight, across every
     gateway replica, through the scale subresource (the one `kubectl scale` and an HPA use);
@@ -143,15 +152,20 @@ class ModelAutoscalingSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra=cel(
             rule(
-                "self.minReplicas <= self.maxReplicas",
+                "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
                 "minReplicas must not exceed maxReplicas",
                 ".minReplicas",
             )
         )
     )
 
-    min_replicas: int = Field(
-        0, ge=0, le=64, description="Fewest replicas; 0 scales the model to zero when idle."
+    min_replicas: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Fewest replicas; 0 scales the model to zero when idle. Unset: 1 for a "
+        "model on GPUs (a cold GPU start takes minutes: a node, a 10 GB image, the weights, "
+        "vLLM's CUDA graphs), 0 on CPUs.",
     )
     max_replicas: int = Field(4, ge=1, le=64, description="Most replicas.")
     target_in_flight: int = Field(
@@ -176,13 +190,14 @@ class ModelAutoscalingSpec(Spec):
         description="Requests each gateway replica holds while the model has no ready "
         "replica; more are answered 503 with Retry-After.",
     )
-    queue_timeout_seconds: int = Field(
-        240,
+    queue_timeout_seconds: int | None = Field(
+        None,
         ge=1,
         le=3600,
         description="How long a held request waits for a replica before it is answered 503 "
-        "with Retry-After: longer than a replica takes to start and load its weights. The bots "
-        "wait up to 300 s for an answer to begin.",
+        "with Retry-After: longer than a replica takes to start and load its weights. Unset: "
+        "240 s on CPUs, 600 s on GPUs, plus 8 s for each GiB of model.cache.size (weights "
+        "fetched at 128 MiB/s). The bots wait up to 300 s for an answer to begin.",
     )
 
 
@@ -416,6 +431,29 @@ class ModelSpec(Spec):
             return self.gpus
         return 1 if self.engine == "vllm" else 0
 
+    def min_replicas(self) -> int:
+        """The fewest replicas the autoscaler keeps: as set, else one on GPUs (waking one
+        takes minutes) and none on CPUs."""
+        scaling = self.autoscaling
+        if scaling is not None and scaling.min_replicas is not None:
+            return scaling.min_replicas
+        return 1 if self.gpu_count else 0
+
+    def queue_timeout_seconds(self) -> int:
+        """How long a held request waits for a woken replica: as set, else what the engine
+        and the weights' fetch take (capped at the field's maximum)."""
+        scaling = self.autoscaling
+        if scaling is not None and scaling.queue_timeout_seconds is not None:
+            return scaling.queue_timeout_seconds
+        start = GPU_START_SECONDS if self.gpu_count else CPU_START_SECONDS
+        weights = 0
+        if self.cache is not None:
+            from kubernetes.utils.quantity import parse_quantity  # the operator's alone
+
+            gib = parse_quantity(self.cache.size) / 2**30  # type: ignore[no-untyped-call]
+            weights = math.ceil(gib * SECONDS_PER_GIB)
+        return min(start + weights, 3600)
+
 
 class ExternalRedisSpec(Spec):
     """A Redis (or Valkey) the operator does not run: a managed service, reached over TLS
@@ -432,6 +470,49 @@ class ExternalRedisSpec(Spec):
         None,
         description="The Secret key holding the CA certificate (PEM) that signed the server's; "
         "the system's CAs when unset.",
+    )
+
+
+class SentinelSpec(Spec):
+    """How the Sentinels of a Redis with replicas decide and fail over (Redis's own settings
+    of the same names)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.failoverTimeoutMilliseconds > self.downAfterMilliseconds",
+                "failoverTimeoutMilliseconds must be longer than downAfterMilliseconds",
+                ".failoverTimeoutMilliseconds",
+            ),
+        )
+    )
+
+    down_after_milliseconds: int = Field(
+        15000,
+        ge=1000,
+        le=600_000,
+        description="How long a primary may not answer before the Sentinels hold it gone and "
+        "promote a replica. Only a crash waits for it: a primary's pod that is stopped (a "
+        "rollout, a drain) hands over first. Shorter fails over sooner; too short, and a "
+        "primary slowed by a busy node is replaced for nothing (Redis's example configuration "
+        "says 30000, Bitnami's chart 60000).",
+    )
+    failover_timeout_milliseconds: int = Field(
+        60000,
+        ge=2000,
+        le=3_600_000,
+        description="How long a failover may take before the Sentinels try again, and how long "
+        "they wait to fail the same primary over twice (Redis's default 180000).",
+    )
+    min_replicas_to_write: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="The primary refuses writes while fewer replicas than this are connected "
+        "and within 10 s of it (Redis's min-replicas-to-write and min-replicas-max-lag): a "
+        "primary cut off from the others then stops taking turns it would lose. 0 (Redis's "
+        "default) never refuses; 1 or more also refuses for the second after a failover in "
+        "which no replica follows the new primary yet, and those turns get whenUnavailable.",
     )
 
 
@@ -473,6 +554,20 @@ class MemorySpec(Spec):
                 "each): Sentinels need three to agree that a primary is gone",
                 ".replicas",
             ),
+            # Redis's replication docs: a primary restarted without its data comes back empty,
+            # and its replicas copy that, wiping their own.
+            rule(
+                "self.persistent || self.replicas == 1",
+                "persistent: false cannot go with replicas: a primary restarting without its "
+                "data would empty its replicas too (Redis's replication docs)",
+                ".persistent",
+            ),
+            rule(
+                "!has(self.sentinel) || self.sentinel.minReplicasToWrite < self.replicas",
+                "sentinel.minReplicasToWrite must be less than replicas: the primary is one of "
+                "them",
+                ".sentinel.minReplicasToWrite",
+            ),
         )
     )
 
@@ -510,6 +605,13 @@ class MemorySpec(Spec):
         "pod fails, the Sentinels promote a replica within seconds and the gateway follows "
         "them. Replication is asynchronous: a turn stored in the last instant before a failure "
         "may be lost.",
+    )
+    sentinel: SentinelSpec = Field(
+        default_factory=SentinelSpec,
+        description="The Sentinels' timeouts and the primary's write guard, for replicas of 3 "
+        "or more.",
+        # In full: the API server checks a default against the rules, its own defaults unset.
+        json_schema_extra={"default": SentinelSpec().model_dump(by_alias=True)},
     )
     external: ExternalRedisSpec | None = Field(
         None,
@@ -1016,6 +1118,13 @@ class ChatBotSpec(Spec):
     )
     priority_class_name: str | None = Field(
         None, description="PriorityClass of every Pod of the ChatBot."
+    )
+    retain_data_on_delete: bool = Field(
+        False,
+        description="Whether Redis's and Weaviate's claims (the conversations, the knowledge "
+        "base) outlive the ChatBot. false: deleting the ChatBot deletes them with it. true: "
+        "they are kept, and a ChatBot created again with the same name in the same namespace "
+        "takes them back (their StatefulSets' persistentVolumeClaimRetentionPolicy).",
     )
 
 

@@ -49,6 +49,8 @@ class Trouble:
 LAST_WORDS = 200
 # The scheduler's words for a claim its cache does not hold yet.
 _CLAIM_NOT_YET_SEEN = re.compile(r'persistentvolumeclaim "[^"]+" not found')
+# The scheduler's words for a pod whose claim's volume lives where the pod cannot go.
+_VOLUME_ELSEWHERE = "volume node affinity conflict"
 _PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
 
@@ -68,6 +70,14 @@ def pod_trouble(pod: dict[str, Any]) -> Trouble | None:
                 # The StatefulSet made the claim just before the pod; the scheduler's cache has
                 # not seen it yet and tries again by itself. Nothing for the user to do.
                 return None
+            if _VOLUME_ELSEWHERE in said:
+                said += (
+                    f" {_VOLUME_ELSEWHERE.capitalize()}: a claim of the pod's is bound to a "
+                    "volume that only a node unable to take the pod can reach (a claim kept "
+                    "from an earlier ChatBot of this name, by retainDataOnDelete, on a node now "
+                    "full, cordoned or gone); free that node, or back the data up and delete "
+                    "the claim (docs/operator.md, Deleting a ChatBot)"
+                )
             return Trouble("Unschedulable", f"pod {name} cannot be scheduled: {said}")
     containers = [
         *(status.get("initContainerStatuses") or []),
@@ -223,6 +233,13 @@ def _store(missing: list[MissingSecret], waiting: str, where: str) -> tuple[bool
     return True, "External", f"{where}: the gateway's /readyz says whether it answers"
 
 
+def _waking_takes(spec: ChatBotSpec) -> str:
+    """What a model's cold start is made of, for its condition while it wakes."""
+    if spec.model.gpu_count:
+        return "on GPUs, minutes: a node, the image, the weights, the engine's warm-up"
+    return "the image, then the weights, fetched once into the cache"
+
+
 def _without_redis(spec: ChatBotSpec) -> str:
     """What the gateway does while Redis is away, as the spec says."""
     if spec.gateway.rate_limit.when_unavailable == "refuse":
@@ -262,6 +279,22 @@ def compute_status(
         results["ModelReady"] = (False, "ScaledToZero", "the model server has 0 replicas")
     else:
         results["ModelReady"] = _workload(workloads, "model", "model server", troubles)
+        model = workloads.get("model")
+        if (
+            spec.model.autoscaling is not None
+            and model is not None
+            and model.ready == 0
+            and results["ModelReady"][1] == "NotReady"
+        ):
+            # Woken from zero (or just created): working as designed, and the gateway holds
+            # the requests meanwhile; a pod that cannot start says why instead.
+            results["ModelReady"] = (
+                True,
+                "Waking",
+                f"0/{model.replicas} model server replicas Ready: the first is starting "
+                f"({_waking_takes(spec)}); requests wait for it up to "
+                f"{spec.model.queue_timeout_seconds()} s (autoscaling.queueTimeoutSeconds)",
+            )
     results["GatewayReady"] = _workload(workloads, "gateway", "gateway", troubles)
     external = spec.gateway.memory.external
     memory_missing = [item for item in missing if item.platform == "memory"]

@@ -22,6 +22,7 @@ from tertulia.bots.metrics import BotMetrics
 from tertulia.bots.split import split_first, split_message
 from tertulia.common.gateway_client import (
     GatewayClient,
+    GatewayError,
     GatewayRateLimited,
     GatewayRefused,
     GatewayUnavailable,
@@ -48,6 +49,11 @@ RATE_LIMITED = (
 )
 STILL_WAITING = (
     "_(Still working on it: the model is starting up or busy. The answer will follow here.)_"
+)
+# The same, when the gateway says the model sleeps (scaled to zero while idle) and is waking.
+WAKING = (
+    "_(The model was asleep, scaled down while nobody asked, and is waking up: that can take "
+    "a few minutes. The answer will follow here.)_"
 )
 EMPTY_ANSWER = "_(The model gave an empty answer. Please rephrase your question.)_"
 CUT_OFF = "\n\n_(The answer was interrupted. Please ask again.)_"
@@ -258,7 +264,11 @@ class Adapter:
     async def _say_still_waiting(self, reply: Reply) -> None:
         await asyncio.sleep(self.waiting_notice_after)
         with contextlib.suppress(Exception):
-            await reply.notice(STILL_WAITING)
+            try:
+                asleep = await self.gateway.model_asleep()
+            except GatewayError:
+                asleep = False  # the gateway cannot say; the plain notice is true either way
+            await reply.notice(WAKING if asleep else STILL_WAITING)
 
     async def _keep_typing(self, reply: Reply) -> None:
         with contextlib.suppress(Exception):

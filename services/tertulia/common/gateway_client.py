@@ -141,6 +141,16 @@ class GatewayClient:
         except httpx.TransportError as error:
             raise GatewayUnavailable(f"cannot reach the gateway ({type(error).__name__})") from None
 
+    async def model_asleep(self) -> bool:
+        """Whether the gateway holds requests while the model wakes (scaled to zero)."""
+        try:
+            response = await self._client.get("/model/state", timeout=5.0)
+        except httpx.TransportError as error:
+            raise GatewayUnavailable(f"cannot reach the gateway ({type(error).__name__})") from None
+        if response.status_code != 200:
+            raise _error_for(response)
+        return bool(response.json()["asleep"])
+
     async def claim_event(self, event_id: str, ttl_seconds: int) -> bool:
         """Whether this is the first claim of a platform event within `ttl_seconds`."""
         body = {"id": event_id, "ttl_seconds": ttl_seconds}

@@ -17,6 +17,7 @@ from tertulia.bots.adapter import (
     RESET_DONE,
     STILL_WAITING,
     UNAVAILABLE,
+    WAKING,
     Adapter,
     IncomingMessage,
     Reply,
@@ -209,9 +210,24 @@ def test_conversation_ids_are_ones_the_gateway_accepts() -> None:
     assert odd.conversation_id == "slack:chat__1:1700000000.000100"
 
 
-async def test_an_answer_slow_to_begin_is_announced_once_and_then_given() -> None:
-    async def slow(_: httpx.Request) -> httpx.Response:
-        # The gateway holds the request while the model scales from zero.
+@pytest.mark.parametrize(
+    ("state", "notice"),
+    [
+        # The gateway holds the request while the model wakes from zero: the notice says so.
+        (httpx.Response(200, json={"asleep": True}), WAKING),
+        # Busy, or starting for another reason.
+        (httpx.Response(200, json={"asleep": False}), STILL_WAITING),
+        # A gateway that cannot say (an older one): the plain notice, which is true anyway.
+        (httpx.Response(404, json={"error": {"message": "Not Found", "code": "not_found"}}),
+         STILL_WAITING),
+    ],
+)  # fmt: skip
+async def test_an_answer_slow_to_begin_is_announced_once_and_then_given(
+    state: httpx.Response, notice: str
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model/state":
+            return state
         await asyncio.sleep(0.3)
         return httpx.Response(200, content=sse(["Hello ", "there."]))
 
@@ -226,7 +242,7 @@ async def test_an_answer_slow_to_begin_is_announced_once_and_then_given() -> Non
     )
     reply = RecordingReply()
     await adapter.handle(message(), reply)
-    assert reply.notices == [STILL_WAITING]
+    assert reply.notices == [notice]
     assert reply.pieces == ["Hello there."]
     assert reply.typed >= 2, "the typing state was not kept up while waiting"
 

@@ -343,6 +343,19 @@ async def test_backend_errors_map_to_clear_statuses(
         assert response.headers["retry-after"] == "5"
 
 
+async def test_the_models_state_is_told_to_a_caller_with_a_key(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    client = await gateway(api_keys_dir=write_keys(tmp_path / "keys", {"slack": "k"}))
+
+    unknown = await client.get("/model/state")
+    known = await client.get("/model/state", headers={"Authorization": "Bearer k"})
+
+    assert unknown.status_code == 401
+    # Without autoscaling the model never sleeps.
+    assert (known.status_code, known.json()) == (200, {"asleep": False})
+
+
 async def test_readyz_reports_each_dependency(gateway: GatewayFactory, fake: FakeBackend) -> None:
     client = await gateway()
 

@@ -12,6 +12,7 @@ from tertulia.operator.status import (
     IngestRun,
     MissingSecret,
     Refusal,
+    Trouble,
     Workload,
     compute_status,
     failed_status,
@@ -113,6 +114,23 @@ def test_unready_children_keep_it_progressing() -> None:
     assert status.phase == "Progressing"
     assert conditions(status)["ModelReady"] == ("False", "NotReady")
     assert "1/3" in next(c.message for c in status.conditions if c.type == "ModelReady")
+
+
+def test_a_model_woken_from_zero_is_waking_not_broken() -> None:
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"model": {"autoscaling": {"minReplicas": 0}}})
+    woken = {**READY, "model": Workload(1, 0)}
+    status = compute_status(bot, woken, [], ChatBotStatus())
+    assert conditions(status)["ModelReady"] == ("True", "Waking")
+    message = next(c.message for c in status.conditions if c.type == "ModelReady")
+    assert "on GPUs, minutes" in message
+    assert f"up to {bot.spec.model.queue_timeout_seconds()} s" in message
+    # A replica that cannot start says why, woken or not.
+    stuck = Trouble("Unschedulable", "pod harbour-model-0 cannot be scheduled: 0/3 nodes")
+    status = compute_status(bot, woken, [], ChatBotStatus(), troubles={"model": [stuck]})
+    assert conditions(status)["ModelReady"] == ("False", "Unschedulable")
+    # Without autoscaling a model that is not up is not ready.
+    status = compute_status(example("vllm-gpu-slack-kb"), woken, [], ChatBotStatus())
+    assert conditions(status)["ModelReady"] == ("False", "NotReady")
 
 
 def test_transition_time_moves_only_when_a_condition_flips() -> None:

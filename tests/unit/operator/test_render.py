@@ -198,6 +198,32 @@ def test_the_gateway_routes_over_the_model_pods_a_headless_service_lists_when_re
     assert gateway_config(spread)["backend"]["routing"] == "round-robin"
 
 
+@pytest.mark.parametrize(
+    ("name", "autoscaling", "floor", "timeout"),
+    [
+        # On GPUs a cold start takes minutes: one replica stays unless asked otherwise, and a
+        # held request waits for the engine and a 100Gi cache's worth of weights.
+        ("vllm-gpu-slack-kb", {}, 1, 600 + 800),
+        ("vllm-gpu-slack-kb", {"minReplicas": 0, "queueTimeoutSeconds": 900}, 0, 900),
+        # On CPUs the model sleeps when idle and wakes in a few minutes.
+        ("local", {}, 0, 240),
+        ("local", {"minReplicas": 2}, 2, 240),
+    ],
+)
+def test_a_model_on_gpus_is_not_scaled_to_zero_unless_asked(
+    name: str, autoscaling: dict[str, int], floor: int, timeout: int
+) -> None:
+    bot = with_spec(example(name), {"model": {"autoscaling": autoscaling}})
+    config = gateway_config(bot)
+    scaling = config["autoscaling"]
+    assert (scaling["min_replicas"], scaling["queue_timeout_seconds"]) == (floor, timeout)
+    # The gateway's own settings take what the operator renders.
+    settings = GatewaySettings.model_validate(
+        {"autoscaling": scaling, "backend": config["backend"]}
+    )
+    assert settings.autoscaling.min_replicas == floor
+
+
 def test_an_autoscaling_gateway_may_move_its_own_chatbots_scale_and_nothing_else() -> None:
     bot = example("vllm-gpu-slack-kb")
     manifests = by_ref(render_all(bot, image=IMAGE))
@@ -238,12 +264,13 @@ def test_an_autoscaling_gateway_may_move_its_own_chatbots_scale_and_nothing_else
         "enabled": True,
         "chatbot": bot.name,
         "namespace": bot.namespace,
-        "min_replicas": 0,
+        # vLLM on GPUs: one replica kept, and time for a cold start and 100Gi of weights.
+        "min_replicas": 1,
         "max_replicas": 3,
         "target_in_flight": 4,
         "scale_down_delay_seconds": 60,
         "queue_length": 100,
-        "queue_timeout_seconds": 240,
+        "queue_timeout_seconds": 600 + 800,
     }
     # What the gateway reads: its settings accept the section as rendered.
     settings = GatewaySettings.model_validate(gateway_config(scaled))
@@ -570,6 +597,27 @@ def test_redis_keeps_its_data_on_a_claim_and_evicts_only_what_has_a_ttl() -> Non
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
 
 
+@pytest.mark.parametrize(("retain", "when_deleted"), [(False, "Delete"), (True, "Retain")])
+def test_the_chatbots_data_outlives_it_only_when_asked(retain: bool, when_deleted: str) -> None:
+    bot = example("vllm-gpu-slack-kb")
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    if retain:
+        spec["retainDataOnDelete"] = True
+    kept = bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+    manifests = by_ref(render_all(kept, image=IMAGE))
+    for component in ("memory", "knowledge-base"):
+        statefulset = manifests["StatefulSet", kept.child(component)]["spec"]
+        assert statefulset["volumeClaimTemplates"]
+        # A replica scaled away keeps its claim for its return, whatever the setting.
+        assert statefulset["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": when_deleted,
+            "whenScaled": "Retain",
+        }
+    # The model's cache is weights fetched again at will: it goes with the ChatBot.
+    model = manifests["StatefulSet", kept.child("model")]["spec"]
+    assert model["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+
+
 def test_redis_memory_follows_its_limit_and_can_run_without_a_claim() -> None:
     bot = example("local")
     memory = {
@@ -726,6 +774,155 @@ def test_a_redis_pod_starts_as_the_primary_or_a_replica_of_the_one_the_sentinels
     primary = follows or me
     assert f"sentinel monitor memory {primary}.{nodes} 6379 2" in watched
     assert f"sentinel announce-ip {me}.{nodes}" in watched
+
+
+def test_the_sentinels_timeouts_and_the_write_guard_follow_the_spec() -> None:
+    bot = with_memory(example("all-platforms"), {"replicas": 3})
+    pod = by_ref(render_all(bot, image=IMAGE))["StatefulSet", "tertulia-memory"]["spec"][
+        "template"
+    ]["spec"]
+    redis, sentinel = pod["containers"]
+    env = {item["name"]: item.get("value") for item in sentinel["env"]}
+    # Longer than a busy node's pauses (Redis's example configuration: 30 s; Bitnami: 60 s).
+    assert (env["DOWN_AFTER"], env["FAILOVER_TIMEOUT"]) == ("15000", "60000")
+    assert "--min-replicas-to-write" not in redis["args"], "Redis's default: never refuse"
+    # The handover fits the grace period, with time for the server to stop after it.
+    assert int(env["HANDOVER_SECONDS"]) + 10 <= pod["terminationGracePeriodSeconds"] == 30
+    for container in (redis, sentinel):
+        assert container["lifecycle"]["preStop"]["exec"]["command"][:2] == ["sh", "-c"]
+    # A replica is Ready once its copy is in step: a rolling restart waits for that.
+    ready = redis["readinessProbe"]["exec"]["command"][2]
+    assert "^role:master" in ready and "^master_link_status:up" in ready
+
+    tuned = with_memory(
+        example("all-platforms"),
+        {
+            "replicas": 3,
+            "sentinel": {
+                "downAfterMilliseconds": 30000,
+                "failoverTimeoutMilliseconds": 180000,
+                "minReplicasToWrite": 1,
+            },
+        },
+    )
+    redis, sentinel = by_ref(render_all(tuned, image=IMAGE))["StatefulSet", "tertulia-memory"][
+        "spec"
+    ]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in sentinel["env"]}
+    assert (env["DOWN_AFTER"], env["FAILOVER_TIMEOUT"]) == ("30000", "180000")
+    arguments = redis["args"]
+    option = {arguments[i]: arguments[i + 1] for i in range(len(arguments) - 1)}
+    assert option["--min-replicas-to-write"] == "1"
+    assert option["--min-replicas-max-lag"] == "10"
+    # One Redis has no handover to make and no Sentinel.
+    single = by_ref(render_all(example("all-platforms"), image=IMAGE))
+    (alone,) = single["StatefulSet", "tertulia-memory"]["spec"]["template"]["spec"]["containers"]
+    assert "lifecycle" not in alone
+
+
+NODES = "tertulia-memory-nodes.bots.svc"
+
+
+def hand_over(
+    tmp_path: Path, role: str, replicas: str, named: list[str], refusals: int = 0
+) -> tuple[list[str], str]:
+    """Run the Redis container's preStop with a redis-cli that is `role`, reports `replicas`
+    (INFO replication's lines), whose Sentinel refuses `refusals` failovers before it takes
+    one, and names each of `named` in turn as the primary; returns the commands it was
+    given, and what the script printed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    calls, names = tmp_path / "calls", tmp_path / "names"
+    names.write_text("".join(f"{name}.{NODES}\n" for name in named))
+    refused = tmp_path / "refused"
+    refused.write_text("x\n" * refusals)
+    cli = bin_dir / "redis-cli"
+    cli.write_text(
+        f"""#!/bin/sh
+echo "$*" >> {calls}
+case "$*" in
+  *"-h "*" role") echo master ;;
+  *" role") echo {role} ;;
+  *"info replication")
+    printf 'role:{role}\r\nconnected_slaves:1\r\n{replicas}master_repl_offset:120\r\n' ;;
+  *"get-master-addr-by-name"*)
+    head -n 1 {names}; [ "$(wc -l < {names})" -gt 1 ] && sed -i 1d {names}; echo 6379 ;;
+  *"sentinel failover"*)
+    if [ -s {refused} ]; then
+      sed -i 1d {refused}; echo "INPROG Failover already in progress"
+    else echo OK; fi ;;
+  *) echo OK ;;
+esac
+"""
+    )
+    cli.chmod(0o755)
+    # Its waits are noted, not waited.
+    (bin_dir / "sleep").write_text("#!/bin/sh\n")
+    (bin_dir / "sleep").chmod(0o755)
+    bot = with_memory(example("all-platforms"), {"replicas": 3})
+    redis, _ = by_ref(render_all(bot, image=IMAGE))["StatefulSet", "tertulia-memory"]["spec"][
+        "template"
+    ]["spec"]["containers"]
+    env = {item["name"]: item.get("value", "") for item in redis["env"]}
+    env |= {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "POD_NAME": "tertulia-memory-0",
+        "HOOK_LOG": "/dev/stdout",
+    }
+    done = subprocess.run(
+        redis["lifecycle"]["preStop"]["exec"]["command"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    said = calls.read_text().splitlines() if calls.exists() else []
+    return [line.replace("--no-auth-warning ", "") for line in said], done.stdout + done.stderr
+
+
+def test_a_primary_that_stops_pauses_writes_hands_over_and_follows_the_new_one(
+    tmp_path: Path,
+) -> None:
+    online = "slave0:ip=tertulia-memory-1,port=6379,state=online,offset=120,lag=0\r\n"
+    me, next_one = "tertulia-memory-0", "tertulia-memory-1"
+    calls, said = hand_over(tmp_path, "master", online, [me, me, next_one])
+    steps = [c for c in calls if "info" not in c and "get-master" not in c]
+    assert steps == [
+        "role",
+        "client pause 20000 write",
+        "-p 26379 sentinel failover memory",
+        # The chosen replica says it is the primary before this server follows it.
+        f"-h {next_one}.{NODES} -p 6379 role",
+        f"replicaof {next_one}.{NODES} 6379",
+        "client unpause",
+    ], said
+    assert f"handed the primary over to {next_one}.{NODES}" in said
+
+
+def test_a_failover_refused_while_the_sentinels_learn_of_a_new_replica_is_asked_again(
+    tmp_path: Path,
+) -> None:
+    online = "slave0:ip=tertulia-memory-2,port=6379,state=online,offset=120,lag=0\r\n"
+    me, next_one = "tertulia-memory-0", "tertulia-memory-2"
+    calls, said = hand_over(tmp_path, "master", online, [me] * 2 + [next_one], refusals=2)
+    # Refused twice (no replica it knows of; the last failover still reconfiguring), 2 s
+    # apart, then taken.
+    assert calls.count("-p 26379 sentinel failover memory") == 3, calls
+    assert said.count("refused the failover for now") == 2
+    assert calls[-2:] == [f"replicaof {next_one}.{NODES} 6379", "client unpause"]
+
+
+def test_a_replica_stops_at_once_and_a_primary_waits_a_while_for_a_replica(
+    tmp_path: Path,
+) -> None:
+    calls, _ = hand_over(tmp_path / "replica", "slave", "", [])
+    assert calls == ["role"]
+    # A replica still copying the data is waited for, 10 s at most, then the primary stops.
+    syncing = "slave0:ip=tertulia-memory-1,port=6379,state=wait_bgsave,offset=0,lag=0\r\n"
+    calls, said = hand_over(tmp_path / "alone", "master", syncing, [])
+    assert calls == ["role"] + ["info replication"] * 20
+    assert "no replica online" in said
 
 
 def test_metrics_are_on_a_port_of_their_own_that_no_ingress_reaches() -> None:

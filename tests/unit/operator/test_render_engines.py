@@ -12,7 +12,7 @@ import yaml
 from tertulia.knowledge.settings import KnowledgeSettings
 from tertulia.operator.api import CacheSpec, ChatBot
 from tertulia.operator.render import render_all
-from tertulia.operator.render.model import CHUNK_TOKENS
+from tertulia.operator.render.model import CHUNK_TOKENS, SERVER_KEY_PATH
 from tests.unit.operator.test_render import IMAGE, by_ref, example, with_spec
 
 
@@ -249,14 +249,98 @@ def test_llamacpp_keeps_its_prompt_cache_within_the_containers_memory(
     assert _llamacpp_flag("--cache-ram", resources, args) == [cache]
 
 
-@pytest.mark.parametrize("example_name", ["all-platforms", "cpu-ollama", "vllm-gpu-slack-kb"])
-def test_a_deleted_model_pod_serves_on_until_the_dns_has_forgotten_it(example_name: str) -> None:
-    """Every engine: Kubernetes' own sleep before SIGTERM (no shell in the image), longer
-    than CoreDNS's 5 s TTL plus the gateway's 2 s lookup, well within the grace period."""
-    pod = model_workload(example(example_name))["spec"]["template"]["spec"]
+@pytest.mark.parametrize(
+    ("example_name", "max_tokens", "drain"),
+    [
+        # vLLM drains itself on SIGTERM (--shutdown-timeout): 20 tokens a second at the least,
+        # 30 s at the least.
+        ("vllm-gpu-slack-kb", 512, 30),
+        ("vllm-gpu-slack-kb", 4096, 205),
+        # llama.cpp on CPUs: 5 tokens a second.
+        ("all-platforms", 512, 103),
+        # Ollama neither drains nor says what it serves: the delay alone.
+        ("cpu-ollama", 512, 103),
+    ],
+)
+def test_a_deleted_model_pod_finishes_its_answers_within_a_grace_sized_from_max_tokens(
+    example_name: str, max_tokens: int, drain: int
+) -> None:
+    bot = with_spec(example(example_name), {"gateway": {"maxTokens": max_tokens}})
+    pod = model_workload(bot)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    seconds = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert 5 + 2 < seconds < pod["terminationGracePeriodSeconds"]
+    stop = container["lifecycle"]["preStop"]
+    # Serving on while the DNS forgets the pod (CoreDNS's 5 s TTL plus the gateway's 2 s
+    # lookup), then the drain, then a margin for the engine to exit.
+    assert pod["terminationGracePeriodSeconds"] == 15 + drain + 15
+    args = container.get("args", [])
+    if example_name == "vllm-gpu-slack-kb":
+        assert stop == {"sleep": {"seconds": 15}}
+        assert args[args.index("--shutdown-timeout") + 1] == str(drain)
+    elif example_name == "cpu-ollama":
+        assert stop == {"sleep": {"seconds": 15}}
+    else:
+        script = stop["exec"]["command"][2]
+        assert "STOP_DELAY=15\n" in script and f"DRAIN_SECONDS={drain}\n" in script
+        assert "--shutdown-timeout" not in args
+
+
+def drain_script(
+    tmp_path: Path, bot: ChatBot, busy: list[str], key: str = ""
+) -> tuple[list[str], list[str]]:
+    """Run llama.cpp's preStop with a curl that answers /metrics with each of `busy` (the
+    requests processing) in turn, then fails as a stopped server does, and a sleep that only
+    notes it was asked; returns what curl and sleep were asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    calls, answers = tmp_path / "calls", tmp_path / "answers"
+    answers.write_text("".join(f"{n}\n" for n in busy))
+    (bin_dir / "curl").write_text(
+        f"""#!/bin/sh
+echo "curl $*" >> {calls}
+n="$(head -n 1 {answers})"
+[ -n "$n" ] || exit 7
+sed -i 1d {answers}
+printf '# HELP llamacpp:requests_processing Number of requests processing.\\n'
+printf 'llamacpp:requests_processing %s\\nllamacpp:requests_deferred 0\\n' "$n"
+"""
+    )
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\necho "sleep $*" >> {calls}\n')
+    for tool in ("curl", "sleep"):
+        (bin_dir / tool).chmod(0o755)
+    command = list(model_container(bot)["lifecycle"]["preStop"]["exec"]["command"])
+    if key:
+        # The mounted key's file, here a file of the test's.
+        (tmp_path / "key").write_text(key)
+        mounted = f"KEY_FILE={SERVER_KEY_PATH}-model/model\n"
+        assert mounted in command[2]
+        command[2] = command[2].replace(mounted, f"KEY_FILE={tmp_path / 'key'}\n")
+    subprocess.run(command, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True, timeout=60)
+    said = calls.read_text().splitlines()
+    return [c for c in said if c.startswith("curl")], [c for c in said if c.startswith("sleep")]
+
+
+def test_a_stopping_llamacpp_pod_waits_for_its_answers_in_flight_then_stops(
+    tmp_path: Path,
+) -> None:
+    bot = example("all-platforms")
+    asked, slept = drain_script(tmp_path, bot, ["2", "1", "0"])
+    assert len(asked) == 3
+    assert asked[0].endswith("http://127.0.0.1:8080/metrics")
+    assert slept == ["sleep 15", "sleep 1", "sleep 1"]
+    # A server already gone has nothing left to finish.
+    asked, slept = drain_script(tmp_path / "gone", bot, [])
+    assert (len(asked), slept) == (1, ["sleep 15"])
+
+
+def test_a_llamacpp_pod_stuck_busy_stops_at_its_drain_and_asks_with_its_key(
+    tmp_path: Path,
+) -> None:
+    bot = with_spec(example("all-platforms"), {"gateway": {"maxTokens": 10}})
+    bot = with_model(bot, require_api_key=True)
+    asked, slept = drain_script(tmp_path, bot, ["1"] * 100, key="s3cret")
+    assert len(asked) == 30 and slept.count("sleep 1") == 30  # the 30 s floor
+    # /metrics asks for the generated key too.
+    assert all("Authorization: Bearer s3cret" in call for call in asked)
 
 
 # Scaling with a cache

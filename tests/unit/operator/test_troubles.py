@@ -93,6 +93,21 @@ def test_an_unschedulable_pod_says_what_the_scheduler_said() -> None:
     assert "untolerated taint {nvidia.com/gpu: present}" in found.message
 
 
+def test_a_claim_kept_on_a_node_that_cannot_take_its_pod_says_what_to_do() -> None:
+    # A ChatBot created again takes back the claims it kept (retainDataOnDelete); a local
+    # volume stays on its node, and that node may be full or gone.
+    said = (
+        "0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 node(s) had "
+        "untolerated taint {node.kubernetes.io/unschedulable: }. preemption: 0/3 nodes are "
+        "available: 3 Preemption is not helpful for scheduling."
+    )
+    found = pod_trouble(unschedulable("helpdesk-knowledge-base-0", "knowledge-base", said))
+    assert found is not None
+    assert found.message.startswith(f"pod helpdesk-knowledge-base-0 cannot be scheduled: {said}")
+    assert "retainDataOnDelete" in found.message
+    assert "delete the claim" in found.message
+
+
 def test_a_claim_the_scheduler_has_not_seen_yet_is_no_trouble() -> None:
     # A StatefulSet makes a pod's claim just before the pod; for a moment the scheduler's
     # cache lacks it and it says so. It tries again by itself: not a reason to warn anyone.

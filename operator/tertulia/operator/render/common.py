@@ -161,7 +161,8 @@ def stateful_set(
     claims: list[dict[str, Any]] | None = None,
 ) -> Manifest:
     """One replica that keeps its identity and, with `claims` (claim templates), volumes of
-    its own."""
+    its own: the ChatBot's data, which goes with it or outlives it as `retainDataOnDelete`
+    says (a claim of a replica scaled away is kept either way, for when it comes back)."""
     spec: dict[str, Any] = {
         "serviceName": bot.child(component),
         "replicas": 1,
@@ -170,6 +171,10 @@ def stateful_set(
     }
     if claims:
         spec["volumeClaimTemplates"] = claims
+        spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": "Retain" if bot.spec.retain_data_on_delete else "Delete",
+            "whenScaled": "Retain",
+        }
     return _workload(bot, "StatefulSet", component, spec)
 
 

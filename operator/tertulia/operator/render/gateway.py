@@ -129,12 +129,12 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
             "enabled": True,
             "chatbot": bot.name,
             "namespace": bot.namespace,
-            "min_replicas": scaling.min_replicas,
+            "min_replicas": spec.model.min_replicas(),
             "max_replicas": scaling.max_replicas,
             "target_in_flight": scaling.target_in_flight,
             "scale_down_delay_seconds": scaling.scale_down_delay_seconds,
             "queue_length": scaling.queue_length,
-            "queue_timeout_seconds": scaling.queue_timeout_seconds,
+            "queue_timeout_seconds": spec.model.queue_timeout_seconds(),
         }
     return config
 

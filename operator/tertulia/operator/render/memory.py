@@ -162,12 +162,13 @@ def redis_arguments(maxmemory: int, *, persistent: bool) -> list[str]:
     return [*arguments, "--appendonly", "no"]
 
 
-# How long a primary may not answer before the Sentinels agree it is gone and promote a
-# replica (Redis's example configuration says 60 s; a chat's memory wants seconds), and how
-# long a failover may take before another is tried.
-DOWN_AFTER_MILLISECONDS = 5000
-FAILOVER_TIMEOUT_MILLISECONDS = 30000
 RUN_PATH = "/run/tertulia"
+# A primary's pod that is stopped hands the primary over first, within this (Bitnami's chart
+# waits its grace period less 10 s); its grace period leaves the server time to stop after.
+HANDOVER_SECONDS = 20
+TERMINATION_GRACE_SECONDS = 30
+# How far behind a replica may be and still count for min-replicas-to-write (Redis's default).
+MIN_REPLICAS_MAX_LAG = 10
 # How many times a starting pod asks the other pods' Sentinels, 2 s apart.
 ASK_TRIES = 4
 # The containers' start scripts wait for their peers: liveness checks begin once they listen.
@@ -256,6 +257,95 @@ exec redis-server "$RUN_PATH/sentinel.conf" --sentinel
 )
 
 
+# The Redis container's preStop, as Bitnami's chart (prestop-redis.sh) fails over before a
+# primary stops, and tighter: writes are paused first (CLIENT PAUSE WRITE, which replication
+# is not), so the replica promoted has every one, and this server follows the new primary as
+# soon as the Sentinels name it (they would turn it into a replica only seconds later). The
+# writes it held then fail with READONLY, and the gateway sends them again to the new primary
+# (redis-py asks the Sentinels again on that error). A rollout or a drain so costs no write.
+# Without a replica online there is no one to hand over to: it stops as before.
+_HAND_OVER = """set -u
+# What a hook prints is lost with its pod: the last handover's words stay on the claim.
+exec >"${HOOK_LOG:-/data/handover.log}" 2>&1
+date +%T.%N
+me="$POD_NAME.$NODES"
+cli() { timeout 5 redis-cli --no-auth-warning "$@"; }
+[ "$(cli role | head -n 1)" = master ] || exit 0
+# A replica restarted a moment ago may still be copying the data: it is waited for a while.
+tries=0
+until cli info replication | grep -q '^slave[0-9]*:.*state=online'; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge "$HANDOVER_SECONDS" ]; then
+    echo "no replica online to hand the primary to"
+    exit 0
+  fi
+  sleep 0.5
+done
+cli client pause "$((HANDOVER_SECONDS * 1000))" write >/dev/null
+echo "$(date +%T.%N) writes paused"
+# A replica holds every write so far (replicas acknowledge their offset every second).
+tries=0
+until cli info replication | tr -d '\r' | awk -F'[:,=]' '
+    /^master_repl_offset:/ { primary = $2 }
+    /^slave[0-9]+:/ {
+      for (i = 1; i < NF; i++) if ($i == "offset" && $(i + 1) + 0 > best) best = $(i + 1)
+    }
+    END { exit !(best + 0 >= primary + 0) }'; do
+  tries=$((tries + 1))
+  [ "$tries" -ge 30 ] && break
+  sleep 0.1
+done
+# Asked again every 2 s until taken: a replica started a moment ago may not be known to the
+# Sentinels yet (NOGOODSLAVE), and the failover that made this server the primary may still be
+# reconfiguring the replicas (INPROG).
+waited=0
+asked=""
+while [ "$waited" -lt "$((HANDOVER_SECONDS * 2))" ]; do
+  if [ -z "$asked" ] && [ $((waited % 4)) -eq 0 ]; then
+    reply="$(cli -p "$SENTINEL_PORT" sentinel failover "$SENTINEL_NAME" 2>&1)"
+    case "$reply" in
+      OK*) asked=1; echo "$(date +%T.%N) the Sentinels fail the primary over" ;;
+      *) echo "the Sentinels refused the failover for now: $reply" ;;
+    esac
+  fi
+  said=""
+  if [ -n "$asked" ]; then
+    said="$(cli -p "$SENTINEL_PORT" sentinel get-master-addr-by-name "$SENTINEL_NAME" \
+      | head -n 1)"
+  fi
+  # The Sentinels name the replica they chose at once; it is the primary once it says so.
+  if [ -n "$said" ] && [ "$said" != "$me" ] \
+      && [ "$(cli -h "$said" -p "$REDIS_PORT" role | head -n 1)" = master ]; then
+    cli replicaof "$said" "$REDIS_PORT" >/dev/null
+    cli client unpause >/dev/null
+    echo "$(date +%T.%N) handed the primary over to $said"
+    exit 0
+  fi
+  waited=$((waited + 1))
+  sleep 0.5
+done
+cli client unpause >/dev/null
+echo "no replica took the primary over; stopping as the primary" >&2
+"""
+
+# The Sentinel's preStop: it stays while its pod's server is the primary, since the failover
+# that server asks for is this Sentinel's to carry out (its own server says when it is done:
+# the Sentinels name the replica they chose from the start, before it is promoted).
+_STAY_FOR_HAND_OVER = """waited=0
+while [ "$waited" -lt "$((HANDOVER_SECONDS * 2))" ]; do
+  [ "$(timeout 5 redis-cli --no-auth-warning -p "$REDIS_PORT" role | head -n 1)" = master ] \
+    || exit 0
+  waited=$((waited + 1))
+  sleep 0.5
+done
+"""
+
+# Ready: the primary, or a replica whose copy is in step with it; a rolling restart so moves on
+# to the next pod only once the last one holds the data, and a primary always has a replica to
+# hand over to.
+_IN_STEP = "redis-cli info replication | grep -q -e '^role:master' -e '^master_link_status:up'"
+
+
 def quorum(replicas: int) -> int:
     """Sentinels that must agree a primary is gone: a majority of them."""
     return replicas // 2 + 1
@@ -272,8 +362,9 @@ def _high_availability_env(bot: ChatBot) -> list[dict[str, Any]]:
         "REDIS_PORT": str(PORT),
         "QUORUM": str(quorum(replicas)),
         "ASK_TRIES": str(ASK_TRIES),
-        "DOWN_AFTER": str(DOWN_AFTER_MILLISECONDS),
-        "FAILOVER_TIMEOUT": str(FAILOVER_TIMEOUT_MILLISECONDS),
+        "DOWN_AFTER": str(bot.spec.gateway.memory.sentinel.down_after_milliseconds),
+        "FAILOVER_TIMEOUT": str(bot.spec.gateway.memory.sentinel.failover_timeout_milliseconds),
+        "HANDOVER_SECONDS": str(HANDOVER_SECONDS),
         "PASSWORD_FILE": f"{SECRET_PATH}/{PASSWORD_KEY}",
         "CONFIG_FILE": f"{SECRET_PATH}/{CONFIG_KEY}",
         "RUN_PATH": RUN_PATH,
@@ -338,6 +429,7 @@ def render_memory(
         volumes[-1]["secret"]["items"].append({"key": PASSWORD_KEY, "path": PASSWORD_KEY})
         volumes.append({"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
         extra["topologySpreadConstraints"] = spread(bot, COMPONENT, revision_label=None)
+        extra["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
     pod = pod_spec(
         bot,
         containers,
@@ -360,11 +452,6 @@ def render_memory(
         annotations=secrets_version(secret_versions, [memory_secret(bot)]),
         claims=claims,
     )
-    if claims:
-        statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] = {
-            "whenDeleted": "Delete",
-            "whenScaled": "Retain",
-        }
     if not high_availability(bot):
         return [statefulset, service(bot, COMPONENT, PORT, "redis")]
     # One pod at a time, the first first: each new one finds the primary through the
@@ -386,12 +473,21 @@ def _with_sentinel(
     it, both from the same image."""
     env = [*redis["env"], *_high_availability_env(bot)]
     run = {"name": "run", "mountPath": RUN_PATH}
+    guard = bot.spec.gateway.memory.sentinel.min_replicas_to_write
+    if guard:
+        arguments = [
+            *arguments,
+            *("--min-replicas-to-write", str(guard)),
+            *("--min-replicas-max-lag", str(MIN_REPLICAS_MAX_LAG)),
+        ]
     redis = {
         **redis,
         "command": ["sh", "-c", _START_REDIS, "redis"],
         "args": arguments,
         "env": env,
         "startupProbe": _started(PORT),
+        "readinessProbe": {"exec": {"command": ["sh", "-c", _IN_STEP]}, "periodSeconds": 5},
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", _HAND_OVER]}}},
         "volumeMounts": [*redis["volumeMounts"], run],
     }
     sentinel = {
@@ -406,6 +502,7 @@ def _with_sentinel(
         },
         "startupProbe": _started(SENTINEL_PORT),
         "livenessProbe": {"tcpSocket": {"port": SENTINEL_PORT}, "periodSeconds": 10},
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", _STAY_FOR_HAND_OVER]}}},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": restricted_container_security(),
         "volumeMounts": [

@@ -234,11 +234,10 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     container["env"] = [{"name": "HOME", "value": home}, *container.get("env", []), *model.env]
     container["resources"] = _resources(model)
     container["securityContext"] = restricted_container_security()
-    # A deleted pod leaves the headless Service's DNS within its TTL (5 s in CoreDNS) plus a
-    # gateway's lookup; requests routed to it meanwhile are answered before the engine gets
-    # SIGTERM (which ends its streams at once). Kubernetes' own sleep action: no shell needed
-    # in the engine's image (PodLifecycleSleepAction, on by default from 1.30).
-    container["lifecycle"] = {"preStop": {"sleep": {"seconds": STOP_DELAY_SECONDS}}}
+    # A deleted pod leaves its Services at once and the headless Service's DNS within its TTL
+    # (5 s in CoreDNS) plus a gateway's lookup; requests routed to it meanwhile are answered,
+    # and so is every answer it is streaming, before the engine stops (see _drain).
+    container["lifecycle"] = {"preStop": _stop(bot, container)}
     cache_mount = container.pop("cache_path")
     container["volumeMounts"] = [
         *container.get("volumeMounts", []),
@@ -287,7 +286,7 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
         nodeSelector=model.node_selector or None,
         tolerations=model.tolerations or None,
         affinity=model.affinity,
-        terminationGracePeriodSeconds=60,
+        terminationGracePeriodSeconds=STOP_DELAY_SECONDS + drain_seconds(bot) + STOP_MARGIN_SECONDS,
         **extra,
     )
     pod = {key: value for key, value in pod.items() if value is not None}
@@ -392,8 +391,62 @@ def _startup_failures(model: ModelSpec) -> int:
     return -(-model.startup_timeout_seconds // STARTUP_PERIOD)
 
 
-# Seconds a deleted model pod keeps serving before its engine is stopped (see above).
+# Seconds a deleted model pod keeps serving before it drains (see _stop): longer than a
+# cluster DNS keeps listing it. Then its answers in flight may take the time the slowest
+# engine needs for the longest answer (gateway.maxTokens): tokens a second, at the least, as
+# a busy replica streams them (llm-d's guides measure 47 ms a token for a 32B model on H100s,
+# about 20 a second; a CPU model gives a few). The kubelet's grace period adds a margin for
+# the engine to exit.
 STOP_DELAY_SECONDS = 15
+SLOWEST_TOKENS_PER_SECOND = {"vllm": 20, "llamacpp": 5, "ollama": 5}
+MIN_DRAIN_SECONDS = 30
+MAX_DRAIN_SECONDS = 3600
+STOP_MARGIN_SECONDS = 15
+
+
+def drain_seconds(bot: ChatBot) -> int:
+    """How long a stopping model pod may take to finish the answers it is streaming."""
+    model = bot.spec.model
+    rate = SLOWEST_TOKENS_PER_SECOND.get(model.engine, 5)
+    needed = -(-bot.spec.gateway.max_tokens // rate)
+    return min(max(needed, MIN_DRAIN_SECONDS), MAX_DRAIN_SECONDS)
+
+
+# llama.cpp stops its streams at once on SIGTERM, so its preStop waits until it has none: its
+# Prometheus gauges of requests processing and deferred (it runs with --metrics) both at 0,
+# read with the curl its image carries (.devops/cpu.Dockerfile and cuda.Dockerfile install it
+# for their HEALTHCHECK). With the generated key, /metrics asks for it too.
+_LLAMACPP_DRAIN = """sleep "$STOP_DELAY"
+waited=0
+key=""
+[ -n "${KEY_FILE:-}" ] && key="$(cat "$KEY_FILE")"
+while [ "$waited" -lt "$DRAIN_SECONDS" ]; do
+  busy="$(curl -sf -m 5 -H "Authorization: Bearer $key" "http://127.0.0.1:$PORT/metrics" \
+    | awk '/^llamacpp:requests_(processing|deferred) / { n += $2 } END { print n + 0 }')"
+  [ "${busy:-0}" = 0 ] && exit 0
+  waited=$((waited + 1))
+  sleep 1
+done
+"""
+
+
+def _stop(bot: ChatBot, container: dict[str, Any]) -> dict[str, Any]:
+    """The engine's preStop: serve on while the DNS forgets the pod, then let the answers in
+    flight finish. vLLM drains by itself on SIGTERM (--shutdown-timeout, see _vllm);
+    llama.cpp is waited for; Ollama, which neither drains nor says what it is serving, only
+    serves on for the delay (Kubernetes' own sleep action: no shell needed in its image)."""
+    if bot.spec.model.engine != "llamacpp":
+        return {"sleep": {"seconds": STOP_DELAY_SECONDS}}
+    args = container["args"]
+    keys = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--api-key-file"]
+    settings = {
+        "STOP_DELAY": STOP_DELAY_SECONDS,
+        "DRAIN_SECONDS": drain_seconds(bot),
+        "PORT": PORTS["llamacpp"],
+        "KEY_FILE": keys[-1] if keys else "",
+    }
+    script = "".join(f"{name}={value}\n" for name, value in settings.items())
+    return {"exec": {"command": ["sh", "-c", script + _LLAMACPP_DRAIN]}}
 
 
 # llama.cpp's host-memory prompt cache (--cache-ram, ggml-org/llama.cpp#16391) takes up to
@@ -479,6 +532,14 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
             ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
             if model.gpu_memory_utilization
             else []
+        ),
+        # On SIGTERM, refuse new requests and finish those in flight for up to this long (vLLM
+        # 0.18 and later, PR #34730; its Kubernetes guide pairs it with a preStop sleep and a
+        # grace period longer than both, as KServe's LLMInferenceService does).
+        *(
+            []
+            if _spec_sets(model, "--shutdown-timeout", "--shutdown-timeout")
+            else ["--shutdown-timeout", str(drain_seconds(bot))]
         ),
         *model.args,
     ]  # fmt: skip

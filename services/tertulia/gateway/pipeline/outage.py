@@ -13,6 +13,7 @@ everything recovers by itself when Redis is back.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -27,6 +28,7 @@ MEMORY_NOTICE = (
     "before, and this turn will not be remembered."
 )
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 # How long requests skip a store that has just failed.
 PAUSE_SECONDS = 2.0
 
@@ -76,8 +78,12 @@ async def _unless_away(
     if not outage.paused():
         try:
             return await call()
-        except MemoryUnavailable:
+        except MemoryUnavailable as error:
             outage.failed()
+            logger.warning(
+                "the store failed: requests do without it for a moment",
+                extra={"reason": error.message, "seconds": PAUSE_SECONDS},
+            )
             if refuse:
                 raise
     elif refuse:

@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from tertulia.gateway.deps import ServicesDep
+from tertulia.gateway.deps import IdentityDep, ServicesDep
 from tertulia.gateway.pipeline import outage
 
 router = APIRouter(tags=["health"])
@@ -74,3 +75,18 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     return JSONResponse(
         {"status": status, "checks": checks}, status_code=200 if required_up else 503
     )
+
+
+class ModelState(BaseModel):
+    asleep: bool = Field(
+        description="Whether the model has no ready replica and requests wait for it to wake "
+        "(scaled to zero, or starting)."
+    )
+
+
+@router.get("/model/state")
+async def model_state(identity: IdentityDep, services: ServicesDep) -> ModelState:
+    """Whether requests wait for the model to wake: what a bot tells a user whose answer is
+    slow to begin. Any API key; nothing else is read."""
+    del identity  # known caller; any identity may ask
+    return ModelState(asleep=services.backend.asleep)
