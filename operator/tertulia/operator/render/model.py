@@ -236,7 +236,7 @@ def render_model_server(bot: ChatBot, *, image: str, registry: str = "") -> list
     container["securityContext"] = restricted_container_security()
     # A deleted pod leaves its Services at once and the headless Service's DNS within its TTL
     # (5 s in CoreDNS) plus a gateway's lookup; requests routed to it meanwhile are answered,
-    # and so is every answer it is streaming, before the engine stops (see _drain).
+    # and so is every answer it is streaming, before the engine stops (see _stop).
     container["lifecycle"] = {"preStop": _stop(bot, container)}
     cache_mount = container.pop("cache_path")
     container["volumeMounts"] = [
@@ -476,7 +476,7 @@ def _threads(model: ModelSpec) -> list[str]:
 
 
 def _spec_sets(model: ModelSpec, short: str, long: str) -> bool:
-    """Whether the spec's own args give llama.cpp the flag (`-t 4`, `--threads 4`,
+    """Whether the spec's own args give the engine the flag (`-t 4`, `--threads 4`,
     `--threads=4`): the operator's value then stays out."""
     return any(arg in (short, long) or arg.startswith(f"{long}=") for arg in model.args)
 
