@@ -142,6 +142,7 @@ class CacheSpec(Spec):
 CPU_START_SECONDS = 240
 GPU_START_SECONDS = 600
 SECONDS_PER_GIB = 8
+MAX_QUEUE_TIMEOUT_SECONDS = 3600
 
 
 class ModelAutoscalingSpec(Spec):
@@ -193,7 +194,7 @@ class ModelAutoscalingSpec(Spec):
     queue_timeout_seconds: int | None = Field(
         None,
         ge=1,
-        le=3600,
+        le=MAX_QUEUE_TIMEOUT_SECONDS,
         description="How long a held request waits for a replica before it is answered 503 "
         "with Retry-After: longer than a replica takes to start and load its weights. Unset: "
         "240 s on CPUs, 600 s on GPUs, plus 8 s for each GiB of model.cache.size (weights "
@@ -452,7 +453,7 @@ class ModelSpec(Spec):
 
             gib = parse_quantity(self.cache.size) / 2**30  # type: ignore[no-untyped-call]
             weights = math.ceil(gib * SECONDS_PER_GIB)
-        return min(start + weights, 3600)
+        return min(start + weights, MAX_QUEUE_TIMEOUT_SECONDS)
 
 
 class ExternalRedisSpec(Spec):
