@@ -20,6 +20,7 @@ import redis
 from tests.testbed.pki import issue, write_pki
 from tests.testbed.process import ManagedProcess, eventually, free_port
 from tests.testbed.servers import (
+    SENTINEL_NAME,
     start_fake_backend,
     start_gateway,
     start_llama_server,
@@ -360,6 +361,56 @@ def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
         said = [t["content"] for t in turns.json()["turns"] if t["role"] == "user"]
         assert said == [f"turn {turn}" for turn in range(1, 7)]
         assert httpx.get(f"{url}/readyz", timeout=10).json()["checks"]["store"]["status"] == "up"
+    finally:
+        gateway.stop()
+        backend.stop()
+        group.stop()
+
+
+def test_a_switchover_with_the_old_primary_still_up_costs_no_turn(tmp_path: Path) -> None:
+    """A failover the Sentinels are asked for (as a Redis pod's preStop asks before it stops)
+    leaves the old primary up, a replica: the gateway's pooled connections to it are refused
+    their writes (READONLY), and the turn is sent again to the new primary, not the old one."""
+    password = "redis-password-" + uuid.uuid4().hex
+    group = start_sentinel_group(tmp_path / "redis", password)
+    backend, backend_url = start_fake_backend(tmp_path, "--reply", "Noted.")
+    (tmp_path / "password").write_text(password + "\n")
+    settings = {
+        **SETTINGS,
+        "BACKEND__URL": backend_url,
+        "REDIS_URL": group.url,
+        "REDIS_PASSWORD_FILE": str(tmp_path / "password"),
+    }
+    gateway, url = start_gateway(tmp_path, settings, name="switchover")
+    try:
+        body = {"message": "turn 1", "conversation_id": "ha", "user": "ana"}
+        answered = httpx.post(f"{url}/chat", json=body, timeout=30)
+        assert (answered.status_code, answered.json()["notice"]) == (200, None)
+        first = group.primary()
+        assert first is not None
+        with redis.Redis(port=first, password=password) as primary:
+            # The replicas hold the first turn, as the preStop waits for before it hands over.
+            assert primary.execute_command("WAIT", 2, 5000) == 2
+        # As the preStop hands over: a failover, and once every Sentinel's record of the
+        # primary (what clients read) is the new one, the old primary follows it.
+        sentinels = [redis.Redis(port=port, password=password) for port in group.sentinels]
+        assert sentinels[0].execute_command("SENTINEL", "FAILOVER", SENTINEL_NAME)
+        deadline = time.monotonic() + 30
+        while True:
+            views = [s.sentinel_master(SENTINEL_NAME) for s in sentinels]
+            if all(view["port"] != first and "failover" not in view["flags"] for view in views):
+                break
+            assert time.monotonic() < deadline, "the Sentinels did not switch over"
+            time.sleep(0.2)
+        promoted = views[0]["port"]
+        with redis.Redis(port=first, password=password) as old:
+            old.execute_command("REPLICAOF", "127.0.0.1", promoted)
+        body = {"message": "turn 2", "conversation_id": "ha", "user": "ana"}
+        answered = httpx.post(f"{url}/chat", json=body, timeout=30)
+        assert (answered.status_code, answered.json()["notice"]) == (200, None)
+        turns = httpx.get(f"{url}/conversations/ha", params={"user": "ana"}, timeout=10)
+        said = [t["content"] for t in turns.json()["turns"] if t["role"] == "user"]
+        assert said == ["turn 1", "turn 2"]
     finally:
         gateway.stop()
         backend.stop()

@@ -20,7 +20,7 @@ import redis.asyncio as redis
 from pydantic import BaseModel, TypeAdapter
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 
 from tertulia.common.logging import protect
@@ -303,6 +303,29 @@ class SentinelAddress:
         return cls(sentinels, name, int(db or 0))
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the server the Sentinels name the primary, asked again each time it
+    connects. redis-py asks only on its first connect: a command sent again after an error
+    (a READONLY from a primary turned replica by a switchover, a pod gone) reconnects to the
+    server it reached before (redis/redis-py#3874), and every attempt fails the same way."""
+
+    _addressed = False  # connect_to has just set the address
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        self._addressed = True
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._addressed = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected and not self._addressed and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """Connections to whichever server the Sentinels name the primary, a burst waiting for
     one as with a single Redis."""
@@ -349,6 +372,7 @@ class RedisStore:
             self._redis = self._sentinel.master_for(
                 address.name,
                 connection_pool_class=_BlockingSentinelPool,
+                connection_class=_SentinelConnection,
                 db=address.db,
                 **options,
             )

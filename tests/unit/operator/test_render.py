@@ -824,7 +824,13 @@ NODES = "tertulia-memory-nodes.bots.svc"
 
 
 def hand_over(
-    tmp_path: Path, role: str, replicas: str, named: list[str], refusals: int = 0
+    tmp_path: Path,
+    role: str,
+    replicas: str,
+    named: list[str],
+    refusals: int = 0,
+    switching_polls: int = 0,
+    link: str = "up",
 ) -> tuple[list[str], str]:
     """Run the Redis container's preStop with a redis-cli that is `role`, reports `replicas`
     (INFO replication's lines), whose Sentinel refuses `refusals` failovers before it takes
@@ -836,6 +842,8 @@ def hand_over(
     names.write_text("".join(f"{name}.{NODES}\n" for name in named))
     refused = tmp_path / "refused"
     refused.write_text("x\n" * refusals)
+    switching = tmp_path / "switching"
+    switching.write_text("x\n" * switching_polls)
     cli = bin_dir / "redis-cli"
     cli.write_text(
         f"""#!/bin/sh
@@ -843,10 +851,25 @@ echo "$*" >> {calls}
 case "$*" in
   *"-h "*" role") echo master ;;
   *" role") echo {role} ;;
+  *"-h "*"info replication")
+    # A replica, in step with the primary it follows: this one, until told another.
+    peer="$(echo "$*" | sed 's/.*-h \\([^ ]*\\) .*/\\1/')"
+    following="$(cat "{tmp_path}/follows-$peer" 2>/dev/null || echo tertulia-memory-0.{NODES})"
+    printf 'role:slave\r\nmaster_host:%s\r\nmaster_link_status:{link}\r\n' "$following"
+    printf 'slave_repl_offset:120\r\n' ;;
+  *"-h "*" replicaof "*)
+    peer="$(echo "$*" | sed 's/.*-h \\([^ ]*\\) .*/\\1/')"
+    echo "$*" | sed 's/.* replicaof \\([^ ]*\\) .*/\\1/' > "{tmp_path}/follows-$peer"; echo OK ;;
   *"info replication")
     printf 'role:{role}\r\nconnected_slaves:1\r\n{replicas}master_repl_offset:120\r\n' ;;
   *"get-master-addr-by-name"*)
     head -n 1 {names}; [ "$(wc -l < {names})" -gt 1 ] && sed -i 1d {names}; echo 6379 ;;
+  *"sentinel master "*)
+    # The Sentinels' record of the primary: mid-failover a while, then switched.
+    if [ -s {switching} ]; then
+      sed -i 1d {switching}; flags=master,failover_in_progress; ip=tertulia-memory-0.{NODES}
+    else flags=master; ip="$(head -n 1 {names})"; fi
+    printf 'name\nmemory\nip\n%s\nport\n6379\nflags\n%s\n' "$ip" "$flags" ;;
   *"sentinel failover"*)
     if [ -s {refused} ]; then
       sed -i 1d {refused}; echo "INPROG Failover already in progress"
@@ -886,17 +909,37 @@ def test_a_primary_that_stops_pauses_writes_hands_over_and_follows_the_new_one(
 ) -> None:
     online = "slave0:ip=tertulia-memory-1,port=6379,state=online,offset=120,lag=0\r\n"
     me, next_one = "tertulia-memory-0", "tertulia-memory-1"
-    calls, said = hand_over(tmp_path, "master", online, [me, me, next_one])
+    calls, said = hand_over(tmp_path, "master", online, [me, me, next_one], switching_polls=2)
     steps = [c for c in calls if "info" not in c and "get-master" not in c]
     assert steps == [
         "role",
         "client pause 20000 write",
         "-p 26379 sentinel failover memory",
-        # The chosen replica says it is the primary before this server follows it.
-        f"-h {next_one}.{NODES} -p 6379 role",
+        # The chosen replica says it is the primary, and the Sentinels' record of the primary
+        # is switched to it (twice still mid-failover), before this server follows it.
+        *[f"-h {next_one}.{NODES} -p 6379 role", "-p 26379 sentinel master memory"] * 3,
+        # The other replica, which the Sentinels did not reconfigure, follows it too.
+        f"-h tertulia-memory-2.{NODES} replicaof {next_one}.{NODES} 6379",
         f"replicaof {next_one}.{NODES} 6379",
         "client unpause",
     ], said
+    # Before the failover, each replica was asked whether it follows this server in step.
+    before = calls[: calls.index("-p 26379 sentinel failover memory")]
+    for peer in ("tertulia-memory-1", "tertulia-memory-2"):
+        assert f"-h {peer}.{NODES} info replication" in before
+    assert f"handed the primary over to {next_one}.{NODES}" in said
+    assert "not every replica" not in said
+
+
+def test_a_replica_out_of_step_is_waited_for_before_the_failover(tmp_path: Path) -> None:
+    online = "slave0:ip=tertulia-memory-1,port=6379,state=online,offset=120,lag=0\r\n"
+    me, next_one = "tertulia-memory-0", "tertulia-memory-1"
+    calls, said = hand_over(tmp_path, "master", online, [me, next_one], link="down")
+    # Its link to this server is down: asked again every 0.1 s for 10 s, then the handover
+    # goes on with what it has, and says so.
+    before = calls[: calls.index("-p 26379 sentinel failover memory")]
+    assert before.count(f"-h tertulia-memory-1.{NODES} info replication") == 100
+    assert "not every replica holds every write" in said
     assert f"handed the primary over to {next_one}.{NODES}" in said
 
 

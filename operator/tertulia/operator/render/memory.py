@@ -259,10 +259,11 @@ exec redis-server "$RUN_PATH/sentinel.conf" --sentinel
 
 # The Redis container's preStop, as Bitnami's chart (prestop-redis.sh) fails over before a
 # primary stops, and tighter: writes are paused first (CLIENT PAUSE WRITE, which replication
-# is not), so the replica promoted has every one, and this server follows the new primary as
-# soon as the Sentinels name it (they would turn it into a replica only seconds later). The
-# writes it held then fail with READONLY, and the gateway sends them again to the new primary
-# (redis-py asks the Sentinels again on that error). A rollout or a drain so costs no write.
+# is not) until every replica has each one, so whichever the Sentinels promote has them all,
+# and this server follows the new primary once the Sentinels' record says so (they would turn
+# it into a replica only seconds later). The writes it held then fail with READONLY, and the
+# gateway sends them again to the new primary (its connections ask the Sentinels each time
+# they connect). A rollout or a drain so costs no write.
 # Without a replica online there is no one to hand over to: it stops as before.
 _HAND_OVER = """set -u
 # What a hook prints is lost with its pod: the last handover's words stay on the claim.
@@ -283,16 +284,31 @@ until cli info replication | grep -q '^slave[0-9]*:.*state=online'; do
 done
 cli client pause "$((HANDOVER_SECONDS * 1000))" write >/dev/null
 echo "$(date +%T.%N) writes paused"
-# A replica holds every write so far (replicas acknowledge their offset every second).
+# Every replica holds every write so far, and follows this server: the Sentinels may choose
+# any of them (ranked by offsets they read up to 10 s ago), and a replica that a restart left
+# following no one, or another, would be promoted without the last writes. Each replica's
+# own offset is asked (this server's view of it is up to a second old); a peer that does not
+# answer is not one the Sentinels can promote.
+in_step() {
+  offset="$(cli info replication | tr -d '\r' | sed -n 's/^master_repl_offset://p')"
+  for peer in $PEERS; do
+    [ "$peer" = "$me" ] && continue
+    state="$(cli -h "$peer" info replication 2>/dev/null | tr -d '\r')"
+    [ -n "$state" ] || continue
+    echo "$state" | grep -qx "master_host:$me" || return 1
+    echo "$state" | grep -qx 'master_link_status:up' || return 1
+    [ "$(echo "$state" | sed -n 's/^slave_repl_offset://p')" -ge "${offset:-0}" ] || return 1
+  done
+}
+# Waited for 10 s at most, half the writes' pause: the failover takes a few more.
 tries=0
-until cli info replication | tr -d '\r' | awk -F'[:,=]' '
-    /^master_repl_offset:/ { primary = $2 }
-    /^slave[0-9]+:/ {
-      for (i = 1; i < NF; i++) if ($i == "offset" && $(i + 1) + 0 > best) best = $(i + 1)
-    }
-    END { exit !(best + 0 >= primary + 0) }'; do
+until in_step; do
   tries=$((tries + 1))
-  [ "$tries" -ge 30 ] && break
+  if [ "$tries" -ge 100 ]; then
+    echo "not every replica holds every write: $(cli info replication | tr -d '\r' \
+      | grep -E '^(slave[0-9]+|master_repl_offset):' | tr '\n' ' ')"
+    break
+  fi
   sleep 0.1
 done
 # Asked again every 2 s until taken: a replica started a moment ago may not be known to the
@@ -313,9 +329,28 @@ while [ "$waited" -lt "$((HANDOVER_SECONDS * 2))" ]; do
     said="$(cli -p "$SENTINEL_PORT" sentinel get-master-addr-by-name "$SENTINEL_NAME" \
       | head -n 1)"
   fi
-  # The Sentinels name the replica they chose at once; it is the primary once it says so.
+  # The Sentinels name the replica they chose at once; it is the primary once it says so, and
+  # the failover is over once the Sentinels' record of the primary is that server's, with no
+  # failover in progress: clients (redis-py reads SENTINEL MASTERS) find the old one until
+  # then, so the writes stay held here rather than fail against a server gone.
   if [ -n "$said" ] && [ "$said" != "$me" ] \
-      && [ "$(cli -h "$said" -p "$REDIS_PORT" role | head -n 1)" = master ]; then
+      && [ "$(cli -h "$said" -p "$REDIS_PORT" role | head -n 1)" = master ] \
+      && [ "$(cli -p "$SENTINEL_PORT" sentinel master "$SENTINEL_NAME" | awk '
+        NR % 2 == 1 { key = $0; next }
+        key == "ip" { ip = $0 }
+        key == "flags" { flags = $0 }
+        END { print (flags ~ /failover/ ? "" : ip) }')" = "$said" ]; then
+    echo "$(date +%T.%N) the Sentinels have switched to $said"
+    # A replica the Sentinels could not reach to reconfigure (their link to a pod that has
+    # just restarted may hang for seconds) follows the new primary too, before writes go on.
+    for peer in $PEERS; do
+      { [ "$peer" = "$me" ] || [ "$peer" = "$said" ]; } && continue
+      state="$(cli -h "$peer" info replication 2>/dev/null | tr -d '\r')"
+      if [ -n "$state" ] && ! echo "$state" | grep -qx "master_host:$said"; then
+        cli -h "$peer" replicaof "$said" "$REDIS_PORT" >/dev/null
+        echo "$(date +%T.%N) $peer follows $said too"
+      fi
+    done
     cli replicaof "$said" "$REDIS_PORT" >/dev/null
     cli client unpause >/dev/null
     echo "$(date +%T.%N) handed the primary over to $said"

@@ -162,8 +162,12 @@ async def save_turn(
     settings = services.settings
     try:
         await remember(services.store, settings.memory, prepared.key, prepared.message, reply)
-    except MemoryUnavailable:
+    except MemoryUnavailable as error:
         services.outage.failed()
+        logger.warning(
+            "the turn could not be stored: requests do without the store for a moment",
+            extra={"reason": error.message, "seconds": outage.PAUSE_SECONDS},
+        )
         if refuse and settings.memory.when_unavailable == "refuse":
             raise
         services.metrics.degraded.labels("memory").inc()
