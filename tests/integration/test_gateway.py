@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tests.testbed.pki import issue, write_pki
 from tests.testbed.process import ManagedProcess, eventually, free_port
 from tests.testbed.servers import (
     SENTINEL_NAME,
+    SentinelGroup,
     start_fake_backend,
     start_gateway,
     start_llama_server,
@@ -313,9 +314,10 @@ def test_an_external_redis_is_reached_over_tls_with_its_password(
         redis_process.stop()
 
 
-def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
-    tmp_path: Path,
-) -> None:
+def _gateway_behind_sentinels(
+    tmp_path: Path, name: str
+) -> tuple[SentinelGroup, str, Callable[[], None]]:
+    """A Sentinel group, and a gateway whose memory is its primary; the URL, and a stop."""
     password = "redis-password-" + uuid.uuid4().hex
     group = start_sentinel_group(tmp_path / "redis", password)
     backend, backend_url = start_fake_backend(tmp_path, "--reply", "Noted.")
@@ -326,7 +328,21 @@ def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
         "REDIS_URL": group.url,
         "REDIS_PASSWORD_FILE": str(tmp_path / "password"),
     }
-    gateway, url = start_gateway(tmp_path, settings, name="sentinel")
+    gateway, url = start_gateway(tmp_path, settings, name=name)
+
+    def stop() -> None:
+        gateway.stop()
+        backend.stop()
+        group.stop()
+
+    return group, url, stop
+
+
+def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
+    tmp_path: Path,
+) -> None:
+    group, url, stop = _gateway_behind_sentinels(tmp_path, "sentinel")
+    password = group.password
     try:
         assert httpx.get(f"{url}/readyz", timeout=10).json()["status"] == "ready"
         for turn in range(1, 6):
@@ -362,26 +378,15 @@ def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
         assert said == [f"turn {turn}" for turn in range(1, 7)]
         assert httpx.get(f"{url}/readyz", timeout=10).json()["checks"]["store"]["status"] == "up"
     finally:
-        gateway.stop()
-        backend.stop()
-        group.stop()
+        stop()
 
 
 def test_a_switchover_with_the_old_primary_still_up_costs_no_turn(tmp_path: Path) -> None:
     """A failover the Sentinels are asked for (as a Redis pod's preStop asks before it stops)
     leaves the old primary up, a replica: the gateway's pooled connections to it are refused
     their writes (READONLY), and the turn is sent again to the new primary, not the old one."""
-    password = "redis-password-" + uuid.uuid4().hex
-    group = start_sentinel_group(tmp_path / "redis", password)
-    backend, backend_url = start_fake_backend(tmp_path, "--reply", "Noted.")
-    (tmp_path / "password").write_text(password + "\n")
-    settings = {
-        **SETTINGS,
-        "BACKEND__URL": backend_url,
-        "REDIS_URL": group.url,
-        "REDIS_PASSWORD_FILE": str(tmp_path / "password"),
-    }
-    gateway, url = start_gateway(tmp_path, settings, name="switchover")
+    group, url, stop = _gateway_behind_sentinels(tmp_path, "switchover")
+    password = group.password
     try:
         body = {"message": "turn 1", "conversation_id": "ha", "user": "ana"}
         answered = httpx.post(f"{url}/chat", json=body, timeout=30)
@@ -412,9 +417,7 @@ def test_a_switchover_with_the_old_primary_still_up_costs_no_turn(tmp_path: Path
         said = [t["content"] for t in turns.json()["turns"] if t["role"] == "user"]
         assert said == ["turn 1", "turn 2"]
     finally:
-        gateway.stop()
-        backend.stop()
-        group.stop()
+        stop()
 
 
 def test_a_chat_turn_costs_two_redis_round_trips(tmp_path: Path) -> None:
