@@ -284,6 +284,18 @@ def test_a_deleted_model_pod_finishes_its_answers_within_a_grace_sized_from_max_
         assert "--shutdown-timeout" not in args
 
 
+@pytest.mark.parametrize("given", [["--shutdown-timeout", "900"], ["--shutdown-timeout=900"]])
+def test_a_vllm_shutdown_timeout_from_the_spec_is_the_drain_the_grace_period_waits_for(
+    given: list[str],
+) -> None:
+    bot = with_spec(example("vllm-gpu-slack-kb"), {"model": {"args": given}})
+    pod = model_workload(bot)["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    # The spec's own value, once, and a grace period that outlasts it.
+    assert sum(arg.startswith("--shutdown-timeout") for arg in args) == 1
+    assert pod["terminationGracePeriodSeconds"] == 15 + 900 + 15
+
+
 def drain_script(
     tmp_path: Path, bot: ChatBot, busy: list[str], key: str = ""
 ) -> tuple[list[str], list[str]]:

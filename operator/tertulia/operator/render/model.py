@@ -405,8 +405,13 @@ STOP_MARGIN_SECONDS = 15
 
 
 def drain_seconds(bot: ChatBot) -> int:
-    """How long a stopping model pod may take to finish the answers it is streaming."""
+    """How long a stopping model pod may take to finish the answers it is streaming: the
+    longest answer at the engine's slowest rate, or the --shutdown-timeout the spec's own
+    args give vLLM (the grace period then waits for it)."""
     model = bot.spec.model
+    given = _spec_value(model, "--shutdown-timeout") if model.engine == "vllm" else None
+    if given is not None and given.isdigit():
+        return min(int(given), MAX_DRAIN_SECONDS)
     rate = SLOWEST_TOKENS_PER_SECOND.get(model.engine, 5)
     needed = -(-bot.spec.gateway.max_tokens // rate)
     return min(max(needed, MIN_DRAIN_SECONDS), MAX_DRAIN_SECONDS)
@@ -479,6 +484,18 @@ def _spec_sets(model: ModelSpec, short: str, long: str) -> bool:
     """Whether the spec's own args give the engine the flag (`-t 4`, `--threads 4`,
     `--threads=4`): the operator's value then stays out."""
     return any(arg in (short, long) or arg.startswith(f"{long}=") for arg in model.args)
+
+
+def _spec_value(model: ModelSpec, long: str) -> str | None:
+    """The value the spec's own args give a flag (`--flag 4`, `--flag=4`; the last one
+    counts, as in argparse), or None."""
+    value = None
+    for index, arg in enumerate(model.args):
+        if arg == long and index + 1 < len(model.args):
+            value = model.args[index + 1]
+        elif arg.startswith(f"{long}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _resources(model: ModelSpec) -> dict[str, Any]:
