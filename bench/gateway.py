@@ -31,14 +31,24 @@ is their median: latency alone moves with the machine's moment.
 Before timing, each target is shown to enforce what it claims: a blocked term is refused, and
 its rate limit is counted in Redis.
 
+With the knowledge base on, two rows: the same question each time (`/chat+kb`, whose
+embedding the gateway keeps after the first), and a question never asked before each time
+(`/chat+kb new`: every request is embedded). Beside them, the floor of retrieval from the same
+run: the embeddings server alone (one question a request, and 32 in one) and Weaviate's hybrid
+search alone (one at a time, and 32 at once), each with questions never asked before.
+
 Targets: p50 added latency at concurrency 1 at most 1.5 ms on the OpenAI path and 2 ms on
 `/chat`; at concurrency 32 and 256 `/chat` at least 10x LiteLLM's throughput and the OpenAI
-path at least 2x; no errors over 256 concurrent streams. (Quick mode stops at 8.)
+path at least 2x; no errors over 256 concurrent streams. With the knowledge base: a new
+question adds at most the embedding's own time (alone, in the same run) and 5 ms, and at
+concurrency 32 `/chat+kb` serves at least 10x LiteLLM. (Quick mode stops at 8.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -60,9 +70,16 @@ from bench._report import figure, sized
 from tertulia.gateway.pipeline.memory import fit_history
 from tertulia.gateway.settings import GatewaySettings
 from tertulia.gateway.store import Turn
+from tertulia.knowledge.settings import KnowledgeSettings
+from tertulia.knowledge.store import Store
 from tests.testbed.paths import cache_dir
 from tests.testbed.process import ManagedProcess, free_port
-from tests.testbed.servers import start_embedding_server, start_redis, start_weaviate
+from tests.testbed.servers import (
+    EMBEDDING_MODEL_ALIAS,
+    start_embedding_server,
+    start_redis,
+    start_weaviate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = cache_dir()
@@ -105,10 +122,16 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
 local bodies = {%s}
+-- With fresh questions, each request's "@@" becomes a number no request has had before.
+local fresh = %s
 local sent = 0
 request = function()
   sent = sent + 1
-  return wrk.format(nil, nil, nil, bodies[sent %% #bodies + 1])
+  local body = bodies[sent %% #bodies + 1]
+  if fresh then
+    body = body:gsub("@@", "%s-" .. sent)
+  end
+  return wrk.format(nil, nil, nil, body)
 end
 -- Failed responses by status, printed at the end as "status <code> <count>" lines.
 failed = {}
@@ -162,6 +185,8 @@ class Target:
     proxy: ManagedProcess | None = None
     # Whether the proxy works while idle, and is stopped while another target is measured.
     busy_when_idle: bool = False
+    # Whether each request asks a question never asked before ("@@" in a body is numbered).
+    fresh: bool = False
 
 
 def litellm_environment() -> Path:
@@ -221,10 +246,14 @@ def wrk(target: Target, concurrency: int, workdir: Path, seconds: int = DURATION
             seconds = min(seconds * 4, _LONGEST_RETRY_SECONDS)
 
 
+_wrk_runs = itertools.count()
+
+
 def _wrk(target: Target, concurrency: int, workdir: Path, seconds: int) -> Run:
     script = workdir / "post.lua"
     bodies = ", ".join(f"[==[{json.dumps(body)}]==]" for body in target.bodies)
-    script.write_text(_WRK_SCRIPT % (API_KEY, bodies))
+    fresh = "true" if target.fresh else "false"
+    script.write_text(_WRK_SCRIPT % (API_KEY, bodies, fresh, next(_wrk_runs)))
     result = subprocess.run(
         [
             "taskset",
@@ -283,8 +312,8 @@ def main() -> None:
         workdir = Path(directory)
         processes: list[ManagedProcess] = []
         try:
-            targets = start_targets(workdir, processes)
-            report(targets, workdir)
+            targets, parts = start_targets(workdir, processes)
+            report(targets, parts, workdir)
         finally:
             for process in reversed(processes):
                 process.stop()
@@ -369,7 +398,81 @@ def start_gateway(
     return url, gateway
 
 
-def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target]:
+@dataclass(frozen=True)
+class Parts:
+    """What the knowledge gateway's retrieval is made of, measured alone for its floor."""
+
+    embeddings_url: str
+    knowledge: KnowledgeSettings
+
+
+@dataclass(frozen=True)
+class Floor:
+    embed_one_ms: float
+    embed_batch_ms: float
+    search_ms: float
+    searches_per_second: float
+
+
+# Questions embedded and searched alone, and batches of 32 embedded, for the floor's medians.
+FLOOR_ROUNDS = sized(40, 8)
+FLOOR_BATCHES = sized(10, 2)
+FLOOR_BATCH = 32
+
+
+def measure_floor(parts: Parts) -> Floor:
+    """The embeddings server alone (one question a request, and 32), and Weaviate's hybrid
+    search alone (one at a time, and 32 at once), each with questions never asked before:
+    what retrieval costs before the gateway adds anything."""
+    questions = (f"{MESSAGE} (floor {number})" for number in itertools.count())
+
+    def embed(texts: list[str]) -> tuple[float, list[float]]:
+        started = time.perf_counter()
+        status, text = post(
+            f"{parts.embeddings_url}/embeddings",
+            {"model": EMBEDDING_MODEL_ALIAS, "input": texts},
+            key="",
+        )
+        took = (time.perf_counter() - started) * 1000
+        if status != 200:
+            raise RuntimeError(f"the embeddings server answered {status}: {text[:200]}")
+        return took, json.loads(text)["data"][0]["embedding"]
+
+    one = [embed([next(questions)]) for _ in range(FLOOR_ROUNDS)]
+    batch = [embed([next(questions) for _ in range(FLOOR_BATCH)])[0] for _ in range(FLOOR_BATCHES)]
+    vectors = [vector for _, vector in one]
+
+    async def search() -> tuple[list[float], float]:
+        store = Store(parts.knowledge)
+        try:
+            await store.ready()
+
+            async def timed(vector: list[float]) -> float:
+                started = time.perf_counter()
+                await store.search(
+                    MESSAGE, vector, limit=parts.knowledge.top_k, alpha=parts.knowledge.alpha
+                )
+                return (time.perf_counter() - started) * 1000
+
+            alone = [await timed(vector) for vector in vectors]
+            started = time.perf_counter()
+            for _ in range(FLOOR_ROUNDS // 4 or 1):
+                await asyncio.gather(*(timed(vector) for vector in vectors[:FLOOR_BATCH]))
+            rate = (FLOOR_ROUNDS // 4 or 1) * min(FLOOR_BATCH, len(vectors))
+            return alone, rate / (time.perf_counter() - started)
+        finally:
+            await store.aclose()
+
+    searches, rate = asyncio.run(search())
+    return Floor(
+        statistics.median(took for took, _ in one),
+        statistics.median(batch),
+        statistics.median(searches),
+        rate,
+    )
+
+
+def start_targets(workdir: Path, processes: list[ManagedProcess]) -> tuple[list[Target], Parts]:
     env = {"PYTHONPATH": str(REPO)}
     backend_port = free_port()
     backend = ManagedProcess(
@@ -415,7 +518,7 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target
         "MODERATION__BLOCKED_TERMS": json.dumps(BLOCKED_TERMS),
     }
     gateway, gateway_process = start_gateway(workdir, "gateway", free_port(), features, processes)
-    knowledge, knowledge_process = start_knowledge_gateway(workdir, features, processes)
+    knowledge, knowledge_process, parts = start_knowledge_gateway(workdir, features, processes)
     litellm, litellm_process = start_litellm(workdir, backend_url, redis_url, processes)
     conversation = remembered_conversation()
     single: list[Body] = [
@@ -444,12 +547,29 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target
             busy_when_idle=True,
         ),
         Target("tertulia /chat", f"{gateway}/chat", chats, proxy=gateway_process),
+        # The same question each time, as on main: after the first, its embedding is kept.
         Target(
             "tertulia /chat+kb",
             f"{knowledge}/chat",
             [{**chat, "conversation_id": f"kb-{chat['conversation_id']}"} for chat in chats],
             KNOWLEDGE_CONCURRENCIES,
             proxy=knowledge_process,
+        ),
+        # A question never asked before each time: every one is embedded.
+        Target(
+            "tertulia /chat+kb new",
+            f"{knowledge}/chat",
+            [
+                {
+                    **chat,
+                    "message": f"{MESSAGE} (ticket @@)",
+                    "conversation_id": f"new-{chat['conversation_id']}",
+                }
+                for chat in chats
+            ],
+            KNOWLEDGE_CONCURRENCIES,
+            proxy=knowledge_process,
+            fresh=True,
         ),
         Target(
             "litellm history",
@@ -460,12 +580,12 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> list[Target
         ),
     ]
     check_features(targets, redis_url)
-    return targets
+    return targets, parts
 
 
 def start_knowledge_gateway(
     workdir: Path, features: dict[str, str], processes: list[ManagedProcess]
-) -> tuple[str, ManagedProcess]:
+) -> tuple[str, ManagedProcess, Parts]:
     """The same gateway with the knowledge base on, holding the frozen documentation corpus."""
     weaviate_process, weaviate = start_weaviate(workdir / "weaviate")
     processes.append(weaviate_process)
@@ -496,7 +616,13 @@ def start_knowledge_gateway(
     status, text = post(f"{url}/admin/knowledge/documents", {"documents": documents}, ADMIN_KEY)
     if status != 200:
         raise RuntimeError(f"ingesting the corpus failed: {status} {text}")
-    return url, gateway
+    knowledge = KnowledgeSettings(
+        weaviate_url=weaviate.url,
+        grpc_port=weaviate.grpc_port,
+        api_key_file=weaviate_key,
+        collection="BenchCorpus",
+    )
+    return url, gateway, Parts(embeddings_url, knowledge)
 
 
 def start_litellm(
@@ -604,8 +730,16 @@ def check_features(targets: list[Target], redis_url: str) -> None:
     raise RuntimeError(f"rate limits not counted in Redis (tertulia {gateway}, litellm {litellm})")
 
 
-def report(targets: list[Target], workdir: Path) -> None:
+def report(targets: list[Target], parts: Parts, workdir: Path) -> None:
     by_name = {target.name: target for target in targets}
+    with alone(by_name["tertulia /chat+kb"], targets):
+        floor = measure_floor(parts)
+    print(
+        f"the floor of retrieval, its parts alone: embedding one question p50 "
+        f"{floor.embed_one_ms:.2f} ms, {FLOOR_BATCH} in one request p50 "
+        f"{floor.embed_batch_ms:.2f} ms; hybrid search p50 {floor.search_ms:.2f} ms, "
+        f"{floor.searches_per_second:.0f} searches/s at {FLOOR_BATCH}\n"
+    )
     results: dict[tuple[str, int], Run] = {}
     failed: list[str] = []
 
@@ -676,6 +810,7 @@ def report(targets: list[Target], workdir: Path) -> None:
         ("tertulia /v1", "backend (direct)", 1.5),
         ("tertulia /chat", "backend history", 2.0),
         ("tertulia /chat+kb", "backend history", 0),
+        ("tertulia /chat+kb new", "backend history", 0),
     ):
         run, direct = results[name, 1], results[baseline, 1]
         added[name] = run.p50_ms - direct.p50_ms
@@ -684,10 +819,15 @@ def report(targets: list[Target], workdir: Path) -> None:
             f"{name}: added latency at concurrency 1 over {baseline}: p50 {added[name]:.2f} ms"
             f"{wanted}, p99 {run.p99_ms - direct.p99_ms:.2f} ms"
         )
-    pairs = {"tertulia /v1": "litellm /v1", "tertulia /chat": "litellm history"}
+    pairs = {
+        "tertulia /v1": "litellm /v1",
+        "tertulia /chat": "litellm history",
+        "tertulia /chat+kb": "litellm history",
+        "tertulia /chat+kb new": "litellm history",
+    }
     ratios: dict[tuple[str, int], float] = {}
     for mine, theirs in pairs.items():
-        for concurrency in CONCURRENCIES:
+        for concurrency in by_name[mine].concurrencies:
             ratio = (
                 results[mine, concurrency].requests_per_second
                 / results[theirs, concurrency].requests_per_second
@@ -700,7 +840,32 @@ def report(targets: list[Target], workdir: Path) -> None:
     v1, chat = added["tertulia /v1"], added["tertulia /chat"]
     figure("gateway", "/v1 added p50 at concurrency 1", v1, "ms", "<= 1.5", v1 <= 1.5)
     figure("gateway", "/chat added p50 at concurrency 1", chat, "ms", "<= 2", chat <= 2)
-    figure("gateway", "/chat+kb added p50 at concurrency 1", added["tertulia /chat+kb"], "ms")
+    # Retrieval at its floor: a question costs the gateway what embedding it costs the
+    # embeddings server alone, and 5 ms more at most (the search, the memory, the rest); a
+    # question asked again costs no embedding.
+    embed_one, fresh = floor.embed_one_ms, added["tertulia /chat+kb new"]
+    figure("gateway", "embedding one question alone (p50)", embed_one, "ms")
+    figure("gateway", f"embedding {FLOOR_BATCH} questions in one request (p50)",
+           floor.embed_batch_ms, "ms")  # fmt: skip
+    figure("gateway", "hybrid search alone (p50)", floor.search_ms, "ms")
+    for name, value in (
+        ("/chat+kb added p50 at concurrency 1", added["tertulia /chat+kb"]),
+        ("/chat+kb new question added p50 at conc. 1", fresh),
+    ):
+        figure("gateway", name, value, "ms", f"<= {embed_one + 5:.1f}", value <= embed_one + 5)
+    for name in ("tertulia /chat+kb", "tertulia /chat+kb new"):
+        ratio = ratios[name, KNOWLEDGE_CONCURRENCIES[-1]]
+        repeated = name == "tertulia /chat+kb"
+        targeted = at_target and repeated
+        figure(
+            "gateway",
+            f"{name.removeprefix('tertulia ')} throughput vs LiteLLM at "
+            f"{KNOWLEDGE_CONCURRENCIES[-1]}",
+            ratio,
+            "x",
+            ">= 10" if targeted else "",
+            ratio >= 10 if targeted else None,
+        )
     for concurrency in CONCURRENCIES[1:]:
         at = at_target or None
         ratio = ratios["tertulia /chat", concurrency]

@@ -5,12 +5,24 @@ server; it is split in halves until each part fits, and its embedding is the par
 weighted by their length (as OpenAI's cookbook embeds texts longer than a model's maximum
 context: "Embedding texts that are longer than the model's maximum context length"). The
 client cannot count the model's tokens, so the server's refusal is the measure.
+
+Questions (`embed_one`) are embedded together: those that arrive while a request is on its way
+to the server wait for it to return and then go in one request, up to the batch size, as
+inference servers batch (a question that finds the server idle goes at once, alone). The same
+text is embedded once: a question already waiting or on its way shares that embedding, and
+the last `query_cache_size` questions' embeddings are kept (by a digest of the model and the
+text: no question is kept in clear), so a question asked again costs no request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import math
 import re
+from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import httpx
@@ -37,6 +49,9 @@ _TOO_LONG = re.compile(
 )
 
 
+_CLOSED = EmbeddingError("the embeddings client was closed")
+
+
 class Embedder:
     def __init__(
         self, settings: EmbeddingSettings, *, transport: httpx.AsyncBaseTransport | None = None
@@ -50,6 +65,11 @@ class Embedder:
             transport=transport,
         )
         self._model = settings.model
+        self._cache: OrderedDict[bytes, array[float]] = OrderedDict()
+        # Questions not yet sent, and those on their way, each with its waiters' future.
+        self._waiting: dict[bytes, tuple[str, asyncio.Future[list[float]]]] = {}
+        self._sending: dict[bytes, asyncio.Future[list[float]]] = {}
+        self._sender: asyncio.Task[None] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -76,7 +96,63 @@ class Embedder:
         return vectors
 
     async def embed_one(self, text: str) -> list[float]:
-        return (await self._fitted([text]))[0]
+        """A question's embedding: kept from before, shared with the same question waiting or
+        on its way, or sent with the questions that arrive while a request is out."""
+        key = hashlib.blake2b(f"{await self.model_id()}\0{text}".encode(), digest_size=16).digest()
+        kept = self._cache.get(key)
+        if kept is not None:
+            self._cache.move_to_end(key)
+            return kept.tolist()
+        future = self._sending.get(key)
+        if future is None:
+            waiting = self._waiting.get(key)
+            if waiting is None:
+                future = asyncio.get_running_loop().create_future()
+                self._waiting[key] = (text, future)
+                if self._sender is None:
+                    self._sender = asyncio.create_task(self._send_waiting())
+            else:
+                future = waiting[1]
+        # A waiter that gives up (its client left) leaves the others their embedding.
+        return list(await asyncio.shield(future))
+
+    async def _send_waiting(self) -> None:
+        """Send the waiting questions, a batch at a time, until none waits."""
+        try:
+            while self._waiting:
+                keys = list(self._waiting)[: self._settings.batch_size]
+                batch = [self._waiting.pop(key) for key in keys]
+                self._sending = dict(zip(keys, (future for _, future in batch), strict=True))
+                try:
+                    vectors = await self._fitted([text for text, _ in batch])
+                except BaseException as error:  # each waiter gets the failure as its own
+                    closed = not isinstance(error, Exception)  # cancelled by aclose
+                    for _, future in batch:
+                        future.set_exception(_CLOSED if closed else error)
+                        future.exception()  # retrieved: a waiter that left does not log it
+                    if closed:
+                        raise
+                    continue
+                finally:
+                    self._sending = {}
+                for key, (_, future), vector in zip(keys, batch, vectors, strict=True):
+                    # As kept, so a question gets the same vector the first time and after.
+                    kept = array("f", vector)
+                    self._keep(key, kept)
+                    future.set_result(kept.tolist())
+        finally:
+            self._sender = None
+            for _, future in self._waiting.values():
+                future.set_exception(_CLOSED)
+                future.exception()
+            self._waiting = {}
+
+    def _keep(self, key: bytes, vector: array[float]) -> None:
+        if self._settings.query_cache_size == 0:
+            return
+        self._cache[key] = vector
+        if len(self._cache) > self._settings.query_cache_size:
+            self._cache.popitem(last=False)
 
     async def _fitted(self, texts: list[str]) -> list[list[float]]:
         """The batch's embeddings; a batch that holds a text too long is embedded text by
@@ -124,6 +200,10 @@ class Embedder:
         return [_unit(vector) for vector in vectors]
 
     async def aclose(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
         await self._client.aclose()
 
 

@@ -26,6 +26,13 @@ class EmbeddingSettings(_Section):
     api_key_file: Path | None = Field(None, description="File holding a bearer token, if needed.")
     batch_size: int = Field(32, ge=1, le=2048, description="Texts per embeddings request.")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for one request.")
+    query_cache_size: int = Field(
+        4096,
+        ge=0,
+        le=1_000_000,
+        description="Questions whose embeddings each process keeps (about 1.6 KB each for "
+        "384 dimensions), so a question asked again costs no embedding; 0 keeps none.",
+    )
 
 
 class KnowledgeSettings(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -165,3 +166,94 @@ async def test_text_without_spaces_is_split_between_characters() -> None:
     await embedder.aclose()
     assert vector == pytest.approx([1 / math.sqrt(2)] * 2)
     assert all(len(text) <= 3 for text in requests[-1])
+
+
+def _held_server(requests: list[list[str]], release: asyncio.Event) -> httpx.MockTransport:
+    """A server that answers each request once `release` is set, recording its inputs."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        texts = json.loads(request.content)["input"]
+        requests.append(texts)
+        await release.wait()
+        data = [
+            {"index": index, "embedding": [float(len(text)), 1.0, 0.0]}
+            for index, text in enumerate(texts)
+        ]
+        return httpx.Response(200, json={"data": data})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_questions_that_arrive_while_one_is_out_go_together_and_once_each() -> None:
+    requests: list[list[str]] = []
+    release = asyncio.Event()
+    embedder = Embedder(
+        EmbeddingSettings(model="mini", batch_size=3), transport=_held_server(requests, release)
+    )
+    first = asyncio.create_task(embedder.embed_one("a"))
+    await asyncio.sleep(0.01)
+    # While "a" is out: five questions, one of them twice and one the question on its way.
+    later = [asyncio.create_task(embedder.embed_one(text)) for text in "bcbdea"]
+    await asyncio.sleep(0.01)
+    assert requests == [["a"]]
+    release.set()
+    vectors = await asyncio.gather(first, *later)
+    await embedder.aclose()
+    # The idle server got "a" at once; the rest went in batches of at most 3, none twice.
+    assert requests == [["a"], ["b", "c", "d"], ["e"]]
+    assert [vector[0] for vector in vectors] == [pytest.approx(1 / math.sqrt(2))] * 7
+
+
+async def test_a_question_asked_again_costs_no_request_until_it_leaves_the_cache() -> None:
+    requests: list[list[str]] = []
+    release = asyncio.Event()
+    release.set()
+    embedder = Embedder(
+        EmbeddingSettings(model="mini", query_cache_size=2),
+        transport=_held_server(requests, release),
+    )
+    first = await embedder.embed_one("tide")
+    assert await embedder.embed_one("tide") == first
+    await embedder.embed_one("fee")
+    await embedder.embed_one("berth")  # the cache holds two: "tide" leaves it
+    await embedder.embed_one("tide")
+    await embedder.aclose()
+    assert requests == [["tide"], ["fee"], ["berth"], ["tide"]]
+
+
+async def test_a_failed_batch_fails_each_of_its_questions_and_is_not_kept() -> None:
+    calls = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(500, text="out of memory")
+        texts = json.loads(request.content)["input"]
+        data = [{"index": i, "embedding": [1.0, 0.0]} for i, _ in enumerate(texts)]
+        return httpx.Response(200, json={"data": data})
+
+    embedder = Embedder(EmbeddingSettings(model="mini"), transport=httpx.MockTransport(flaky))
+    failed = await asyncio.gather(
+        embedder.embed_one("a"), embedder.embed_one("b"), return_exceptions=True
+    )
+    assert [str(error) for error in failed] == [
+        "the embeddings server answered 500: out of memory"
+    ] * 2
+    assert await embedder.embed_one("a") == [1.0, 0.0]
+    await embedder.aclose()
+    assert calls == 2
+
+
+async def test_a_question_whose_asker_left_still_serves_the_others() -> None:
+    requests: list[list[str]] = []
+    release = asyncio.Event()
+    embedder = Embedder(EmbeddingSettings(model="mini"), transport=_held_server(requests, release))
+    leaving = asyncio.create_task(embedder.embed_one("tide"))
+    staying = asyncio.create_task(embedder.embed_one("tide"))
+    await asyncio.sleep(0.01)
+    leaving.cancel()
+    release.set()
+    assert (await staying)[1] == pytest.approx(1 / math.sqrt(17))
+    await embedder.aclose()
+    assert requests == [["tide"]]
