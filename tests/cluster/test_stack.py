@@ -769,7 +769,13 @@ def test_a_model_rolled_mid_answer_finishes_it_and_the_next_turn_is_answered(
     chat = random.randint(10_000_000, 99_999_999)
     first = ask_on_telegram(fake_telegram, chat, chat, QUESTION)
     assert first.answer
-    victim = next(pod for pod in pods(cluster, "model") if is_ready(pod))
+    # The pod the rollout stops first: a StatefulSet rolls its pods from the highest ordinal
+    # down, one at a time (with two replicas, the lower one stops only after the higher one
+    # is back, long after any answer).
+    victim = max(
+        (pod for pod in pods(cluster, "model") if is_ready(pod)),
+        key=lambda pod: int(pod.metadata.name.rsplit("-", 1)[1]),
+    )
     # A long answer streamed from the replica itself (the gateway's maxTokens here is short),
     # every token of it whatever the model thinks of stopping: short enough to end within
     # the pod's drain (30 s after its 15 s delay) at a few dozen tokens a second.
