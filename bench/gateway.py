@@ -517,9 +517,10 @@ def start_targets(workdir: Path, processes: list[ManagedProcess]) -> tuple[list[
         "RATE_LIMIT__KEY_BURST": unlimited,
         "MODERATION__BLOCKED_TERMS": json.dumps(BLOCKED_TERMS),
     }
+    litellm, litellm_process = start_litellm(workdir, backend_url, redis_url, processes)
     gateway, gateway_process = start_gateway(workdir, "gateway", free_port(), features, processes)
     knowledge, knowledge_process, parts = start_knowledge_gateway(workdir, features, processes)
-    litellm, litellm_process = start_litellm(workdir, backend_url, redis_url, processes)
+    wait_ready(litellm_process, f"{litellm}/health/liveliness")
     conversation = remembered_conversation()
     single: list[Body] = [
         {"model": "fake-model", "messages": [{"role": "user", "content": MESSAGE}]}
@@ -628,6 +629,8 @@ def start_knowledge_gateway(
 def start_litellm(
     workdir: Path, backend_url: str, redis_url: str, processes: list[ManagedProcess]
 ) -> tuple[str, ManagedProcess]:
+    """LiteLLM's proxy, started: the caller waits for it to be ready (it takes half a minute
+    to import, spent while the gateways start)."""
     port = free_port()
     redis_port = redis_url.rsplit(":", 1)[1].split("/")[0]
     config = workdir / "litellm.yaml"
@@ -691,7 +694,6 @@ def start_litellm(
         },
     ).start()
     processes.append(litellm)
-    wait_ready(litellm, f"http://127.0.0.1:{port}/health/liveliness")
     return f"http://127.0.0.1:{port}", litellm
 
 
