@@ -39,9 +39,9 @@ search alone (one at a time, and 32 at once), each with questions never asked be
 
 Targets: p50 added latency at concurrency 1 at most 1.5 ms on the OpenAI path and 2 ms on
 `/chat`; at concurrency 32 and 256 `/chat` at least 10x LiteLLM's throughput and the OpenAI
-path at least 2x; no errors over 256 concurrent streams. With the knowledge base: a new
-question adds at most the embedding's own time (alone, in the same run) and 5 ms, and at
-concurrency 32 `/chat+kb` serves at least 10x LiteLLM. (Quick mode stops at 8.)
+path at least 2x; no errors over 256 concurrent streams. With the knowledge base: a question,
+asked before or new, adds at most the embedding's own time (alone, in the same run) and 5 ms,
+and at concurrency 32 `/chat+kb` serves at least 10x LiteLLM. (Quick mode stops at 8.)
 """
 
 from __future__ import annotations

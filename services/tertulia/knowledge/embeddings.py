@@ -49,9 +49,6 @@ _TOO_LONG = re.compile(
 )
 
 
-_CLOSED = EmbeddingError("the embeddings client was closed")
-
-
 class Embedder:
     def __init__(
         self, settings: EmbeddingSettings, *, transport: httpx.AsyncBaseTransport | None = None
@@ -128,7 +125,7 @@ class Embedder:
                 except BaseException as error:  # each waiter gets the failure as its own
                     closed = not isinstance(error, Exception)  # cancelled by aclose
                     for _, future in batch:
-                        future.set_exception(_CLOSED if closed else error)
+                        future.set_exception(_closed() if closed else error)
                         future.exception()  # retrieved: a waiter that left does not log it
                     if closed:
                         raise
@@ -143,7 +140,7 @@ class Embedder:
         finally:
             self._sender = None
             for _, future in self._waiting.values():
-                future.set_exception(_CLOSED)
+                future.set_exception(_closed())
                 future.exception()
             self._waiting = {}
 
@@ -205,6 +202,10 @@ class Embedder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
         await self._client.aclose()
+
+
+def _closed() -> EmbeddingError:
+    return EmbeddingError("the embeddings client was closed")
 
 
 def _unit(vector: list[float]) -> list[float]:

@@ -935,10 +935,10 @@ def test_a_replica_out_of_step_is_waited_for_before_the_failover(tmp_path: Path)
     online = "slave0:ip=tertulia-memory-1,port=6379,state=online,offset=120,lag=0\r\n"
     me, next_one = "tertulia-memory-0", "tertulia-memory-1"
     calls, said = hand_over(tmp_path, "master", online, [me, next_one], link="down")
-    # Its link to this server is down: asked again every 0.1 s for 10 s, then the handover
+    # Its link to this server is down: asked again every 0.1 s for 5 s, then the handover
     # goes on with what it has, and says so.
     before = calls[: calls.index("-p 26379 sentinel failover memory")]
-    assert before.count(f"-h tertulia-memory-1.{NODES} info replication") == 100
+    assert before.count(f"-h tertulia-memory-1.{NODES} info replication") == 50
     assert "not every replica holds every write" in said
     assert f"handed the primary over to {next_one}.{NODES}" in said
 

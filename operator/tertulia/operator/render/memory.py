@@ -300,11 +300,12 @@ in_step() {
     [ "$(echo "$state" | sed -n 's/^slave_repl_offset://p')" -ge "${offset:-0}" ] || return 1
   done
 }
-# Waited for 10 s at most, half the writes' pause: the failover takes a few more.
+# Waited for 5 s at most (it takes well under one), so that with the failover's 20 s the hook
+# stays within the pod's grace period.
 tries=0
 until in_step; do
   tries=$((tries + 1))
-  if [ "$tries" -ge 100 ]; then
+  if [ "$tries" -ge 50 ]; then
     echo "not every replica holds every write: $(cli info replication | tr -d '\r' \
       | grep -E '^(slave[0-9]+|master_repl_offset):' | tr '\n' ' ')"
     break
