@@ -342,18 +342,14 @@ def test_a_conversation_follows_its_redis_primary_through_a_sentinel_failover(
     tmp_path: Path,
 ) -> None:
     group, url, stop = _gateway_behind_sentinels(tmp_path, "sentinel")
-    password = group.password
     try:
         assert httpx.get(f"{url}/readyz", timeout=10).json()["status"] == "ready"
         for turn in range(1, 6):
             body = {"message": f"turn {turn}", "conversation_id": "ha", "user": "ana"}
             answered = httpx.post(f"{url}/chat", json=body, timeout=30)
             assert (answered.status_code, answered.json()["notice"]) == (200, None)
-        first = group.primary()
-        assert first is not None
-        with redis.Redis(port=first, password=password) as primary:
-            # Both replicas hold every write so far: the failover has the five turns to keep.
-            assert primary.execute_command("WAIT", 2, 5000) == 2
+        # Both replicas hold every write so far: the failover has the five turns to keep.
+        first = group.primary_in_step()
         kill(group.servers[first])
 
         deadline = time.monotonic() + 30
@@ -391,11 +387,8 @@ def test_a_switchover_with_the_old_primary_still_up_costs_no_turn(tmp_path: Path
         body = {"message": "turn 1", "conversation_id": "ha", "user": "ana"}
         answered = httpx.post(f"{url}/chat", json=body, timeout=30)
         assert (answered.status_code, answered.json()["notice"]) == (200, None)
-        first = group.primary()
-        assert first is not None
-        with redis.Redis(port=first, password=password) as primary:
-            # The replicas hold the first turn, as the preStop waits for before it hands over.
-            assert primary.execute_command("WAIT", 2, 5000) == 2
+        # The replicas hold the first turn, as the preStop waits for before it hands over.
+        first = group.primary_in_step()
         # As the preStop hands over: a failover, and once every Sentinel's record of the
         # primary (what clients read) is the new one, the old primary follows it.
         sentinels = [redis.Redis(port=port, password=password) for port in group.sentinels]

@@ -162,6 +162,18 @@ class SentinelGroup:
                 return port
         return None
 
+    def primary_in_step(self) -> int:
+        """The primary's port, once every replica has acknowledged every write so far (as a
+        primary's preStop waits for before it hands over)."""
+        import redis
+
+        primary = self.primary()
+        assert primary is not None, "the Sentinels name no primary"
+        with redis.Redis(port=primary, password=self.password) as server:
+            replicas = len(self.servers) - 1
+            assert server.execute_command("WAIT", replicas, 5000) == replicas
+        return primary
+
     def stop(self) -> None:
         for process in [*self.sentinels.values(), *self.servers.values()]:
             process.stop()

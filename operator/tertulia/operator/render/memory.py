@@ -271,6 +271,8 @@ exec >"${HOOK_LOG:-/data/handover.log}" 2>&1
 date +%T.%N
 me="$POD_NAME.$NODES"
 cli() { timeout 5 redis-cli --no-auth-warning "$@"; }
+# What a peer says of its replication (nothing when it does not answer).
+replication_of() { cli -h "$1" info replication 2>/dev/null | tr -d '\r'; }
 [ "$(cli role | head -n 1)" = master ] || exit 0
 # A replica restarted a moment ago may still be copying the data: it is waited for a while.
 tries=0
@@ -293,7 +295,7 @@ in_step() {
   offset="$(cli info replication | tr -d '\r' | sed -n 's/^master_repl_offset://p')"
   for peer in $PEERS; do
     [ "$peer" = "$me" ] && continue
-    state="$(cli -h "$peer" info replication 2>/dev/null | tr -d '\r')"
+    state="$(replication_of "$peer")"
     [ -n "$state" ] || continue
     echo "$state" | grep -qx "master_host:$me" || return 1
     echo "$state" | grep -qx 'master_link_status:up' || return 1
@@ -346,7 +348,7 @@ while [ "$waited" -lt "$((HANDOVER_SECONDS * 2))" ]; do
     # just restarted may hang for seconds) follows the new primary too, before writes go on.
     for peer in $PEERS; do
       { [ "$peer" = "$me" ] || [ "$peer" = "$said" ]; } && continue
-      state="$(cli -h "$peer" info replication 2>/dev/null | tr -d '\r')"
+      state="$(replication_of "$peer")"
       if [ -n "$state" ] && ! echo "$state" | grep -qx "master_host:$said"; then
         cli -h "$peer" replicaof "$said" "$REDIS_PORT" >/dev/null
         echo "$(date +%T.%N) $peer follows $said too"
