@@ -163,11 +163,7 @@ async def save_turn(
     try:
         await remember(services.store, settings.memory, prepared.key, prepared.message, reply)
     except MemoryUnavailable as error:
-        services.outage.failed()
-        logger.warning(
-            "the turn could not be stored: requests do without the store for a moment",
-            extra={"reason": error.message, "seconds": outage.PAUSE_SECONDS},
-        )
+        services.outage.failed(error.message)
         if refuse and settings.memory.when_unavailable == "refuse":
             raise
         services.metrics.degraded.labels("memory").inc()

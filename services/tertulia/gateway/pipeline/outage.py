@@ -42,7 +42,12 @@ class StoreOutage:
     def paused(self) -> bool:
         return time.monotonic() < self.until
 
-    def failed(self) -> None:
+    def failed(self, reason: str) -> None:
+        """The store failed (`reason`): said in the log, and skipped for a moment."""
+        logger.warning(
+            "the store failed: requests do without it for a moment",
+            extra={"reason": reason, "seconds": PAUSE_SECONDS},
+        )
         self.until = time.monotonic() + PAUSE_SECONDS
 
 
@@ -79,11 +84,7 @@ async def _unless_away(
         try:
             return await call()
         except MemoryUnavailable as error:
-            outage.failed()
-            logger.warning(
-                "the store failed: requests do without it for a moment",
-                extra={"reason": error.message, "seconds": PAUSE_SECONDS},
-            )
+            outage.failed(error.message)
             if refuse:
                 raise
     elif refuse:
