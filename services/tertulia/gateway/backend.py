@@ -151,7 +151,7 @@ class Backend:
     def __init__(self, settings: BackendSettings, metrics: GatewayMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self.router = Router(str(settings.url), settings.routing)
+        self.router = Router(str(settings.url), settings.routing, settings.replica_capacity)
         self._headers = {"Content-Type": "application/json"}
         if settings.api_key_file is not None:
             key = protect(settings.api_key_file.read_text().strip())

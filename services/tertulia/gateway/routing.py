@@ -6,7 +6,12 @@ A conversation's replica, its home, is chosen once: the first replica on its way
 ring that holds fewer than its bound of the conversations active on this gateway (those seen
 in the last HOME_IDLE_SECONDS), and kept until it leaves, a joining replica becomes the
 conversation's owner on the ring, or the conversation has been idle that long. A request
-whose home is over its bound of the requests in flight goes to the next replica, this once.
+whose home is over its bound of the requests in flight goes elsewhere, this once: to the
+replica that answered the conversation's latest turn away from home, which holds the longest
+prefix of it outside its home, or else to the next replica on the ring. The bound on requests
+in flight is 1.25 times the even share, and never below what a replica serves at once without
+slowing (its engine's slots, or the autoscaler's target): at low load a conversation stays
+home.
 
 The replicas are the ready pods of the model's headless Service, as its DNS name lists them
 (only ready pods are published), looked up again every few seconds: the gateway needs no
@@ -92,14 +97,16 @@ class Ring:
                     return
 
 
-def bounded_choice(order: list[str], load: Mapping[str, int], balance: float = BALANCE) -> str:
+def bounded_choice(
+    order: list[str], load: Mapping[str, int], balance: float = BALANCE, floor: int = 1
+) -> str:
     """The first replica of `order` (a key's way round the ring) with room for one more: its
     load (conversations, or requests in flight) below `balance` times the even share of all
-    of it, this one included."""
+    of it, this one included, or below `floor`, whichever is more."""
     if not order:
         raise ValueError("no replicas")
     total = sum(load.get(replica, 0) for replica in order) + 1
-    cap = math.ceil(balance * total / len(order))
+    cap = max(floor, math.ceil(balance * total / len(order)))
     for replica in order:
         if load.get(replica, 0) < cap:
             return replica
@@ -120,9 +127,12 @@ class Router:
     """Chooses a replica's base URL for each request and counts the requests in flight on
     each. Without replicas (none found yet, or routing off) every request goes to `url`."""
 
-    def __init__(self, url: str, routing: Routing = "affinity") -> None:
+    def __init__(self, url: str, routing: Routing = "affinity", capacity: int = 1) -> None:
         self.url = url.rstrip("/")
         self.routing: Routing = routing
+        # Requests a replica serves at once without slowing: below it, a replica always
+        # takes its own conversations' turns, whatever the others carry.
+        self.capacity = capacity
         self._ring = Ring([])
         # What the lookup lists, and those of them left out for a while (see eject).
         self._listed: tuple[str, ...] = ()
@@ -132,6 +142,10 @@ class Router:
         # the count of them each replica holds.
         self._homes: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._residents: Counter[str] = Counter()
+        # For each active conversation, the replicas that answered it away from home, each
+        # with the sequence number of its latest turn there (the highest holds the most).
+        self._away: dict[str, dict[str, int]] = {}
+        self._sequence = itertools.count()
         self._turn = itertools.count()
         # Set while some replica is ready: what a request held at zero replicas waits on.
         self.ready = asyncio.Event()
@@ -191,8 +205,19 @@ class Router:
         if self.routing == "affinity" and key:
             order = list(self._ring.order(key))
             home = self._home(key, order)
-            order = [home, *(replica for replica in order if replica != home)]
-            chosen = bounded_choice(order, self._load)
+            # Where the turn must move: the replica with its latest turn away from home
+            # first (its cache holds the longest prefix there), then the ring's order (a
+            # stable sort keeps it among the others).
+            away = self._away.get(key, {})
+            rest = sorted(
+                (replica for replica in order if replica != home),
+                key=lambda replica: away.get(replica, -1),
+                reverse=True,
+            )
+            order = [home, *rest]
+            chosen = bounded_choice(order, self._load, floor=self.capacity)
+            if chosen != home:
+                self._away.setdefault(key, {})[chosen] = next(self._sequence)
             rest = [replica for replica in order if replica != chosen]
             return Pick(chosen, rest, affinity=chosen == home)
         start = next(self._turn) % len(replicas)
@@ -222,6 +247,7 @@ class Router:
         return home
 
     def _leave(self, key: str) -> None:
+        self._away.pop(key, None)
         home, _ = self._homes.pop(key)
         self._residents[home] -= 1
         if not self._residents[home]:

@@ -66,7 +66,16 @@ class BackendSettings(_Section):
         description="`affinity`: every turn of a conversation (the OpenAI API's: its "
         "X-Session-ID header, else its `user`) to the same replica, whose prefix cache holds "
         "its history, unless that replica carries over 1.25 times its share of the requests "
-        "in flight; `round-robin`: each request to the next replica.",
+        "in flight and `replica_capacity` already; `round-robin`: each request to the next "
+        "replica.",
+    )
+    replica_capacity: int = Field(
+        4,
+        ge=1,
+        le=10000,
+        description="Requests one replica serves at once without slowing (llama.cpp's slots, "
+        "4 by default; the autoscaler's target): with fewer in flight, a replica always takes "
+        "its own conversations' turns, however idle the others are.",
     )
 
 

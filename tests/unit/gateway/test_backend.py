@@ -305,3 +305,24 @@ async def test_a_replica_that_closes_without_answering_gives_the_request_to_the_
         assert len(took) == len(own) + 2
         await client.aclose()
     stopping.close()
+
+
+@pytest.mark.parametrize(("capacity", "stays"), [(1, False), (4, True)])
+async def test_a_replica_below_its_capacity_answers_its_conversations_next_turn_too(
+    capacity: int, stays: bool
+) -> None:
+    fakes = [FakeBackend(), FakeBackend(), FakeBackend()]
+    async with serving(fakes[0]) as one, serving(fakes[1]) as two, serving(fakes[2]) as three:
+        urls = [one, two, three]
+        client = backend(one, model="fake", replica_capacity=capacity)
+        client.router.update(urls)
+        home = client.router.pick("c1").url
+        # One answer streams on the conversation's replica, none on the others: above 1.25
+        # times the even share (a bound of one), within what a replica serves at once.
+        opened = await client.open_stream(BODY, key="c1")
+        assert client.router.load(home) == 1
+        await client.complete(BODY, key="c1")
+        answered = {url: len(fake.requests) for url, fake in zip(urls, fakes, strict=True)}
+        assert (answered[home] == 2) is stays, answered
+        await opened.aclose()
+        await client.aclose()

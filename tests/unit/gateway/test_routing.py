@@ -81,6 +81,47 @@ def test_bounded_load_sends_a_conversation_past_a_replica_over_its_share() -> No
     assert bounded_choice(list(ring.order(key)), {owner: 2, neighbour: 1, last: 1}) == owner
 
 
+def test_a_replica_below_its_capacity_keeps_its_conversations_however_idle_the_others() -> None:
+    ring = Ring(THREE)
+    key = KEYS[0]
+    owner, neighbour, _ = ring.order(key)
+    order = list(ring.order(key))
+    # One in flight on the owner and none elsewhere: 1.25 times the even share of 2 is a cap
+    # of 1, which would send the turn away from the cache that holds its history.
+    assert bounded_choice(order, {owner: 1}) == neighbour
+    # A replica serving 4 at once without slowing keeps it, up to 4 in flight.
+    assert bounded_choice(order, {owner: 1}, floor=4) == owner
+    assert bounded_choice(order, {owner: 3}, floor=4) == owner
+    assert bounded_choice(order, {owner: 4}, floor=4) == neighbour
+    # Above the floor the share still bounds it: 9 on the owner, 3 on each other (cap 7).
+    assert bounded_choice(order, {owner: 9, neighbour: 3, order[2]: 3}, floor=4) == neighbour
+
+
+def test_a_turn_that_must_move_goes_where_the_conversation_went_last_not_round_the_ring() -> None:
+    router = Router("http://model:8000/v1", capacity=1)
+    router.update(THREE)
+    home = router.pick("c1").url
+    first, second = router.pick("c1").fallbacks
+    # The home and the ring's next replica at their bound (3 each, none on the third: with
+    # this one, a cap of ceil(1.25 * 7 / 3) = 3): the turn goes to the third.
+    for replica in (home, home, home, first, first, first):
+        router.acquire(replica)
+    moved = router.pick("c1")
+    assert (moved.url, moved.affinity) == (second, False)
+    router.release(first)
+    # The ring's next has room again, but the third holds the conversation's latest turn
+    # away from home: the longest prefix outside it.
+    again = router.pick("c1")
+    assert (again.url, again.fallbacks) == (second, [home, first])
+    for _ in range(3):
+        router.release(home)
+    assert router.pick("c1").url == home
+    # A conversation that never moved tries the ring's order.
+    fresh = Router("http://model:8000/v1")
+    fresh.update(THREE)
+    assert fresh.pick("c2").fallbacks == list(Ring(THREE).order("c2"))[1:]
+
+
 def test_bounded_load_keeps_every_replica_within_its_bound_under_a_skewed_burst() -> None:
     ring = Ring(THREE)
     load: dict[str, int] = {}
