@@ -36,6 +36,7 @@ import yaml
 from kubernetes import client
 
 from tertulia.gateway.store import hashed_key
+from tertulia.operator.render.images import REDIS
 from tests.cluster.conftest import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
@@ -194,6 +195,8 @@ def operator(cluster: ControlPlane) -> Iterator[None]:
     run(
         cluster, "helm", "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
         "--set-json", f"metrics.scrapers={json.dumps(SCRAPERS)}",
+        # The node's images are stand-ins under the upstream tags, without their digests.
+        "--set", "imageDigests=false",
         "--wait", "--timeout", "180s",
     )  # fmt: skip
     yield
@@ -1020,6 +1023,7 @@ def test_helm_upgrade_to_a_new_operator_image_keeps_a_gateway_ready_throughout(
     with ready_gateways(cluster) as samples:
         run(
             cluster, "helm", "upgrade", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+            "--reuse-values",
             "--set", f"image.tag={new_tag}", "--set", f"workloadImage.tag={new_tag}",
             "--wait", "--timeout", "180s",
         )  # fmt: skip
@@ -1192,6 +1196,13 @@ def test_a_redis_with_sentinels_keeps_the_conversation_when_its_primary_pod_is_d
         "redis-cli", "WAIT", "2", "5000",
     )  # fmt: skip
     assert acknowledged.strip() == "2"
+    # The image's Redis is of the line the operator pins (the stand-in's, built as upstream).
+    server = run(
+        cluster, "kubectl", "exec", "-n", NAMESPACE, primary, "-c", "redis", "--",
+        "redis-cli", "INFO", "server",
+    )  # fmt: skip
+    pinned = REDIS.split(":")[1].split("-")[0].rsplit(".", 1)[0]
+    assert f"redis_version:{pinned}." in server, server
     # The node cordoned, the deleted pod stays away until a replica is promoted (back
     # within the Sentinels' down-after time, 15 s, it would simply be the primary again).
     run(cluster, "kubectl", "cordon", NODE_NAME)

@@ -72,6 +72,8 @@ def test_a_mirror_serves_the_operator_its_workloads_and_what_chatbots_run(tmp_pa
     assert env["TERTULIA_IMAGE"].startswith("registry.internal:5000/mirror/tertulia/tertulia:")
     # The operator renders the third-party images through the same mirror.
     assert env["TERTULIA_IMAGE_REGISTRY"] == "registry.internal:5000/mirror"
+    # ... by their tags, as the mirror re-pushed them.
+    assert env["TERTULIA_IMAGE_DIGESTS"] == "false"
     assert json.loads(env["TERTULIA_METRICS_SCRAPERS"]) == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}
     }
@@ -81,7 +83,10 @@ def test_a_mirror_serves_the_operator_its_workloads_and_what_chatbots_run(tmp_pa
             "env"
         ]
     }
-    assert not {"TERTULIA_IMAGE_REGISTRY", "TERTULIA_METRICS_SCRAPERS"} & plain
+    assert (
+        not {"TERTULIA_IMAGE_REGISTRY", "TERTULIA_IMAGE_DIGESTS", "TERTULIA_METRICS_SCRAPERS"}
+        & plain
+    )
 
 
 def test_a_service_monitor_lets_the_monitoring_namespace_scrape_by_default(tmp_path: Path) -> None:

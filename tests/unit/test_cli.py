@@ -9,6 +9,9 @@ from typer.testing import CliRunner
 
 from tertulia.cli import app
 
+# Redis 7.4.11-alpine's Docker Hub index digest, as public deployments pin it.
+DIGEST = "sha256:ff02b58f971e7d7d156a1267e283fcbbeee91773b6aa36c49dac28ecfe28eadf"
+
 
 def test_version_prints_the_installed_distribution_version() -> None:
     result = CliRunner().invoke(app, ["version"])
@@ -34,7 +37,7 @@ def test_operator_images_lists_each_image_its_name_in_a_mirror_and_why_it_exists
         row = re.fullmatch(r"(\S+) (\S+)  # (.+)", line)
         assert row is not None, line
         rows[row[1]] = (row[2], row[3])
-    assert rows["memory"][0] == "redis:7.4.11-alpine"
+    assert rows["memory"][0] == f"redis:7.4.11-alpine@{DIGEST}"
     assert rows["model-vllm"][0].startswith("vllm/vllm-openai:v0.30.0-cu129@sha256:")
     for image, evidence in rows.values():
         # The evidence names the registry's repository the image is published in.
@@ -44,7 +47,7 @@ def test_operator_images_lists_each_image_its_name_in_a_mirror_and_why_it_exists
         line.split()[0]: line.split("  # ")[0].split()[1:] for line in mirrored.stdout.splitlines()
     }
     assert mirror_rows["memory"] == [
-        "redis:7.4.11-alpine",
-        "mirror.corp/hub/library/redis:7.4.11-alpine",
+        f"redis:7.4.11-alpine@{DIGEST}",
+        f"mirror.corp/hub/library/redis:7.4.11-alpine@{DIGEST}",
     ]
     assert mirror_rows.keys() == rows.keys()

@@ -348,7 +348,10 @@ class ModelSpec(Spec):
         "every turn of a conversation to the same replica (consistent hashing with bounded "
         "load), whose prefix cache (llama.cpp's slots, vLLM's prefix caching, Ollama's loaded "
         "context) holds its history; a replica over 1.25 times its share of the requests in "
-        "flight passes new turns to the next. round-robin: each request to the next replica, "
+        "flight, and over what it serves at once (autoscaling.targetInFlight, else llama.cpp's "
+        "--parallel or vLLM's --max-num-seqs in args, else 4), passes new turns on, to the "
+        "replica that answered the conversation's latest turn away from home if any did. "
+        "round-robin: each request to the next replica, "
         "for engines without a prefix cache. Not used with engine endpoint.",
     )
     gpus: int | None = Field(

@@ -64,6 +64,7 @@ INSTALLATION = Installation(
     scrapers=json.loads(os.environ.get("TERTULIA_METRICS_SCRAPERS") or "null"),
     gateway_clients=json.loads(os.environ.get("TERTULIA_GATEWAY_CLIENTS") or "[]"),
     egress=os.environ.get("TERTULIA_EGRESS") or "open",
+    digests=os.environ.get("TERTULIA_IMAGE_DIGESTS", "true") != "false",
 )
 
 _cluster: Cluster | None = None

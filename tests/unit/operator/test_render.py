@@ -199,6 +199,36 @@ def test_the_gateway_routes_over_the_model_pods_a_headless_service_lists_when_re
 
 
 @pytest.mark.parametrize(
+    ("engine", "args", "autoscaling", "capacity"),
+    [
+        ("llamacpp", [], None, 4),  # llama-server's slots when --parallel is left to auto
+        ("llamacpp", ["-np", "8"], None, 8),
+        ("llamacpp", ["--parallel", "2", "-np", "6"], None, 6),  # the last one counts
+        ("llamacpp", ["--parallel=3"], None, 3),
+        ("llamacpp", ["--parallel", "-1"], None, 4),  # auto
+        ("vllm", ["--max-num-seqs", "64"], None, 64),
+        ("vllm", [], None, 4),
+        ("ollama", [], None, 4),
+        ("vllm", ["--max-num-seqs", "64"], {"maxReplicas": 4, "targetInFlight": 16}, 16),
+    ],
+)
+def test_a_replica_keeps_its_conversations_up_to_what_it_serves_at_once(
+    engine: str, args: list[str], autoscaling: dict[str, int] | None, capacity: int
+) -> None:
+    bot = example("vllm-gpu-slack-kb")
+    spec = bot.spec.model_dump(by_alias=True, exclude_none=True)
+    spec["model"] |= {"engine": engine, "args": args}
+    spec["model"].pop("autoscaling", None)
+    if engine != "vllm":
+        spec["model"] |= {"source": "hf://org/repo/model.gguf", "gpus": 0}
+        spec["model"].pop("resources", None)
+    if autoscaling is not None:
+        spec["model"]["autoscaling"] = autoscaling
+    changed = bot.model_copy(update={"spec": type(bot.spec).model_validate(spec)})
+    assert gateway_config(changed)["backend"]["replica_capacity"] == capacity
+
+
+@pytest.mark.parametrize(
     ("name", "autoscaling", "floor", "timeout"),
     [
         # On GPUs a cold start takes minutes: one replica stays unless asked otherwise, and a

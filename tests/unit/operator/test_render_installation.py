@@ -9,7 +9,7 @@ import pytest
 
 from tertulia.operator.api import ChatBot, ChatBotSpec, SecretRef
 from tertulia.operator.render import Installation, render_all
-from tertulia.operator.render.images import THIRD_PARTY, mirrored
+from tertulia.operator.render.images import REDIS, THIRD_PARTY, mirrored
 from tests.unit.operator.test_render import EXAMPLES, IMAGE, by_ref, example, load
 
 
@@ -74,6 +74,30 @@ def test_with_a_registry_every_third_party_image_comes_from_it(path: Any) -> Non
     upstream = render_all(bot, image=IMAGE)
     used = {c["image"] for pod in pods(upstream).values() for c in containers(pod)} - {IMAGE}
     assert used <= set(THIRD_PARTY.values())
+
+
+def test_pinned_digests_stay_unless_the_installation_drops_them_and_a_users_stay_always() -> None:
+    bot = with_spec(example("local"), {"model": {"image": "corp/llama@sha256:" + "0" * 64}})
+    memory = f"{bot.name}-memory"
+
+    def images(installation: Installation) -> dict[str, str]:
+        found = pods(render_all(bot, image=IMAGE, installation=installation))
+        return {name: pod["containers"][0]["image"] for name, pod in found.items()}
+
+    pinned = images(Installation())
+    assert pinned[memory] == REDIS and "@sha256:" in REDIS
+    assert images(Installation(registry="mirror.corp"))[memory] == mirrored(REDIS, "mirror.corp")
+    by_tag = images(Installation(digests=False))
+    assert by_tag[memory] == "redis:7.4.11-alpine"
+    assert images(Installation(registry="mirror.corp", digests=False))[memory] == (
+        "mirror.corp/library/redis:7.4.11-alpine"
+    )
+    # A digest the user chose is theirs to keep.
+    assert (
+        by_tag[f"{bot.name}-model"]
+        == pinned[f"{bot.name}-model"]
+        == "corp/llama@sha256:" + ("0" * 64)
+    )
 
 
 def test_every_image_can_be_overridden_in_the_spec() -> None:

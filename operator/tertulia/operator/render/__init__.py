@@ -4,10 +4,13 @@ No client calls here; the handlers apply what these return.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tertulia.operator.api import ChatBot
 from tertulia.operator.render.common import Installation, Manifest
 from tertulia.operator.render.embeddings import render_embeddings
 from tertulia.operator.render.gateway import render_gateway
+from tertulia.operator.render.images import unpinned
 from tertulia.operator.render.knowledge import render_knowledge_base
 from tertulia.operator.render.memory import render_memory
 from tertulia.operator.render.model import render_model_server
@@ -25,10 +28,10 @@ def render_all(
     secret_versions: dict[str, str] | None = None,
 ) -> list[Manifest]:
     """Every object the ChatBot needs; platforms whose Secrets are missing are left out.
-    `image` is Tertulia's; `installation` says where third-party images are mirrored and who
-    scrapes metrics; `source_digests` are the knowledge sources' ConfigMap contents, hashed
-    by name; `secret_versions` the resourceVersions of the Secrets its pods read, by name, so
-    a changed Secret rolls them."""
+    `image` is Tertulia's; `installation` says where third-party images are mirrored, whether
+    they keep their digests, and who scrapes metrics; `source_digests` are the knowledge
+    sources' ConfigMap contents, hashed by name; `secret_versions` the resourceVersions of
+    the Secrets its pods read, by name, so a changed Secret rolls them."""
     installation = installation or Installation()
     registry = installation.registry
     manifests = [
@@ -49,6 +52,8 @@ def render_all(
     ]
     for manifest in manifests:
         _say_why_on_failure(manifest)
+        if not installation.digests:
+            _unpin(manifest)
     return manifests
 
 
@@ -60,17 +65,26 @@ _POD_TEMPLATES = {
 }
 
 
+def _containers(manifest: Manifest) -> list[dict[str, Any]]:
+    path = _POD_TEMPLATES.get(manifest["kind"])
+    if path is None:
+        return []
+    spec = manifest[path[0]][path[1]]["spec"]
+    return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+
+
+def _unpin(manifest: Manifest) -> None:
+    """The third-party images by tag alone (images.unpinned)."""
+    for container in _containers(manifest):
+        container["image"] = unpinned(container["image"])
+
+
 def _say_why_on_failure(manifest: Manifest) -> None:
     """Every container ends with its last log lines as its termination message when it
     wrote none (FallbackToLogsOnError): a crash loop's cause then reaches the ChatBot's
     status without the operator reading any log."""
-    path = _POD_TEMPLATES.get(manifest["kind"])
-    if path is None:
-        return
-    template = manifest[path[0]][path[1]]
-    for key in ("initContainers", "containers"):
-        for container in template["spec"].get(key) or []:
-            container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    for container in _containers(manifest):
+        container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
 
 
 __all__ = ["Installation", "Manifest", "render_all"]

@@ -305,10 +305,13 @@ class Installation:
     """What the operator's installation adds to every render: the registry its third-party
     images are mirrored in (empty: their upstream names), who may scrape the metrics of
     components behind a NetworkPolicy (a core/v1 NetworkPolicyPeer; none when None), who
-    else may call every gateway's API (the ingress controllers: NetworkPolicyPeers), and
-    whether egress is restricted too (`restricted`) or left open (`open`)."""
+    else may call every gateway's API (the ingress controllers: NetworkPolicyPeers),
+    whether egress is restricted too (`restricted`) or left open (`open`), and whether the
+    third-party images keep their digests (off for a mirror that re-pushes them, whose
+    digests differ, and for a test bed's stand-ins)."""
 
     registry: str = ""
     scrapers: dict[str, Any] | None = None
     gateway_clients: list[dict[str, Any]] = field(default_factory=list)
     egress: str = "open"
+    digests: bool = True

@@ -35,6 +35,7 @@ from tertulia.operator.render.model import (
     backend_key_volume,
     model_base_url,
     needs_server_keys,
+    replica_capacity,
     replicas_address,
     served_model_name,
     server_keys_secret,
@@ -85,7 +86,11 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
     backend: dict[str, Any] = {"url": model_base_url(bot), "model": served_model_name(spec.model)}
     replicas = replicas_address(bot)
     if replicas is not None:
-        backend |= {"replicas": replicas, "routing": spec.model.routing}
+        backend |= {
+            "replicas": replicas,
+            "routing": spec.model.routing,
+            "replica_capacity": replica_capacity(spec.model),
+        }
     backend_key = backend_key_volume(bot)
     if backend_key is not None:
         backend["api_key_file"] = backend_key[2]

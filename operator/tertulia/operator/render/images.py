@@ -2,7 +2,8 @@
 one) and by digest where it is known, in one place with the evidence that each exists:
 `tertulia operator images` lists them for mirroring into a private registry, and the test
 bed builds stand-ins under the same names (by tag: a stand-in cannot have the upstream
-digest)."""
+digest, so the test bed installs the chart with `imageDigests: false`, as a mirror that
+re-pushes images must)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ OLLAMA = "ollama/ollama:0.24.0"
 LLAMACPP_RELEASE = "b11312"
 LLAMACPP = f"ghcr.io/ggml-org/llama.cpp:server-{LLAMACPP_RELEASE}"
 LLAMACPP_CUDA = f"ghcr.io/ggml-org/llama.cpp:server-cuda-{LLAMACPP_RELEASE}"
-# The 7.4 line's latest patch, past the remote-code-execution fixes that 7.4.6 lacks.
-REDIS = "redis:7.4.11-alpine"
+# The 7.4 line's latest patch, past the remote-code-execution fixes that 7.4.6 lacks, by its
+# Docker Hub index digest (the same for 7.4.11-alpine3.21).
+REDIS = (
+    "redis:7.4.11-alpine@sha256:ff02b58f971e7d7d156a1267e283fcbbeee91773b6aa36c49dac28ecfe28eadf"
+)
 # The 1.35 line's latest patch, the release the test bed builds from source
 # (hack/versions.env: WEAVIATE_VERSION).
 WEAVIATE = "cr.weaviate.io/semitechnologies/weaviate:1.35.19"
@@ -50,9 +54,9 @@ EVIDENCE = {
     "workflow, as public deployments pin it; the test bed builds this release",
     "model-llamacpp-cuda": "ghcr.io/ggml-org/llama.cpp, tag server-cuda-b11312 seen through "
     "GHCR's registry API by a public project (sha256:6cdf9529..., digest not recorded whole)",
-    "memory": "Docker Hub redis, tag 7.4.11-alpine, index digest "
-    "sha256:ff02b58f971e7d7d156a1267e283fcbbeee91773b6aa36c49dac28ecfe28eadf as public "
-    "deployments pin it (pinned by tag: the test bed runs a stand-in under this name)",
+    "memory": "Docker Hub redis, tag 7.4.11-alpine, its index digest as public deployments "
+    "pin it (also as 7.4.11-alpine3.21); the test bed runs a stand-in of Redis 7.4.1 under "
+    "its tag, with imageDigests off",
     "knowledge-base": "cr.weaviate.io semitechnologies/weaviate, tag 1.35.19 as public "
     "deployments pin it, the release of the Go module github.com/weaviate/weaviate v1.35.19 "
     "that the test bed builds",
@@ -73,3 +77,16 @@ def mirrored(image: str, registry: str) -> str:
     else:
         path = image
     return f"{registry.rstrip('/')}/{path}"
+
+
+# The digests of the pins above: what an installation with `imageDigests: false` leaves out.
+PINNED_DIGESTS = frozenset(
+    image.partition("@")[2] for image in THIRD_PARTY.values() if "@" in image
+)
+
+
+def unpinned(image: str) -> str:
+    """`image` without its digest when it is one of the pins above (mirrored or not); any
+    other image, a user's own pinned by digest included, as it is."""
+    name, _, digest = image.partition("@")
+    return name if digest in PINNED_DIGESTS else image

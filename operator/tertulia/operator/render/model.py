@@ -209,6 +209,29 @@ def replicas_address(bot: ChatBot) -> str | None:
     return f"{replicas_service(bot)}.{bot.namespace}.svc"
 
 
+# llama-server's slots when --parallel is left to its default, -1 ("auto": 4 slots and a
+# unified KV cache; tools/server/server.cpp).
+LLAMACPP_DEFAULT_SLOTS = 4
+
+
+def replica_capacity(model: ModelSpec) -> int:
+    """Requests one replica serves at once without slowing, the floor of the gateway's bound
+    on a replica's requests in flight: the autoscaler's target when the model autoscales
+    (what the team says a replica carries); else the engine's own limit when the spec's args
+    set it (llama.cpp's `--parallel`, vLLM's `--max-num-seqs`) or llama.cpp's default slots;
+    else the autoscaler's default target (Ollama is given as many slots, vLLM's default of
+    hundreds of sequences would slow each one)."""
+    if model.autoscaling is not None:
+        return model.autoscaling.target_in_flight
+    flags = {"llamacpp": ("-np", "--parallel"), "vllm": ("--max-num-seqs",)}
+    given = _spec_value(model, *flags.get(model.engine, ()))
+    if given is not None and given.isdigit() and int(given) > 0:
+        return int(given)
+    if model.engine == "llamacpp":
+        return LLAMACPP_DEFAULT_SLOTS
+    return OLLAMA_DEFAULT_PARALLEL
+
+
 def model_selector(bot: ChatBot) -> str:
     """The label selector of the model server's Pods, for the scale subresource."""
     return ",".join(f"{key}={value}" for key, value in selector_labels(bot, COMPONENT).items())
@@ -486,14 +509,14 @@ def _spec_sets(model: ModelSpec, short: str, long: str) -> bool:
     return any(arg in (short, long) or arg.startswith(f"{long}=") for arg in model.args)
 
 
-def _spec_value(model: ModelSpec, long: str) -> str | None:
-    """The value the spec's own args give a flag (`--flag 4`, `--flag=4`; the last one
-    counts, as in argparse), or None."""
+def _spec_value(model: ModelSpec, *flags: str) -> str | None:
+    """The value the spec's own args give a flag by any of its `flags` (`-f 4`, `--flag 4`,
+    `--flag=4`; the last one counts, as in argparse), or None."""
     value = None
     for index, arg in enumerate(model.args):
-        if arg == long and index + 1 < len(model.args):
+        if arg in flags and index + 1 < len(model.args):
             value = model.args[index + 1]
-        elif arg.startswith(f"{long}="):
+        elif any(flag.startswith("--") and arg.startswith(f"{flag}=") for flag in flags):
             value = arg.split("=", 1)[1]
     return value
 
@@ -607,7 +630,7 @@ OLLAMA_PREPARE = (
 )
 # Ollama serves one request at a time unless told (envconfig: OLLAMA_NUM_PARALLEL, default
 # 1); the gateway sends a replica as many as the autoscaler's target in flight.
-OLLAMA_DEFAULT_PARALLEL = ModelAutoscalingSpec.model_fields["target_in_flight"].default
+OLLAMA_DEFAULT_PARALLEL: int = ModelAutoscalingSpec.model_fields["target_in_flight"].default
 # Tokens of a prompt beside the history, the passages and the answer: the system prompt's
 # wrapping, the message itself, each passage's delimiters and title.
 OLLAMA_MESSAGE_TOKENS = 512
