@@ -5,7 +5,7 @@ VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
 # `make test` runs its tiers side by side in this many workers, the longest (the cluster
 # tier, first in collection order) first (see tests/conftest.py).
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 # `make testenv NODE=real` adds the real node, which runs the images of `make images`.
 NODE ?=
 
