@@ -130,11 +130,26 @@ stand_ins() {
   save "${THIRD_PARTY[model-llamacpp]}"
 }
 
+project_context() {
+  # What .dockerignore lets in, copied with one fixed modification time: podman's layer cache
+  # keys a COPY by a tar of its files, headers and all, so the same files checked out anew (a
+  # fresh clone, CI) would miss it and install every dependency again.
+  local context="${CONTEXT}/project"
+  mkdir -p "${context}"
+  tar -C "${REPO_ROOT}" --exclude=__pycache__ -cf - \
+    .dockerignore pyproject.toml uv.lock README.md operator/tertulia services/tertulia \
+    | tar -C "${context}" -xf -
+  find "${context}" -exec touch --no-dereference --date=@315532800 {} +
+  echo "${context}"
+}
+
 project_images() {
   # The project's own, from its Dockerfiles: a code change rebuilds their last layers.
-  build "ghcr.io/tertulia/operator:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/operator/Dockerfile"
+  local context
+  context="$(project_context)"
+  build "ghcr.io/tertulia/operator:${APP_VERSION}" "${context}" --file "${REPO_ROOT}/operator/Dockerfile"
   save "ghcr.io/tertulia/operator:${APP_VERSION}"
-  build "ghcr.io/tertulia/tertulia:${APP_VERSION}" "${REPO_ROOT}" --file "${REPO_ROOT}/services/Dockerfile"
+  build "ghcr.io/tertulia/tertulia:${APP_VERSION}" "${context}" --file "${REPO_ROOT}/services/Dockerfile"
   save "ghcr.io/tertulia/tertulia:${APP_VERSION}"
 }
 
