@@ -258,7 +258,7 @@ def test_llamacpp_keeps_its_prompt_cache_within_the_containers_memory(
         ("vllm-gpu-slack-kb", 4096, 205),
         # llama.cpp on CPUs: 5 tokens a second.
         ("all-platforms", 512, 103),
-        # Ollama neither drains nor says what it serves: the delay alone.
+        # Ollama, waited for until no client is connected: the same pace.
         ("cpu-ollama", 512, 103),
     ],
 )
@@ -276,8 +276,6 @@ def test_a_deleted_model_pod_finishes_its_answers_within_a_grace_sized_from_max_
     if example_name == "vllm-gpu-slack-kb":
         assert stop == {"sleep": {"seconds": 15}}
         assert args[args.index("--shutdown-timeout") + 1] == str(drain)
-    elif example_name == "cpu-ollama":
-        assert stop == {"sleep": {"seconds": 15}}
     else:
         script = stop["exec"]["command"][2]
         assert "STOP_DELAY=15\n" in script and f"DRAIN_SECONDS={drain}\n" in script
@@ -353,6 +351,64 @@ def test_a_llamacpp_pod_stuck_busy_stops_at_its_drain_and_asks_with_its_key(
     assert len(asked) == 30 and slept.count("sleep 1") == 30  # the 30 s floor
     # /metrics asks for the generated key too.
     assert all("Authorization: Bearer s3cret" in call for call in asked)
+
+
+# /proc/net/tcp as the kernel writes it: the header, then one socket a line (local address,
+# remote address, state in hex: 01 ESTABLISHED, 06 TIME_WAIT, 0A LISTEN).
+TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+
+
+def tcp_line(local_port: int, state: str, slot: int = 0) -> str:
+    return (
+        f"   {slot}: 0A2A0105:{local_port:04X} 0A2A0107:D2F0 {state} 00000000:00000000 "
+        "00:00000000 00000000 65532\n"
+    )
+
+
+def ollama_drain_script(tmp_path: Path, bot: ChatBot, tables: list[str]) -> list[str]:
+    """Run Ollama's preStop where /proc/net/tcp reads as each of `tables` in turn (tcp6
+    empty), with a sleep that only notes it was asked; returns the sleeps."""
+    bin_dir, proc_net = tmp_path / "bin", tmp_path / "net"
+    bin_dir.mkdir(parents=True)
+    proc_net.mkdir()
+    calls, queue = tmp_path / "calls", tmp_path / "queue"
+    queue.mkdir()
+    for index, table in enumerate(tables):
+        (queue / f"{index:03}").write_text(TCP_HEADER + table)
+    (proc_net / "tcp6").write_text(TCP_HEADER)
+    # Each pause moves the next table into place, as time passes for the kernel's.
+    (bin_dir / "sleep").write_text(
+        f"""#!/bin/sh
+echo "sleep $*" >> {calls}
+next="$(ls {queue} | head -n 1)"
+[ -n "$next" ] && mv "{queue}/$next" {proc_net}/tcp
+exit 0
+"""
+    )
+    (bin_dir / "sleep").chmod(0o755)
+    command = list(model_container(bot)["lifecycle"]["preStop"]["exec"]["command"])
+    assert "PROC_NET=/proc/net\n" in command[2]
+    command[2] = command[2].replace("PROC_NET=/proc/net\n", f"PROC_NET={proc_net}\n")
+    subprocess.run(command, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True, timeout=60)
+    return calls.read_text().splitlines()
+
+
+def test_a_stopping_ollama_pod_waits_until_no_client_is_connected(tmp_path: Path) -> None:
+    bot = example("cpu-ollama")
+    busy = tcp_line(11434, "01") + tcp_line(11434, "01", 1)
+    # Its listener, a probe's closed connection, the server's own link to its runner.
+    idle = tcp_line(11434, "0A") + tcp_line(11434, "06", 1) + tcp_line(40000, "01", 2)
+    # The first table is read after the 15 s of serving on: two answers, one, none.
+    slept = ollama_drain_script(tmp_path, bot, [busy, tcp_line(11434, "01"), idle])
+    assert slept == ["sleep 15", "sleep 1", "sleep 1"]
+    # Nobody connected when the delay ends: it stops then.
+    assert ollama_drain_script(tmp_path / "idle", bot, [idle]) == ["sleep 15"]
+
+
+def test_an_ollama_pod_whose_client_never_leaves_stops_at_its_drain(tmp_path: Path) -> None:
+    bot = with_spec(example("cpu-ollama"), {"gateway": {"maxTokens": 10}})
+    slept = ollama_drain_script(tmp_path, bot, [tcp_line(11434, "01")] * 40)
+    assert slept == ["sleep 15"] + ["sleep 1"] * 30  # the 30 s floor
 
 
 # Scaling with a cache

@@ -458,23 +458,47 @@ done
 """
 
 
+# Ollama closes its HTTP server at once on SIGTERM (server/routes.go: `srvr.Close()`), and
+# neither its API nor its logs say what it is serving (`/api/ps` lists the loaded models), so
+# its preStop waits until no client holds a connection to its port: the pod's own ESTABLISHED
+# TCP sockets in /proc/net/tcp and tcp6 (state 01), read with the dash and mawk of its
+# ubuntu:24.04 base. A gateway's idle pooled connection closes within its keep-alive (4 s).
+_OLLAMA_DRAIN = """sleep "$STOP_DELAY"
+waited=0
+port="$(printf '%04X' "$PORT")"
+while [ "$waited" -lt "$DRAIN_SECONDS" ]; do
+  open="$(cat "$PROC_NET/tcp" "$PROC_NET/tcp6" 2>/dev/null \
+    | awk -v port=":$port" 'substr($2, length($2) - 4) == port && $4 == "01" { n++ }
+      END { print n + 0 }')"
+  [ "${open:-0}" = 0 ] && exit 0
+  waited=$((waited + 1))
+  sleep 1
+done
+"""
+
+
 def _stop(bot: ChatBot, container: dict[str, Any]) -> dict[str, Any]:
     """The engine's preStop: serve on while the DNS forgets the pod, then let the answers in
-    flight finish. vLLM drains by itself on SIGTERM (--shutdown-timeout, see _vllm);
-    llama.cpp is waited for; Ollama, which neither drains nor says what it is serving, only
-    serves on for the delay (Kubernetes' own sleep action: no shell needed in its image)."""
-    if bot.spec.model.engine != "llamacpp":
+    flight finish. vLLM drains by itself on SIGTERM (--shutdown-timeout, see _vllm); llama.cpp
+    is waited for until its /metrics says it is idle, Ollama until no client is connected."""
+    engine = bot.spec.model.engine
+    if engine == "vllm":
         return {"sleep": {"seconds": STOP_DELAY_SECONDS}}
-    args = container["args"]
-    keys = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--api-key-file"]
-    settings = {
+    settings: dict[str, object] = {
         "STOP_DELAY": STOP_DELAY_SECONDS,
         "DRAIN_SECONDS": drain_seconds(bot),
-        "PORT": PORTS["llamacpp"],
-        "KEY_FILE": keys[-1] if keys else "",
+        "PORT": PORTS[engine],
     }
+    if engine == "ollama":
+        settings["PROC_NET"] = "/proc/net"
+        drain = _OLLAMA_DRAIN
+    else:
+        args = container["args"]
+        keys = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--api-key-file"]
+        settings["KEY_FILE"] = keys[-1] if keys else ""
+        drain = _LLAMACPP_DRAIN
     script = "".join(f"{name}={value}\n" for name, value in settings.items())
-    return {"exec": {"command": ["sh", "-c", script + _LLAMACPP_DRAIN]}}
+    return {"exec": {"command": ["sh", "-c", script + drain]}}
 
 
 # llama.cpp's host-memory prompt cache (--cache-ram, ggml-org/llama.cpp#16391) takes up to
