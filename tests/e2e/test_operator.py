@@ -797,6 +797,21 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": {"engine": "vllm", "name": "m", "sha256": "a" * 64}},
         "spec.model.sha256",
     ),
+    (
+        "vLLM calling tools without the parser of its format",
+        {"model": {"engine": "vllm", "name": "m", "tools": {"enabled": True}}},
+        "spec.model.tools.parser",
+    ),
+    (
+        "a tool-call parser for an engine that has none",
+        {"model": {"engine": "ollama", "name": "m", "tools": {"enabled": True, "parser": "x"}}},
+        "spec.model.tools.parser",
+    ),
+    (
+        "a tool-call parser that is not a parser's name",
+        {"model": {"name": "m", "tools": {"enabled": True, "parser": "hermes --trust"}}},
+        "spec.model.tools.parser",
+    ),
 ]
 
 

@@ -145,6 +145,28 @@ SECONDS_PER_GIB = 8
 MAX_QUEUE_TIMEOUT_SECONDS = 3600
 
 
+class ModelToolsSpec(Spec):
+    """Whether the model calls tools, and how its engine reads the calls out of its words."""
+
+    enabled: bool = Field(
+        False,
+        description="The model calls tools: requests to the OpenAI-compatible API with `tools`, "
+        "`tool_choice` and tool messages pass through to it (refused with 422 when off), and "
+        "the engine runs with tool calling: llama.cpp with its Jinja chat templates "
+        "(`--jinja`), vLLM with `--enable-auto-tool-choice` and `parser`; Ollama calls tools "
+        "for models whose template has them.",
+    )
+    parser: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="vLLM's `--tool-call-parser` for the model's call format (hermes for Qwen "
+        "and Hermes, llama3_json for Llama 3.1+, mistral, ...: vLLM's tool calling docs list "
+        "them). Required for vLLM with tools on; vLLM alone.",
+    )
+
+
 class ModelAutoscalingSpec(Spec):
     """The gateway scales the model's replicas on the requests in flight, across every
     gateway replica, through the scale subresource (the one `kubectl scale` and an HPA use);
@@ -283,6 +305,19 @@ class ModelSpec(Spec):
                 ".gpus",
             ),
             rule(
+                "self.engine != 'vllm' || !has(self.tools) || !has(self.tools.enabled) "
+                "|| !self.tools.enabled || has(self.tools.parser)",
+                "vLLM calls tools with the parser of the model's call format: set "
+                "tools.parser (hermes, llama3_json, mistral, ...)",
+                ".tools.parser",
+            ),
+            rule(
+                "self.engine == 'vllm' || !has(self.tools) || !has(self.tools.parser)",
+                "tools.parser is vLLM's --tool-call-parser: llama.cpp and Ollama read calls "
+                "from the model's chat template",
+                ".tools.parser",
+            ),
+            rule(
                 "self.engine != 'endpoint' || !has(self.autoscaling)",
                 "autoscaling is for a model server the operator runs, not an endpoint",
                 ".autoscaling",
@@ -341,6 +376,10 @@ class ModelSpec(Spec):
         None,
         description="Scale the replicas on load, between minReplicas (0: to zero when idle) "
         "and maxReplicas. Unset: `replicas` alone, which an HPA or KEDA may drive instead.",
+    )
+    tools: ModelToolsSpec = Field(
+        default_factory=ModelToolsSpec,
+        description="Tool calling: off unless enabled (see docs/tools.md).",
     )
     routing: Literal["affinity", "round-robin"] = Field(
         "affinity",

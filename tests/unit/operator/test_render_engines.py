@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tertulia.knowledge.settings import KnowledgeSettings
-from tertulia.operator.api import CacheSpec, ChatBot
+from tertulia.operator.api import CacheSpec, ChatBot, ModelToolsSpec
 from tertulia.operator.render import render_all
 from tertulia.operator.render.model import CHUNK_TOKENS, SERVER_KEY_PATH
 from tests.unit.operator.test_render import IMAGE, by_ref, example, with_spec
@@ -409,6 +409,66 @@ def test_an_ollama_pod_whose_client_never_leaves_stops_at_its_drain(tmp_path: Pa
     bot = with_spec(example("cpu-ollama"), {"gateway": {"maxTokens": 10}})
     slept = ollama_drain_script(tmp_path, bot, [tcp_line(11434, "01")] * 40)
     assert slept == ["sleep 15"] + ["sleep 1"] * 30  # the 30 s floor
+
+
+# Tool calling
+
+
+def gateway_backend(bot: ChatBot) -> dict[str, Any]:
+    (config,) = [
+        m
+        for m in render_all(bot, image=IMAGE)
+        if m["metadata"]["name"] == bot.child("gateway") and m["kind"] == "ConfigMap"
+    ]
+    backend: dict[str, Any] = yaml.safe_load(config["data"]["gateway.yaml"])["backend"]
+    return backend
+
+
+def test_tools_off_leave_every_engine_and_the_gateway_as_they_were() -> None:
+    for name in ("vllm-gpu-slack-kb", "all-platforms", "cpu-ollama"):
+        bot = example(name)
+        args = model_container(bot).get("args", [])
+        assert not {"--jinja", "--enable-auto-tool-choice", "--tool-call-parser"} & set(args)
+        assert "tools" not in gateway_backend(bot)
+
+
+def test_vllm_calls_tools_with_auto_choice_and_the_models_parser() -> None:
+    bot = with_model(
+        example("vllm-gpu-slack-kb"), tools=ModelToolsSpec(enabled=True, parser="hermes")
+    )
+    args = model_container(bot)["args"]
+    # Both, or vLLM refuses tool_choice "auto" (the OpenAI SDK's default with tools).
+    assert "--enable-auto-tool-choice" in args
+    assert args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert gateway_backend(bot)["tools"] is True
+
+
+def test_vllm_tool_flags_in_args_are_the_users_alone() -> None:
+    bot = with_model(
+        example("vllm-gpu-slack-kb"),
+        tools=ModelToolsSpec(enabled=True, parser="hermes"),
+        args=["--enable-auto-tool-choice", "--tool-call-parser=llama3_json"],
+    )
+    args = model_container(bot)["args"]
+    assert args.count("--enable-auto-tool-choice") == 1
+    assert "--tool-call-parser" not in args
+    assert "--tool-call-parser=llama3_json" in args
+
+
+def test_llamacpp_calls_tools_through_its_jinja_templates() -> None:
+    bot = with_model(example("all-platforms"), tools=ModelToolsSpec(enabled=True))
+    args = model_container(bot)["args"]
+    assert args.count("--jinja") == 1
+    assert gateway_backend(bot)["tools"] is True
+    # A user's --no-jinja comes after it, and wins (llama.cpp: the last flag counts).
+    user = with_model(bot, args=["--no-jinja"])
+    assert model_container(user)["args"][-1] == "--no-jinja"
+
+
+def test_ollama_calls_tools_with_no_flag_and_the_gateway_lets_it() -> None:
+    ollama = with_model(example("cpu-ollama"), tools=ModelToolsSpec(enabled=True))
+    assert "--jinja" not in str(model_container(ollama))
+    assert gateway_backend(ollama)["tools"] is True
 
 
 # Scaling with a cache

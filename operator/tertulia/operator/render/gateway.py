@@ -91,6 +91,8 @@ def gateway_config(bot: ChatBot) -> dict[str, Any]:
             "routing": spec.model.routing,
             "replica_capacity": replica_capacity(spec.model),
         }
+    if spec.model.tools.enabled:
+        backend["tools"] = True
     backend_key = backend_key_volume(bot)
     if backend_key is not None:
         backend["api_key_file"] = backend_key[2]

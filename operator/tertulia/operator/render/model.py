@@ -605,6 +605,7 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
             if _spec_sets(model, "--shutdown-timeout", "--shutdown-timeout")
             else ["--shutdown-timeout", str(drain_seconds(bot))]
         ),
+        *_vllm_tools(model),
         *model.args,
     ]  # fmt: skip
     container = {
@@ -636,6 +637,20 @@ def _vllm(bot: ChatBot, model: ModelSpec, port: int) -> tuple[dict[str, Any], li
         "cache_path": "/cache",
     }
     return container, [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+
+
+def _vllm_tools(model: ModelSpec) -> list[str]:
+    """vLLM's tool calling: without both flags it refuses `tool_choice: "auto"` (and the
+    OpenAI SDK's default), and the parser reads the calls out of the model's words
+    (docs/features/tool_calling.md)."""
+    if not model.tools.enabled:
+        return []
+    flags = []
+    if "--enable-auto-tool-choice" not in model.args:
+        flags.append("--enable-auto-tool-choice")
+    if _spec_value(model, "--tool-call-parser") is None and model.tools.parser:
+        flags += ["--tool-call-parser", model.tools.parser]
+    return flags
 
 
 # Run in the container by the startup probe, with the model as $1 (never spliced into the
@@ -739,6 +754,12 @@ def _llamacpp(
         *(["--n-gpu-layers", "999"] if model.gpu_count else []),
         *_threads(model),
         *_prompt_cache(model),
+        # Tool calling reads the model's own chat template, with its tool format, through
+        # llama.cpp's Jinja engine (tools/server/README.md, "Function calling"); models without
+        # one get its generic format. On by default in the pinned release (`--jinja,
+        # --no-jinja ... (default: enabled)`), set here for an older image a user names; a
+        # `--no-jinja` in args comes after it and wins.
+        *(["--jinja"] if model.tools.enabled and "--jinja" not in model.args else []),
         *model.args,
     ]  # fmt: skip
     volumes: list[dict[str, Any]] = []
