@@ -55,6 +55,9 @@ class FakeBackendConfig:
     stream_usage: bool = True
     embedding_dimensions: int = 16
     model: str = MODEL_ID
+    # Calls ({"name", "arguments"}) to answer a request that offers tools with, unless its
+    # last message is a tool's result (then the answer is text: "The tool said: ...").
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
 
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -115,7 +118,10 @@ class FakeBackend:
     def reply_for(self, request: dict[str, Any]) -> str:
         if self.config.reply:
             return self.config.reply
-        user_messages = [m for m in request.get("messages", []) if m.get("role") == "user"]
+        messages = request.get("messages", [])
+        if messages and messages[-1].get("role") == "tool":
+            return f"The tool said: {messages[-1].get('content')}"
+        user_messages = [m for m in messages if m.get("role") == "user"]
         last = user_messages[-1]["content"] if user_messages else ""
         if isinstance(last, list):  # the content-parts form
             last = " ".join(part.get("text", "") for part in last)
@@ -127,8 +133,22 @@ class FakeBackend:
             "data": [{"id": self.config.model, "object": "model", "owned_by": "tertulia-tests"}],
         }
 
+    def calls_for(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """The scripted tool calls, as OpenAI lists them, when this request gets them."""
+        messages = request.get("messages") or [{}]
+        if not request.get("tools") or messages[-1].get("role") == "tool":
+            return []
+        return [
+            {"id": f"call_{index}", "type": "function", "function": dict(call)}
+            for index, call in enumerate(self.config.tool_calls)
+        ]
+
     async def _chat(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
         self.requests.append(request)
+        calls = self.calls_for(request)
+        if calls:
+            await self._tool_calls(request, calls, send)
+            return
         tokens = _TOKEN.findall(self.reply_for(request))
         max_tokens = request.get("max_tokens") or request.get("max_completion_tokens")
         finish_reason = "stop"
@@ -209,6 +229,46 @@ class FakeBackend:
             await _event(send, {**chunk({}), "choices": [], "usage": usage})
         closing = b"" if self.config.omit_done else b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": closing})
+
+    async def _tool_calls(
+        self, request: dict[str, Any], calls: list[dict[str, Any]], send: Send
+    ) -> None:
+        """Answer with tool calls; streamed as OpenAI streams them: each call's id, type and
+        name in its first delta, then its arguments a few characters a chunk."""
+        completion_id = "chatcmpl-" + hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
+        created = int(time.time())
+        head = {"id": completion_id, "created": created, "model": self.config.model}
+        if not request.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            await _json(send, 200, {**head, "object": "chat.completion", "choices": [choice]})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+        for index, call in enumerate(calls):
+            first = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+            delta: dict[str, Any] = {"tool_calls": [first]}
+            if not index:
+                delta = {"role": "assistant", "content": None, **delta}
+            await _event(send, chunk(delta))
+            arguments = call["function"]["arguments"]
+            for start in range(0, len(arguments), 8):
+                if self.config.token_delay:
+                    await asyncio.sleep(self.config.token_delay)
+                piece = {"index": index, "function": {"arguments": arguments[start : start + 8]}}
+                await _event(send, chunk({"tool_calls": [piece]}))
+        await _event(send, chunk({}, "tool_calls"))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     async def _embeddings(self, request: dict[str, Any], send: Send) -> None:
         inputs = request.get("input", [])

@@ -197,7 +197,7 @@ def test_each_refusal_raises_the_sdks_own_exception(gateway: str) -> None:
     assert MODEL in missing.value.message
     # Refused by name, with the reason: not silently dropped.
     assert tools.value.param == "tools"
-    assert "tools: tool calling is not offered by this gateway" in tools.value.message
+    assert "spec.model.tools.enabled" in tools.value.message
     assert temperature.value.param == "temperature"
     assert temperature.value.type == "invalid_request_error"
 

@@ -79,6 +79,13 @@ class StreamEvent:
             return ""
         return str((choices[0].get("delta") or {}).get("content") or "")
 
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool-call deltas this chunk carries, if any."""
+        choices = (self.data or {}).get("choices") or []
+        if not choices:
+            return []
+        return list((choices[0].get("delta") or {}).get("tool_calls") or [])
+
     def finish_reason(self) -> str | None:
         choices = (self.data or {}).get("choices") or []
         return choices[0].get("finish_reason") if choices else None

@@ -194,11 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # Parameters of OpenAI's API that the gateway refuses rather than ignores, with the reason.
 _UNSUPPORTED = {
-    "tools": "tool calling is not offered by this gateway",
-    "tool_choice": "tool calling is not offered by this gateway",
-    "parallel_tool_calls": "tool calling is not offered by this gateway",
-    "functions": "function calling is not offered by this gateway",
-    "function_call": "function calling is not offered by this gateway",
+    "functions": "OpenAI's deprecated function calling: send tools instead",
+    "function_call": "OpenAI's deprecated function calling: send tool_choice instead",
 }
 
 

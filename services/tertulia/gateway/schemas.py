@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tertulia.gateway.store import Turn
 from tertulia.knowledge.results import SearchFilters
@@ -104,17 +104,92 @@ class ContentPart(BaseModel):
     text: str
 
 
+# OpenAI's rule for a function's name, which vLLM, llama.cpp and Ollama take as it is.
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    # A JSON object as text, as the model wrote it (it may not parse: the caller decides).
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A call the model asked for, in an assistant message the client sends back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = None
+    # A JSON Schema object, passed on as the client wrote it.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming the one function the model must call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Unset only on an assistant message that carries tool calls, as OpenAI's API allows.
+    content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=64)
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1, max_length=128)
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _shape(self) -> OpenAIMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required unless an assistant message has tool_calls")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls belong to an assistant message")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("tool_call_id is required on a tool message, and only there")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content
+
+    def calls_text(self) -> str:
+        """The calls' names and arguments, as the model reads them back."""
+        return "\n".join(
+            f"{call.function.name} {call.function.arguments}" for call in self.tool_calls or []
+        )
 
 
 class StreamOptions(BaseModel):
@@ -143,3 +218,17 @@ class OpenAIChatRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     n: int | None = Field(None, ge=1, le=1, description="One choice per request.")
     user: str | None = Field(None, min_length=1, max_length=256)
+    tools: list[Tool] | None = Field(
+        None, max_length=128, description="Functions the model may call (OpenAI's limit: 128)."
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    def uses_tools(self) -> bool:
+        """Whether the request offers tools or carries a conversation that used them."""
+        return (
+            self.tools is not None
+            or self.tool_choice is not None
+            or self.parallel_tool_calls is not None
+            or any(m.role == "tool" or m.tool_calls for m in self.messages)
+        )

@@ -69,6 +69,12 @@ class BackendSettings(_Section):
         "in flight and `replica_capacity` already; `round-robin`: each request to the next "
         "replica.",
     )
+    tools: bool = Field(
+        False,
+        description="The model calls tools (the ChatBot's `model.tools.enabled`): requests "
+        "with `tools`, `tool_choice` and tool messages pass through to it; without it they are "
+        "refused with 422.",
+    )
     replica_capacity: int = Field(
         4,
         ge=1,

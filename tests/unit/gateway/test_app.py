@@ -282,9 +282,9 @@ async def test_openai_refusals_have_openais_error_shape_naming_the_parameter(
 
     assert tools.status_code == 422
     assert tools.json()["error"] == {
-        "code": "invalid_request",
-        "message": "tools: tool calling is not offered by this gateway; "
-        "tool_choice: tool calling is not offered by this gateway",
+        "code": "invalid_input",
+        "message": "tools: this ChatBot's model is not set up to call tools "
+        "(spec.model.tools.enabled starts its engine with tool calling)",
         "type": "invalid_request_error",
         "param": "tools",
     }
