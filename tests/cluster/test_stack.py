@@ -851,6 +851,92 @@ def test_a_model_rolled_mid_answer_finishes_it_and_the_next_turn_is_answered(
     assert turns[-1]["content"].strip() == second.answer
 
 
+def test_a_model_engine_killed_outright_mid_answer_ends_its_stream_at_once_and_comes_back(
+    cluster: ControlPlane, stack: dict[str, Any], fake_telegram: telegram.FakeTelegram
+) -> None:
+    """What a crash, an OOM kill or a node's kill of the engine does: SIGKILL, no preStop and
+    no drain. The answer it was streaming is lost, and the client hears so from the gateway
+    at once (`stream_interrupted`), not after a read timeout; the kubelet starts the engine
+    again and the next turn is answered."""
+    assert cluster.node is not None
+    key = core(cluster).read_namespaced_secret(f"{BOT}-api-keys", NAMESPACE).data["admin"]
+    headers = {"Authorization": f"Bearer {base64.b64decode(key).decode()}"}
+    url = service_url(cluster, "gateway", 8080) + "/v1/chat/completions"
+    body = {
+        "model": BOT,
+        "messages": [{"role": "user", "content": "Describe every boat in the harbour."}],
+        "stream": True,
+        "user": "killed-outright",
+    }
+    victim: Any = None
+    chunks: list[dict[str, Any]] = []
+    killed_at = ended_at = 0.0
+    # The kill lands after the first words and before the last: an answer that ends before
+    # the kill could land (a short one on an idle replica) proves nothing, and is asked again.
+    for _ in range(3):
+        victim, chunks, killed_at = None, [], 0.0
+        # The gateway's wait for a token is 120 s: a client timeout well under it fails the
+        # test if the stream hangs instead of ending.
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line.removeprefix("data: "))
+                chunks.append(chunk)
+                if not killed_at and any(
+                    (choice.get("delta") or {}).get("content")
+                    for choice in chunk.get("choices", [])
+                ):
+                    # The replica answering is the one with a request in flight (none: the
+                    # answer is already over, and the next try asks again).
+                    victim = next(
+                        (
+                            pod
+                            for pod in pods(cluster, "model")
+                            if is_ready(pod)
+                            and model_metric(cluster, pod, "requests_processing") >= 1
+                        ),
+                        None,
+                    )
+                    if victim is None:
+                        continue
+                    engine = victim.status.container_statuses[0].container_id
+                    cluster.node.ctr(
+                        "tasks", "kill", "--signal", "SIGKILL", engine.removeprefix("containerd://")
+                    )
+                    killed_at = time.monotonic()
+            ended_at = time.monotonic()
+        finished = [
+            choice["finish_reason"]
+            for chunk in chunks
+            for choice in chunk.get("choices", [])
+            if choice.get("finish_reason")
+        ]
+        if killed_at and not finished:
+            break
+    else:
+        raise AssertionError(f"no kill landed mid-answer in three tries: {chunks[-3:]}")
+    print(f"killed outright mid-answer: the stream ended {ended_at - killed_at:.2f} s after")
+    # Words came before the kill, and the stream's last event says it was cut.
+    assert any(
+        choice.get("delta", {}).get("content") for c in chunks for choice in c.get("choices", [])
+    )
+    assert chunks[-1].get("error", {}).get("code") == "stream_interrupted", chunks[-1]
+
+    # The kubelet starts the engine again in the same pod, and the next turn is answered.
+    def restarted() -> bool:
+        pod = core(cluster).read_namespaced_pod(victim.metadata.name, NAMESPACE)
+        return is_ready(pod) and pod.status.container_statuses[0].restart_count > (
+            victim.status.container_statuses[0].restart_count
+        )
+
+    eventually(restarted, READY_TIMEOUT, "the killed engine to be started again", interval=1)
+    chat = random.randint(10_000_000, 99_999_999)
+    after = ask_on_telegram(fake_telegram, chat, chat, QUESTION)
+    assert after.answer
+
+
 def test_a_conversation_outlives_its_redis_pod(
     cluster: ControlPlane, stack: dict[str, Any], fake_telegram: telegram.FakeTelegram
 ) -> None:
