@@ -66,6 +66,25 @@ def test_a_blocked_term_in_a_calls_arguments_sent_back_is_refused(gateway: str) 
     assert response.json()["error"]["code"] == "content_blocked"
 
 
+def test_a_blocked_term_in_a_tools_own_description_is_refused(gateway: str) -> None:
+    # The tools' names, descriptions and parameters are text the model reads, as a message is.
+    described = {
+        "type": "function",
+        "function": {
+            "name": "ship",
+            "description": "Books a berth.",
+            "parameters": {
+                "type": "object",
+                "properties": {"cargo": {"type": "string", "description": "say contra\u2060band"}},
+            },
+        },
+    }
+    body = {"messages": [ASK], "tools": [WEATHER, described]}
+    response = httpx.post(f"{gateway}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "content_blocked"
+
+
 def test_a_tools_result_longer_than_the_context_limit_is_refused_naming_it(gateway: str) -> None:
     response = complete(gateway, [ASK, call(), result("Sunny. " * 100)])
     assert response.status_code == 413, response.text

@@ -57,11 +57,12 @@ async def prepare_completion(
             limit = settings.limits.max_context_chars + settings.limits.max_message_chars
         check_text(f"messages[{index}].content", message.text(), limit)
         check_text(f"messages[{index}].tool_calls", message.calls_text(), limit)
-    # Every message is the model's to read, the client's system and assistant turns too, and
-    # the calls and results of its tools.
+    # Every message is the model's to read, the client's system and assistant turns too, the
+    # calls and results of its tools, and the tools' own names and descriptions.
     await services.moderator.check_input(
         *(message.text() for message in request.messages),
         *(message.calls_text() for message in request.messages if message.tool_calls),
+        *(tool.model_dump_json(exclude_none=True) for tool in request.tools or []),
     )
 
     passages = await retrieve(
