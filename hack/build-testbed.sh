@@ -4,11 +4,14 @@
 #   hack/build-testbed.sh            everything the tests need
 #   hack/build-testbed.sh weaviate   only Weaviate (what local mode's knowledge base needs)
 #   hack/build-testbed.sh control-plane   only the control plane, helm and kubectl
+#   hack/build-testbed.sh helm       only helm and kubectl (what rendering the chart needs)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BIN="${TESTBED_DIR}/bin"
 mkdir -p "${BIN}"
-command -v go >/dev/null || die "Go is needed to build the test bed's control plane (https://go.dev/dl/)"
+need_go() {
+  command -v go >/dev/null || die "Go is needed to build the test bed's control plane (https://go.dev/dl/)"
+}
 
 # Cold builds on 2 cores are dominated by compilation: keep Go's build cache beside ours.
 export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
@@ -148,17 +151,23 @@ unpack_helm_and_kubectl() {
 }
 
 case "${1:-}" in
+  helm)
+    timed helm-kubectl unpack_helm_and_kubectl
+    ;;
   weaviate)
+    need_go
     timed weaviate build_weaviate
     echo "${WEAVIATE_DIR}"
     exit 0
     ;;
   control-plane)
+    need_go
     timed kubernetes build_kubernetes
     timed kwok build_kwok
     timed helm-kubectl unpack_helm_and_kubectl
     ;;
   *)
+    need_go
     timed kubernetes build_kubernetes
     timed kwok build_kwok
     timed weaviate build_weaviate

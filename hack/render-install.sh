@@ -3,7 +3,8 @@
 # CRDs included, after the Namespace itself. `make generate` writes it; a test re-renders it.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BIN="$(bash "${REPO_ROOT}/hack/build-testbed.sh")"
+# helm alone: rendering needs nothing else the test bed builds.
+BIN="$(bash "${REPO_ROOT}/hack/build-testbed.sh" helm)"
 cat <<'YAML'
 # Tertulia operator, every namespace served, with the chart's default values.
 # Generated from charts/tertulia by hack/render-install.sh; do not edit by hand.
