@@ -70,21 +70,18 @@ class StreamEvent:
     def done(self) -> bool:
         return self.data is None
 
+    def _delta(self) -> dict[str, Any]:
+        """The first choice's delta ({} when the chunk has none)."""
+        choices = (self.data or {}).get("choices") or []
+        return (choices[0].get("delta") or {}) if choices else {}
+
     def text(self) -> str:
         """The content delta this chunk carries, if any."""
-        if not self.data:
-            return ""
-        choices = self.data.get("choices") or []
-        if not choices:
-            return ""
-        return str((choices[0].get("delta") or {}).get("content") or "")
+        return str(self._delta().get("content") or "")
 
     def tool_calls(self) -> list[dict[str, Any]]:
         """The tool-call deltas this chunk carries, if any."""
-        choices = (self.data or {}).get("choices") or []
-        if not choices:
-            return []
-        return list((choices[0].get("delta") or {}).get("tool_calls") or [])
+        return list(self._delta().get("tool_calls") or [])
 
     def finish_reason(self) -> str | None:
         choices = (self.data or {}).get("choices") or []

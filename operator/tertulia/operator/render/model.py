@@ -440,40 +440,41 @@ def drain_seconds(bot: ChatBot) -> int:
     return min(max(needed, MIN_DRAIN_SECONDS), MAX_DRAIN_SECONDS)
 
 
-# llama.cpp stops its streams at once on SIGTERM, so its preStop waits until it has none: its
-# Prometheus gauges of requests processing and deferred (it runs with --metrics) both at 0,
-# read with the curl its image carries (.devops/cpu.Dockerfile and cuda.Dockerfile install it
-# for their HEALTHCHECK). With the generated key, /metrics asks for it too.
-_LLAMACPP_DRAIN = """sleep "$STOP_DELAY"
+# The drain both preStops share: serve on for the delay, then wait, a second at a time up to
+# the drain, until the engine's `busy` (defined before it, printing a count) says 0.
+_DRAIN = """sleep "$STOP_DELAY"
 waited=0
-key=""
-[ -n "${KEY_FILE:-}" ] && key="$(cat "$KEY_FILE")"
 while [ "$waited" -lt "$DRAIN_SECONDS" ]; do
-  busy="$(curl -sf -m 5 -H "Authorization: Bearer $key" "http://127.0.0.1:$PORT/metrics" \
-    | awk '/^llamacpp:requests_(processing|deferred) / { n += $2 } END { print n + 0 }')"
-  [ "${busy:-0}" = 0 ] && exit 0
+  [ "$(busy)" = 0 ] && exit 0
   waited=$((waited + 1))
   sleep 1
 done
 """
 
+# llama.cpp stops its streams at once on SIGTERM, so its preStop waits until it has none: its
+# Prometheus gauges of requests processing and deferred (it runs with --metrics) both at 0,
+# read with the curl its image carries (.devops/cpu.Dockerfile and cuda.Dockerfile install it
+# for their HEALTHCHECK). With the generated key, /metrics asks for it too. A server that no
+# longer answers counts as idle.
+_LLAMACPP_BUSY = """key=""
+[ -n "${KEY_FILE:-}" ] && key="$(cat "$KEY_FILE")"
+busy() {
+  curl -sf -m 5 -H "Authorization: Bearer $key" "http://127.0.0.1:$PORT/metrics" \
+    | awk '/^llamacpp:requests_(processing|deferred) / { n += $2 } END { print n + 0 }'
+}
+"""
 
 # Ollama closes its HTTP server at once on SIGTERM (server/routes.go: `srvr.Close()`), and
 # neither its API nor its logs say what it is serving (`/api/ps` lists the loaded models), so
 # its preStop waits until no client holds a connection to its port: the pod's own ESTABLISHED
 # TCP sockets in /proc/net/tcp and tcp6 (state 01), read with the dash and mawk of its
 # ubuntu:24.04 base. A gateway's idle pooled connection closes within its keep-alive (4 s).
-_OLLAMA_DRAIN = """sleep "$STOP_DELAY"
-waited=0
-port="$(printf '%04X' "$PORT")"
-while [ "$waited" -lt "$DRAIN_SECONDS" ]; do
-  open="$(cat "$PROC_NET/tcp" "$PROC_NET/tcp6" 2>/dev/null \
+_OLLAMA_BUSY = """port="$(printf '%04X' "$PORT")"
+busy() {
+  cat "$PROC_NET/tcp" "$PROC_NET/tcp6" 2>/dev/null \
     | awk -v port=":$port" 'substr($2, length($2) - 4) == port && $4 == "01" { n++ }
-      END { print n + 0 }')"
-  [ "${open:-0}" = 0 ] && exit 0
-  waited=$((waited + 1))
-  sleep 1
-done
+      END { print n + 0 }'
+}
 """
 
 
@@ -491,14 +492,14 @@ def _stop(bot: ChatBot, container: dict[str, Any]) -> dict[str, Any]:
     }
     if engine == "ollama":
         settings["PROC_NET"] = "/proc/net"
-        drain = _OLLAMA_DRAIN
+        busy = _OLLAMA_BUSY
     else:
         args = container["args"]
         keys = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--api-key-file"]
         settings["KEY_FILE"] = keys[-1] if keys else ""
-        drain = _LLAMACPP_DRAIN
+        busy = _LLAMACPP_BUSY
     script = "".join(f"{name}={value}\n" for name, value in settings.items())
-    return {"exec": {"command": ["sh", "-c", script + drain]}}
+    return {"exec": {"command": ["sh", "-c", script + busy + _DRAIN]}}
 
 
 # llama.cpp's host-memory prompt cache (--cache-ram, ggml-org/llama.cpp#16391) takes up to
